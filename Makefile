@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Each creates the virtualenv and installs the project (with its pinned ranges) when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo dev test lint bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rds_pipeline needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rds-pipeline demo
+
+dev: $(STAMP)
+	$(BIN)/rds-pipeline demo --keep-running
+
+test: $(STAMP)
+	$(BIN)/ruff check rds_pipeline rds_pipeline_tests
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check rds_pipeline rds_pipeline_tests
+
+clean:
+	rm -rf $(VENV) .demo .dagster_home
