@@ -24,6 +24,7 @@ DEFAULT_CONFIG_NAME = "rds_pipeline.yaml"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DESTINATION_TYPES = ("postgres", "duckdb")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_BARE_ENV_REF = re.compile(r"(:[ \t]+)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\"'\n]*)?\})(?=[ \t]*(?:[,}\]]|#|$))", re.M)
 _HOST_WITH_PORT = re.compile(r"^(?P<host>[^:\[\]/]+):(?P<port>\d+)$")
 _REQUIRED = object()
 
@@ -126,10 +127,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> IntegrationConfig
             ]
         )
     try:
-        data = YAML(typ="safe").load(config_path.read_text(encoding="utf-8"))
+        data = YAML(typ="safe").load(quote_env_refs(config_path.read_text(encoding="utf-8")))
     except YAMLError as exc:
         raise ConfigError([f"the file is not valid YAML: {exc}"], config_path) from None
     return parse_config(data, base_dir=config_path.parent, path=config_path)
+
+
+def quote_env_refs(text: str) -> str:
+    """Quote a value that is just ``${VAR}``: YAML reads an unquoted ``{`` as a mapping, so the documented
+    ``{..., passphrase: ${SSH_PASSPHRASE}, ...}`` would not even parse. Expansion happens after parsing, so a
+    secret's own characters can never change the YAML structure."""
+    return _BARE_ENV_REF.sub(lambda m: f'{m.group(1)}"{m.group(2)}"', text)
 
 
 def parse_config(
