@@ -43,15 +43,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug detail (never secrets)")
+    common.add_argument(
+        "--config", help="path of rds_pipeline.yaml (default: $RDS_PIPELINE_CONFIG, else ./rds_pipeline.yaml)"
+    )
     parser = argparse.ArgumentParser(prog="rds-pipeline", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    test = sub.add_parser("test-connection", help="connect to the source and report version, SSL and replica status")
-    test.add_argument("--config", help="path of rds_pipeline.yaml (default: $RDS_PIPELINE_CONFIG or ./rds_pipeline.yaml)")
+    test = sub.add_parser(
+        "test-connection", parents=[common], help="connect to the source; report version, SSL and replica status"
+    )
     test.set_defaults(func=_test_connection)
 
-    demo = sub.add_parser("demo", help="run the demo on an embedded PostgreSQL loaded with Pagila")
+    demo = sub.add_parser("demo", parents=[common], help="run the demo on an embedded PostgreSQL loaded with Pagila")
     demo.add_argument("--dir", default=".demo", help="demo working folder (default .demo)")
     demo.add_argument("--keep-running", action="store_true", help="leave the demo server running afterwards")
     demo.set_defaults(func=_demo)

@@ -98,8 +98,15 @@ class LocalPostgres:
         user = pwd.getpwnam(UNPRIVILEGED_USER)
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
-    def run(self, program: str, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
-            input_text: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        program: str,
+        *args: str,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        input_text: str | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
         """Run one of the server's programs (as the unprivileged user when we are root)."""
         full_env = {**os.environ, "PGPASSWORD": self.password, "LC_ALL": "C.UTF-8", **(env or {})}
         result = subprocess.run(
@@ -193,7 +200,9 @@ class LocalPostgres:
             "-p", str(self.port), "-U", self.superuser, "-d", database, "-f", str(path),
         )  # fmt: skip
 
-    def dsn(self, database: str = "postgres", user: str | None = None, password: str | None = None) -> dict[str, object]:
+    def dsn(
+        self, database: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> dict[str, object]:
         return {
             "host": self.host,
             "port": self.port,

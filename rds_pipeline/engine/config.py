@@ -373,7 +373,9 @@ class _Reader:
             "statement_timeout_seconds", "max_connections",
         )  # fmt: skip
         if raw is None:
-            self.problem("source", "is required. Fix: add a `source:` section with host, port, user, password, database")
+            self.problem(
+                "source", "is required. Fix: add a `source:` section with host, port, user, password, database"
+            )
             return None
         data = self.mapping("source", raw, allowed)
         if data is None:
@@ -404,7 +406,9 @@ class _Reader:
             return None
         kind = self.string("destination", data, "type")
         if kind not in DESTINATION_TYPES:
-            self.problem("destination.type", f"'{kind}' is not supported. Fix: use one of {', '.join(DESTINATION_TYPES)}")
+            self.problem(
+                "destination.type", f"'{kind}' is not supported. Fix: use one of {', '.join(DESTINATION_TYPES)}"
+            )
             return None
         if kind == "duckdb":
             for name in ("host", "user", "password", "database"):

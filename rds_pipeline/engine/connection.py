@@ -152,8 +152,7 @@ def classify_connect_error(
         return ConnectionProblem(
             "auth",
             f"Password authentication failed for user '{config.user}' at {where}.",
-            "correct source.user and the password behind source.password (check the environment variable "
-            "it reads)",
+            "correct source.user and the password behind source.password (check the environment variable it reads)",
         )
     if "does not exist" in text and "database" in text:
         return ConnectionProblem(
@@ -183,7 +182,9 @@ def classify_connect_error(
             "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem)",
         )
     if "root certificate file" in text or "certificate file" in text or "private key file" in text:
-        return ConnectionProblem("ssl_files", f"An SSL file could not be used: {raw}", "correct the paths in source.ssl")
+        return ConnectionProblem(
+            "ssl_files", f"An SSL file could not be used: {raw}", "correct the paths in source.ssl"
+        )
     if "no pg_hba.conf entry" in text:
         return ConnectionProblem(
             "pg_hba",

@@ -33,22 +33,21 @@ def load_private_key(path: Path, passphrase: str | None) -> paramiko.PKey:
             "ssh_key_missing", f"SSH private key {path} does not exist.", "set source.ssh.private_key to the key file"
         )
     try:
-        return paramiko.PKey.from_path(path, passphrase or None)
-    except TypeError as exc:  # cryptography: "Password was not given but private key is encrypted"
-        if "not given" in str(exc) or "encrypted" in str(exc):
+        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
+    except TypeError as exc:  # cryptography says whether a passphrase was missing or superfluous
+        if "not encrypted" in str(exc):
             raise ConnectionProblem(
                 "ssh_key_passphrase",
-                f"SSH private key {path} is encrypted and no passphrase was given.",
-                "set source.ssh.passphrase: ${SSH_PASSPHRASE} and export SSH_PASSPHRASE",
+                f"SSH private key {path} is not encrypted, but a passphrase was given.",
+                "remove source.ssh.passphrase",
             ) from None
         raise ConnectionProblem(
             "ssh_key_passphrase",
-            f"SSH private key {path} is not encrypted, but a passphrase was given.",
-            "remove source.ssh.passphrase",
+            f"SSH private key {path} is encrypted and no passphrase was given.",
+            "set source.ssh.passphrase: ${SSH_PASSPHRASE} and export SSH_PASSPHRASE",
         ) from None
     except (ValueError, paramiko.SSHException) as exc:
-        text = str(exc).lower()
-        if passphrase and ("password" in text or "decrypt" in text or "checksum" in text or "passphrase" in text):
+        if passphrase and _is_encrypted(path):
             raise ConnectionProblem(
                 "ssh_key_passphrase",
                 f"Could not decrypt SSH private key {path}: the passphrase is wrong.",
@@ -56,10 +55,21 @@ def load_private_key(path: Path, passphrase: str | None) -> paramiko.PKey:
             ) from None
         raise ConnectionProblem(
             "ssh_key_invalid",
-            f"Could not read SSH private key {path}: {type(exc).__name__}: {exc}. "
+            f"Could not read SSH private key {path}: {exc}. "
             "Supported: ed25519, ECDSA and RSA keys in OpenSSH or PEM format.",
             "point source.ssh.private_key at the private key file (not the .pub file)",
         ) from None
+
+
+def _is_encrypted(path: Path) -> bool:
+    """True when the key file loads only with a passphrase (cryptography raises TypeError without one)."""
+    try:
+        paramiko.PKey.from_path(path, None)
+    except TypeError:
+        return True
+    except (ValueError, paramiko.SSHException):
+        return False
+    return False
 
 
 class _HostKeyGate(paramiko.MissingHostKeyPolicy):
@@ -115,7 +125,9 @@ class SshTunnel:
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> SshTunnel:
         """Connect, verify the host key, authenticate, check the database is reachable, then listen."""
-        key = load_private_key(self.config.private_key, self.config.passphrase.reveal() if self.config.passphrase else None)
+        key = load_private_key(
+            self.config.private_key, self.config.passphrase.reveal() if self.config.passphrase else None
+        )
         client = paramiko.SSHClient()
         if not self.config.host_key_fingerprint and self.config.known_hosts and self.config.known_hosts.is_file():
             client.load_system_host_keys(str(self.config.known_hosts))
@@ -162,7 +174,7 @@ class SshTunnel:
                 f"SSH bastion host name '{self.config.host}' does not resolve.",
                 "correct source.ssh.host (the bastion's public DNS name or IP)",
             ) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             client.close()
             raise ConnectionProblem(
                 "ssh_timeout",
@@ -210,7 +222,9 @@ class SshTunnel:
     def __enter__(self) -> SshTunnel:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -255,7 +269,11 @@ class SshTunnel:
         self.local_port = listener.getsockname()[1]
         self._spawn(self._accept_loop, "rds-ssh-accept")
         log.info(
-            "SSH tunnel 127.0.0.1:%s -> %s -> %s:%s open", self.local_port, self.config.host, self.remote_host, self.remote_port
+            "SSH tunnel 127.0.0.1:%s -> %s -> %s:%s open",
+            self.local_port,
+            self.config.host,
+            self.remote_host,
+            self.remote_port,
         )
 
     def _spawn(self, target: object, name: str, *args: object) -> None:

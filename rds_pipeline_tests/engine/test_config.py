@@ -18,7 +18,8 @@ source:
   ssl: {mode: verify-full, root_cert: rds-ca.pem, client_cert: null, client_key: null}
   ssh: {host: bastion.example.com, port: 22, user: ec2-user, private_key: id_ed25519,
         passphrase: ${SSH_PASSPHRASE}, known_hosts: known_hosts, host_key_fingerprint: null}
-destination: {type: postgres, host: warehouse.internal, port: 5432, user: loader, password: ${DEST_PASSWORD}, database: dw}
+destination: {type: postgres, host: warehouse.internal, port: 5432, user: loader, password: ${DEST_PASSWORD},
+              database: dw}
 """
 
 
@@ -58,8 +59,9 @@ def test_the_documented_shape_loads_with_secrets_from_the_environment(config_dir
     assert "pw-source-123" not in repr(config) and "pass-phrase-456" not in repr(config)
 
 
-def test_config_is_found_through_the_environment_variable(config_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_config_is_found_through_the_environment_variable(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = write(config_dir, VALID)
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
@@ -77,12 +79,15 @@ def test_missing_file_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.M
 def test_a_host_with_a_port_is_rejected_with_the_fix(config_dir: Path, host: str) -> None:
     found = problems(VALID.replace("mydb.abc.us-east-1.rds.amazonaws.com", host), config_dir)
     port = host.rsplit(":", 1)[1]
-    assert found == [f"source.host: '{host}' includes a port. Fix: remove ':{port}' from the host and put it "
-                     f"in `source.port: {port}`"]
+    assert found == [
+        f"source.host: '{host}' includes a port. Fix: remove ':{port}' from the host and put it "
+        f"in `source.port: {port}`"
+    ]
 
 
-def test_an_unset_environment_variable_names_the_key_and_the_variable(config_dir: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unset_environment_variable_names_the_key_and_the_variable(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("RDS_PASSWORD")
     found = problems(VALID, config_dir)
     assert len(found) == 1
@@ -128,15 +133,22 @@ def test_duckdb_destination_needs_only_a_path(config_dir: Path) -> None:
     assert config.destination.path == config_dir / "out" / "replica.duckdb"
     with pytest.raises(ConfigError, match=r"destination.type: 'snowflake' is not supported"):
         parse_config(
-            {"integration_name": "x", "source": {"host": "h", "user": "u", "password": "p", "database": "d"},
-             "destination": {"type": "snowflake"}}
+            {
+                "integration_name": "x",
+                "source": {"host": "h", "user": "u", "password": "p", "database": "d"},
+                "destination": {"type": "snowflake"},
+            }
         )
 
 
 def test_a_non_string_password_is_rejected_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_config({"integration_name": "x",
-                      "source": {"host": "h", "user": "u", "password": ["hunter2"], "database": "d"},
-                      "destination": {"type": "duckdb", "path": "x.duckdb"}})
+        parse_config(
+            {
+                "integration_name": "x",
+                "source": {"host": "h", "user": "u", "password": ["hunter2"], "database": "d"},
+                "destination": {"type": "duckdb", "path": "x.duckdb"},
+            }
+        )
     assert "source.password: expected a string" in str(info.value)
     assert "hunter2" not in str(info.value)

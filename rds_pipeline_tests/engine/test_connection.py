@@ -55,7 +55,9 @@ def test_report_for_a_read_replica_gives_the_standby_advice(replica: LocalPostgr
 
 
 def test_ssl_require_is_encrypted(pg15_ssl: SslServer) -> None:
-    report = run_connection_test(make_config(pg15_ssl.server, database="postgres", source={"ssl": {"mode": "require"}}).source)
+    report = run_connection_test(
+        make_config(pg15_ssl.server, database="postgres", source={"ssl": {"mode": "require"}}).source
+    )
     assert report.ssl_in_use is True
     assert report.ssl_version and report.ssl_version.startswith("TLS")
 
@@ -68,8 +70,9 @@ def test_ssl_verify_full_checks_ca_and_host_name(pg15_ssl: SslServer) -> None:
 
 def test_verify_full_fails_on_a_wrong_host_name(pg15_ssl: SslServer) -> None:
     ssl = {"mode": "verify-full", "root_cert": str(pg15_ssl.ca_cert)}
-    problem = fail_kind(make_config(pg15_ssl.server, database="postgres", source={"host": "127.0.0.1", "ssl": ssl}),
-                        "ssl_hostname")
+    problem = fail_kind(
+        make_config(pg15_ssl.server, database="postgres", source={"host": "127.0.0.1", "ssl": ssl}), "ssl_hostname"
+    )
     assert 'server certificate for "localhost"' in problem.message
     assert 'does not match host name "127.0.0.1"' in problem.message
     assert "verify-ca" in problem.fix

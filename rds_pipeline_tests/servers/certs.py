@@ -36,9 +36,7 @@ def make_ca(directory: Path, name: str) -> CertAuthority:
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .sign(key, hashes.SHA256())
     )
     path = directory / f"{name}.crt"
@@ -46,7 +44,9 @@ def make_ca(directory: Path, name: str) -> CertAuthority:
     return CertAuthority(path, key, cert)
 
 
-def issue(ca: CertAuthority, directory: Path, name: str, dns_names: list[str], ips: list[str] = ()) -> tuple[Path, Path]:
+def issue(
+    ca: CertAuthority, directory: Path, name: str, dns_names: list[str], ips: list[str] = ()
+) -> tuple[Path, Path]:
     """Issue a certificate for ``dns_names``/``ips`` signed by ``ca``; return (cert path, key path)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -66,9 +66,7 @@ def issue(ca: CertAuthority, directory: Path, name: str, dns_names: list[str], i
     key_path = directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_path.chmod(0o600)
     return cert_path, key_path

@@ -1,0 +1,94 @@
+"""``rds-pipeline test-connection`` as a user runs it: a subprocess, a config file, secrets in the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from rds_pipeline.local_postgres import LocalPostgres
+from rds_pipeline_tests.conftest import SOURCE_PASSWORD, SshFixture
+
+PASSPHRASE_ENV = "TEST_SSH_PASSPHRASE"
+
+
+def run_cli(tmp_path: Path, source: dict, *args: str) -> subprocess.CompletedProcess[str]:
+    config = {
+        "integration_name": "CLI Test",
+        "source": {"user": "postgres", "password": "${TEST_PW}", "database": "pagila", "connect_timeout": 3, **source},
+        "destination": {"type": "duckdb", "path": "replica.duckdb"},
+    }
+    path = tmp_path / "rds_pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "TEST_PW": SOURCE_PASSWORD, "RDS_PIPELINE_CONFIG": str(path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "rds_pipeline.cli", "test-connection", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert SOURCE_PASSWORD not in result.stdout + result.stderr
+    return result
+
+
+def test_prints_version_time_ssl_and_replica(pg18: LocalPostgres, tmp_path: Path) -> None:
+    result = run_cli(tmp_path, {"host": pg18.host, "port": pg18.port})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Testing connection to postgres@127.0.0.1:")
+    assert lines[1].startswith("Connected in ") and lines[1].endswith("s.")
+    assert "Server version: 18." in result.stdout
+    assert "SSL: not in use" in result.stdout
+    assert "Read replica: no (primary)" in result.stdout
+    assert lines[-1] == "Connection test passed."
+
+
+def test_replica_settings_and_advice(replica: LocalPostgres, tmp_path: Path) -> None:
+    result = run_cli(tmp_path, {"host": replica.host, "port": replica.port})
+    assert result.returncode == 0, result.stderr
+    assert "Read replica: yes" in result.stdout
+    assert "  hot_standby = on" in result.stdout
+    assert "  max_standby_archive_delay = 30000 ms" in result.stdout
+    assert "  max_standby_streaming_delay = 30000 ms" in result.stdout
+    assert result.stdout.count("Raise it to 8-12 hours during historical syncs") == 2
+
+
+def test_failures_exit_non_zero_with_the_fix(pg18: LocalPostgres, tmp_path: Path) -> None:
+    result = run_cli(tmp_path, {"host": pg18.host, "port": pg18.port, "database": "missing_db"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("Connection test FAILED [database_missing]: The database 'missing_db' does not")
+    assert "\nFix: " in result.stderr
+
+
+def test_config_errors_exit_2_naming_the_key(pg18: LocalPostgres, tmp_path: Path) -> None:
+    result = run_cli(tmp_path, {"host": f"{pg18.host}:{pg18.port}", "port": pg18.port})
+    assert result.returncode == 2
+    assert f"source.host: '{pg18.host}:{pg18.port}' includes a port. Fix: remove" in result.stderr
+
+
+def test_tunnel_output_hides_the_passphrase(pg18: LocalPostgres, sshd: SshFixture, tmp_path: Path) -> None:
+    key = sshd.keys["ed25519"]
+    ssh = {
+        "host": "127.0.0.1",
+        "port": sshd.server.port,
+        "user": sshd.server.user,
+        "private_key": str(key.path),
+        "passphrase": "${" + PASSPHRASE_ENV + "}",
+        "known_hosts": str(sshd.known_hosts),
+    }
+    os.environ[PASSPHRASE_ENV] = key.passphrase or ""
+    try:
+        ok = run_cli(tmp_path, {"host": pg18.host, "port": pg18.port, "ssh": ssh}, "--verbose")
+        os.environ[PASSPHRASE_ENV] = "a wrong passphrase"
+        bad = run_cli(tmp_path, {"host": pg18.host, "port": pg18.port, "ssh": ssh}, "--verbose")
+    finally:
+        del os.environ[PASSPHRASE_ENV]
+    assert ok.returncode == 0, ok.stderr
+    assert "through the SSH tunnel" in ok.stdout
+    assert bad.returncode == 1 and "[ssh_key_passphrase]" in bad.stderr
+    for output in (ok.stdout + ok.stderr, bad.stdout + bad.stderr):
+        assert key.passphrase not in output and "a wrong passphrase" not in output
