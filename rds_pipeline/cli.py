@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from rds_pipeline.engine.config import ConfigError, load_config
 from rds_pipeline.engine.errors import ConnectionProblem, RdsPipelineError
+from rds_pipeline.engine.selection import SelectionError
 
 
 def _test_connection(args: argparse.Namespace) -> int:
@@ -42,6 +44,150 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discover(args: argparse.Namespace) -> int:
+    from rds_pipeline.engine.catalog import Catalog
+    from rds_pipeline.engine.discovery import discover
+    from rds_pipeline.engine.drift import compare
+    from rds_pipeline.engine.selection import find_relation
+
+    config = load_config(args.config)
+    previous = Catalog.load(config.catalog_path) if config.catalog_path.is_file() else None
+    if args.check:
+        if previous is None:
+            raise RdsPipelineError(
+                f"no catalog at {config.catalog_path} to compare with. Fix: run `rds-pipeline discover`"
+            )
+        live = discover(config.source, databases=previous.databases or None)
+        report = compare(previous, live)
+        for line in report.lines():
+            print(line)
+        return 1 if report.drifted else 0
+    started = time.monotonic()
+    catalog = discover(
+        config.source,
+        databases=args.database or None,
+        progress=lambda db, n: print(f"  {db}: {n} tables and views", flush=True),
+    )
+    catalog.save(config.catalog_path)
+    print(f"Discovered {len(catalog.relations)} relations in {len(catalog.databases)} database(s) in "
+          f"{time.monotonic() - started:.2f}s; catalog written to {config.catalog_path}")  # fmt: skip
+    if previous is not None:
+        report = compare(previous, catalog)
+        for line in report.changes:
+            print(f"  changed: {line}")
+    for entry in config.tables:
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        if name and not find_relation(catalog, str(name), config.source.database):
+            print(f"WARNING: selected {name} no longer exists at the source (dropped or renamed); "
+                  "fix `tables:` in the config", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _load_selection(config):  # noqa: ANN001, ANN202 - small CLI helper
+    from rds_pipeline.engine.catalog import Catalog
+    from rds_pipeline.engine.selection import resolve_selection
+
+    catalog = Catalog.load(config.catalog_path)
+    return catalog, resolve_selection(config.tables, catalog, config.source.database)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from rds_pipeline.engine.selection import display_name
+
+    config = load_config(args.config)
+    catalog, selection = _load_selection(config)
+    chosen = {t.id: t for t in selection}
+    for relation in catalog.relations:
+        table = chosen.get(relation.id)
+        if args.selected and table is None:
+            continue
+        mark = "[x]" if table else "[ ]"
+        rows = f"~{relation.row_estimate} rows" if relation.row_estimate is not None else "rows unknown"
+        pk = f"pk({', '.join(relation.primary_key)})" if relation.primary_key else "no pk"
+        how = ""
+        if table:
+            how = f"  -> {config.destination_schema}.{table.destination_table} {table.method}"
+            how += f"({table.replication_key})" if table.replication_key else ""
+        access = "" if relation.can_select else "  NO SELECT"
+        print(f"{mark} {display_name(relation, config.source.database):40} {relation.kind:18} {rows:16} {pk}"
+              f"{access}{how}")  # fmt: skip
+    for table in selection:
+        for notice in table.notices:
+            print(f"note: {notice}")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from rds_pipeline.engine.catalog import Catalog
+    from rds_pipeline.engine.config import find_config_path
+    from rds_pipeline.engine.selection_edit import edit_selection
+
+    config = load_config(args.config)
+    catalog = Catalog.load(config.catalog_path)
+    columns = None if args.columns is None else [c for c in args.columns.split(",") if c]
+    selection = edit_selection(
+        config.path or find_config_path(args.config), catalog, config.source.database, args.name,
+        method=args.method, replication_key=args.key, columns=columns, remove=args.remove,
+    )  # fmt: skip
+    print(f"{'Removed' if args.remove else 'Selected'} {args.name}; {len(selection)} table(s) selected.")
+    for table in selection:
+        for notice in table.notices if args.name in (table.relation.qualified_name, table.id) else ():
+            print(f"note: {notice}")
+    return 0
+
+
+def _grants(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from rds_pipeline.engine.grants import GrantRequest, grants_sql
+
+    config = None
+    try:
+        config = load_config(args.config)
+    except ConfigError:
+        if args.config or not args.database:
+            raise
+    password = None
+    if args.password_prompt:
+        password = getpass.getpass(f"Password for new user {args.user}: ")
+        if password != getpass.getpass("Repeat it: "):
+            raise RdsPipelineError("the two passwords differ; nothing printed")
+    elif args.password_env:
+        password = os.environ.get(args.password_env)
+        if not password:
+            raise RdsPipelineError(f"environment variable {args.password_env} is empty or not set")
+    database = args.database or (config.source.database if config else "")
+    tables = []
+    for name in args.tables or []:
+        schema, _, table = name.partition(".")
+        if not table:
+            raise RdsPipelineError(f"--tables {name}: write schema.table")
+        tables.append((schema, table))
+    schemas = args.schema or sorted({s for s, _ in tables}) or ["public"]
+    rds = args.target == "rds" or (args.target == "auto" and bool(config) and
+                                   config.source.host.endswith(".rds.amazonaws.com"))  # fmt: skip
+    request = GrantRequest(args.user, password, database, schemas, tables, args.log_based, rds, args.owner)
+    sys.stdout.write(grants_sql(request))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rds_pipeline.engine.checks import run_checks
+
+    config = load_config(args.config)
+    _, selection = _load_selection(config)
+    findings = run_checks(config, selection)
+    for finding in findings:
+        if finding.severity != "ok" or args.verbose:
+            for line in finding.lines():
+                print(line)
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    print(f"{errors} error(s), {warnings} warning(s), {len(findings) - errors - warnings} check(s) passed.")
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log debug detail (never secrets)")
@@ -55,6 +201,47 @@ def build_parser() -> argparse.ArgumentParser:
         "test-connection", parents=[common], help="connect to the source; report version, SSL and replica status"
     )
     test.set_defaults(func=_test_connection)
+
+    disc = sub.add_parser(
+        "discover", parents=[common], help="discover databases, tables and views into the catalog file"
+    )
+    disc.add_argument(
+        "--check", action="store_true", help="compare the live source with the catalog (drift); write nothing"
+    )
+    disc.add_argument("--database", action="append", help="only this database (repeatable)")
+    disc.set_defaults(func=_discover)
+
+    tables = sub.add_parser("tables", parents=[common], help="list discovered tables, marking the selected ones")
+    tables.add_argument("--selected", action="store_true", help="only the selected tables")
+    tables.set_defaults(func=_tables)
+
+    select = sub.add_parser("select", parents=[common], help="add, change or remove a table in `tables:`")
+    select.add_argument("name", help="schema.table (or database.schema.table), as written in the source")
+    select.add_argument("--method", choices=["full_table", "key_based"])
+    select.add_argument("--key", help="replication key column (key_based)")
+    select.add_argument("--columns", help="comma-separated columns to replicate; '' selects all")
+    select.add_argument("--remove", action="store_true", help="deselect the table")
+    select.set_defaults(func=_select)
+
+    grants = sub.add_parser("grants", parents=[common], help="print the SQL that creates a least-privilege user")
+    grants.add_argument("--user", required=True, help="the replication user to create")
+    grants.add_argument("--password-prompt", action="store_true", help="ask for the new user's password")
+    grants.add_argument("--password-env", help="read the new user's password from this environment variable")
+    grants.add_argument("--database", help="database to grant CONNECT on (default: source.database)")
+    grants.add_argument("--schema", action="append", help="schema to grant USAGE/SELECT on (repeatable)")
+    grants.add_argument("--tables", nargs="+", help="grant SELECT on these schema.table only")
+    grants.add_argument("--log-based", action="store_true", help="also grant replication (for log-based)")
+    grants.add_argument(
+        "--target",
+        choices=["auto", "rds", "postgres"],
+        default="auto",
+        help="RDS (rds_replication role) or self-managed (ALTER ROLE ... REPLICATION)",
+    )
+    grants.add_argument("--owner", help="role that creates future tables (ALTER DEFAULT PRIVILEGES FOR ROLE)")
+    grants.set_defaults(func=_grants)
+
+    check = sub.add_parser("check", parents=[common], help="check privileges, indexes and settings for the selection")
+    check.set_defaults(func=_check)
 
     demo = sub.add_parser("demo", parents=[common], help="run the demo on an embedded PostgreSQL loaded with Pagila")
     demo.add_argument("--dir", default=".demo", help="demo working folder (default .demo)")
@@ -75,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionProblem as exc:
         print(f"Connection test FAILED [{exc.kind}]: {exc.message}\nFix: {exc.fix}", file=sys.stderr)
         return 1
-    except RdsPipelineError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    except SelectionError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except (RdsPipelineError, FileNotFoundError, KeyError) as exc:
+        print(f"Error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
 
 

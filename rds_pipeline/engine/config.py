@@ -7,6 +7,7 @@ stay out of the file.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -21,6 +22,7 @@ from rds_pipeline.engine.secrets import Secret
 
 CONFIG_ENV_VAR = "RDS_PIPELINE_CONFIG"
 DEFAULT_CONFIG_NAME = "rds_pipeline.yaml"
+DEFAULT_CATALOG_NAME = "rds_pipeline_catalog.json"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DESTINATION_TYPES = ("postgres", "duckdb")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -96,6 +98,13 @@ class IntegrationConfig:
     destination: DestinationConfig
     tables: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    catalog_path: Path = Path(DEFAULT_CATALOG_NAME)
+
+    @property
+    def destination_schema(self) -> str:
+        from rds_pipeline.engine.naming import snake_case
+
+        return snake_case(self.integration_name)
 
     def secrets(self) -> list[Secret]:
         """Every secret value in the config, for redaction of messages from other libraries."""
@@ -153,7 +162,7 @@ def parse_config(
 
 
 def _with_path(config: IntegrationConfig, path: Path) -> IntegrationConfig:
-    return IntegrationConfig(config.integration_name, config.source, config.destination, config.tables, path)
+    return dataclasses.replace(config, path=path)
 
 
 class _Reader:
@@ -285,7 +294,7 @@ class _Reader:
         if data is None:
             self.problem("(top level)", "the config file is empty. Fix: see README.md, 'Configuration'")
             return None
-        top = self.mapping("", data, ("integration_name", "source", "destination", "tables", "settings"))
+        top = self.mapping("", data, ("integration_name", "source", "destination", "tables", "catalog"))
         if top is None:
             return None
         name = self.string("", top, "integration_name")
@@ -297,9 +306,10 @@ class _Reader:
         if not isinstance(tables, list):
             self.problem("tables", f"expected a list of tables, got {_kind(tables)}")
             tables = []
+        catalog = self.file_path("", top, "catalog", must_exist=False) or self.base_dir / DEFAULT_CATALOG_NAME
         if source is None or destination is None:
             return None
-        return IntegrationConfig(name, source, destination, list(tables))
+        return IntegrationConfig(name, source, destination, list(tables), catalog_path=catalog)
 
     def ssl(self, parent: str, raw: Any) -> SslConfig:
         key = _join(parent, "ssl")

@@ -1,0 +1,131 @@
+"""The catalog: what discovery found, as plain data, saved to a deterministic, sorted, diff-friendly JSON file.
+
+The Dagster code location reads this file and never touches the source at load time. We chose a plain file
+written by ``rds-pipeline discover`` over Dagster's StateBackedComponent: the file is reviewed and committed
+with the code (a schema change shows up as a diff in a pull request), the CLI, the drift check and the code
+location share it without a running Dagster instance, and loading it is one ``json.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CATALOG_VERSION = 1
+RELATION_KINDS = ("table", "partitioned_table", "view", "materialized_view", "foreign_table")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(): the exact declared type, e.g. "numeric(5,2)", "text[]", "mpaa_rating"
+    nullable: bool
+    default: str | None = None
+    kind: str = "base"  # base, array, enum, domain, range, multirange, composite, pseudo
+    base_type: str | None = None  # a domain's base type, an array's element type
+    category: str = "X"  # pg_type.typcategory of the (base) type: D datetime, N numeric, S string, A array, ...
+
+
+@dataclass(frozen=True)
+class Relation:
+    database: str
+    schema: str
+    name: str
+    kind: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    primary_key_inferred: bool = False  # partitioned table: the leaves' common key plus the partition key
+    replication_key_candidates: tuple[str, ...] = ()
+    indexed_columns: tuple[str, ...] = ()
+    row_estimate: int | None = None
+    size_bytes: int | None = None
+    comment: str | None = None
+    reads: tuple[str, ...] = ()  # for views: "schema.name" of the relations it reads (same database)
+    can_select: bool = True
+    partitions: int = 0
+
+    @property
+    def id(self) -> str:
+        return f"{self.database}.{self.schema}.{self.name}"
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def is_view(self) -> bool:
+        return self.kind in ("view", "materialized_view")
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass
+class Catalog:
+    relations: list[Relation] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
+    server_version: str | None = None
+
+    def by_id(self) -> dict[str, Relation]:
+        return {r.id: r for r in self.relations}
+
+    def in_database(self, database: str) -> list[Relation]:
+        return [r for r in self.relations if r.database == database]
+
+    def sorted(self) -> Catalog:
+        return Catalog(
+            relations=sorted(self.relations, key=lambda r: (r.database, r.schema, r.name)),
+            databases=sorted(set(self.databases)),
+            server_version=self.server_version,
+        )
+
+    # -- file format ---------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        ordered = self.sorted()
+        payload = {
+            "catalog_version": CATALOG_VERSION,
+            "server_version": ordered.server_version,
+            "databases": ordered.databases,
+            "relations": [_relation_dict(r) for r in ordered.relations],
+        }
+        return json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Catalog:
+        data = json.loads(text)
+        if data.get("catalog_version") != CATALOG_VERSION:
+            raise ValueError(
+                f"catalog_version {data.get('catalog_version')} is not {CATALOG_VERSION}: "
+                "run `rds-pipeline discover` to rewrite it"
+            )
+        relations = []
+        for raw in data["relations"]:
+            columns = tuple(Column(**c) for c in raw.pop("columns"))
+            for key in ("primary_key", "replication_key_candidates", "indexed_columns", "reads"):
+                raw[key] = tuple(raw.get(key) or ())
+            relations.append(Relation(columns=columns, **raw))
+        return cls(relations, list(data.get("databases") or []), data.get("server_version"))
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a reader never sees a half-written catalog."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Catalog:
+        if not path.is_file():
+            raise FileNotFoundError(f"catalog {path} not found. Fix: run `rds-pipeline discover` first")
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+def _relation_dict(relation: Relation) -> dict[str, Any]:
+    data = asdict(relation)
+    data["columns"] = [asdict(c) for c in relation.columns]
+    for key in ("primary_key", "replication_key_candidates", "indexed_columns", "reads"):
+        data[key] = list(data[key])
+    return data

@@ -1,0 +1,225 @@
+"""``rds-pipeline check``: is the source ready for this selection? Each finding has a severity and the fix,
+as the exact statement to run."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import psycopg2.extensions
+
+from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.connection import connect_source, open_tunnel
+from rds_pipeline.engine.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
+from rds_pipeline.engine.discovery import discover_database
+from rds_pipeline.engine.grants import quote_ident
+from rds_pipeline.engine.selection import SelectedTable
+
+# A deliberately pessimistic read rate for a production source, to size statement_timeout.
+ASSUMED_READ_BYTES_PER_SECOND = 20 * 1024 * 1024
+SEVERITIES = ("error", "warning", "ok")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # error, warning, ok
+    subject: str
+    message: str
+    fix: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"[{self.severity.upper():7}] {self.subject}: {self.message}"]
+        if self.fix:
+            out.extend(f"          fix: {line}" for line in self.fix.splitlines())
+        return out
+
+
+def run_checks(config: IntegrationConfig, selection: list[SelectedTable]) -> list[Finding]:
+    """Connect to each database of the selection (one connection each, one tunnel) and check it."""
+    by_database: dict[str, list[SelectedTable]] = defaultdict(list)
+    for table in selection:
+        by_database[table.relation.database].append(table)
+    by_database.setdefault(config.source.database, [])
+    findings: list[Finding] = []
+    tunnel = open_tunnel(config.source)
+    try:
+        for database in sorted(by_database, key=lambda d: d != config.source.database):
+            conn = connect_source(config.source, tunnel, database=database)
+            try:
+                findings.extend(check_database(conn, config, database, by_database[database],
+                                               server_checks=database == config.source.database))  # fmt: skip
+            finally:
+                conn.close()
+    finally:
+        if tunnel is not None:
+            tunnel.close()
+    return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def check_database(
+    conn: psycopg2.extensions.connection,
+    config: IntegrationConfig,
+    database: str,
+    tables: list[SelectedTable],
+    server_checks: bool = True,
+) -> list[Finding]:
+    findings: list[Finding] = []
+    facts = inspect_connection(conn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        user, superuser = cur.fetchone()
+    quser = quote_ident(user)
+    if server_checks:
+        findings.extend(_server_findings(facts, superuser, user))
+    with conn.cursor() as cur:
+        cur.execute("SELECT has_database_privilege(current_database(), 'CONNECT')")
+        can_connect = cur.fetchone()[0]
+    findings.append(
+        Finding("ok", f"database {database}", "CONNECT granted")
+        if can_connect
+        else Finding(
+            "error",
+            f"database {database}",
+            f"{user} lacks CONNECT",
+            f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {quser};",
+        )  # fmt: skip
+    )
+    if not tables:
+        conn.rollback()
+        return findings
+    live = {(r.schema, r.name): r for r in discover_database(conn, database)}
+    schemas = sorted({t.relation.schema for t in tables})
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT s.name, n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false),
+                   EXISTS (SELECT 1 FROM pg_default_acl a, aclexplode(a.defaclacl) x
+                           WHERE a.defaclobjtype = 'r' AND a.defaclnamespace IN (n.oid, 0)
+                             AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                             AND x.privilege_type = 'SELECT'),
+                   (SELECT pg_get_userbyid(c.relowner) FROM pg_class c
+                    WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+                    GROUP BY c.relowner ORDER BY count(*) DESC LIMIT 1)
+            FROM unnest(%s::text[]) AS s(name) LEFT JOIN pg_namespace n ON n.nspname = s.name
+            """,
+            (schemas,),
+        )
+        schema_rows = cur.fetchall()
+        cur.execute(
+            """
+            SELECT w.s, w.t, has_table_privilege(c.oid, 'SELECT')
+            FROM unnest(%s::text[], %s::text[]) AS w(s, t)
+            JOIN pg_namespace n ON n.nspname = w.s
+            JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.t
+            """,
+            ([t.relation.schema for t in tables], [t.relation.name for t in tables]),
+        )
+        can_select = {(s, t): ok for s, t, ok in cur.fetchall()}
+    conn.rollback()
+    for schema, exists, usage, default_select, owner in schema_rows:
+        subject = f"schema {database}.{schema}"
+        if not exists:
+            findings.append(
+                Finding("error", subject, "does not exist", "run `rds-pipeline discover` and fix `tables:`")
+            )
+            continue
+        findings.append(
+            Finding("ok", subject, "USAGE granted")
+            if usage or superuser
+            else Finding(
+                "error", subject, f"{user} lacks USAGE", f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quser};"
+            )
+        )
+        if default_select or superuser:
+            findings.append(Finding("ok", subject, "default privileges grant SELECT on future tables"))
+        else:
+            for_role = f" FOR ROLE {quote_ident(owner)}" if owner and owner != user else ""
+            findings.append(
+                Finding(
+                    "warning",
+                    subject,
+                    "no default privileges: tables created later will not be readable by " + user,
+                    f"ALTER DEFAULT PRIVILEGES{for_role} IN SCHEMA {quote_ident(schema)} GRANT SELECT ON "
+                    f"TABLES TO {quser};",
+                )  # fmt: skip
+            )
+    for table in tables:
+        findings.extend(_table_findings(table, live.get((table.relation.schema, table.relation.name)),
+                                        can_select.get((table.relation.schema, table.relation.name)), quser,
+                                        config.source.statement_timeout_seconds))  # fmt: skip
+    return findings
+
+
+def _server_findings(facts: dict[str, object], superuser: bool, user: str) -> list[Finding]:
+    findings: list[Finding] = []
+    version, number = facts["server_version"], int(facts["server_version_num"])  # type: ignore[call-overload]
+    if number < MIN_SERVER_VERSION_NUM:
+        findings.append(Finding("error", "server", f"PostgreSQL {version} is not supported (12 or newer needed)",
+                                "upgrade the instance (on RDS: Modify > DB engine version)"))  # fmt: skip
+    else:
+        findings.append(Finding("ok", "server", f"PostgreSQL {version} is supported"))
+    if superuser:
+        findings.append(Finding("warning", "user", f"{user} is a superuser; replication needs only SELECT",
+                                "create a least-privilege user: `rds-pipeline grants --user stitch "
+                                "--password-prompt`"))  # fmt: skip
+    if facts["in_recovery"]:
+        settings = facts["settings"]
+        assert isinstance(settings, list)
+        millis = {name: int(value) for name, value, unit in settings if unit == "ms"}
+        hot = next((value for name, value, _ in settings if name == "hot_standby"), "on")
+        for advice in standby_advice(millis, hot):
+            name = advice.split(" ", 1)[0]
+            findings.append(Finding("warning", "read replica", advice,
+                                    f"set {name} = 28800000 in the replica's parameter group during historical "
+                                    "syncs" if name.startswith("max_standby") else "set hot_standby = on"))  # fmt: skip
+        findings.append(Finding("ok", "read replica", "reads come from a hot standby, not the primary"))
+    return findings
+
+
+def _table_findings(
+    table: SelectedTable,
+    live,
+    can_select: bool | None,
+    quser: str,
+    timeout_seconds: int,  # noqa: ANN001
+) -> list[Finding]:
+    relation = table.relation
+    subject = relation.id
+    qname = f"{quote_ident(relation.schema)}.{quote_ident(relation.name)}"
+    if live is None or can_select is None:
+        return [Finding("error", subject, "selected, but it no longer exists at the source",
+                        "run `rds-pipeline discover`, then remove or rename the entry in `tables:`")]  # fmt: skip
+    findings: list[Finding] = []
+    if can_select:
+        findings.append(Finding("ok", subject, "SELECT granted"))
+    else:
+        findings.append(Finding("error", subject, "no SELECT privilege", f"GRANT SELECT ON TABLE {qname} TO {quser};"))
+    if table.method == "key_based" and table.replication_key:
+        if table.replication_key in live.indexed_columns:
+            findings.append(Finding("ok", subject, f"replication key {table.replication_key} is indexed"))
+        else:
+            concurrently = "" if relation.kind == "partitioned_table" else " CONCURRENTLY"
+            findings.append(
+                Finding(
+                    "warning",
+                    subject,
+                    f"replication key {table.replication_key} is not the leading column of any index, so every "
+                    "sync scans the whole table",
+                    f"CREATE INDEX{concurrently} ON {qname} ({quote_ident(table.replication_key)});",
+                )  # fmt: skip
+            )
+    size = live.size_bytes or 0
+    if timeout_seconds and size:
+        needed = size / ASSUMED_READ_BYTES_PER_SECOND
+        if needed > timeout_seconds:
+            findings.append(
+                Finding(
+                    "warning",
+                    subject,
+                    f"{size / 2**30:.1f} GiB may take ~{needed:.0f}s to read in one statement, longer than "
+                    f"statement_timeout ({timeout_seconds}s)",
+                    f"source.statement_timeout_seconds: {int(needed * 2)}   # in rds_pipeline.yaml; or sync it "
+                    "in partitions (the Dagster layer does)",
+                )  # fmt: skip
+            )
+    return findings

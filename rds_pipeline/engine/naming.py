@@ -1,0 +1,33 @@
+"""Destination names: the schema is the integration name in snake case; table names are unique by rule.
+
+Table rule (stable: adding a table never renames another):
+- a relation in the configured database's ``public`` schema keeps its name: ``public.customer`` -> ``customer``;
+- one in another schema of that database gets the schema as prefix: ``legacy.rental`` -> ``legacy__rental``;
+- one in another database gets database and schema: ``crm.public.lead`` -> ``crm__public__lead``.
+Names keep their case and characters (they are always quoted). A per-table ``destination_table`` overrides
+the rule, and two selected tables that would share a name are refused.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_IDENTIFIER = 63  # PostgreSQL truncates longer identifiers, which would make names collide silently
+
+
+def snake_case(name: str) -> str:
+    """``"Stitch Amazon PostgreSQL RDS"`` -> ``"stitch_amazon_postgresql_rds"``."""
+    text = re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+    if not text:
+        raise ValueError(f"integration_name {name!r} has no letters or digits to build a schema name from")
+    if text[0].isdigit():
+        text = f"i_{text}"
+    return text[:MAX_IDENTIFIER]
+
+
+def destination_table_name(database: str, schema: str, table: str, default_database: str) -> str:
+    if database != default_database:
+        return f"{database}__{schema}__{table}"
+    if schema != "public":
+        return f"{schema}__{table}"
+    return table

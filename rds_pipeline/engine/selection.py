@@ -1,0 +1,222 @@
+"""Selection: which tables and columns to replicate, and how, resolved against the catalog and validated.
+
+Each ``tables:`` entry names a relation as it appears in the source (no SQL quoting): ``schema.table`` in the
+configured database, or ``database.schema.table``; or, when a name itself holds dots, with the keys
+``database``, ``schema`` and ``table``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from rds_pipeline.engine.catalog import Catalog, Column, Relation
+from rds_pipeline.engine.naming import MAX_IDENTIFIER, destination_table_name
+
+METHODS = ("full_table", "key_based")
+ENTRY_KEYS = ("name", "database", "schema", "table", "method", "replication_key", "columns", "primary_key",
+              "destination_table")  # fmt: skip
+_UNORDERED_TYPES = {"json", "jsonb", "xml", "tsvector", "tsquery", "point", "line", "lseg", "box", "path",
+                    "polygon", "circle", "bytea", "txid_snapshot", "pg_snapshot"}  # fmt: skip
+
+
+class SelectionError(ValueError):
+    """The selection does not match the catalog; ``problems`` names each table or column and the fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in `tables:`:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class SelectedTable:
+    relation: Relation
+    method: str
+    replication_key: str | None
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    destination_table: str
+    notices: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def id(self) -> str:
+        return self.relation.id
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+def find_relation(catalog: Catalog, name: str, default_database: str) -> list[Relation]:
+    """Relations whose ``schema.name`` (in the default database) or ``database.schema.name`` equals ``name``."""
+    return [
+        r
+        for r in catalog.relations
+        if (r.database == default_database and f"{r.schema}.{r.name}" == name) or r.id == name
+    ]
+
+
+def display_name(relation: Relation, default_database: str) -> str:
+    return relation.qualified_name if relation.database == default_database else relation.id
+
+
+def orderable(column: Column) -> bool:
+    """Whether a column can serve as a replication key (has a meaningful ordering)."""
+    if column.kind in ("array", "composite", "range", "multirange", "pseudo") or column.category in ("A", "G"):
+        return False
+    base = (column.base_type if column.kind == "domain" else column.type) or column.type
+    return base.split("(")[0] not in _UNORDERED_TYPES
+
+
+def resolve_selection(entries: list[Any], catalog: Catalog, default_database: str) -> list[SelectedTable]:
+    """Validate every entry against the catalog; raise ``SelectionError`` listing all problems."""
+    problems: list[str] = []
+    selected: list[SelectedTable] = []
+    seen: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        where = f"tables[{index}]"
+        result = _resolve_entry(where, entry, catalog, default_database, problems)
+        if result is None:
+            continue
+        if result.id in seen:
+            problems.append(f"{where}: {display_name(result.relation, default_database)} is selected twice "
+                            f"(also {seen[result.id]}). Fix: keep one entry")  # fmt: skip
+            continue
+        seen[result.id] = where
+        selected.append(result)
+    names: dict[str, SelectedTable] = {}
+    for table in selected:
+        other = names.get(table.destination_table)
+        if other is not None:
+            problems.append(
+                f"{display_name(table.relation, default_database)} and {display_name(other.relation, default_database)}"
+                f" would both load into destination table '{table.destination_table}'. Fix: set "
+                "`destination_table:` on one of them"
+            )
+        names[table.destination_table] = table
+    if problems:
+        raise SelectionError(problems)
+    return selected
+
+
+def _resolve_entry(
+    where: str, entry: Any, catalog: Catalog, default_database: str, problems: list[str]
+) -> SelectedTable | None:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        problems.append(f"{where}: expected a mapping with at least `name:`, got {entry!r}")
+        return None
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(ENTRY_KEYS)}"
+            problems.append(f"{where}.{key}: unknown key. Fix: remove or rename it{hint}")
+    if "name" in entry:
+        name = str(entry["name"])
+        matches = find_relation(catalog, name, default_database)
+    elif "schema" in entry and "table" in entry:
+        database = str(entry.get("database") or default_database)
+        name = f"{database}.{entry['schema']}.{entry['table']}"
+        matches = [r for r in catalog.relations if (r.database, r.schema, r.name) == (database, entry["schema"],
+                                                                                       entry["table"])]  # fmt: skip
+    else:
+        problems.append(f"{where}: has no `name:`. Fix: add `name: schema.table`")
+        return None
+    label = f"{where} ({name})"
+    if not matches:
+        known = [display_name(r, default_database) for r in catalog.relations]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        problems.append(
+            f"{label}: no table or view '{name}' in the catalog (databases: {', '.join(catalog.databases)}); "
+            f"it does not exist, or it was dropped or renamed at the source.{hint} Fix: correct the name, or run "
+            "`rds-pipeline discover` if it is new, or remove the entry"
+        )
+        return None
+    if len(matches) > 1:
+        problems.append(f"{label}: the name is ambiguous ({', '.join(r.id for r in matches)}). Fix: use the keys "
+                        "`database:`, `schema:` and `table:` instead of `name:`")  # fmt: skip
+        return None
+    relation = matches[0]
+    label = f"{where} ({display_name(relation, default_database)})"
+    method = str(entry.get("method") or "full_table")
+    if method == "log_based":
+        problems.append(f"{label}.method: log_based is not available yet. Fix: use key_based or full_table")
+        return None
+    if method not in METHODS:
+        problems.append(f"{label}.method: '{method}' is not a method. Fix: use one of {', '.join(METHODS)}")
+        return None
+    notices: list[str] = []
+    key = entry.get("replication_key")
+    if method == "key_based":
+        if not key:
+            candidates = ", ".join(relation.replication_key_candidates) or "none found"
+            problems.append(f"{label}: method key_based needs a replication_key. Fix: add `replication_key:` "
+                            f"(candidates, indexed first: {candidates})")  # fmt: skip
+            return None
+        column = relation.column(str(key))
+        if column is None:
+            problems.append(_unknown_column(label + ".replication_key", str(key), relation))
+            return None
+        if not orderable(column):
+            problems.append(
+                f"{label}.replication_key: column '{key}' is of type {column.type}, which cannot be ordered, so it "
+                f"cannot mark progress. Fix: choose a timestamp, date or integer column "
+                f"(candidates: {', '.join(relation.replication_key_candidates) or 'none found'})"
+            )
+            return None
+    elif key:
+        problems.append(f"{label}.replication_key: applies only to method key_based. Fix: remove it, or set "
+                        "`method: key_based`")  # fmt: skip
+        return None
+    primary_key = tuple(relation.primary_key)
+    if entry.get("primary_key"):
+        override = [str(c) for c in _as_list(entry["primary_key"])]
+        missing = [c for c in override if relation.column(c) is None]
+        if missing:
+            problems.append(_unknown_column(label + ".primary_key", missing[0], relation))
+            return None
+        primary_key = tuple(override)
+    wanted = entry.get("columns")
+    if wanted is None:
+        columns = relation.columns
+    else:
+        names = [str(c) for c in _as_list(wanted)]
+        unknown = [c for c in names if relation.column(c) is None]
+        for name in unknown:
+            problems.append(_unknown_column(label + ".columns", name, relation))
+        if unknown:
+            return None
+        required = [*primary_key, *([str(key)] if key else [])]
+        for name in required:
+            if name not in names:
+                role = "replication-key" if name == key else "primary-key"
+                notices.append(f"{display_name(relation, default_database)}: {role} column '{name}' is always "
+                               "replicated, so it was added to the selected columns")  # fmt: skip
+        keep = set(names) | set(required)
+        columns = tuple(c for c in relation.columns if c.name in keep)
+    if not relation.can_select:
+        notices.append(f"{display_name(relation, default_database)}: this user lacks SELECT on it; "
+                       "`rds-pipeline check` gives the GRANT")  # fmt: skip
+    destination = str(entry.get("destination_table") or destination_table_name(
+        relation.database, relation.schema, relation.name, default_database))  # fmt: skip
+    if len(destination.encode()) > MAX_IDENTIFIER:
+        problems.append(f"{label}: destination table name '{destination}' is longer than {MAX_IDENTIFIER} bytes. "
+                        "Fix: set a shorter `destination_table:`")  # fmt: skip
+        return None
+    return SelectedTable(relation, method, str(key) if key else None, columns, primary_key, destination,
+                         tuple(notices))  # fmt: skip
+
+
+def _unknown_column(label: str, name: str, relation: Relation) -> str:
+    names = [c.name for c in relation.columns]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (f"{label}: no column '{name}' in {relation.qualified_name} (columns: {', '.join(names)}).{hint} "
+            "Fix: correct the column name, or run `rds-pipeline discover` if it was just added")  # fmt: skip
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
