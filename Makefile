@@ -21,11 +21,11 @@ dev: $(STAMP)
 	$(BIN)/rds-pipeline demo --keep-running
 
 test: $(STAMP)
-	$(BIN)/ruff check rds_pipeline rds_pipeline_tests
+	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check rds_pipeline rds_pipeline_tests
+	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench
 
 clean:
 	rm -rf $(VENV) .demo .dagster_home

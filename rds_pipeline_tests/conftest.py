@@ -159,3 +159,39 @@ def make_config(
         **top,
     }
     return parse_config(raw, environ={**os.environ, "TEST_SOURCE_PASSWORD": server.password})
+
+
+QUIRKY_DATABASE = "Second DB"
+QUIRKY_SCHEMA = "Sales Ops"
+QUIRKY_TABLE = 'Order "Items"'
+UNICODE_TABLE = "Café Ünïcode"
+
+
+@pytest.fixture(scope="session")
+def quirky_db(pg18: LocalPostgres) -> str:
+    """A second database whose names need quoting: spaces, quotes, capitals, unicode."""
+    pg18.psql(f'CREATE DATABASE "{QUIRKY_DATABASE}"')
+    pg18.psql(
+        '''
+        CREATE SCHEMA "Sales Ops";
+        CREATE TABLE "Sales Ops"."Order ""Items""" ("Item ID" bigint PRIMARY KEY, "Updated At" timestamptz NOT NULL,
+                                                    payload jsonb, tags text[]);
+        CREATE INDEX ON "Sales Ops"."Order ""Items""" ("Updated At");
+        CREATE TABLE "Sales Ops"."Café Ünïcode" (id int PRIMARY KEY, "Ünïcode Çolumn" text);
+        CREATE TABLE "Sales Ops"."Secret" (id int PRIMARY KEY, note text);
+        CREATE VIEW "Sales Ops"."Recent Items" AS
+            SELECT "Item ID", "Updated At" FROM "Sales Ops"."Order ""Items""" WHERE "Updated At" > now() - interval '1 day';
+        INSERT INTO "Sales Ops"."Order ""Items""" VALUES (1, now(), '{"a": 1}', '{x,y}');
+        ANALYZE;
+        ''',
+        QUIRKY_DATABASE,
+    )
+    return QUIRKY_DATABASE
+
+
+@pytest.fixture(scope="session")
+def pagila_catalog(pg18: LocalPostgres):  # noqa: ANN201
+    """Pagila as discovered from the real server (read-only; tests that alter the source use scratch databases)."""
+    from rds_pipeline.engine.discovery import discover
+
+    return discover(make_config(pg18).source, databases=["pagila"])

@@ -8,9 +8,10 @@ location share it without a running Dagster instance, and loading it is one ``js
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ class Relation:
         return next((c for c in self.columns if c.name == name), None)
 
 
+_COLUMN_FIELDS = fields(Column)
+
+
 @dataclass
 class Catalog:
     relations: list[Relation] = field(default_factory=list)
@@ -84,14 +88,29 @@ class Catalog:
 
     # -- file format ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
+        """One line per relation header and one line per column: a column change is a one-line diff.
+
+        (``json.dumps(indent=...)`` would do the same layout, but with Python's slow encoder: 10k tables
+        took 2.5 s that way; compact lines use the C encoder.)"""
         ordered = self.sorted()
-        payload = {
-            "catalog_version": CATALOG_VERSION,
-            "server_version": ordered.server_version,
-            "databases": ordered.databases,
-            "relations": [_relation_dict(r) for r in ordered.relations],
-        }
-        return json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        dump = functools.partial(json.dumps, ensure_ascii=False, sort_keys=True)
+        out = [
+            "{",
+            f' "catalog_version": {CATALOG_VERSION},',
+            f' "databases": {dump(ordered.databases)},',
+            f' "server_version": {dump(ordered.server_version)},',
+            ' "relations": [',
+        ]
+        for index, relation in enumerate(ordered.relations):
+            header = _relation_dict(relation)
+            columns = header.pop("columns")
+            head = dump(header)[:-1]
+            out.append(f'  {head}, "columns": [')
+            out.append(",\n".join(f"   {dump(c)}" for c in columns))
+            out.append("  ]}" + ("," if index < len(ordered.relations) - 1 else ""))
+        out.append(" ]")
+        out.append("}")
+        return "\n".join(out) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Catalog:
@@ -124,8 +143,6 @@ class Catalog:
 
 
 def _relation_dict(relation: Relation) -> dict[str, Any]:
-    data = asdict(relation)
-    data["columns"] = [asdict(c) for c in relation.columns]
-    for key in ("primary_key", "replication_key_candidates", "indexed_columns", "reads"):
-        data[key] = list(data[key])
+    data = {f.name: getattr(relation, f.name) for f in fields(Relation)}  # asdict() deep-copies: 10x slower
+    data["columns"] = [{f.name: getattr(c, f.name) for f in _COLUMN_FIELDS} for c in relation.columns]
     return data
