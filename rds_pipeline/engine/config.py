@@ -99,6 +99,12 @@ class IntegrationConfig:
     tables: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
     catalog_path: Path = Path(DEFAULT_CATALOG_NAME)
+    allow_integration_rename: bool = False
+
+    @property
+    def source_key(self) -> str:
+        """Identifies the source across renames of the integration."""
+        return f"{self.source.host}:{self.source.port}/{self.source.database}"
 
     @property
     def destination_schema(self) -> str:
@@ -294,7 +300,9 @@ class _Reader:
         if data is None:
             self.problem("(top level)", "the config file is empty. Fix: see README.md, 'Configuration'")
             return None
-        top = self.mapping("", data, ("integration_name", "source", "destination", "tables", "catalog"))
+        top = self.mapping(
+            "", data, ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename")
+        )
         if top is None:
             return None
         name = self.string("", top, "integration_name")
@@ -309,7 +317,10 @@ class _Reader:
         catalog = self.file_path("", top, "catalog", must_exist=False) or self.base_dir / DEFAULT_CATALOG_NAME
         if source is None or destination is None:
             return None
-        return IntegrationConfig(name, source, destination, list(tables), catalog_path=catalog)
+        allow_rename = self.boolean("", top, "allow_integration_rename", False)
+        return IntegrationConfig(
+            name, source, destination, list(tables), catalog_path=catalog, allow_integration_rename=allow_rename
+        )
 
     def ssl(self, parent: str, raw: Any) -> SslConfig:
         key = _join(parent, "ssl")

@@ -1,0 +1,335 @@
+"""PostgreSQL destination: one schema per integration; each load, its bookmark and its metadata commit together.
+
+- Full table (whole, or a primary-key range): ``DELETE`` the range, then ``COPY`` the source's rows, in one
+  transaction. Readers keep seeing the old rows (MVCC) until the commit, then the new ones.
+- Key-based: ``COPY`` into a temporary stage, upsert by primary key (append without one), and move the bookmark
+  in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from rds_pipeline.engine.config import DestinationConfig, IntegrationConfig
+from rds_pipeline.engine.connection import libpq_params
+from rds_pipeline.engine.destination import (
+    BATCH_ID,
+    EXTRACTED_AT,
+    META_SCHEMA,
+    STATE_TABLE,
+    LoadingReport,
+    rename_refusal,
+)
+from rds_pipeline.engine.extract import CopyOut, KeyRange, apply_session_settings
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.types_map import postgres_type
+
+log = logging.getLogger(__name__)
+
+
+class PostgresDestination:
+    kind = "postgres"
+    copy_csv = False
+    array_as_json = False
+
+    def __init__(self, config: DestinationConfig, schema: str) -> None:
+        self.config = config
+        self.schema = schema
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        config = self.config
+        conn = psycopg2.connect(
+            **libpq_params(
+                host=config.host or "",
+                port=config.port,
+                user=config.user or "",
+                password=config.password,
+                database=config.database or "",
+                ssl=config.ssl,
+                connect_timeout=config.connect_timeout,
+            )  # fmt: skip
+        )
+        apply_session_settings(conn)
+        return conn
+
+    def reconnect(self) -> None:
+        """After a transient failure: a fresh connection (the failed transaction was rolled back)."""
+        try:
+            self.conn.close()
+        except psycopg2.Error:
+            pass
+        self.conn = self._connect()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- integration and state -----------------------------------------------------------------------------
+    def prepare(self, config: IntegrationConfig) -> None:
+        """Create the schema and state table; refuse a rename of the integration once data was loaded."""
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.integrations (source_key text PRIMARY KEY, integration_name text "
+                    "NOT NULL, schema_name text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now())"
+                ).format(sql.Identifier(META_SCHEMA))
+            )
+            cur.execute(
+                sql.SQL("SELECT integration_name, schema_name FROM {}.integrations WHERE source_key = %s FOR UPDATE")
+                .format(sql.Identifier(META_SCHEMA)),
+                (config.source_key,),
+            )  # fmt: skip
+            row = cur.fetchone()
+            if row and row[1] != self.schema and not config.allow_integration_rename and self._has_data(cur, row[1]):
+                raise rename_refusal(row[0], row[1], config.integration_name, self.schema)
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {}.integrations (source_key, integration_name, schema_name) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (source_key) DO UPDATE SET integration_name = EXCLUDED.integration_name, "
+                    "schema_name = EXCLUDED.schema_name"
+                ).format(sql.Identifier(META_SCHEMA)),
+                (config.source_key, config.integration_name, self.schema),
+            )
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (table_id text PRIMARY KEY, destination_table text NOT NULL, "
+                    "replication_key text, bookmark text, updated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(self._state())
+            )
+
+    def _has_data(self, cur: psycopg2.extensions.cursor, schema: str) -> bool:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{_quote(schema)}.{_quote(STATE_TABLE)}",))
+        if not cur.fetchone()[0]:
+            return False
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, STATE_TABLE)))
+        return bool(cur.fetchone()[0])
+
+    def _state(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, STATE_TABLE)
+
+    def _target(self, table: SelectedTable) -> sql.Identifier:
+        return sql.Identifier(self.schema, table.destination_table)
+
+    def read_bookmark(self, table: SelectedTable) -> str | None:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT bookmark FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def reset(self, table: SelectedTable) -> None:
+        """Forget the bookmark and drop the data, so the next sync is a full historical sync."""
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._target(table)))
+
+    def row_count(self, table: SelectedTable) -> int:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(self._target(table)))
+            return int(cur.fetchone()[0])
+
+    # -- table shape ---------------------------------------------------------------------------------------
+    def ensure_table(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> list[str]:
+        """Create the table, or evolve it: add new columns; keep dropped ones (nullable); apply type changes
+        with a checked cast (a failing cast aborts the load, so data is never silently corrupted)."""
+        cur.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (f"{_quote(self.schema)}.{_quote(table.destination_table)}",),
+        )
+        existing = {name: (kind, notnull) for name, kind, notnull in cur.fetchall()}
+        target = self._target(table)
+        warnings: list[str] = []
+        if not existing:
+            columns = [
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c))) for c in table.columns
+            ]
+            columns.append(sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(EXTRACTED_AT)))
+            columns.append(
+                sql.SQL("{} text DEFAULT current_setting('rds_pipeline.batch_id', true)").format(
+                    sql.Identifier(BATCH_ID)
+                )
+            )
+            if table.primary_key:
+                columns.append(
+                    sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
+                )
+            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)))
+            return warnings
+        selected = {c.name for c in table.columns}
+        for column in table.columns:
+            wanted = postgres_type(column)
+            if column.name not in existing:
+                cur.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        target, sql.Identifier(column.name), sql.SQL(wanted)
+                    )
+                )
+                warnings.append(f"column {column.name} ({wanted}) added to {self.schema}.{table.destination_table}")
+            elif existing[column.name][0] != wanted:
+                old = existing[column.name][0]
+                cur.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
+                        target,
+                        sql.Identifier(column.name),
+                        sql.SQL(wanted),
+                        sql.Identifier(column.name),
+                        sql.SQL(wanted),
+                    )
+                )
+                warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
+        for name, (_, notnull) in existing.items():
+            if name in selected or name in (EXTRACTED_AT, BATCH_ID):
+                continue
+            if notnull and name not in table.primary_key:
+                cur.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(target, sql.Identifier(name))
+                )
+            warnings.append(f"column {name} is no longer replicated; kept in the destination, NULL in new rows")
+        for warning in warnings:
+            log.warning("%s: %s", table.id, warning)
+        return warnings
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def load(
+        self,
+        table: SelectedTable,
+        key_range: KeyRange,
+        copy: CopyOut,
+        batch_id: str,
+        bookmark_before: str | None,
+    ) -> tuple[LoadingReport, str | None, int]:
+        """Load what ``copy`` streams; return the report, the new bookmark and the count of NULL keys."""
+        started = time.monotonic()
+        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
+        target = self._target(table)
+        column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+        new_bookmark, null_keys = bookmark_before, 0
+        try:
+            with self.conn.cursor() as cur:
+                report.warnings = tuple(self.ensure_table(cur, table))
+                cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
+                copy.start()
+                if table.method == "full_table":
+                    predicate = key_range.predicate()
+                    delete = sql.SQL("DELETE FROM {}").format(target)
+                    if predicate is not None:
+                        delete = sql.SQL("{} WHERE {}").format(delete, predicate)
+                    cur.execute(delete)
+                    report.rows_deleted = cur.rowcount
+                    cur.copy_expert(
+                        sql.SQL("COPY {} ({}) FROM STDIN").format(target, column_list).as_string(cur),
+                        copy.pipe,
+                        size=1 << 20,
+                    )
+                    report.rows_inserted = cur.rowcount
+                else:
+                    stage = sql.Identifier("_rds_stage")
+                    cur.execute(
+                        sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+                            stage,
+                            sql.SQL(", ").join(
+                                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c)))
+                                for c in table.columns
+                            ),
+                        )
+                    )
+                    cur.copy_expert(
+                        sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list).as_string(cur),
+                        copy.pipe,
+                        size=1 << 20,
+                    )
+                    inserted, updated = self._merge(cur, table, stage, column_list)
+                    report.rows_inserted, report.rows_updated = inserted, updated
+                    new_bookmark, null_keys = self._bookmark(cur, table, stage, bookmark_before)
+                copy.join()
+                if copy.error is not None:
+                    raise copy.error
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, updated_at) "
+                        "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
+                        "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
+                        "bookmark = EXCLUDED.bookmark, updated_at = now()"
+                    ).format(self._state()),
+                    (table.id, table.destination_table, table.replication_key, new_bookmark),
+                )
+            self.conn.commit()  # data, metadata and bookmark move together, or not at all
+        except BaseException:
+            copy.abort()
+            if not self.conn.closed:
+                self.conn.rollback()
+            raise
+        report.seconds = time.monotonic() - started
+        report.committed_at = dt.datetime.now(dt.UTC)
+        return report, new_bookmark, null_keys
+
+    def _merge(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
+               column_list: sql.Composable) -> tuple[int, int]:  # fmt: skip
+        target = self._target(table)
+        if not table.primary_key:
+            cur.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, column_list, column_list, stage)
+            )
+            return cur.rowcount, 0
+        non_key = [c.name for c in table.columns if c.name not in table.primary_key]
+        updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n)) for n in non_key]
+        updates += [sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)),
+                    sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(BATCH_ID), sql.Identifier(BATCH_ID))]  # fmt: skip
+        cur.execute(
+            sql.SQL(
+                "WITH merged AS (INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM {stage} "
+                "ORDER BY {pk} ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING (xmax = 0) AS inserted) "
+                "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
+            ).format(
+                target=target,
+                cols=column_list,
+                stage=stage,
+                pk=sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
+                updates=sql.SQL(", ").join(updates),
+            )  # fmt: skip
+        )
+        inserted, updated = cur.fetchone()
+        return int(inserted), int(updated)
+
+    def _bookmark(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
+                  before: str | None) -> tuple[str | None, int]:  # fmt: skip
+        """The new bookmark: the greatest key seen, never lower than before; and the count of NULL keys."""
+        key = table.replication_key
+        assert key is not None
+        column = next(c for c in table.columns if c.name == key)
+        kind = sql.SQL(postgres_type(column))
+        cur.execute(
+            sql.SQL("SELECT greatest(max({k}), %s::{t})::text, count(*) FILTER (WHERE {k} IS NULL) FROM {s}").format(
+                k=sql.Identifier(key), t=kind, s=stage
+            ),
+            (before,),
+        )
+        bookmark, nulls = cur.fetchone()
+        return bookmark, int(nulls)
+
+    def fetch_rows(self, table: SelectedTable, order_by: tuple[str, ...] | None = None) -> list[tuple[Any, ...]]:
+        """All replicated rows as text (for tests and checks), ordered by the primary key or all columns."""
+        order = order_by or table.primary_key or table.column_names
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                    sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in table.column_names),
+                    self._target(table),
+                    sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in order),
+                )
+            )
+            return cur.fetchall()
+
+
+def _quote(name: str) -> str:
+    """For to_regclass() arguments only (a text value parsed by the server, not SQL we execute)."""
+    return '"' + name.replace('"', '""') + '"'
