@@ -154,7 +154,8 @@ def _permanent_message(table: SelectedTable, exc: psycopg2.Error) -> str | None:
 def incremental_range(session: SourceSession, table: SelectedTable, bookmark: str | None,
                       lookback: str | int | None) -> KeyRange:  # fmt: skip
     """key >= bookmark - lookback (inclusive, so rows sharing the boundary value are re-read, never missed).
-    The first sync (no bookmark) reads everything, rows with a NULL key included."""
+    Rows whose key is NULL cannot be ordered against a bookmark, so every sync re-reads them (upserts make
+    that idempotent) and counts them: they are never silently dropped."""
     key = table.replication_key
     assert key is not None
     if bookmark is None:
@@ -163,7 +164,7 @@ def incremental_range(session: SourceSession, table: SelectedTable, bookmark: st
     if lookback is None:
         lookback = DEFAULT_TIMESTAMP_LOOKBACK if column.category == "D" else 0
     if not lookback:
-        return KeyRange(key, lower=bookmark)
+        return KeyRange(key, lower=bookmark, include_nulls=True)
     kind = sql.SQL(postgres_type(column))
     conn = session.connection(table.relation.database)
     with conn.cursor() as cur:
@@ -173,7 +174,7 @@ def incremental_range(session: SourceSession, table: SelectedTable, bookmark: st
             cur.execute(sql.SQL("SELECT (%s::{t} - %s::bigint)::text").format(t=kind), (bookmark, int(lookback)))
         lower = cur.fetchone()[0]
     conn.commit()
-    return KeyRange(key, lower=lower)
+    return KeyRange(key, lower=lower, include_nulls=True)
 
 
 def sync_table(
