@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.errors import RdsPipelineError
 
 STATE_TABLE = "_rds_pipeline_state"
@@ -62,3 +63,22 @@ def rename_refusal(previous_name: str, previous_schema: str, new_name: str, new_
         f"every table over. Fix: set integration_name back to '{previous_name}'; or, to start a new schema on "
         "purpose, set `allow_integration_rename: true` in rds_pipeline.yaml (the old schema is left as it is)"
     )
+
+
+def open_destination(config: IntegrationConfig) -> Any:
+    """The configured destination, connected and prepared (schema, state table, rename check)."""
+    if config.destination.type == "duckdb":
+        from rds_pipeline.engine.load_duckdb import DuckDBDestination
+
+        assert config.destination.path is not None
+        destination: Any = DuckDBDestination(config.destination.path, config.destination_schema)
+    else:
+        from rds_pipeline.engine.load_postgres import PostgresDestination
+
+        destination = PostgresDestination(config.destination, config.destination_schema)
+    try:
+        destination.prepare(config)
+    except BaseException:
+        destination.close()
+        raise
+    return destination

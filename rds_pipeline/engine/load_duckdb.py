@@ -1,0 +1,296 @@
+"""DuckDB destination (a file; the embedded default): the same semantics as PostgreSQL, with a type mapping.
+
+The source streams ``COPY … TO STDOUT (FORMAT csv)`` into a temporary file (memory stays bounded); DuckDB
+reads it with ``read_csv`` (every field as text) and converts each column explicitly, so nothing is guessed.
+Data, metadata and the bookmark commit in one DuckDB transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from rds_pipeline.engine.catalog import Column
+from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.destination import (
+    BATCH_ID,
+    EXTRACTED_AT,
+    META_SCHEMA,
+    STATE_TABLE,
+    LoadingReport,
+    rename_refusal,
+)
+from rds_pipeline.engine.extract import CopyOut, KeyRange
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.types_map import duckdb_type
+
+log = logging.getLogger(__name__)
+LOCK_WAIT_SECONDS = 120
+
+
+def dq(name: str) -> str:
+    """Quote a DuckDB identifier (DuckDB has no psycopg2.sql; this is the standard double-quote rule)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bc_aware(expr: str, target: str) -> str:
+    """DuckDB silently reads '0044-03-15 BC' as year 44 AD; rebuild BC dates and timestamps explicitly
+    (PostgreSQL's year N BC is DuckDB's year 1 - N)."""
+    if target == "DATE":
+        bc = (f"make_date(1 - CAST(split_part({expr}, '-', 1) AS INTEGER), CAST(split_part({expr}, '-', 2) AS INTEGER),"
+              f" CAST(left(split_part({expr}, '-', 3), 2) AS INTEGER))")  # fmt: skip
+    elif target == "TIMESTAMP":
+        bc = (f"make_timestamp(1 - CAST(split_part({expr}, '-', 1) AS BIGINT), CAST(split_part({expr}, '-', 2) AS BIGINT),"
+              f" CAST(left(split_part({expr}, '-', 3), 2) AS BIGINT), CAST(substr({expr}, 12, 2) AS BIGINT),"
+              f" CAST(substr({expr}, 15, 2) AS BIGINT), CAST(regexp_extract({expr}, ':(\\d+(\\.\\d+)?) BC$', 1) AS DOUBLE))")  # fmt: skip
+    else:
+        return f"CAST({expr} AS {target})"
+    return f"CASE WHEN {expr} LIKE '% BC' THEN {bc} ELSE CAST({expr} AS {target}) END"
+
+
+def convert(expr: str, column: Column) -> str:
+    """SQL turning PostgreSQL's CSV text for ``column`` into its DuckDB type."""
+    target = duckdb_type(column)
+    base = column.base_type if column.kind == "domain" and column.base_type else column.type
+    if base.startswith("character(") or base == "character":
+        return f"rtrim({expr}, ' ')"  # char(n) padding is insignificant in PostgreSQL (its ::text drops it too)
+    if target == "VARCHAR":
+        return expr
+    if target == "BLOB":
+        return f"from_hex(substr({expr}, 3))"  # PostgreSQL's hex format: \\x0a0b…
+    if target == "TIMESTAMPTZ":
+        return f"CASE WHEN {expr} LIKE '% BC' THEN error('BC timestamptz not supported: ' || {expr}) ELSE CAST({expr} AS TIMESTAMPTZ) END"
+    return _bc_aware(expr, target)
+
+
+class DuckDBDestination:
+    kind = "duckdb"
+    copy_csv = True
+    array_as_json = True
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path = path
+        self.schema = schema
+        self.conn = self._connect()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting while another process holds DuckDB's single-writer lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                conn = duckdb.connect(str(self.path))
+                conn.execute("SET TimeZone = 'UTC'")
+                return conn
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def reconnect(self) -> None:
+        self.conn.close()
+        self.conn = self._connect()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _target(self, table: SelectedTable) -> str:
+        return f"{dq(self.schema)}.{dq(table.destination_table)}"
+
+    def _state(self) -> str:
+        return f"{dq(self.schema)}.{dq(STATE_TABLE)}"
+
+    # -- integration and state -----------------------------------------------------------------------------
+    def prepare(self, config: IntegrationConfig) -> None:
+        c = self.conn
+        c.execute("BEGIN TRANSACTION")
+        try:
+            c.execute(f"CREATE SCHEMA IF NOT EXISTS {dq(META_SCHEMA)}")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {dq(META_SCHEMA)}.integrations (source_key VARCHAR PRIMARY KEY, "
+                      "integration_name VARCHAR NOT NULL, schema_name VARCHAR NOT NULL)")  # fmt: skip
+            row = c.execute(f"SELECT integration_name, schema_name FROM {dq(META_SCHEMA)}.integrations "
+                            "WHERE source_key = ?", [config.source_key]).fetchone()  # fmt: skip
+            if row and row[1] != self.schema and not config.allow_integration_rename and self._has_data(row[1]):
+                raise rename_refusal(row[0], row[1], config.integration_name, self.schema)
+            c.execute(f"INSERT OR REPLACE INTO {dq(META_SCHEMA)}.integrations VALUES (?, ?, ?)",
+                      [config.source_key, config.integration_name, self.schema])  # fmt: skip
+            c.execute(f"CREATE SCHEMA IF NOT EXISTS {dq(self.schema)}")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {self._state()} (table_id VARCHAR PRIMARY KEY, destination_table "
+                      "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)")  # fmt: skip
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _has_data(self, schema: str) -> bool:
+        exists = self.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+                                   [schema, STATE_TABLE]).fetchone()[0]  # fmt: skip
+        if not exists:
+            return False
+        return bool(self.conn.execute(f"SELECT count(*) FROM {dq(schema)}.{dq(STATE_TABLE)}").fetchone()[0])
+
+    def read_bookmark(self, table: SelectedTable) -> str | None:
+        row = self.conn.execute(f"SELECT bookmark FROM {self._state()} WHERE table_id = ?", [table.id]).fetchone()
+        return row[0] if row else None
+
+    def reset(self, table: SelectedTable) -> None:
+        self.conn.execute("BEGIN TRANSACTION")
+        self.conn.execute(f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
+        self.conn.execute(f"DROP TABLE IF EXISTS {self._target(table)}")
+        self.conn.execute("COMMIT")
+
+    def row_count(self, table: SelectedTable) -> int:
+        return int(self.conn.execute(f"SELECT count(*) FROM {self._target(table)}").fetchone()[0])
+
+    # -- table shape ---------------------------------------------------------------------------------------
+    def ensure_table(self, table: SelectedTable) -> list[str]:
+        existing = {
+            name: kind
+            for name, kind in self.conn.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
+                [self.schema, table.destination_table],
+            ).fetchall()
+        }
+        target = self._target(table)
+        warnings: list[str] = []
+        if not existing:
+            columns = [f"{dq(c.name)} {duckdb_type(c)}" for c in table.columns]
+            columns += [f"{dq(EXTRACTED_AT)} TIMESTAMPTZ", f"{dq(BATCH_ID)} VARCHAR"]
+            if table.primary_key:
+                columns.append(f"PRIMARY KEY ({', '.join(dq(c) for c in table.primary_key)})")
+            self.conn.execute(f"CREATE TABLE {target} ({', '.join(columns)})")
+            return warnings
+        for column in table.columns:
+            wanted = duckdb_type(column)
+            if column.name not in existing:
+                self.conn.execute(f"ALTER TABLE {target} ADD COLUMN {dq(column.name)} {wanted}")
+                warnings.append(f"column {column.name} ({wanted}) added to {self.schema}.{table.destination_table}")
+            elif existing[column.name] != wanted:
+                old = existing[column.name]
+                self.conn.execute(f"ALTER TABLE {target} ALTER COLUMN {dq(column.name)} TYPE {wanted}")
+                warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
+        selected = {c.name for c in table.columns}
+        for name in existing:
+            if name not in selected and name not in (EXTRACTED_AT, BATCH_ID):
+                warnings.append(f"column {name} is no longer replicated; kept in the destination, NULL in new rows")
+        for warning in warnings:
+            log.warning("%s: %s", table.id, warning)
+        return warnings
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def _predicate(self, table: SelectedTable, key_range: KeyRange) -> tuple[str, list[Any]]:
+        if key_range.column is None or (key_range.lower is None and key_range.upper is None):
+            return "", []
+        column = next(c for c in table.columns if c.name == key_range.column)
+        kind, col = duckdb_type(column), dq(key_range.column)
+        parts, params = [], []
+        if key_range.lower is not None:
+            parts.append(f"{col} >= CAST(? AS {kind})")
+            params.append(str(key_range.lower))
+        if key_range.upper is not None:
+            parts.append(f"{col} {'<=' if key_range.upper_inclusive else '<'} CAST(? AS {kind})")
+            params.append(str(key_range.upper))
+        where = " AND ".join(parts)
+        if key_range.include_nulls:
+            where = f"({where}) OR {col} IS NULL"
+        return f" WHERE {where}", params
+
+    def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
+             bookmark_before: str | None) -> tuple[LoadingReport, str | None, int]:  # fmt: skip
+        started = time.monotonic()
+        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
+        fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
+        new_bookmark, null_keys = bookmark_before, 0
+        try:
+            copy.start()
+            with os.fdopen(fd, "wb") as spool:
+                while chunk := copy.pipe.read():
+                    spool.write(chunk)
+            copy.join()
+            if copy.error is not None:
+                raise copy.error
+            width = len(table.columns)
+            columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
+            source = (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
+                      "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true)")  # fmt: skip
+            converted = ", ".join(f"{convert(f'c{i}', c)} AS {dq(c.name)}" for i, c in enumerate(table.columns))
+            col_list = ", ".join(dq(c.name) for c in table.columns)
+            target = self._target(table)
+            c = self.conn
+            c.execute("BEGIN TRANSACTION")
+            try:
+                report.warnings = tuple(self.ensure_table(table))
+                key = table.replication_key
+                raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
+                c.execute(f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
+                if table.method == "full_table":
+                    where, params = self._predicate(table, key_range)
+                    report.rows_deleted = int(c.execute(f"DELETE FROM {target}{where}", params).fetchone()[0])
+                    c.execute(f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                              f"SELECT {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
+                    report.rows_inserted = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
+                else:
+                    report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
+                    new_bookmark, null_keys = self._bookmark(table, bookmark_before)
+                c.execute(f"INSERT OR REPLACE INTO {self._state()} VALUES (?, ?, ?, ?, now())",
+                          [table.id, table.destination_table, key, new_bookmark])  # fmt: skip
+                c.execute("DROP TABLE _rds_stage")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        except BaseException:
+            copy.abort()
+            raise
+        finally:
+            Path(name).unlink(missing_ok=True)
+        report.seconds = time.monotonic() - started
+        report.committed_at = dt.datetime.now(dt.UTC)
+        return report, new_bookmark, null_keys
+
+    def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
+        c, target = self.conn, self._target(table)
+        total = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
+        if not table.primary_key:
+            c.execute(f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                      f"SELECT {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
+            return total, 0
+        pk = ", ".join(dq(k) for k in table.primary_key)
+        join = " AND ".join(f"t.{dq(k)} IS NOT DISTINCT FROM s.{dq(k)}" for k in table.primary_key)
+        existing = int(c.execute(f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t "
+                                 f"WHERE {join})").fetchone()[0])  # fmt: skip
+        # delete-then-insert is DuckDB's reliable upsert inside one transaction (ON CONFLICT DO UPDATE cannot
+        # touch the same key twice in a transaction)
+        c.execute(f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_stage s WHERE {join})")
+        c.execute(f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                  f"SELECT DISTINCT ON ({pk}) {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
+        return total - existing, existing
+
+    def _bookmark(self, table: SelectedTable, before: str | None) -> tuple[str | None, int]:
+        key = table.replication_key
+        assert key is not None
+        column = next(col for col in table.columns if col.name == key)
+        kind = duckdb_type(column)
+        c = self.conn
+        nulls = int(c.execute(f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone()[0])
+        row = c.execute(f"SELECT _raw_key, {dq(key)} FROM _rds_stage WHERE {dq(key)} IS NOT NULL "
+                        f"ORDER BY {dq(key)} DESC LIMIT 1").fetchone()  # fmt: skip
+        if row is None:
+            return before, nulls
+        if before is not None:
+            newer = c.execute(f"SELECT CAST(? AS {kind}) < ?", [before, row[1]]).fetchone()[0]
+            if not newer:
+                return before, nulls
+        return row[0], nulls
+
+    def fetch_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:
+        order = ", ".join(dq(c) for c in (table.primary_key or table.column_names))
+        cols = ", ".join(dq(c) for c in table.column_names)
+        return self.conn.execute(f"SELECT {cols} FROM {self._target(table)} ORDER BY {order}").fetchall()
