@@ -40,6 +40,12 @@ def dq(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def run(conn: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """The one place DuckDB SQL is executed. DuckDB has no psycopg2.sql: identifiers in ``query`` must come
+    from ``dq()`` (or be constants), and every value goes in ``params``."""
+    return conn.execute(query, params or [])
+
+
 def _bc_aware(expr: str, target: str) -> str:
     """DuckDB silently reads '0044-03-15 BC' as year 44 AD; rebuild BC dates and timestamps explicitly
     (PostgreSQL's year N BC is DuckDB's year 1 - N)."""
@@ -112,17 +118,17 @@ class DuckDBDestination:
         c = self.conn
         c.execute("BEGIN TRANSACTION")
         try:
-            c.execute(f"CREATE SCHEMA IF NOT EXISTS {dq(META_SCHEMA)}")
-            c.execute(f"CREATE TABLE IF NOT EXISTS {dq(META_SCHEMA)}.integrations (source_key VARCHAR PRIMARY KEY, "
+            run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(META_SCHEMA)}")
+            run(c, f"CREATE TABLE IF NOT EXISTS {dq(META_SCHEMA)}.integrations (source_key VARCHAR PRIMARY KEY, "
                       "integration_name VARCHAR NOT NULL, schema_name VARCHAR NOT NULL)")  # fmt: skip
-            row = c.execute(f"SELECT integration_name, schema_name FROM {dq(META_SCHEMA)}.integrations "
+            row = run(c, f"SELECT integration_name, schema_name FROM {dq(META_SCHEMA)}.integrations "
                             "WHERE source_key = ?", [config.source_key]).fetchone()  # fmt: skip
             if row and row[1] != self.schema and not config.allow_integration_rename and self._has_data(row[1]):
                 raise rename_refusal(row[0], row[1], config.integration_name, self.schema)
-            c.execute(f"INSERT OR REPLACE INTO {dq(META_SCHEMA)}.integrations VALUES (?, ?, ?)",
+            run(c, f"INSERT OR REPLACE INTO {dq(META_SCHEMA)}.integrations VALUES (?, ?, ?)",
                       [config.source_key, config.integration_name, self.schema])  # fmt: skip
-            c.execute(f"CREATE SCHEMA IF NOT EXISTS {dq(self.schema)}")
-            c.execute(f"CREATE TABLE IF NOT EXISTS {self._state()} (table_id VARCHAR PRIMARY KEY, destination_table "
+            run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(self.schema)}")
+            run(c, f"CREATE TABLE IF NOT EXISTS {self._state()} (table_id VARCHAR PRIMARY KEY, destination_table "
                       "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)")  # fmt: skip
             c.execute("COMMIT")
         except BaseException:
@@ -134,20 +140,20 @@ class DuckDBDestination:
                                    [schema, STATE_TABLE]).fetchone()[0]  # fmt: skip
         if not exists:
             return False
-        return bool(self.conn.execute(f"SELECT count(*) FROM {dq(schema)}.{dq(STATE_TABLE)}").fetchone()[0])
+        return bool(run(self.conn, f"SELECT count(*) FROM {dq(schema)}.{dq(STATE_TABLE)}").fetchone()[0])
 
     def read_bookmark(self, table: SelectedTable) -> str | None:
-        row = self.conn.execute(f"SELECT bookmark FROM {self._state()} WHERE table_id = ?", [table.id]).fetchone()
+        row = run(self.conn, f"SELECT bookmark FROM {self._state()} WHERE table_id = ?", [table.id]).fetchone()
         return row[0] if row else None
 
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")
-        self.conn.execute(f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
-        self.conn.execute(f"DROP TABLE IF EXISTS {self._target(table)}")
+        run(self.conn, f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
+        run(self.conn, f"DROP TABLE IF EXISTS {self._target(table)}")
         self.conn.execute("COMMIT")
 
     def row_count(self, table: SelectedTable) -> int:
-        return int(self.conn.execute(f"SELECT count(*) FROM {self._target(table)}").fetchone()[0])
+        return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}").fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
     def ensure_table(self, table: SelectedTable) -> list[str]:
@@ -165,16 +171,16 @@ class DuckDBDestination:
             columns += [f"{dq(EXTRACTED_AT)} TIMESTAMPTZ", f"{dq(BATCH_ID)} VARCHAR"]
             if table.primary_key:
                 columns.append(f"PRIMARY KEY ({', '.join(dq(c) for c in table.primary_key)})")
-            self.conn.execute(f"CREATE TABLE {target} ({', '.join(columns)})")
+            run(self.conn, f"CREATE TABLE {target} ({', '.join(columns)})")
             return warnings
         for column in table.columns:
             wanted = duckdb_type(column)
             if column.name not in existing:
-                self.conn.execute(f"ALTER TABLE {target} ADD COLUMN {dq(column.name)} {wanted}")
+                run(self.conn, f"ALTER TABLE {target} ADD COLUMN {dq(column.name)} {wanted}")
                 warnings.append(f"column {column.name} ({wanted}) added to {self.schema}.{table.destination_table}")
             elif existing[column.name] != wanted:
                 old = existing[column.name]
-                self.conn.execute(f"ALTER TABLE {target} ALTER COLUMN {dq(column.name)} TYPE {wanted}")
+                run(self.conn, f"ALTER TABLE {target} ALTER COLUMN {dq(column.name)} TYPE {wanted}")
                 warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
         selected = {c.name for c in table.columns}
         for name in existing:
@@ -229,17 +235,17 @@ class DuckDBDestination:
                 report.warnings = tuple(self.ensure_table(table))
                 key = table.replication_key
                 raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
-                c.execute(f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
+                run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
                 if table.method == "full_table":
                     where, params = self._predicate(table, key_range)
-                    report.rows_deleted = int(c.execute(f"DELETE FROM {target}{where}", params).fetchone()[0])
-                    c.execute(f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                    report.rows_deleted = int(run(c, f"DELETE FROM {target}{where}", params).fetchone()[0])
+                    run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
                               f"SELECT {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
                     report.rows_inserted = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
                 else:
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
                     new_bookmark, null_keys = self._bookmark(table, bookmark_before)
-                c.execute(f"INSERT OR REPLACE INTO {self._state()} VALUES (?, ?, ?, ?, now())",
+                run(c, f"INSERT OR REPLACE INTO {self._state()} VALUES (?, ?, ?, ?, now())",
                           [table.id, table.destination_table, key, new_bookmark])  # fmt: skip
                 c.execute("DROP TABLE _rds_stage")
                 c.execute("COMMIT")
@@ -259,17 +265,17 @@ class DuckDBDestination:
         c, target = self.conn, self._target(table)
         total = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
         if not table.primary_key:
-            c.execute(f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+            run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
                       f"SELECT {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
             return total, 0
         pk = ", ".join(dq(k) for k in table.primary_key)
         join = " AND ".join(f"t.{dq(k)} IS NOT DISTINCT FROM s.{dq(k)}" for k in table.primary_key)
-        existing = int(c.execute(f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t "
+        existing = int(run(c, f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t "
                                  f"WHERE {join})").fetchone()[0])  # fmt: skip
         # delete-then-insert is DuckDB's reliable upsert inside one transaction (ON CONFLICT DO UPDATE cannot
         # touch the same key twice in a transaction)
-        c.execute(f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_stage s WHERE {join})")
-        c.execute(f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+        run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_stage s WHERE {join})")
+        run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
                   f"SELECT DISTINCT ON ({pk}) {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
         return total - existing, existing
 
@@ -279,13 +285,13 @@ class DuckDBDestination:
         column = next(col for col in table.columns if col.name == key)
         kind = duckdb_type(column)
         c = self.conn
-        nulls = int(c.execute(f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone()[0])
-        row = c.execute(f"SELECT _raw_key, {dq(key)} FROM _rds_stage WHERE {dq(key)} IS NOT NULL "
+        nulls = int(run(c, f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone()[0])
+        row = run(c, f"SELECT _raw_key, {dq(key)} FROM _rds_stage WHERE {dq(key)} IS NOT NULL "
                         f"ORDER BY {dq(key)} DESC LIMIT 1").fetchone()  # fmt: skip
         if row is None:
             return before, nulls
         if before is not None:
-            newer = c.execute(f"SELECT CAST(? AS {kind}) < ?", [before, row[1]]).fetchone()[0]
+            newer = run(c, f"SELECT CAST(? AS {kind}) < ?", [before, row[1]]).fetchone()[0]
             if not newer:
                 return before, nulls
         return row[0], nulls
@@ -293,4 +299,4 @@ class DuckDBDestination:
     def fetch_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:
         order = ", ".join(dq(c) for c in (table.primary_key or table.column_names))
         cols = ", ".join(dq(c) for c in table.column_names)
-        return self.conn.execute(f"SELECT {cols} FROM {self._target(table)} ORDER BY {order}").fetchall()
+        return run(self.conn, f"SELECT {cols} FROM {self._target(table)} ORDER BY {order}").fetchall()

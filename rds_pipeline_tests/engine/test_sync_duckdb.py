@@ -15,7 +15,7 @@ from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.config import parse_config
 from rds_pipeline.engine.destination import open_destination
 from rds_pipeline.engine.extract import KeyRange, apply_session_settings
-from rds_pipeline.engine.load_duckdb import DuckDBDestination, dq
+from rds_pipeline.engine.load_duckdb import DuckDBDestination, dq, run
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection
 from rds_pipeline.engine.sync import SourceSession, sync_table
 from rds_pipeline.engine.types_map import duckdb_type
@@ -59,7 +59,7 @@ def duck_text(dest: DuckDBDestination, table: SelectedTable) -> list[tuple[Any, 
         for c in table.columns
     ]
     order = ", ".join(f"CAST({dq(c)} AS VARCHAR)" for c in table.primary_key or table.column_names)
-    return dest.conn.execute(f"SELECT {', '.join(exprs)} FROM {dest._target(table)} ORDER BY {order}").fetchall()
+    return run(dest.conn, f"SELECT {', '.join(exprs)} FROM {dest._target(table)} ORDER BY {order}").fetchall()
 
 
 def same(pg: str | None, duck: str | None, kind: str) -> bool:
