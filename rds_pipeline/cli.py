@@ -188,6 +188,62 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _pick(selection, names):  # noqa: ANN001, ANN202 - small CLI helper
+    from rds_pipeline.engine.catalog import Catalog
+    from rds_pipeline.engine.selection import find_relation
+
+    if not names:
+        return selection
+    catalog = Catalog([t.relation for t in selection])
+    picked = []
+    for name in names:
+        ids = {r.id for r in find_relation(catalog, name, selection[0].relation.database if selection else "")}
+        ids |= {t.id for t in selection if name in (t.id, t.destination_table)}
+        match = [t for t in selection if t.id in ids]
+        if not match:
+            raise RdsPipelineError(f"{name} is not selected. Fix: `rds-pipeline select {name}` first")
+        picked.extend(match)
+    return picked
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from rds_pipeline.engine.destination import open_destination
+
+    config = load_config(args.config)
+    _, selection = _load_selection(config)
+    tables = _pick(selection, [args.table])
+    destination = open_destination(config)
+    try:
+        for table in tables:
+            destination.reset(table)
+            print(f"Reset {table.id}: bookmark cleared and {config.destination_schema}.{table.destination_table} "
+                  "dropped; the next sync is a full historical sync.")  # fmt: skip
+    finally:
+        destination.close()
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from rds_pipeline.engine.destination import open_destination
+    from rds_pipeline.engine.report import format_loading_report
+    from rds_pipeline.engine.sync import SourceSession, sync_table
+
+    config = load_config(args.config)
+    _, selection = _load_selection(config)
+    tables = _pick(selection, args.table or [])
+    destination = open_destination(config)
+    reports = []
+    try:
+        with SourceSession(config.source) as session:
+            for table in tables:
+                result = sync_table(session, destination, table)
+                reports.append(result.report.as_dict())
+    finally:
+        destination.close()
+    print(format_loading_report(reports))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log debug detail (never secrets)")
@@ -242,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", parents=[common], help="check privileges, indexes and settings for the selection")
     check.set_defaults(func=_check)
+
+    reset = sub.add_parser("reset", parents=[common], help="clear a table's bookmark and destination data")
+    reset.add_argument("table", help="schema.table (or database.schema.table) of a selected table")
+    reset.set_defaults(func=_reset)
+
+    sync = sub.add_parser(
+        "sync", parents=[common], help="replicate the selected tables now and print the loading report"
+    )
+    sync.add_argument("--table", action="append", help="only this table (repeatable)")
+    sync.set_defaults(func=_sync)
 
     demo = sub.add_parser("demo", parents=[common], help="run the demo on an embedded PostgreSQL loaded with Pagila")
     demo.add_argument("--dir", default=".demo", help="demo working folder (default .demo)")

@@ -1,14 +1,15 @@
-"""Extraction: ``COPY (SELECT … WHERE <range>) TO STDOUT`` from the source, streamed through a bounded pipe.
+"""Extraction: ``COPY (SELECT … WHERE <range>) TO STDOUT`` from the source, streamed through an OS pipe.
 
-Rows never become Python objects: bytes flow from the source's COPY into the destination's COPY through at
-most ``max_chunks`` x ``chunk_bytes`` of memory, so peak memory does not depend on table size.
+Rows never become Python objects: bytes flow from the source's COPY into the destination's COPY through a
+1 MiB kernel pipe and a 1 MiB write buffer, so peak memory does not depend on table size.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
-import queue
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ SESSION_SETTINGS = {
     "lc_monetary": "C",
 }
 PROGRESS_SECONDS = 10.0
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def apply_session_settings(conn: psycopg2.extensions.connection) -> None:
@@ -132,78 +135,31 @@ def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
     return sql.SQL("COPY ({}) TO STDOUT{}").format(select, options)
 
 
-class PipeClosed(Exception):
-    """The reading side stopped (the load failed); the source COPY must stop too."""
+class PipeReader:
+    """The reading end of an OS pipe, for the destination's COPY FROM; counts bytes and reports progress.
 
+    The source's COPY TO writes into the other end through a C ``BufferedWriter`` (psycopg2 calls ``write``
+    once per row, so a Python-level writer would cost a Python call per row). The kernel pipe (1 MiB) plus
+    the writer's buffer bound the memory in flight."""
 
-class BoundedPipe:
-    """Bytes from a COPY TO (``write``) to a COPY FROM (``read``), holding at most ``max_chunks`` chunks."""
-
-    def __init__(self, chunk_bytes: int = 1 << 20, max_chunks: int = 8,
-                 on_progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=max_chunks)
-        self._chunk_bytes = chunk_bytes
-        self._buffer = bytearray()
-        self._pending = b""
-        self._closed = threading.Event()
-        self._eof = False
+    def __init__(self, fd: int, on_progress: Callable[[int], None] | None = None) -> None:
+        self._raw = os.fdopen(fd, "rb", buffering=0)
         self.bytes = 0
         self._on_progress = on_progress
 
-    # writer side (psycopg2 calls write() once per COPY data message)
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        if len(self._buffer) >= self._chunk_bytes:
-            self._put(bytes(self._buffer))
-            self._buffer.clear()
-        return len(data)
-
-    def finish(self, error: BaseException | None = None) -> None:
-        if self._buffer and error is None:
-            self._put(bytes(self._buffer))
-            self._buffer.clear()
-        self._put(error)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while True:
-            if self._closed.is_set():
-                raise PipeClosed()
-            try:
-                self._queue.put(item, timeout=0.2)
-            except queue.Full:
-                continue
-            if isinstance(item, bytes):
-                self.bytes += len(item)
-                if self._on_progress:
-                    self._on_progress(self.bytes)
-            return
-
-    # reader side (psycopg2 calls read(size) until it returns b"")
     def read(self, size: int = -1) -> bytes:
-        if self._pending:
-            chunk, self._pending = self._pending, b""
-            return chunk
-        if self._eof:
-            return b""
-        item = self._queue.get()
-        if item is None:
-            self._eof = True
-            return b""
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        return item
+        data = self._raw.read(size if size and size > 0 else PIPE_BYTES)
+        if data:
+            self.bytes += len(data)
+            if self._on_progress:
+                self._on_progress(self.bytes)
+        return data or b""
 
-    def readline(self, size: int = -1) -> bytes:  # psycopg2 never calls it; present for file-likeness
+    def readline(self, size: int = -1) -> bytes:  # file-likeness; psycopg2 uses read()
         return self.read(size)
 
-    def close_reader(self) -> None:
-        self._closed.set()
-        while True:  # unblock a writer waiting on a full queue
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
+    def close(self) -> None:
+        self._raw.close()
 
 
 def source_in_recovery(conn: psycopg2.extensions.connection) -> bool:
@@ -215,17 +171,23 @@ def source_in_recovery(conn: psycopg2.extensions.connection) -> bool:
 
 
 class CopyOut:
-    """Runs the source COPY TO in a thread, feeding a ``BoundedPipe``; logs progress every 10 s."""
+    """Runs the source COPY TO in a thread, writing into an OS pipe that ``pipe`` (a PipeReader) drains."""
 
     def __init__(self, conn: psycopg2.extensions.connection, query: sql.Composed, table: str,
-                 extraction: ExtractionLog, chunk_bytes: int = 1 << 20, max_chunks: int = 8) -> None:  # fmt: skip
+                 extraction: ExtractionLog) -> None:  # fmt: skip
         self.conn = conn
         self.query_text = query.as_string(conn)
         self.table = table
         self.extraction = extraction
         self._last_progress = time.monotonic()
         self._started = time.monotonic()
-        self.pipe = BoundedPipe(chunk_bytes, max_chunks, self._progress)
+        read_fd, write_fd = os.pipe()
+        try:
+            fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # a smaller pipe only costs speed
+        self.pipe = PipeReader(read_fd, self._progress)
+        self._writer = os.fdopen(write_fd, "wb", buffering=PIPE_BYTES)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"rds-copy-out-{table}", daemon=True)
 
@@ -247,25 +209,30 @@ class CopyOut:
     def _run(self) -> None:
         try:
             with self.conn.cursor() as cur:
-                cur.copy_expert(self.query_text, self.pipe, size=1 << 18)
+                cur.copy_expert(self.query_text, self._writer)
                 self.extraction.rows = cur.rowcount
-            self.pipe.finish()
-        except PipeClosed:
-            self.error = PipeClosed()
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, re-raised there
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the loader before it commits
             self.error = exc
+        finally:
             try:
-                self.pipe.finish(exc)
-            except PipeClosed:
-                pass
+                self._writer.close()  # EOF for the reader (after a failure too: the loader checks .error)
+            except OSError as exc:
+                self.error = self.error or exc
 
     def join(self) -> None:
         self._thread.join()
         self.extraction.bytes = self.pipe.bytes
+        self.pipe.close()
 
     def abort(self) -> None:
-        """Stop the source COPY after a load failure (cancel the statement, unblock the writer)."""
-        self.pipe.close_reader()
+        """Stop the source COPY after a load failure (close our end so its writes fail; cancel the query)."""
+        try:
+            self.pipe.close()
+        except OSError:
+            pass
+        if not self._thread.is_alive() and self._thread.ident is None:  # never started
+            self._writer.close()
+            return
         try:
             self.conn.cancel()
         except psycopg2.Error:

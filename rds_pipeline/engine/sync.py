@@ -131,8 +131,9 @@ def is_transient(exc: BaseException) -> bool:
         code = getattr(exc, "pgcode", None)
         if code in TRANSIENT_SQLSTATES:
             return True
-        if code is None and isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            return True  # a dropped connection has no SQLSTATE
+        if code is None:
+            return True  # every server-side error carries a SQLSTATE; none means the connection broke
+
     return isinstance(exc, (ConnectionError, TimeoutError, EOFError))
 
 

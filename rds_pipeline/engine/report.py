@@ -1,0 +1,44 @@
+"""The loading report printed after a sync: rows inserted, updated and deleted, duration and rate, per table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def format_loading_report(rows: Iterable[dict[str, Any]]) -> str:
+    """``rows`` are LoadingReport.as_dict() (optionally merged with the extraction log)."""
+    rows = list(rows)
+    header = ("table", "mode", "inserted", "updated", "deleted", "seconds", "rows/s")
+    body = [
+        (
+            str(r["destination_table"]),
+            str(r["mode"]),
+            f"{r['rows_inserted']:,}",
+            f"{r['rows_updated']:,}",
+            f"{r['rows_deleted']:,}",
+            f"{r['seconds']:.2f}",
+            f"{r['rows_per_second']:,.0f}",
+        )
+        for r in rows
+    ]
+    totals = (
+        f"TOTAL ({len(rows)} tables)",
+        "",
+        f"{sum(r['rows_inserted'] for r in rows):,}",
+        f"{sum(r['rows_updated'] for r in rows):,}",
+        f"{sum(r['rows_deleted'] for r in rows):,}",
+        f"{sum(r['seconds'] for r in rows):.2f}",
+        "",
+    )
+    table = [header, *body, totals]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate(table):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])] + [
+            c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+        if index == 0 or index == len(table) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
