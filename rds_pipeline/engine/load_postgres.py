@@ -137,7 +137,7 @@ class PostgresDestination:
             return int(cur.fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
-    def ensure_table(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> list[str]:
+    def ensure_table(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> tuple[list[str], bool]:
         """Create the table, or evolve it: add new columns; keep dropped ones (nullable); apply type changes
         with a checked cast (a failing cast aborts the load, so data is never silently corrupted)."""
         cur.execute(
@@ -163,7 +163,7 @@ class PostgresDestination:
                     sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
                 )
             cur.execute(sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)))
-            return warnings
+            return warnings, True
         selected = {c.name for c in table.columns}
         for column in table.columns:
             wanted = postgres_type(column)
@@ -196,7 +196,7 @@ class PostgresDestination:
             warnings.append(f"column {name} is no longer replicated; kept in the destination, NULL in new rows")
         for warning in warnings:
             log.warning("%s: %s", table.id, warning)
-        return warnings
+        return warnings, False
 
     # -- loading -------------------------------------------------------------------------------------------
     def load(
@@ -215,7 +215,8 @@ class PostgresDestination:
         new_bookmark, null_keys = bookmark_before, 0
         try:
             with self.conn.cursor() as cur:
-                report.warnings = tuple(self.ensure_table(cur, table))
+                warnings, created = self.ensure_table(cur, table)
+                report.warnings = tuple(warnings)
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
                 copy.start()
                 if table.method == "full_table":
@@ -231,6 +232,16 @@ class PostgresDestination:
                         size=1 << 20,
                     )
                     report.rows_inserted = cur.rowcount
+                elif created:
+                    # historical sync into a table created in this transaction: nothing to merge with, so
+                    # COPY straight in (the stage and upsert would double the work)
+                    cur.copy_expert(
+                        sql.SQL("COPY {} ({}) FROM STDIN").format(target, column_list).as_string(cur),
+                        copy.pipe,
+                        size=1 << 20,
+                    )
+                    report.rows_inserted = cur.rowcount
+                    new_bookmark, null_keys = self._bookmark(cur, table, target, bookmark_before)
                 else:
                     stage = sql.Identifier("_rds_stage")
                     cur.execute(
@@ -300,7 +311,7 @@ class PostgresDestination:
         inserted, updated = cur.fetchone()
         return int(inserted), int(updated)
 
-    def _bookmark(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
+    def _bookmark(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Composable,
                   before: str | None) -> tuple[str | None, int]:  # fmt: skip
         """The new bookmark: the greatest key seen, never lower than before; and the count of NULL keys."""
         key = table.replication_key
