@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/rds-pipeline demo
 
 dev: $(STAMP)
-	$(BIN)/rds-pipeline demo --keep-running
+	$(BIN)/rds-pipeline demo --ui
 
 test: $(STAMP)
 	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench

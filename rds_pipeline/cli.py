@@ -29,19 +29,12 @@ def _test_connection(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rds_pipeline.demo import start_demo_source
-    from rds_pipeline.engine.diagnostics import run_connection_test
+    from rds_pipeline import demo
 
-    setup = start_demo_source(Path(args.dir).resolve())
-    print(f"Demo source: embedded PostgreSQL on 127.0.0.1:{setup.server.port}, database pagila")
-    print(f"Demo config: {setup.config_path}")
-    config = load_config(setup.config_path)
-    for line in run_connection_test(config.source).lines():
-        print(line)
-    if not args.keep_running:
-        setup.server.stop()
-        print("Demo server stopped (run with --keep-running to leave it up).")
-    return 0
+    root = Path(args.dir).resolve()
+    if args.ui:
+        return demo.run_ui(root, args.port)
+    return demo.run_demo(root, keep_running=args.keep_running)
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -62,11 +55,14 @@ def _discover(args: argparse.Namespace) -> int:
         for line in report.lines():
             print(line)
         return 1 if report.drifted else 0
+    from rds_pipeline.engine.selection import stats_wanted
+
     started = time.monotonic()
     catalog = discover(
         config.source,
         databases=args.database or None,
         progress=lambda db, n: print(f"  {db}: {n} tables and views", flush=True),
+        stats_for=stats_wanted(config.tables, config.source.database),
     )
     catalog.save(config.catalog_path)
     print(f"Discovered {len(catalog.relations)} relations in {len(catalog.databases)} database(s) in "
@@ -224,24 +220,21 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from rds_pipeline.engine.destination import open_destination
+    """Materialize through Dagster what a schedule tick would (history first for tables never synced)."""
+    from rds_pipeline.dagster_defs.run import run_sync
     from rds_pipeline.engine.report import format_loading_report
-    from rds_pipeline.engine.sync import SourceSession, sync_table
 
     config = load_config(args.config)
-    _, selection = _load_selection(config)
-    tables = _pick(selection, args.table or [])
-    destination = open_destination(config)
-    reports = []
-    try:
-        with SourceSession(config.source) as session:
-            for table in tables:
-                result = sync_table(session, destination, table)
-                reports.append(result.report.as_dict())
-    finally:
-        destination.close()
-    print(format_loading_report(reports))
-    return 0
+    if args.table:
+        _pick(_load_selection(config)[1], args.table)  # clear errors for unknown tables, before Dagster starts
+    ok, rows = run_sync(config.path, tables=args.table, group=args.group or "")
+    print(format_loading_report(rows))
+    if not ok:
+        print(
+            "Sync FAILED: see the run in the Dagster UI (or the log above) for the table and the error.",
+            file=sys.stderr,
+        )
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,11 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sync", parents=[common], help="replicate the selected tables now and print the loading report"
     )
     sync.add_argument("--table", action="append", help="only this table (repeatable)")
+    sync.add_argument("--group", help="only this group (source schema)")
     sync.set_defaults(func=_sync)
 
     demo = sub.add_parser("demo", parents=[common], help="run the demo on an embedded PostgreSQL loaded with Pagila")
     demo.add_argument("--dir", default=".demo", help="demo working folder (default .demo)")
     demo.add_argument("--keep-running", action="store_true", help="leave the demo server running afterwards")
+    demo.add_argument("--ui", action="store_true", help="then start the Dagster UI (`make dev`)")
+    demo.add_argument("--port", type=int, default=3000, help="Dagster UI port (with --ui)")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,11 +1,8 @@
-"""The Dagster code location. It must load without touching the source database.
-
-The table assets, schedules, sensors and checks are built from the cached catalog by the Dagster layer
-(issue "Dagster layer"); until then the location loads and holds no assets.
-"""
+"""The Dagster code location (`workspace.yaml`, `[tool.dagster]`). It reads rds_pipeline.yaml and the cached
+catalog file only: loading never touches the source database."""
 
 from __future__ import annotations
 
-import dagster as dg
+from rds_pipeline.dagster_defs.definitions import definitions_or_empty
 
-defs = dg.Definitions()
+defs = definitions_or_empty()

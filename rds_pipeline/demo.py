@@ -1,9 +1,13 @@
-"""``make demo``: an embedded PostgreSQL 18 loaded with Pagila as the source, no installed server needed."""
+"""`make demo`: an embedded PostgreSQL 18 loaded with Pagila is the source and also stores the Dagster
+instance; every Pagila table and view is replicated through Dagster into an embedded DuckDB file."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +15,16 @@ from pathlib import Path
 from rds_pipeline.local_postgres import LocalPostgres, _others_can_reach, embedded_bin_dir, pagila_dir
 
 DEMO_DATABASE = "pagila"
+DAGSTER_DATABASE = "dagster"
 DEMO_PASSWORD_ENV = "RDS_DEMO_PASSWORD"
 DEMO_PASSWORD = "rds-demo-local-only"
 DEMO_INTEGRATION = "Pagila Demo"
+REPO = Path(__file__).resolve().parents[1]
+# Two key-based tables exercise time windows and integer key ranges; the rest is full table.
+KEY_BASED = {
+    "public.payment": {"method": "key_based", "replication_key": "payment_date", "granularity": "monthly"},
+    "public.rental": {"method": "key_based", "replication_key": "rental_id", "chunk_rows": 5000},
+}
 
 
 @dataclass
@@ -32,39 +43,126 @@ def _server_dir(root: Path) -> Path:
 
 
 def start_demo_source(root: Path) -> DemoSetup:
-    """Start (creating on first use) the demo server with Pagila, and write the demo config beside it."""
+    """Start (creating on first use) the demo server with Pagila and a Dagster database; write the config."""
     root.mkdir(parents=True, exist_ok=True)
     server_dir = _server_dir(root)
     port_file = root / "port"
     port = int(port_file.read_text()) if port_file.exists() and (server_dir / "data").exists() else None
     server = LocalPostgres(embedded_bin_dir(), server_dir, port=port, password=DEMO_PASSWORD)
     fresh = not server.initialized
-    if server.initialized and server.is_running():
-        server.wait_ready()
-    else:
+    if not (server.initialized and server.is_running()):
         server.start()
-        server.wait_ready()
+    server.wait_ready()
     port_file.write_text(str(server.port))
     if fresh:
         print(f"Loading Pagila into the embedded PostgreSQL on 127.0.0.1:{server.port} ...", flush=True)
         server.load_pagila(pagila_dir(), DEMO_DATABASE)
+        server.psql(f"CREATE DATABASE {DAGSTER_DATABASE}")
     os.environ.setdefault(DEMO_PASSWORD_ENV, DEMO_PASSWORD)
     config_path = root / "rds_pipeline.yaml"
-    config_path.write_text(demo_config_text(server.port))
+    if not config_path.exists():
+        config_path.write_text(demo_config_text(server.port, []))
     return DemoSetup(root, server, config_path)
 
 
-def demo_config_text(port: int) -> str:
-    return f"""# Written by `make demo`. Copy it as a starting point for your own rds_pipeline.yaml.
-integration_name: {DEMO_INTEGRATION}
-source:
-  host: 127.0.0.1
-  port: {port}
-  user: postgres
-  password: ${{{DEMO_PASSWORD_ENV}}}
-  database: {DEMO_DATABASE}
-  ssl: {{mode: prefer}}
-destination:
-  type: duckdb
-  path: replica.duckdb
-"""
+def demo_config_text(port: int, tables: list[str]) -> str:
+    lines = [
+        "# Written by `make demo`. Copy it as a starting point for your own rds_pipeline.yaml.",
+        f"integration_name: {DEMO_INTEGRATION}",
+        "source:",
+        "  host: 127.0.0.1",
+        f"  port: {port}",
+        "  user: postgres",
+        f"  password: ${{{DEMO_PASSWORD_ENV}}}",
+        f"  database: {DEMO_DATABASE}",
+        "  ssl: {mode: prefer}",
+        "destination:",
+        "  type: duckdb",
+        "  path: replica.duckdb",
+        "schedule: 1h",
+        "tables:" if tables else "tables: []",
+    ]
+    for name in tables:
+        lines.append(f"  - name: {name}")
+        for key, value in KEY_BASED.get(name, {}).items():
+            lines.append(f"    {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def dagster_environment(setup: DemoSetup) -> dict[str, str]:
+    """DAGSTER_HOME with the project's dagster.yaml, its storage in the demo server's `dagster` database."""
+    home = setup.root / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    return {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": setup.server.host,
+        "DAGSTER_PG_PORT": str(setup.server.port),
+        "DAGSTER_PG_USER": setup.server.superuser,
+        "DAGSTER_PG_PASSWORD": setup.server.password,
+        "DAGSTER_PG_DB": DAGSTER_DATABASE,
+        "RDS_PIPELINE_CONFIG": str(setup.config_path),
+        DEMO_PASSWORD_ENV: DEMO_PASSWORD,
+    }
+
+
+def prepare(root: Path) -> tuple[DemoSetup, dict[str, str]]:
+    """Source up, catalog discovered, every Pagila table and view selected, Dagster instance configured."""
+    from rds_pipeline.engine.config import load_config
+    from rds_pipeline.engine.discovery import discover
+    from rds_pipeline.engine.selection import stats_wanted
+
+    setup = start_demo_source(root)
+    config = load_config(setup.config_path)
+    catalog = discover(config.source, databases=[DEMO_DATABASE])
+    names = [r.qualified_name for r in catalog.relations]
+    setup.config_path.write_text(demo_config_text(setup.server.port, names))
+    config = load_config(setup.config_path)
+    catalog = discover(config.source, databases=[DEMO_DATABASE],
+                       stats_for=stats_wanted(config.tables, DEMO_DATABASE))  # fmt: skip
+    catalog.save(config.catalog_path)
+    print(f"Discovered and selected {len(names)} Pagila tables and views; catalog: {config.catalog_path}")
+    env = dagster_environment(setup)
+    os.environ.update(env)
+    return setup, env
+
+
+def run_demo(root: Path, keep_running: bool = False) -> int:
+    from rds_pipeline.dagster_defs.run import run_sync
+    from rds_pipeline.dagster_defs.usage import row_usage, usage_markdown
+    from rds_pipeline.engine.report import format_loading_report
+
+    setup, env = prepare(root)
+    try:
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            ok, rows = run_sync(setup.config_path, instance=instance)
+            print("\nLoading report (this run):")
+            print(format_loading_report(rows))
+            from rds_pipeline.dagster_defs.definitions import build_definitions
+
+            keys = [k for k in build_definitions(setup.config_path).resolve_asset_graph().get_all_asset_keys()
+                    if k.path[0] == "pagila_demo"]  # fmt: skip
+            usage = row_usage(instance, keys)
+            print(f"\nRow usage from the Dagster event log ({len(usage)} table-days):")
+            print(usage_markdown(usage[:5]) + ("\n| … |" if len(usage) > 5 else ""))
+        print(f"\nReplica: {setup.root / 'replica.duckdb'} (schema pagila_demo). Dagster UI: `make dev`, "
+              "then open http://127.0.0.1:3000")  # fmt: skip
+        return 0 if ok else 1
+    finally:
+        if not keep_running:
+            setup.server.stop()
+
+
+def run_ui(root: Path, port: int = 3000) -> int:
+    """`make dev`: the same setup, then the Dagster UI (webserver and daemon) on http://127.0.0.1:<port>."""
+    setup, env = prepare(root)
+    print(f"Dagster UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO / "workspace.yaml"),
+                                "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **env}, cwd=REPO)  # fmt: skip
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        setup.server.stop()

@@ -47,6 +47,13 @@ class Relation:
     reads: tuple[str, ...] = ()  # for views: "schema.name" of the relations it reads (same database)
     can_select: bool = True
     partitions: int = 0
+    key_stats: tuple[tuple[str, str | None, str | None], ...] = ()  # (column, min, max) of selected keys
+
+    def stats_for(self, column: str) -> tuple[str | None, str | None]:
+        for name, low, high in self.key_stats:
+            if name == column:
+                return low, high
+        return None, None
 
     @property
     def id(self) -> str:
@@ -125,6 +132,7 @@ class Catalog:
             columns = tuple(Column(**c) for c in raw.pop("columns"))
             for key in ("primary_key", "replication_key_candidates", "indexed_columns", "reads"):
                 raw[key] = tuple(raw.get(key) or ())
+            raw["key_stats"] = tuple(tuple(item) for item in raw.get("key_stats") or ())
             relations.append(Relation(columns=columns, **raw))
         return cls(relations, list(data.get("databases") or []), data.get("server_version"))
 

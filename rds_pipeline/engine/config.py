@@ -100,6 +100,7 @@ class IntegrationConfig:
     path: Path | None = None
     catalog_path: Path = Path(DEFAULT_CATALOG_NAME)
     allow_integration_rename: bool = False
+    schedule: Any = None  # raw; parsed by engine.frequency.parse_frequency
 
     @property
     def source_key(self) -> str:
@@ -301,7 +302,9 @@ class _Reader:
             self.problem("(top level)", "the config file is empty. Fix: see README.md, 'Configuration'")
             return None
         top = self.mapping(
-            "", data, ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename")
+            "",
+            data,
+            ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule"),
         )
         if top is None:
             return None
@@ -318,8 +321,21 @@ class _Reader:
         if source is None or destination is None:
             return None
         allow_rename = self.boolean("", top, "allow_integration_rename", False)
+        schedule = top.get("schedule")
+        from rds_pipeline.engine.frequency import FrequencyError, parse_frequency
+
+        try:
+            parse_frequency(schedule)
+        except FrequencyError as exc:
+            self.problems.append(f"{exc}. Fix: see README.md, 'Schedules'")
         return IntegrationConfig(
-            name, source, destination, list(tables), catalog_path=catalog, allow_integration_rename=allow_rename
+            name,
+            source,
+            destination,
+            list(tables),
+            catalog_path=catalog,
+            allow_integration_rename=allow_rename,
+            schedule=schedule,
         )
 
     def ssl(self, parent: str, raw: Any) -> SslConfig:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import psycopg2.extensions
+from psycopg2 import sql
 
 from rds_pipeline.engine.catalog import Catalog, Column, Relation
 from rds_pipeline.engine.config import SourceConfig
@@ -203,10 +205,38 @@ def _column_kind(typtype: str, category: str) -> str:
     return _TYPE_KINDS.get(typtype, "base")
 
 
+def key_stats(
+    conn: psycopg2.extensions.connection, wanted: list[tuple[Relation, str]]
+) -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """min/max of the given (relation, column) pairs of one database, in one statement: they place the first
+    time window and size the key-range chunks. Only selected keys are asked for (usually indexed)."""
+    if not wanted:
+        return {}
+    parts = [
+        sql.SQL("SELECT {}, {}, min({})::text, max({})::text FROM {}").format(
+            sql.Literal(relation.id),
+            sql.Literal(column),
+            sql.Identifier(column),
+            sql.Identifier(column),
+            sql.Identifier(relation.schema, relation.name),
+        )  # fmt: skip
+        for relation, column in wanted
+    ]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL(" UNION ALL ").join(parts))
+        rows = cur.fetchall()
+    conn.rollback()
+    found: dict[str, list[tuple[str, str | None, str | None]]] = {}
+    for relation_id, column, low, high in rows:
+        found.setdefault(relation_id, []).append((column, low, high))
+    return found
+
+
 def discover(
     config: SourceConfig,
     databases: list[str] | None = None,
     progress: Callable[[str, int], None] | None = None,
+    stats_for: Callable[[list[Relation]], list[tuple[Relation, str]]] | None = None,
 ) -> Catalog:
     """Discover every database the user may connect to (or only ``databases``), over one tunnel."""
     tunnel = open_tunnel(config)
@@ -223,6 +253,10 @@ def discover(
                 conn = first if name == config.database else connect_source(config, tunnel, database=name)
                 try:
                     found = discover_database(conn, name)
+                    if stats_for is not None:
+                        stats = key_stats(conn, stats_for(found))
+                        found = [dataclasses.replace(r, key_stats=tuple(stats[r.id])) if r.id in stats else r
+                                 for r in found]  # fmt: skip
                 finally:
                     if conn is not first:
                         conn.close()

@@ -146,6 +146,9 @@ class DuckDBDestination:
         row = run(self.conn, f"SELECT bookmark FROM {self._state()} WHERE table_id = ?", [table.id]).fetchone()
         return row[0] if row else None
 
+    def read_bookmarks(self) -> dict[str, str | None]:
+        return dict(run(self.conn, f"SELECT table_id, bookmark FROM {self._state()}").fetchall())
+
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")
         run(self.conn, f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
@@ -295,6 +298,20 @@ class DuckDBDestination:
             if not newer:
                 return before, nulls
         return row[0], nulls
+
+    def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
+        where, params = self._predicate(table, key_range)
+        return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}{where}", params).fetchone()[0])
+
+    def duplicate_keys(self, table: SelectedTable) -> int:
+        keys = ", ".join(dq(k) for k in table.primary_key)
+        query = f"SELECT count(*) FROM (SELECT 1 FROM {self._target(table)} GROUP BY {keys} HAVING count(*) > 1)"
+        return int(run(self.conn, query).fetchone()[0])
+
+    def column_names(self, table: SelectedTable) -> list[str]:
+        rows = run(self.conn, "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+                   "ORDER BY column_index", [self.schema, table.destination_table]).fetchall()  # fmt: skip
+        return [r[0] for r in rows]
 
     def fetch_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:
         order = ", ".join(dq(c) for c in (table.primary_key or table.column_names))

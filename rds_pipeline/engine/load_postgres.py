@@ -125,6 +125,11 @@ class PostgresDestination:
             row = cur.fetchone()
         return row[0] if row else None
 
+    def read_bookmarks(self) -> dict[str, str | None]:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT table_id, bookmark FROM {}").format(self._state()))
+            return dict(cur.fetchall())
+
     def reset(self, table: SelectedTable) -> None:
         """Forget the bookmark and drop the data, so the next sync is a full historical sync."""
         with self.conn, self.conn.cursor() as cur:
@@ -326,6 +331,34 @@ class PostgresDestination:
         )
         bookmark, nulls = cur.fetchone()
         return bookmark, int(nulls)
+
+    def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
+        query = sql.SQL("SELECT count(*) FROM {}").format(self._target(table))
+        predicate = key_range.predicate()
+        if predicate is not None:
+            query = sql.SQL("{} WHERE {}").format(query, predicate)
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(query)
+            return int(cur.fetchone()[0])
+
+    def duplicate_keys(self, table: SelectedTable) -> int:
+        keys = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY {} HAVING count(*) > 1) d").format(
+                    self._target(table), keys
+                )
+            )
+            return int(cur.fetchone()[0])
+
+    def column_names(self, table: SelectedTable) -> list[str]:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum",
+                (f"{_quote(self.schema)}.{_quote(table.destination_table)}",),
+            )
+            return [r[0] for r in cur.fetchall()]
 
     def fetch_rows(self, table: SelectedTable, order_by: tuple[str, ...] | None = None) -> list[tuple[Any, ...]]:
         """All replicated rows as text (for tests and checks), ordered by the primary key or all columns."""

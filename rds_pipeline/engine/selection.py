@@ -16,7 +16,9 @@ from rds_pipeline.engine.naming import MAX_IDENTIFIER, destination_table_name
 
 METHODS = ("full_table", "key_based")
 ENTRY_KEYS = ("name", "database", "schema", "table", "method", "replication_key", "columns", "primary_key",
-              "destination_table")  # fmt: skip
+              "destination_table", "schedule", "granularity", "chunk_rows", "lookback")  # fmt: skip
+GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
+DEFAULT_CHUNK_ROWS = 1_000_000
 _UNORDERED_TYPES = {"json", "jsonb", "xml", "tsvector", "tsquery", "point", "line", "lseg", "box", "path",
                     "polygon", "circle", "bytea", "txid_snapshot", "pg_snapshot"}  # fmt: skip
 
@@ -38,6 +40,10 @@ class SelectedTable:
     primary_key: tuple[str, ...]
     destination_table: str
     notices: tuple[str, ...] = field(default_factory=tuple)
+    schedule: Any = None  # per-table override of the integration's schedule (raw)
+    granularity: str = "daily"  # time-window partitions of a date/timestamp key
+    chunk_rows: int = DEFAULT_CHUNK_ROWS  # rows per key-range partition
+    lookback: str | int | None = None
 
     @property
     def id(self) -> str:
@@ -206,8 +212,25 @@ def _resolve_entry(
         problems.append(f"{label}: destination table name '{destination}' is longer than {MAX_IDENTIFIER} bytes. "
                         "Fix: set a shorter `destination_table:`")  # fmt: skip
         return None
+    granularity = str(entry.get("granularity") or "daily")
+    if granularity not in GRANULARITIES:
+        problems.append(f"{label}.granularity: '{granularity}' is not one of {', '.join(GRANULARITIES)}")
+        return None
+    chunk_rows = entry.get("chunk_rows") or DEFAULT_CHUNK_ROWS
+    if not isinstance(chunk_rows, int) or chunk_rows < 1000:
+        problems.append(f"{label}.chunk_rows: expected a whole number of at least 1000, got {chunk_rows!r}")
+        return None
+    if entry.get("schedule") is not None:
+        from rds_pipeline.engine.frequency import FrequencyError, parse_frequency
+
+        try:
+            parse_frequency(entry["schedule"], key=f"{label}.schedule")
+        except FrequencyError as exc:
+            problems.append(str(exc))
+            return None
     return SelectedTable(relation, method, str(key) if key else None, columns, primary_key, destination,
-                         tuple(notices))  # fmt: skip
+                         tuple(notices), entry.get("schedule"), granularity, chunk_rows,
+                         entry.get("lookback"))  # fmt: skip
 
 
 def _unknown_column(label: str, name: str, relation: Relation) -> str:
@@ -220,3 +243,39 @@ def _unknown_column(label: str, name: str, relation: Relation) -> str:
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+INTEGER_TYPES = ("smallint", "integer", "bigint")
+
+
+def chunkable_key(relation: Relation) -> str | None:
+    """The single integer primary-key column a full-table sync can be chunked by, if there is one."""
+    if len(relation.primary_key) != 1:
+        return None
+    column = relation.column(relation.primary_key[0])
+    if column is None:
+        return None
+    base = column.base_type if column.kind == "domain" else column.type
+    return column.name if base in INTEGER_TYPES else None
+
+
+def stats_wanted(entries: list[Any], default_database: str):  # noqa: ANN201 - returns the discovery hook
+    """For discovery: which (relation, column) min/max to collect for the selected tables."""
+
+    def wanted(found: list[Relation]) -> list[tuple[Relation, str]]:
+        catalog = Catalog(found, sorted({r.database for r in found}))
+        pairs: list[tuple[Relation, str]] = []
+        for entry in entries:
+            data = entry if isinstance(entry, dict) else {"name": entry}
+            name = data.get("name")
+            if not name:
+                continue
+            for relation in find_relation(catalog, str(name), default_database):
+                if data.get("method") == "key_based" and data.get("replication_key"):
+                    if relation.column(str(data["replication_key"])) is not None:
+                        pairs.append((relation, str(data["replication_key"])))
+                elif (key := chunkable_key(relation)) is not None:
+                    pairs.append((relation, key))
+        return pairs
+
+    return wanted

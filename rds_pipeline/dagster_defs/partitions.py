@@ -1,0 +1,134 @@
+"""Partitions: every selected table is partitioned; a partition (or a range of them) is the unit of a sync.
+
+- key-based on a date/timestamp key: time windows of the key (hourly, daily, weekly, monthly), from the
+  discovered minimum, with the window still filling materializable (end_offset=1). The first window also
+  takes earlier keys and NULL keys; the last takes later keys.
+- key-based on an integer key: dynamic key ranges ``lo..hi`` added by a sensor as max(key) grows; the latest
+  range is open-ended.
+- full table: primary-key-range chunks ``lo..hi`` from the discovered min/max and row estimate (first and last
+  open-ended), each replaced atomically; ``all`` when there is no single integer key (views).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+import dagster as dg
+
+from rds_pipeline.dagster_defs.translator import safe_name
+from rds_pipeline.engine.extract import KeyRange
+from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable, chunkable_key
+
+WHOLE = "all"
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    kind: str  # time, dynamic, chunks, whole
+    column: str | None
+    partitions_def: dg.PartitionsDefinition
+    column_type: str | None = None  # the key's type (for literals)
+
+
+def _key_column(table: SelectedTable, name: str):  # noqa: ANN202
+    return next(c for c in table.columns if c.name == name)
+
+
+def _start(low: str | None, granularity: str, today: dt.date) -> dt.datetime:
+    day = today
+    if low and low[:4].isdigit() and not low.endswith("BC"):
+        try:
+            day = dt.date.fromisoformat(low[:10])
+        except ValueError:
+            day = today
+    start = dt.datetime(day.year, day.month, day.day)
+    if granularity == "monthly":
+        start = start.replace(day=1)
+    elif granularity == "weekly":
+        start -= dt.timedelta(days=(start.weekday() + 1) % 7)  # weeks start on Sunday in Dagster
+    return start
+
+
+def dynamic_partitions_name(table: SelectedTable) -> str:
+    return safe_name(f"rds_{table.relation.database}_{table.relation.schema}_{table.relation.name}")[:120]
+
+
+def plan_for(table: SelectedTable, today: dt.date | None = None) -> PartitionPlan:
+    today = today or dt.datetime.now(dt.UTC).date()
+    relation = table.relation
+    if table.method == "key_based" and table.replication_key:
+        column = _key_column(table, table.replication_key)
+        base = column.base_type if column.kind == "domain" and column.base_type else column.type
+        if column.category == "D" and not base.startswith("time "):
+            low, _ = relation.stats_for(column.name)
+            start = _start(low, table.granularity, today)
+            cls = {"hourly": dg.HourlyPartitionsDefinition, "daily": dg.DailyPartitionsDefinition,
+                   "weekly": dg.WeeklyPartitionsDefinition, "monthly": dg.MonthlyPartitionsDefinition}[table.granularity]  # fmt: skip
+            start_text = start.strftime("%Y-%m-%d-%H:%M" if table.granularity == "hourly" else "%Y-%m-%d")
+            return PartitionPlan("time", column.name, cls(start_date=start_text, end_offset=1), base)
+        if base in INTEGER_TYPES:
+            return PartitionPlan(
+                "dynamic", column.name, dg.DynamicPartitionsDefinition(name=dynamic_partitions_name(table)), base
+            )
+        return PartitionPlan("whole", None, dg.StaticPartitionsDefinition([WHOLE]))
+    key = chunkable_key(relation)
+    if key is not None and key in table.column_names:
+        low, high = relation.stats_for(key)
+        rows = relation.row_estimate or 0
+        if low is not None and high is not None and rows > table.chunk_rows:
+            return PartitionPlan(
+                "chunks", key, dg.StaticPartitionsDefinition(chunk_keys(int(low), int(high), rows, table.chunk_rows))
+            )
+    return PartitionPlan("whole", None, dg.StaticPartitionsDefinition([WHOLE]))
+
+
+def chunk_keys(low: int, high: int, rows: int, chunk_rows: int) -> list[str]:
+    """Equal-width key ranges; the first is open below and the last open above, so no row is left out."""
+    count = max(1, math.ceil(rows / chunk_rows))
+    width = max(1, math.ceil((high - low + 1) / count))
+    bounds = [low + i * width for i in range(1, count)]
+    edges = [None, *bounds, None]
+    return [f"{'' if a is None else a}..{'' if b is None else b}" for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def range_bounds(key: str) -> tuple[int | None, int | None]:
+    low, _, high = key.partition("..")
+    return (int(low) if low else None, int(high) if high else None)
+
+
+def integer_range_keys(existing: list[str], max_key: int, size: int) -> list[str]:
+    """New dynamic partitions covering keys up to ``max_key`` in ranges of ``size`` (first starts at 0)."""
+    last_high = max((range_bounds(k)[1] or 0 for k in existing), default=0)
+    keys = []
+    while last_high <= max_key:
+        keys.append(f"{last_high}..{last_high + size}")
+        last_high += size
+    return keys
+
+
+def _literal(value: dt.datetime, column_type: str | None) -> str:
+    if column_type == "date":
+        return value.date().isoformat()
+    if column_type and "with time zone" in column_type:
+        return value.astimezone(dt.UTC).isoformat(sep=" ")
+    return value.replace(tzinfo=None).isoformat(sep=" ")
+
+
+def key_range_for(
+    plan: PartitionPlan, first_key: str, last_key: str, all_keys: list[str], window: dg.TimeWindow | None = None
+) -> KeyRange:
+    """The engine's key range for the partitions ``first_key``..``last_key`` (one partition or a range)."""
+    if plan.kind == "whole" or not all_keys:
+        return KeyRange()
+    is_first = first_key == all_keys[0]
+    is_last = last_key == all_keys[-1]
+    if plan.kind == "time":
+        assert window is not None
+        lower = None if is_first else _literal(window.start, plan.column_type)
+        upper = None if is_last else _literal(window.end, plan.column_type)
+    else:
+        lower = None if is_first else range_bounds(first_key)[0]
+        upper = None if is_last else range_bounds(last_key)[1]
+    return KeyRange(plan.column, lower=lower, upper=upper, include_nulls=is_first)

@@ -1,0 +1,59 @@
+"""Checks on replicated data: row counts in a key range, primary-key uniqueness, columns against the catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from rds_pipeline.engine.destination import METADATA_COLUMNS
+from rds_pipeline.engine.extract import KeyRange
+from rds_pipeline.engine.selection import SelectedTable
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    description: str
+    metadata: dict[str, object]
+
+
+def source_count(conn: psycopg2.extensions.connection, table: SelectedTable, key_range: KeyRange) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.relation.schema, table.relation.name))
+    predicate = key_range.predicate()
+    if predicate is not None:
+        query = sql.SQL("{} WHERE {}").format(query, predicate)
+    with conn.cursor() as cur:
+        cur.execute(query)
+        count = int(cur.fetchone()[0])
+    conn.rollback()
+    return count
+
+
+def row_count_check(source_rows: int, destination_rows: int, key_range: KeyRange) -> CheckOutcome:
+    return CheckOutcome(
+        source_rows == destination_rows,
+        f"{destination_rows} rows in the destination, {source_rows} at the source ({key_range.describe()})",
+        {"source_rows": source_rows, "destination_rows": destination_rows, "range": key_range.describe()},
+    )
+
+
+def primary_key_check(duplicates: int, table: SelectedTable) -> CheckOutcome:
+    return CheckOutcome(
+        duplicates == 0,
+        f"{duplicates} duplicated primary-key value(s) over ({', '.join(table.primary_key)})",
+        {"duplicate_keys": duplicates},
+    )
+
+
+def columns_check(destination_columns: list[str], table: SelectedTable) -> CheckOutcome:
+    """The destination has every catalog column (extra ones, such as dropped source columns, are reported)."""
+    present = set(destination_columns) - set(METADATA_COLUMNS)
+    wanted = set(table.column_names)
+    missing, extra = sorted(wanted - present), sorted(present - wanted)
+    return CheckOutcome(
+        not missing,
+        "columns match the catalog" if not missing and not extra else f"missing {missing}, not in catalog {extra}",
+        {"missing_columns": ", ".join(missing) or "none", "extra_columns": ", ".join(extra) or "none"},
+    )
