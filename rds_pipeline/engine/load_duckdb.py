@@ -76,6 +76,17 @@ def convert(expr: str, column: Column) -> str:
     return _bc_aware(expr, target)
 
 
+_ALIASES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "TIMETZ": "TIME WITH TIME ZONE", "FLOAT": "FLOAT",
+            "REAL": "FLOAT", "FLOAT4": "FLOAT", "FLOAT8": "DOUBLE", "INT": "INTEGER", "INT4": "INTEGER",
+            "INT8": "BIGINT", "INT2": "SMALLINT", "BOOL": "BOOLEAN", "STRING": "VARCHAR", "TEXT": "VARCHAR"}  # fmt: skip
+
+
+def _canonical(type_name: str) -> str:
+    """DuckDB reports TIMESTAMPTZ as 'TIMESTAMP WITH TIME ZONE': compare types by one spelling."""
+    upper = type_name.upper().strip()
+    return _ALIASES.get(upper, upper)
+
+
 class DuckDBDestination:
     kind = "duckdb"
     copy_csv = True
@@ -181,7 +192,7 @@ class DuckDBDestination:
             if column.name not in existing:
                 run(self.conn, f"ALTER TABLE {target} ADD COLUMN {dq(column.name)} {wanted}")
                 warnings.append(f"column {column.name} ({wanted}) added to {self.schema}.{table.destination_table}")
-            elif existing[column.name] != wanted:
+            elif _canonical(existing[column.name]) != _canonical(wanted):
                 old = existing[column.name]
                 run(self.conn, f"ALTER TABLE {target} ALTER COLUMN {dq(column.name)} TYPE {wanted}")
                 warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
@@ -228,7 +239,7 @@ class DuckDBDestination:
             width = len(table.columns)
             columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
             source = (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
-                      "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true)")  # fmt: skip
+                      "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
             converted = ", ".join(f"{convert(f'c{i}', c)} AS {dq(c.name)}" for i, c in enumerate(table.columns))
             col_list = ", ".join(dq(c.name) for c in table.columns)
             target = self._target(table)
