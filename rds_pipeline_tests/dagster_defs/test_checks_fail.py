@@ -16,14 +16,18 @@ from rds_pipeline_tests.engine.sync_helpers import make_scratch
 
 def test_checks_fail_on_a_damaged_replica(pg18: LocalPostgres) -> None:
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g")
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g"
+    )
     table = scratch.one({"name": "public.t"})
     dest = scratch.destination()
     everything = KeyRange()
     with scratch.session() as session:
         sync_table(session, dest, table)
         conn = session.connection()
-        assert row_count_check(source_count(conn, table, everything), dest.count_rows(table, everything), everything).passed
+        assert row_count_check(
+            source_count(conn, table, everything), dest.count_rows(table, everything), everything
+        ).passed
         assert primary_key_check(dest.duplicate_keys(table), table).passed
         assert columns_check(dest.column_names(table), table).passed
 

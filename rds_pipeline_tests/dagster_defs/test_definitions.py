@@ -32,8 +32,15 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
     defs = project.defs()
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"dagster_test/payment", "dagster_test/rental", "dagster_test/film", "dagster_test/actor_info",
-            "dagster_test/legacy__rental", "source/pagila/public/film_actor", "rds_pipeline_loading_report"} <= keys
+    assert {
+        "dagster_test/payment",
+        "dagster_test/rental",
+        "dagster_test/film",
+        "dagster_test/actor_info",
+        "dagster_test/legacy__rental",
+        "source/pagila/public/film_actor",
+        "rds_pipeline_loading_report",
+    } <= keys
 
     payment = graph.get(dg.AssetKey(["dagster_test", "payment"]))
     assert isinstance(payment.partitions_def, dg.MonthlyPartitionsDefinition)
@@ -55,10 +62,13 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
 
     # lineage: replica <- source view <- the base tables it reads
     assert graph.get(dg.AssetKey(["dagster_test", "actor_info"])).parent_keys == {
-        dg.AssetKey(["source", "pagila", "public", "actor_info"])}
+        dg.AssetKey(["source", "pagila", "public", "actor_info"])
+    }
     view = graph.get(dg.AssetKey(["source", "pagila", "public", "actor_info"]))
-    assert view.parent_keys == {dg.AssetKey(["source", "pagila", "public", t]) for t in
-                                ("actor", "category", "film", "film_actor", "film_category")}
+    assert view.parent_keys == {
+        dg.AssetKey(["source", "pagila", "public", t])
+        for t in ("actor", "category", "film", "film_actor", "film_category")
+    }
     assert view.group_name == "rds_source" and view.kinds == {"postgres"} and not view.is_materializable
 
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}

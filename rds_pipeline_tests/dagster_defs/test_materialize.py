@@ -112,8 +112,12 @@ def test_backfill_of_time_windows_equals_a_full_sync(project: Project, instance:
     backfilled = replica_ids(project, "events")
     # a range run (the backfill policy's unit) over all windows gives the same
     keys = graph.get(key("events")).partitions_def.get_partition_keys()
-    assert materialize(project, instance, "events", tags={"dagster/asset_partition_range_start": keys[0],
-                                                          "dagster/asset_partition_range_end": keys[-1]}).success
+    assert materialize(
+        project,
+        instance,
+        "events",
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    ).success
     # the engine's unpartitioned full sync, into a second destination, is the reference
     table = project.table("public.events")
     full = make_project(project.server, project.path.parent / "full", TABLES, database=project.database)
@@ -124,7 +128,9 @@ def test_backfill_of_time_windows_equals_a_full_sync(project: Project, instance:
     assert backfilled == replica_ids(full, "events") == list(range(72)) == replica_ids(project, "events")
 
 
-def test_schedule_requests_history_first_then_the_latest_windows(project: Project, instance: dg.DagsterInstance) -> None:
+def test_schedule_requests_history_first_then_the_latest_windows(
+    project: Project, instance: dg.DagsterInstance
+) -> None:
     defs = project.defs()
     schedules = {s.name: s for s in defs.schedules}
     name = next(n for n in schedules if n.startswith("rds_sync_every_1h_utc__time_"))
@@ -136,7 +142,9 @@ def test_schedule_requests_history_first_then_the_latest_windows(project: Projec
     keys = defs.resolve_asset_graph().get(key("events")).partitions_def.get_partition_keys()
     assert history.asset_selection == [key("events")]
     assert (history.tags["dagster/asset_partition_range_start"], history.tags["dagster/asset_partition_range_end"]) == (
-        keys[0], keys[-1])
+        keys[0],
+        keys[-1],
+    )
     materialize(project, instance, "events", tags={"dagster/asset_partition_range_start": keys[0],
                                                    "dagster/asset_partition_range_end": keys[-1]})  # fmt: skip
     requests = schedule.evaluate_tick(context).run_requests
