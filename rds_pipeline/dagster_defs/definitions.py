@@ -10,7 +10,7 @@ import dagster as dg
 from ruamel.yaml import YAML
 
 from rds_pipeline.dagster_defs.assets import build_replica_assets, source_specs, table_assets
-from rds_pipeline.dagster_defs.jobs import build_op_jobs, partition_jobs
+from rds_pipeline.dagster_defs.jobs import SYNC_ALL, build_op_jobs
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.schedules import build_schedules
 from rds_pipeline.dagster_defs.sensors import build_sensors
@@ -47,13 +47,13 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
             config_path=str(path.resolve()), password=_env_var(dest_raw.get("password"))
         ),  # fmt: skip
     }
-    jobs = partition_jobs(assets)
-    by_name = {job.name: job for job in jobs}
+    jobs = build_op_jobs(assets)
+    sync_all = next(job for job in jobs if job.name == SYNC_ALL)
     return dg.Definitions(
         assets=[*source_specs(catalog, selection), *build_replica_assets(config, assets), build_usage_asset(assets)],
-        jobs=[*jobs, *build_op_jobs(assets)],
-        schedules=build_schedules(assets, by_name),
-        sensors=build_sensors(assets, jobs, catalog),
+        jobs=jobs,
+        schedules=build_schedules(assets, sync_all),
+        sensors=build_sensors(assets, sync_all, catalog),
         resources=resources,
     )
 

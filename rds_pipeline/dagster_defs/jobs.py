@@ -1,16 +1,15 @@
-"""Jobs: one asset job per partitioning (schedules and sensors target them), plus op jobs that sync
-everything, sync a group, and reset a table then re-materialize all its partitions."""
+"""Jobs: sync everything (what a schedule tick does), sync a group, and reset a table then re-materialize all
+its partitions. Schedules and sensors launch sync_all with the tables they pick, so a 2,000-table selection
+needs three jobs, not one per partitioning. (Single partitions and backfills are launched from the UI.)"""
 
 from collections.abc import Iterator
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from rds_pipeline.dagster_defs.assets import TableAsset
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.ticks import (
     PartitionSpan,
-    job_name_for,
     partition_keys,
     span_key_range,
     span_keys,
@@ -19,20 +18,17 @@ from rds_pipeline.dagster_defs.ticks import (
 from rds_pipeline.dagster_defs.translator import POOL
 from rds_pipeline.engine.sync import sync_table
 
+SYNC_ALL = "sync_all"
 
-def partition_jobs(assets: list[TableAsset]) -> list[UnresolvedAssetJobDefinition]:
-    members: dict[str, list[dg.AssetKey]] = {}
-    for asset in assets:
-        members.setdefault(job_name_for(asset), []).append(asset.key)
-    return [
-        dg.define_asset_job(
-            name,
-            selection=dg.AssetSelection.assets(*keys),
-            description="Replicates tables that share "
-            "one partitioning; schedules and sensors launch it per table and partition.",
-        )  # fmt: skip
-        for name, keys in sorted(members.items())
-    ]
+
+def tick_run_request(tables: list[TableAsset], run_key: str | None, reason: str) -> dg.RunRequest:
+    """One run of sync_all over ``tables``: what a tick does for each of them."""
+    return dg.RunRequest(
+        run_key=run_key,
+        job_name=SYNC_ALL,
+        run_config={"ops": {"sync_tables": {"config": {"tables": [a.table.id for a in tables]}}}},
+        tags={"rds_pipeline/reason": reason, "rds_pipeline/tables": str(len(tables))},
+    )
 
 
 def sync_spans(
@@ -129,7 +125,7 @@ def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
         yield from sync_spans(context, asset, tick_spans(asset, context.instance, history=True), rds_source,
                               rds_destination)  # fmt: skip
 
-    @dg.job(name="sync_all", description="Replicate every selected table (what a schedule tick does).")
+    @dg.job(name=SYNC_ALL, description="Replicate every selected table (what a schedule tick does).")
     def sync_all() -> None:
         sync_tables()
 

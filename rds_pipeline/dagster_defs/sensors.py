@@ -4,12 +4,11 @@ import json
 from collections import defaultdict
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from rds_pipeline.dagster_defs.assets import CHECK_COLUMNS, TableAsset
+from rds_pipeline.dagster_defs.jobs import tick_run_request
 from rds_pipeline.dagster_defs.partitions import dynamic_partitions_name, integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.dagster_defs.ticks import run_request, tick_spans
 from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.drift import check_drift
 from rds_pipeline.engine.probe import KeyProbe, probe_max_keys
@@ -32,13 +31,12 @@ def _probe(
         source.close()
 
 
-def build_sensors(assets: list[TableAsset], jobs: list[UnresolvedAssetJobDefinition],
-                  catalog: Catalog) -> list[dg.SensorDefinition]:  # fmt: skip
+def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog: Catalog) -> list[dg.SensorDefinition]:
     key_based = [a for a in assets if a.table.method == "key_based"]
     dynamic = [a for a in key_based if a.plan.kind == "dynamic"]
     sensors: list[dg.SensorDefinition] = []
 
-    @dg.sensor(name="rds_new_data_sensor", jobs=jobs, minimum_interval_seconds=300,
+    @dg.sensor(name="rds_new_data_sensor", job=sync_all, minimum_interval_seconds=300,
                default_status=dg.DefaultSensorStatus.STOPPED,
                description="Requests runs only for key-based tables whose max(replication key) passed the bookmark.")  # fmt: skip
     def new_data(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource,
@@ -49,25 +47,24 @@ def build_sensors(assets: list[TableAsset], jobs: list[UnresolvedAssetJobDefinit
         finally:
             rds_destination.close()
         probes = _probe(key_based, rds_source, bookmarks)
-        requests = []
+        fresh = []
         for asset in key_based:
             probe = probes.get(asset.table.id)
             if probe is None or not probe.newer or probe.max_key is None or seen.get(asset.table.id) == probe.max_key:
                 continue
             seen[asset.table.id] = probe.max_key
-            for span in tick_spans(asset, context.instance):
-                requests.append(
-                    run_request(asset, span, run_key=f"new-data:{asset.table.id}:{probe.max_key}:{span.first}")
-                )
-        if not requests:
-            return dg.SensorResult(skip_reason="no table has rows past its bookmark", cursor=json.dumps(seen))
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+            fresh.append(asset)
+        cursor = json.dumps(seen, sort_keys=True)
+        if not fresh:
+            return dg.SensorResult(skip_reason="no table has rows past its bookmark", cursor=cursor)
+        run_key = "new-data:" + ",".join(f"{a.table.id}={seen[a.table.id]}" for a in fresh)
+        return dg.SensorResult(run_requests=[tick_run_request(fresh, run_key, "new data")], cursor=cursor)
 
     sensors.append(new_data)
 
     if dynamic:
 
-        @dg.sensor(name="rds_key_range_sensor", jobs=jobs, minimum_interval_seconds=300,
+        @dg.sensor(name="rds_key_range_sensor", minimum_interval_seconds=300,
                    default_status=dg.DefaultSensorStatus.RUNNING,
                    description="Adds key-range partitions to integer-keyed tables as max(key) grows.")  # fmt: skip
         def key_ranges(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource) -> dg.SensorResult:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import dagster as dg
@@ -15,9 +14,6 @@ import dagster as dg
 from rds_pipeline.dagster_defs.assets import TableAsset
 from rds_pipeline.dagster_defs.partitions import key_range_for
 from rds_pipeline.engine.extract import KeyRange
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass(frozen=True)
@@ -62,28 +58,3 @@ def span_key_range(asset: TableAsset, span: PartitionSpan, keys: list[str]) -> K
 
 def span_keys(keys: list[str], span: PartitionSpan) -> list[str]:
     return keys[keys.index(span.first) : keys.index(span.last) + 1]
-
-
-def partitions_signature(asset: TableAsset) -> str:
-    """Tables whose partitions are defined alike share one asset job (jobs need a single partitioning)."""
-    pdef = asset.plan.partitions_def
-    if isinstance(pdef, dg.DynamicPartitionsDefinition):
-        text = f"dynamic:{pdef.name}"
-    elif isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-        text = f"time:{pdef.cron_schedule}:{pdef.start.isoformat()}:{pdef.fmt}:{pdef.end_offset}"
-    else:
-        text = "static:" + "|".join(pdef.get_partition_keys())
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def job_name_for(asset: TableAsset) -> str:
-    return f"rds_sync_{asset.plan.kind}_{partitions_signature(asset)}"
-
-
-def run_request(asset: TableAsset, span: PartitionSpan, run_key: str | None) -> dg.RunRequest:
-    tags = {"rds_pipeline/table": asset.table.id}
-    if span.is_single:
-        return dg.RunRequest(run_key=run_key, job_name=job_name_for(asset), asset_selection=[asset.key],
-                             partition_key=span.first, tags=tags)  # fmt: skip
-    return dg.RunRequest(run_key=run_key, job_name=job_name_for(asset), asset_selection=[asset.key],
-                         tags={**tags, RANGE_START_TAG: span.first, RANGE_END_TAG: span.last})  # fmt: skip

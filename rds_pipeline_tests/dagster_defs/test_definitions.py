@@ -77,7 +77,8 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
     assert ("dagster_test/rental", "primary_key_unique") in checks
     assert ("dagster_test/actor_info", "primary_key_unique") not in checks  # a view has no key
     assert {s.name for s in defs.sensors} == {"rds_new_data_sensor", "rds_key_range_sensor", "rds_drift_sensor"}
-    assert {j.name for j in defs.jobs if isinstance(j, dg.JobDefinition)} == {"sync_all", "sync_group", "reset_table"}
+    assert {j.name for j in defs.jobs} == {"sync_all", "sync_group", "reset_table"}
+    assert [s.job_name for s in defs.schedules] == ["sync_all"]
     # few multi-assets: one per source schema
     multi = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and len(a.keys) > 1]
     assert sorted(a.node_def.name for a in multi) == ["rds_sync_public"]

@@ -128,30 +128,35 @@ def test_backfill_of_time_windows_equals_a_full_sync(project: Project, instance:
     assert backfilled == replica_ids(full, "events") == list(range(72)) == replica_ids(project, "events")
 
 
-def test_schedule_requests_history_first_then_the_latest_windows(
-    project: Project, instance: dg.DagsterInstance
-) -> None:
+def tables_of(request: dg.RunRequest) -> list[str]:
+    return request.run_config["ops"]["sync_tables"]["config"]["tables"]
+
+
+def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instance: dg.DagsterInstance) -> None:
     defs = project.defs()
-    schedules = {s.name: s for s in defs.schedules}
-    name = next(n for n in schedules if n.startswith("rds_sync_every_1h_utc__time_"))
-    schedule = schedules[name]
-    assert schedule.cron_schedule == "0 * * * *" and schedule.execution_timezone == "UTC"
+    [schedule] = defs.schedules
+    assert schedule.name == "rds_sync_every_1h_utc" and schedule.cron_schedule == "0 * * * *"
+    assert schedule.execution_timezone == "UTC" and schedule.job_name == "sync_all"
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime.now(dt.UTC),
                                         repository_def=defs.get_repository_def())  # fmt: skip
-    [history] = schedule.evaluate_tick(context).run_requests
+    [request] = schedule.evaluate_tick(context).run_requests
+    assert sorted(tables_of(request)) == sorted(f"{project.database}.public.{t}" for t in
+                                                ("events", "seq_items", "chunky", "recent"))  # fmt: skip
+    # what that run does per table: history first, then the previous and current windows, every chunk
+    from rds_pipeline.dagster_defs.assets import table_assets
+    from rds_pipeline.dagster_defs.ticks import tick_spans
+
+    assets = {a.table.relation.name: a for a in table_assets(project.config, project.selection())}
     keys = defs.resolve_asset_graph().get(key("events")).partitions_def.get_partition_keys()
-    assert history.asset_selection == [key("events")]
-    assert (history.tags["dagster/asset_partition_range_start"], history.tags["dagster/asset_partition_range_end"]) == (
-        keys[0],
-        keys[-1],
-    )
-    materialize(project, instance, "events", tags={"dagster/asset_partition_range_start": keys[0],
-                                                   "dagster/asset_partition_range_end": keys[-1]})  # fmt: skip
-    requests = schedule.evaluate_tick(context).run_requests
-    assert [r.partition_key for r in requests] == keys[-2:]  # the previous and the current window
-    chunk_schedule = next(s for n, s in schedules.items() if n.startswith("rds_sync_every_1h_utc__chunks_"))
-    chunk_requests = chunk_schedule.evaluate_tick(context).run_requests
-    assert len(chunk_requests) == 1  # chunky never synced: its history as one range
+    [history] = tick_spans(assets["events"], instance)
+    assert (history.first, history.last) == (keys[0], keys[-1])
+    result = defs.resolve_job_def("sync_all").execute_in_process(
+        run_config=request.run_config, instance=instance
+    )  # the tick's run, executed
+    assert result.success
+    assert [(s.first, s.last) for s in tick_spans(assets["events"], instance)] == [(k, k) for k in keys[-2:]]
+    assert [s.first for s in tick_spans(assets["chunky"], instance)] == ["..1001", "1001..2001", "2001.."]
+    assert replica_ids(project, "events") == list(range(72)) and replica_ids(project, "chunky") == list(range(1, 3001))
 
 
 def test_new_data_sensor_asks_only_for_tables_with_new_rows(project: Project, instance: dg.DagsterInstance) -> None:
@@ -159,9 +164,6 @@ def test_new_data_sensor_asks_only_for_tables_with_new_rows(project: Project, in
     keys = defs.resolve_asset_graph().get(key("events")).partitions_def.get_partition_keys()
     materialize(project, instance, "events", tags={"dagster/asset_partition_range_start": keys[0],
                                                    "dagster/asset_partition_range_end": keys[-1]})  # fmt: skip
-    with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
-        [ranges] = defs.get_sensor_def("rds_key_range_sensor")(context).dynamic_partitions_requests
-    instance.add_dynamic_partitions(ranges.partitions_def_name, list(ranges.partition_keys))
     sensor = defs.get_sensor_def("rds_new_data_sensor")
 
     def evaluate(cursor: str | None = None) -> dg.SensorResult:
@@ -170,12 +172,13 @@ def test_new_data_sensor_asks_only_for_tables_with_new_rows(project: Project, in
             return sensor(context)
 
     first = evaluate()
-    tables = {r.tags["rds_pipeline/table"] for r in first.run_requests}
-    assert tables == {f"{project.database}.public.seq_items"}  # events is up to date; seq_items never synced
+    [request] = first.run_requests
+    assert tables_of(request) == [f"{project.database}.public.seq_items"]  # events is up to date
     project.sql(f"INSERT INTO events VALUES (1000, '{TODAY} 23:00+00', 'new')")
     second = evaluate(first.cursor)
-    assert {r.tags["rds_pipeline/table"] for r in second.run_requests} == {f"{project.database}.public.events"}
-    assert [r.partition_key for r in second.run_requests] == keys[-2:]
+    [request] = second.run_requests
+    assert tables_of(request) == [f"{project.database}.public.events"]
+    assert request.job_name == "sync_all"
     third = evaluate(second.cursor)  # nothing new since: no duplicate request
     assert not third.run_requests
 
