@@ -33,6 +33,8 @@ def test_dagster_yaml_stores_runs_events_and_schedules_in_postgres(
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
         assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
         assert instance.get_runs() == []
+        # the pool that protects the source defaults to 2 concurrent steps
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
         tables = pg18.psql(
             "SELECT count(*) FROM pg_tables WHERE tablename IN ('runs', 'event_logs', 'jobs')", "dagster_storage_test"
         )

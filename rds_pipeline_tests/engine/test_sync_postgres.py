@@ -359,3 +359,18 @@ def test_renaming_the_integration_after_loading_is_refused(pg18: LocalPostgres) 
     allowed = renamed.__class__(**{**renamed.__dict__, "allow_integration_rename": True})
     dest.prepare(allowed)  # the explicit override
     dest.close()
+
+
+def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rds_pipeline.engine import extract
+
+    monkeypatch.setattr(extract, "PROGRESS_SECONDS", 0.0)  # every chunk counts as "10 s later"
+    scratch = make_scratch(pg18)
+    scratch.sql("CREATE TABLE p (id int PRIMARY KEY, pad text); INSERT INTO p SELECT g, repeat('x', 500) "
+                "FROM generate_series(1, 20000) g")
+    dest = scratch.destination()
+    with scratch.session() as session:
+        result = sync_table(session, dest, scratch.one({"name": "public.p"}))
+    assert result.extraction.progress and "MiB copied in" in result.extraction.progress[-1]
+    assert result.extraction.bytes > 10_000_000
+    dest.close()
