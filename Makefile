@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+BENCH_STAMP := $(VENV)/.bench-installed
+
 .PHONY: demo dev test lint bench clean
 
 $(STAMP): pyproject.toml
@@ -23,6 +25,14 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench
 	$(BIN)/pytest
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+# Writes bench/REPORT.md, bench/chart.png and bench/results.json (about 10 minutes on 2 cores).
+bench: $(BENCH_STAMP)
+	SLING_DISABLE_TELEMETRY=true $(BIN)/python -m bench.run_all
 
 lint: $(STAMP)
 	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench

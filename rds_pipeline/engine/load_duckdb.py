@@ -105,6 +105,9 @@ class DuckDBDestination:
             try:
                 conn = duckdb.connect(str(self.path))
                 conn.execute("SET TimeZone = 'UTC'")
+                # bounded memory: DuckDB spills to disk past this instead of growing with the table
+                conn.execute("SET memory_limit = '256MB'")
+                conn.execute("SET preserve_insertion_order = false")
                 return conn
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:

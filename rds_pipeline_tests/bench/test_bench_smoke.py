@@ -1,11 +1,24 @@
-"""Smoke runs of the benchmarks, so they cannot rot (the real figures come from `python -m bench.…`)."""
+"""Smoke runs of the benchmarks, so they cannot rot (the real figures come from `make bench`)."""
 
 from __future__ import annotations
 
-from bench import bench_discovery
+from pathlib import Path
+
+from bench import bench_discovery, run_all
 
 
 def test_discovery_benchmark_smoke() -> None:
     result = bench_discovery.run(tables=200)
     assert result["tables"] == 200 and result["columns"] == 2000
     assert float(result["discover_and_write_seconds"]) < 30  # a smoke bound, not the target
+
+
+def test_make_bench_smoke_writes_the_report(tmp_path: Path) -> None:
+    report = run_all.run(rows=20_000, big_rows=50_000, rounds=1, smoke=True)
+    run_all.write_report(report, tmp_path, "smoke")
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "| raw pipe (psql | psql) |" in text and "| rds_pipeline through Dagster |" in text
+    assert "1,000 found and upserted" in text
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
+    engine = next(r for r in report["pg_to_pg"] if r["name"] == "rds_pipeline engine")
+    assert engine["rows_per_s"] > 0 and engine["peak_rss_mb"] < 300
