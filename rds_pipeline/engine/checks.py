@@ -12,7 +12,7 @@ from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.connection import connect_source, open_tunnel
 from rds_pipeline.engine.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
 from rds_pipeline.engine.discovery import discover_database
-from rds_pipeline.engine.grants import quote_ident
+from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 
 # A deliberately pessimistic read rate for a production source, to size statement_timeout.

@@ -15,19 +15,9 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass, field
 
+from rds_pipeline.engine.quoting import quote_ident, quote_literal
+
 SCRAM_ITERATIONS = 4096
-
-
-def quote_ident(name: str) -> str:
-    """Quote an identifier for printed SQL, exactly as PostgreSQL's quote_ident does (always quoted here)."""
-    if "\x00" in name:
-        raise ValueError("identifiers cannot contain NUL")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """A standard-conforming string literal ('' doubles a quote; backslashes are plain characters)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _saslprep(password: str) -> bytes:

@@ -28,6 +28,7 @@ from rds_pipeline.engine.destination import (
     rename_refusal,
 )
 from rds_pipeline.engine.extract import CopyOut, KeyRange
+from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.types_map import duckdb_type
 
@@ -35,9 +36,7 @@ log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 120
 
 
-def dq(name: str) -> str:
-    """Quote a DuckDB identifier (DuckDB has no psycopg2.sql; this is the standard double-quote rule)."""
-    return '"' + name.replace('"', '""') + '"'
+dq = quote_ident  # DuckDB has no psycopg2.sql; identifiers follow PostgreSQL's double-quote rule
 
 
 def run(conn: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:

@@ -28,6 +28,7 @@ from rds_pipeline.engine.destination import (
     rename_refusal,
 )
 from rds_pipeline.engine.extract import CopyOut, KeyRange, apply_session_settings
+from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.types_map import postgres_type
 
@@ -107,7 +108,7 @@ class PostgresDestination:
             )
 
     def _has_data(self, cur: psycopg2.extensions.cursor, schema: str) -> bool:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{_quote(schema)}.{_quote(STATE_TABLE)}",))
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(STATE_TABLE)}",))
         if not cur.fetchone()[0]:
             return False
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, STATE_TABLE)))
@@ -148,7 +149,7 @@ class PostgresDestination:
         cur.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (f"{_quote(self.schema)}.{_quote(table.destination_table)}",),
+            (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}",),
         )
         existing = {name: (kind, notnull) for name, kind, notnull in cur.fetchall()}
         target = self._target(table)
@@ -356,7 +357,7 @@ class PostgresDestination:
             cur.execute(
                 "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
                 "AND NOT attisdropped ORDER BY attnum",
-                (f"{_quote(self.schema)}.{_quote(table.destination_table)}",),
+                (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}",),
             )
             return [r[0] for r in cur.fetchall()]
 
@@ -372,8 +373,3 @@ class PostgresDestination:
                 )
             )
             return cur.fetchall()
-
-
-def _quote(name: str) -> str:
-    """For to_regclass() arguments only (a text value parsed by the server, not SQL we execute)."""
-    return '"' + name.replace('"', '""') + '"'
