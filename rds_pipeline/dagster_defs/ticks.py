@@ -21,10 +21,6 @@ class PartitionSpan:
     first: str
     last: str
 
-    @property
-    def is_single(self) -> bool:
-        return self.first == self.last
-
 
 def partition_keys(asset: TableAsset, instance: dg.DagsterInstance | None) -> list[str]:
     return list(asset.plan.partitions_def.get_partition_keys(dynamic_partitions_store=instance))

@@ -83,9 +83,6 @@ class Catalog:
     def by_id(self) -> dict[str, Relation]:
         return {r.id: r for r in self.relations}
 
-    def in_database(self, database: str) -> list[Relation]:
-        return [r for r in self.relations if r.database == database]
-
     def sorted(self) -> Catalog:
         return Catalog(
             relations=sorted(self.relations, key=lambda r: (r.database, r.schema, r.name)),

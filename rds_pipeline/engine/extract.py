@@ -54,10 +54,6 @@ class KeyRange:
     upper_inclusive: bool = False
     include_nulls: bool = False
 
-    @property
-    def is_whole_table(self) -> bool:
-        return self.column is None or (self.lower is None and self.upper is None)
-
     def predicate(self) -> sql.Composable | None:
         if self.column is None or (self.lower is None and self.upper is None and not self.include_nulls):
             return None

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import psycopg2
 import psycopg2.errors
@@ -56,6 +56,7 @@ class Destination(Protocol):
     def prepare(self, config: IntegrationConfig) -> None: ...
     def read_bookmark(self, table: SelectedTable) -> str | None: ...
     def reset(self, table: SelectedTable) -> None: ...
+    def reconnect(self) -> None: ...
     def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
              bookmark_before: str | None) -> tuple[LoadingReport, str | None, int]: ...  # fmt: skip
     def close(self) -> None: ...
@@ -210,14 +211,8 @@ def sync_table(
         log.warning("%s: transient error (attempt %d/%d), retrying in %.1fs: %s", table.id, attempt, max_attempts,
                     delay, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)  # fmt: skip
         session.reset()
-        _reconnect_destination(destination)
+        destination.reconnect()
         time.sleep(delay)
-
-
-def _reconnect_destination(destination: Destination) -> None:
-    reconnect = getattr(destination, "reconnect", None)
-    if reconnect is not None:
-        reconnect()
 
 
 def _sync_once(session: SourceSession, destination: Destination, table: SelectedTable,
@@ -257,7 +252,3 @@ def _sync_once(session: SourceSession, destination: Destination, table: Selected
         log.warning("%s: %d row(s) have a NULL %s; they were loaded and are counted here", table.id, null_keys,
                     table.replication_key)  # fmt: skip
     return SyncResult(table, key_range, extraction, report, attempt)
-
-
-def extraction_summary(result: SyncResult) -> dict[str, Any]:
-    return {**result.extraction.as_dict(), **result.report.as_dict(), "attempts": result.attempts}

@@ -21,7 +21,7 @@ from rds_pipeline.engine.sync import SourceSession, sync_table
 from rds_pipeline.engine.types_map import duckdb_type
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
-from rds_pipeline_tests.engine.test_sync_postgres import ZOO_DDL
+from rds_pipeline_tests.engine.test_sync_postgres import zoo_scratch
 
 
 def source_text(server: LocalPostgres, database: str, table: SelectedTable) -> list[tuple[Any, ...]]:
@@ -121,12 +121,8 @@ def test_pagila_every_table_and_view_into_duckdb(pg18: LocalPostgres, pagila_cat
 
 @pytest.mark.parametrize("server_name", ["pg18", "pg15"])
 def test_type_zoo_into_duckdb(server_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    server = request.getfixturevalue("pg18") if server_name == "pg18" else request.getfixturevalue("pg15_ssl").server
-    scratch = make_scratch(server)
-    ddl = ZOO_DDL
-    if server_name == "pg18":
-        ddl = ddl.replace("""'<a x="1">t&amp;</a>'""", "NULL").replace("'<empty/>'", "NULL")
-    scratch.sql(ddl)
+    scratch = zoo_scratch(server_name, request)
+    server = scratch.server
     table = scratch.one({"name": "public.zoo"})
     config = duck_config(server, scratch.source_db, tmp_path / "zoo.duckdb")
     dest = open_destination(config)

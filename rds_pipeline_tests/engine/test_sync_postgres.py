@@ -18,7 +18,7 @@ from rds_pipeline.engine.extract import KeyRange
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.sync import sync_table
 from rds_pipeline.local_postgres import LocalPostgres
-from rds_pipeline_tests.engine.sync_helpers import make_scratch, rows_as_text
+from rds_pipeline_tests.engine.sync_helpers import Scratch, make_scratch, rows_as_text
 
 ZOO_DDL = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -54,15 +54,23 @@ INSERT INTO zoo (id, num, d, tstz) VALUES (4, 'Infinity', 'Infinity', 'infinity'
 """
 
 
-@pytest.mark.parametrize("server_name", ["pg18", "pg15"])
-def test_type_zoo_round_trips_exactly(server_name: str, request: pytest.FixtureRequest) -> None:
-    """PostgreSQL 18 (embedded wheel, built without libxml: XML values are NULL there) and 15 (Debian, with)."""
-    pg18 = request.getfixturevalue("pg18") if server_name == "pg18" else request.getfixturevalue("pg15_ssl").server
-    scratch = make_scratch(pg18)
+def zoo_scratch(server_name: str, request: pytest.FixtureRequest) -> Scratch:
+    """A scratch source holding the type zoo on PostgreSQL 18 (the embedded wheel has no libxml: its XML values
+    are NULL) or on Debian's PostgreSQL 15 (with libxml)."""
+    server = request.getfixturevalue("pg18") if server_name == "pg18" else request.getfixturevalue("pg15_ssl").server
+    scratch = make_scratch(server)
     ddl = ZOO_DDL
     if server_name == "pg18":
         ddl = ddl.replace("""'<a x="1">t&amp;</a>'""", "NULL").replace("'<empty/>'", "NULL")
     scratch.sql(ddl)
+    return scratch
+
+
+@pytest.mark.parametrize("server_name", ["pg18", "pg15"])
+def test_type_zoo_round_trips_exactly(server_name: str, request: pytest.FixtureRequest) -> None:
+    """PostgreSQL 18 (embedded wheel, built without libxml: XML values are NULL there) and 15 (Debian, with)."""
+    scratch = zoo_scratch(server_name, request)
+    pg18 = scratch.server
     table = scratch.one({"name": "public.zoo"})
     dest = scratch.destination()
     with scratch.session() as session:
@@ -366,8 +374,10 @@ def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.
 
     monkeypatch.setattr(extract, "PROGRESS_SECONDS", 0.0)  # every chunk counts as "10 s later"
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE p (id int PRIMARY KEY, pad text); INSERT INTO p SELECT g, repeat('x', 500) "
-                "FROM generate_series(1, 20000) g")
+    scratch.sql(
+        "CREATE TABLE p (id int PRIMARY KEY, pad text); INSERT INTO p SELECT g, repeat('x', 500) "
+        "FROM generate_series(1, 20000) g"
+    )
     dest = scratch.destination()
     with scratch.session() as session:
         result = sync_table(session, dest, scratch.one({"name": "public.p"}))
