@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from rds_pipeline.engine.catalog import Catalog, Column, Relation
+from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
 COLUMNS = (("id", "bigint", "N"), ("n", "integer", "N"), ("amount", "numeric(12,2)", "N"), ("body", "text", "S"),
            ("code", "character varying(32)", "S"), ("tags", "text[]", "A"), ("doc", "jsonb", "U"),

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.config import parse_config
-from rds_pipeline.engine.discovery import discover
+from rds_pipeline.engine.source.catalog import Catalog
+from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.local_postgres import LocalPostgres, embedded_bin_dir
 
 SCHEMAS = 20

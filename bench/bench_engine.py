@@ -87,10 +87,11 @@ def raw_pipe(server: LocalPostgres) -> float:
 def engine_child(port: int, password: str, mode: str) -> None:
     """Runs in a subprocess so its peak RSS is its own; prints one JSON line."""
     from rds_pipeline.engine.config import parse_config
-    from rds_pipeline.engine.destination import open_destination
-    from rds_pipeline.engine.discovery import discover
+    from rds_pipeline.engine.destinations.factory import open_destination
+    from rds_pipeline.engine.replication.sync import sync_table
     from rds_pipeline.engine.selection import resolve_selection
-    from rds_pipeline.engine.sync import SourceSession, sync_table
+    from rds_pipeline.engine.source.discovery import discover
+    from rds_pipeline.engine.source.session import SourceSession
 
     creds = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password}
     config = parse_config({"integration_name": "bench", "source": {**creds, "database": "bench_src"},

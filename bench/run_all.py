@@ -128,11 +128,12 @@ def write_config(
 
 ENGINE_CHILD = """
 import sys, time, json
-from rds_pipeline.engine.catalog import Catalog
+from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.engine.config import load_config
-from rds_pipeline.engine.destination import open_destination
+from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.selection import resolve_selection
-from rds_pipeline.engine.sync import SourceSession, sync_table
+from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.engine.source.session import SourceSession
 config = load_config(sys.argv[1])
 [table] = resolve_selection(config.tables, Catalog.load(config.catalog_path), "bench_src")
 destination = open_destination(config)
@@ -305,10 +306,11 @@ def run(rows: int, big_rows: int, rounds: int, smoke: bool) -> dict[str, Any]:
 PAGILA_CHILD = """
 import sys, json
 from rds_pipeline.engine.config import parse_config
-from rds_pipeline.engine.destination import open_destination
-from rds_pipeline.engine.discovery import discover
+from rds_pipeline.engine.destinations.factory import open_destination
+from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.engine.selection import resolve_selection
-from rds_pipeline.engine.sync import SourceSession, sync_table
+from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.engine.source.session import SourceSession
 creds = json.loads(sys.argv[1])
 config = parse_config({"integration_name": "bench pagila", "source": {**creds, "database": "pagila"},
                        "destination": {"type": "postgres", **creds, "database": "bench_dst"}})

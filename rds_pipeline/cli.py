@@ -14,7 +14,7 @@ from rds_pipeline.engine.selection import SelectionError
 
 
 def _test_connection(args: argparse.Namespace) -> int:
-    from rds_pipeline.engine.diagnostics import run_connection_test
+    from rds_pipeline.engine.source.diagnostics import run_connection_test
 
     config = load_config(args.config)
     target = f"{config.source.user}@{config.source.host}:{config.source.port}/{config.source.database}"
@@ -38,10 +38,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _discover(args: argparse.Namespace) -> int:
-    from rds_pipeline.engine.catalog import Catalog
-    from rds_pipeline.engine.discovery import discover
-    from rds_pipeline.engine.drift import compare
     from rds_pipeline.engine.selection import find_relation
+    from rds_pipeline.engine.source.catalog import Catalog
+    from rds_pipeline.engine.source.discovery import discover
+    from rds_pipeline.engine.source.drift import compare
 
     config = load_config(args.config)
     previous = Catalog.load(config.catalog_path) if config.catalog_path.is_file() else None
@@ -80,8 +80,8 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _load_selection(config):  # noqa: ANN001, ANN202 - small CLI helper
-    from rds_pipeline.engine.catalog import Catalog
     from rds_pipeline.engine.selection import resolve_selection
+    from rds_pipeline.engine.source.catalog import Catalog
 
     catalog = Catalog.load(config.catalog_path)
     return catalog, resolve_selection(config.tables, catalog, config.source.database)
@@ -114,9 +114,9 @@ def _tables(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from rds_pipeline.engine.catalog import Catalog
     from rds_pipeline.engine.config import find_config_path
     from rds_pipeline.engine.selection_edit import edit_selection
+    from rds_pipeline.engine.source.catalog import Catalog
 
     config = load_config(args.config)
     catalog = Catalog.load(config.catalog_path)
@@ -136,7 +136,7 @@ def _grants(args: argparse.Namespace) -> int:
     import getpass
     import os
 
-    from rds_pipeline.engine.grants import GrantRequest, grants_sql
+    from rds_pipeline.engine.source.grants import GrantRequest, grants_sql
 
     config = None
     try:
@@ -169,7 +169,7 @@ def _grants(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from rds_pipeline.engine.checks import run_checks
+    from rds_pipeline.engine.source.checks import run_checks
 
     config = load_config(args.config)
     _, selection = _load_selection(config)
@@ -185,8 +185,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _pick(selection, names):  # noqa: ANN001, ANN202 - small CLI helper
-    from rds_pipeline.engine.catalog import Catalog
     from rds_pipeline.engine.selection import find_relation
+    from rds_pipeline.engine.source.catalog import Catalog
 
     if not names:
         return selection
@@ -203,7 +203,7 @@ def _pick(selection, names):  # noqa: ANN001, ANN202 - small CLI helper
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from rds_pipeline.engine.destination import open_destination
+    from rds_pipeline.engine.destinations.factory import open_destination
 
     config = load_config(args.config)
     _, selection = _load_selection(config)

@@ -109,8 +109,8 @@ def dagster_environment(setup: DemoSetup) -> dict[str, str]:
 def prepare(root: Path) -> tuple[DemoSetup, dict[str, str]]:
     """Source up, catalog discovered, every Pagila table and view selected, Dagster instance configured."""
     from rds_pipeline.engine.config import load_config
-    from rds_pipeline.engine.discovery import discover
     from rds_pipeline.engine.selection import stats_wanted
+    from rds_pipeline.engine.source.discovery import discover
 
     setup = start_demo_source(root)
     config = load_config(setup.config_path)

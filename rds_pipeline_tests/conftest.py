@@ -192,6 +192,6 @@ def quirky_db(pg18: LocalPostgres) -> str:
 @pytest.fixture(scope="session")
 def pagila_catalog(pg18: LocalPostgres):  # noqa: ANN201
     """Pagila as discovered from the real server (read-only; tests that alter the source use scratch databases)."""
-    from rds_pipeline.engine.discovery import discover
+    from rds_pipeline.engine.source.discovery import discover
 
     return discover(make_config(pg18).source, databases=["pagila"])

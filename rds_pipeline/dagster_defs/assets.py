@@ -23,13 +23,13 @@ from rds_pipeline.dagster_defs.translator import (
     source_key,
     source_key_for,
 )
-from rds_pipeline.engine.catalog import Catalog, Relation
 from rds_pipeline.engine.config import IntegrationConfig
-from rds_pipeline.engine.extract import KeyRange
 from rds_pipeline.engine.frequency import Frequency, parse_frequency
+from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.replication.sync import SyncResult, sync_table
+from rds_pipeline.engine.replication.verify import columns_check, primary_key_check, row_count_check, source_count
 from rds_pipeline.engine.selection import SelectedTable
-from rds_pipeline.engine.sync import SyncResult, sync_table
-from rds_pipeline.engine.verify import columns_check, primary_key_check, row_count_check, source_count
+from rds_pipeline.engine.source.catalog import Catalog, Relation
 
 CHECK_PRIMARY_KEY = "primary_key_unique"
 CHECK_COLUMNS = "columns_match_catalog"

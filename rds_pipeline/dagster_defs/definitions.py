@@ -15,9 +15,9 @@ from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourc
 from rds_pipeline.dagster_defs.schedules import build_schedules
 from rds_pipeline.dagster_defs.sensors import build_sensors
 from rds_pipeline.dagster_defs.usage import build_usage_asset
-from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.config import find_config_path, load_config, quote_env_refs
 from rds_pipeline.engine.selection import resolve_selection
+from rds_pipeline.engine.source.catalog import Catalog
 
 log = logging.getLogger(__name__)
 _ENV_ONLY = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")

@@ -16,7 +16,7 @@ from rds_pipeline.dagster_defs.ticks import (
     tick_spans,
 )
 from rds_pipeline.dagster_defs.translator import POOL
-from rds_pipeline.engine.sync import sync_table
+from rds_pipeline.engine.replication.sync import sync_table
 
 SYNC_ALL = "sync_all"
 
@@ -65,7 +65,7 @@ def add_key_ranges(instance: dg.DagsterInstance, dynamic: list[TableAsset], sour
     if not dynamic:
         return 0
     from rds_pipeline.dagster_defs.partitions import dynamic_partitions_name, integer_range_keys
-    from rds_pipeline.engine.probe import probe_max_keys
+    from rds_pipeline.engine.source.probe import probe_max_keys
 
     added = 0
     for asset in dynamic:

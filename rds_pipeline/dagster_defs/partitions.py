@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from rds_pipeline.dagster_defs.translator import safe_name
-from rds_pipeline.engine.extract import KeyRange
+from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable, chunkable_key
 
 WHOLE = "all"

@@ -14,9 +14,9 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from rds_pipeline.engine.config import IntegrationConfig, load_config
-from rds_pipeline.engine.destination import open_destination
+from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.secrets import Secret
-from rds_pipeline.engine.sync import SourceSession
+from rds_pipeline.engine.source.session import SourceSession
 
 
 class RdsSourceResource(dg.ConfigurableResource):

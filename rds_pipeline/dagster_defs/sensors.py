@@ -9,9 +9,9 @@ from rds_pipeline.dagster_defs.assets import CHECK_COLUMNS, TableAsset
 from rds_pipeline.dagster_defs.jobs import tick_run_request
 from rds_pipeline.dagster_defs.partitions import dynamic_partitions_name, integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.engine.catalog import Catalog
-from rds_pipeline.engine.drift import check_drift
-from rds_pipeline.engine.probe import KeyProbe, probe_max_keys
+from rds_pipeline.engine.source.catalog import Catalog
+from rds_pipeline.engine.source.drift import check_drift
+from rds_pipeline.engine.source.probe import KeyProbe, probe_max_keys
 
 
 def _probe(

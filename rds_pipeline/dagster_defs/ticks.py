@@ -13,7 +13,7 @@ import dagster as dg
 
 from rds_pipeline.dagster_defs.assets import TableAsset
 from rds_pipeline.dagster_defs.partitions import key_range_for
-from rds_pipeline.engine.extract import KeyRange
+from rds_pipeline.engine.replication.extract import KeyRange
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import re
 
 import dagster as dg
 
-from rds_pipeline.engine.catalog import Relation
 from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.catalog import Relation
 
 SOURCE_GROUP = "rds_source"
 POOL = "rds_source"

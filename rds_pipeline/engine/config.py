@@ -76,6 +76,7 @@ class SourceConfig:
     connect_timeout: int = 10
     statement_timeout_seconds: int = 900
     max_connections: int = 2
+    stall_seconds: int = 300  # a COPY that moves no bytes this long is cancelled (and retried)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class DestinationConfig:
     ssl: SslConfig = field(default_factory=SslConfig)
     path: Path | None = None
     connect_timeout: int = 10
+    lock_timeout_seconds: int = 60  # a load waits this long for a lock on the destination, then retries
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,20 @@ class IntegrationConfig:
     def source_key(self) -> str:
         """Identifies the source across renames of the integration."""
         return f"{self.source.host}:{self.source.port}/{self.source.database}"
+
+    def selected_ids(self) -> set[str]:
+        """``database.schema.name`` of each entry in ``tables:`` (as written; names holding dots need the
+        mapping form). For the integration registry, which must tell a second integration from a rename."""
+        ids = set()
+        for entry in self.tables:
+            if isinstance(entry, dict) and entry.get("table"):
+                ids.add(f"{entry.get('database') or self.source.database}.{entry.get('schema') or 'public'}."
+                        f"{entry['table']}")  # fmt: skip
+                continue
+            name = str(entry.get("name") if isinstance(entry, dict) else entry)
+            parts = name.split(".")
+            ids.add(name if len(parts) >= 3 else f"{self.source.database}.{name if len(parts) == 2 else 'public.' + name}")
+        return ids
 
     @property
     def destination_schema(self) -> str:
@@ -407,7 +423,7 @@ class _Reader:
     def source(self, raw: Any) -> SourceConfig | None:
         allowed = (
             "host", "port", "user", "password", "database", "ssl", "ssh", "connect_timeout",
-            "statement_timeout_seconds", "max_connections",
+            "statement_timeout_seconds", "max_connections", "stall_seconds",
         )  # fmt: skip
         if raw is None:
             self.problem(
@@ -428,10 +444,12 @@ class _Reader:
             connect_timeout=self.integer("source", data, "connect_timeout", 10, 1, 300),
             statement_timeout_seconds=self.integer("source", data, "statement_timeout_seconds", 900, 0, 86400 * 7),
             max_connections=self.integer("source", data, "max_connections", 2, 1, 64),
+            stall_seconds=self.integer("source", data, "stall_seconds", 300, 5, 86400),
         )
 
     def destination(self, raw: Any) -> DestinationConfig | None:
-        allowed = ("type", "host", "port", "user", "password", "database", "ssl", "path", "connect_timeout")
+        allowed = ("type", "host", "port", "user", "password", "database", "ssl", "path", "connect_timeout",
+                   "lock_timeout_seconds")  # fmt: skip
         if raw is None:
             self.problem(
                 "destination",
@@ -466,6 +484,7 @@ class _Reader:
             database=self.string("destination", data, "database"),
             ssl=self.ssl("destination", data.get("ssl")),
             connect_timeout=self.integer("destination", data, "connect_timeout", 10, 1, 300),
+            lock_timeout_seconds=self.integer("destination", data, "lock_timeout_seconds", 60, 1, 3600),
         )
 
 

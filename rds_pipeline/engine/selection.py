@@ -11,8 +11,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from rds_pipeline.engine.catalog import Catalog, Column, Relation
 from rds_pipeline.engine.naming import MAX_IDENTIFIER, destination_table_name
+from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
 METHODS = ("full_table", "key_based")
 ENTRY_KEYS = ("name", "database", "schema", "table", "method", "replication_key", "columns", "primary_key",

@@ -10,9 +10,9 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.config import quote_env_refs
 from rds_pipeline.engine.selection import SelectedTable, find_relation, resolve_selection
+from rds_pipeline.engine.source.catalog import Catalog
 
 
 def _yaml() -> YAML:

@@ -13,9 +13,9 @@ import yaml
 
 from rds_pipeline.dagster_defs.definitions import build_definitions
 from rds_pipeline.engine.config import IntegrationConfig, load_config
-from rds_pipeline.engine.destination import open_destination
-from rds_pipeline.engine.discovery import discover
+from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection, stats_wanted
+from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.local_postgres import LocalPostgres
 
 _counter = itertools.count()
@@ -42,7 +42,7 @@ class Project:
         return build_definitions(self.path)
 
     def selection(self) -> list[SelectedTable]:
-        from rds_pipeline.engine.catalog import Catalog
+        from rds_pipeline.engine.source.catalog import Catalog
 
         config = self.config
         return resolve_selection(config.tables, Catalog.load(config.catalog_path), self.database)

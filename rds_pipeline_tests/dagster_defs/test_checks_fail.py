@@ -6,9 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from rds_pipeline.engine.extract import KeyRange
-from rds_pipeline.engine.sync import sync_table
-from rds_pipeline.engine.verify import columns_check, primary_key_check, row_count_check, source_count
+from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.engine.replication.verify import columns_check, primary_key_check, row_count_check, source_count
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.test_materialize import key
 from rds_pipeline_tests.engine.sync_helpers import make_scratch

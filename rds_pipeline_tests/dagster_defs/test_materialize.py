@@ -9,7 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from rds_pipeline.engine.sync import SourceSession, sync_table
+from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.engine.source.session import SourceSession
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import Project, make_project
 

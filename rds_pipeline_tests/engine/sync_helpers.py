@@ -12,11 +12,11 @@ import psycopg2
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import IntegrationConfig, parse_config
-from rds_pipeline.engine.discovery import discover
-from rds_pipeline.engine.extract import apply_session_settings
-from rds_pipeline.engine.load_postgres import PostgresDestination
+from rds_pipeline.engine.destinations.postgres import PostgresDestination
+from rds_pipeline.engine.replication.extract import apply_session_settings
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection
-from rds_pipeline.engine.sync import SourceSession
+from rds_pipeline.engine.source.discovery import discover
+from rds_pipeline.engine.source.session import SourceSession
 from rds_pipeline.local_postgres import LocalPostgres
 
 _counter = itertools.count()

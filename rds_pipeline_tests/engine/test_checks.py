@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from rds_pipeline import cli
-from rds_pipeline.engine.checks import Finding, run_checks
-from rds_pipeline.engine.discovery import discover
 from rds_pipeline.engine.selection import resolve_selection
+from rds_pipeline.engine.source.checks import Finding, run_checks
+from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.conftest import make_config
 

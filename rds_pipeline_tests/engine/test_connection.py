@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.connection import connect_source, source_connection
-from rds_pipeline.engine.diagnostics import run_connection_test
 from rds_pipeline.engine.errors import ConnectionProblem
+from rds_pipeline.engine.source.connection import connect_source, source_connection
+from rds_pipeline.engine.source.diagnostics import run_connection_test
 from rds_pipeline.local_postgres import LocalPostgres, free_port
 from rds_pipeline_tests.conftest import SOURCE_PASSWORD, SslServer, make_config
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg2
 import psycopg2.extras
 
-from rds_pipeline.engine.catalog import Catalog
-from rds_pipeline.engine.discovery import discover, discover_database
+from rds_pipeline.engine.source.catalog import Catalog
+from rds_pipeline.engine.source.discovery import discover, discover_database
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.conftest import QUIRKY_SCHEMA, QUIRKY_TABLE, UNICODE_TABLE, make_config
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from rds_pipeline import cli
-from rds_pipeline.engine.catalog import Catalog
-from rds_pipeline.engine.discovery import discover
-from rds_pipeline.engine.drift import check_drift
+from rds_pipeline.engine.source.catalog import Catalog
+from rds_pipeline.engine.source.discovery import discover
+from rds_pipeline.engine.source.drift import check_drift
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.conftest import make_config
 

@@ -6,8 +6,8 @@ import psycopg2
 import pytest
 
 from rds_pipeline import cli
-from rds_pipeline.engine.discovery import discover
-from rds_pipeline.engine.grants import GrantRequest, grants_sql, scram_verifier
+from rds_pipeline.engine.source.discovery import discover
+from rds_pipeline.engine.source.grants import GrantRequest, grants_sql, scram_verifier
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.conftest import QUIRKY_SCHEMA, QUIRKY_TABLE, UNICODE_TABLE, make_config
 

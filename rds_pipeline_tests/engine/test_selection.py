@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.naming import snake_case
 from rds_pipeline.engine.selection import SelectionError, resolve_selection
 from rds_pipeline.engine.selection_edit import edit_selection
+from rds_pipeline.engine.source.catalog import Catalog
 
 
 def problems(entries: list, catalog: Catalog) -> list[str]:
@@ -115,7 +115,7 @@ def test_destination_names_are_unique(pagila_catalog: Catalog) -> None:
 
 
 def test_quoted_names_resolve_as_written(pg18, quirky_db: str) -> None:  # noqa: ANN001
-    from rds_pipeline.engine.discovery import discover
+    from rds_pipeline.engine.source.discovery import discover
     from rds_pipeline_tests.conftest import make_config
 
     catalog = discover(make_config(pg18).source, databases=["pagila", quirky_db])

@@ -11,14 +11,15 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from rds_pipeline.engine.catalog import Catalog
 from rds_pipeline.engine.config import parse_config
-from rds_pipeline.engine.destination import open_destination
-from rds_pipeline.engine.extract import KeyRange, apply_session_settings
-from rds_pipeline.engine.load_duckdb import DuckDBDestination, dq, run
+from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, dq, run
+from rds_pipeline.engine.destinations.factory import open_destination
+from rds_pipeline.engine.destinations.types import duckdb_type
+from rds_pipeline.engine.replication.extract import KeyRange, apply_session_settings
+from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection
-from rds_pipeline.engine.sync import SourceSession, sync_table
-from rds_pipeline.engine.types_map import duckdb_type
+from rds_pipeline.engine.source.catalog import Catalog
+from rds_pipeline.engine.source.session import SourceSession
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 from rds_pipeline_tests.engine.test_sync_postgres import zoo_scratch

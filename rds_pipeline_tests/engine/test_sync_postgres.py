@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.catalog import Catalog
-from rds_pipeline.engine.destination import IntegrationRenamed, LoadError
-from rds_pipeline.engine.extract import KeyRange
+from rds_pipeline.engine.destinations.base import IntegrationRenamed, LoadError
+from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import resolve_selection
-from rds_pipeline.engine.sync import sync_table
+from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import Scratch, make_scratch, rows_as_text
 
@@ -100,7 +100,7 @@ def test_pagila_every_table_and_view_round_trips(pg18: LocalPostgres, pagila_cat
     dest = scratch.destination()
     selection = resolve_selection([{"name": r.qualified_name} for r in pagila_catalog.relations], pagila_catalog,
                                   "pagila")  # fmt: skip
-    from rds_pipeline.engine.sync import SourceSession
+    from rds_pipeline.engine.source.session import SourceSession
 
     source = scratch.config.source.__class__(**{**scratch.config.source.__dict__, "database": "pagila"})
     with SourceSession(source) as session:
@@ -164,11 +164,13 @@ def test_integer_key_window_and_table_without_primary_key(pg18: LocalPostgres) -
     assert table.primary_key == ()
     dest = scratch.destination()
     with scratch.session() as session:
-        window = sync_table(session, dest, table, KeyRange("seq", lower=1, upper=51))
-        assert window.report.rows_inserted == 50 and window.bookmark == "50"
+        later = sync_table(session, dest, table, KeyRange("seq", lower=51, upper=61))
+        assert later.report.rows_inserted == 10 and later.bookmark is None  # keys below 51 not copied: a gap
+        window = sync_table(session, dest, table, KeyRange("seq", upper=51, include_nulls=True))
+        assert window.report.rows_inserted == 50 and window.bookmark == "50"  # from the start: contiguous
         rest = sync_table(session, dest, table)  # from the bookmark: appends (no primary key), rows >= 50
         assert rest.report.rows_inserted == 51 and rest.bookmark == "100"
-    assert dest.row_count(table) == 101  # the boundary row 50 twice: without a key, appends are not merged
+    assert dest.row_count(table) == 111  # 50 and 51..60 twice: without a key, appends are not merged
     dest.close()
 
 
@@ -247,7 +249,7 @@ def test_permanent_error_names_the_table_and_fails_at_once(pg18: LocalPostgres) 
     limited = scratch.config.source.__class__(**{**scratch.config.source.__dict__, "user": "no_select_user",
                                                  "password": __import__("rds_pipeline.engine.secrets",
                                                  fromlist=["Secret"]).Secret("nsu-pw-1")})  # fmt: skip
-    from rds_pipeline.engine.sync import SourceSession
+    from rds_pipeline.engine.source.session import SourceSession
 
     dest = scratch.destination()
     started = time.monotonic()
@@ -299,9 +301,9 @@ _child_sync(*sys.argv[1:])
 
 def _child_sync(port: str, password: str, source_db: str, dest_db: str) -> None:
     from rds_pipeline.engine.config import parse_config
-    from rds_pipeline.engine.discovery import discover
-    from rds_pipeline.engine.load_postgres import PostgresDestination
-    from rds_pipeline.engine.sync import SourceSession
+    from rds_pipeline.engine.destinations.postgres import PostgresDestination
+    from rds_pipeline.engine.source.discovery import discover
+    from rds_pipeline.engine.source.session import SourceSession
 
     creds = {"host": "127.0.0.1", "port": int(port), "user": "postgres", "password": password}
     config = parse_config({"integration_name": "Test Replica", "source": {**creds, "database": source_db},
@@ -324,7 +326,7 @@ def test_sigkill_mid_copy_loses_and_duplicates_nothing(pg18: LocalPostgres) -> N
     table = scratch.one({"name": "public.big", "method": "key_based", "replication_key": "id"})
     dest = scratch.destination()
     with scratch.session() as session:  # a first sync of part of it, so there is a bookmark and data
-        sync_table(session, dest, table, KeyRange("id", lower=1, upper=1001))
+        sync_table(session, dest, table, KeyRange("id", upper=1001, include_nulls=True))
     assert dest.read_bookmark(table) == "1000"
     child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(pg18.port), pg18.password, scratch.source_db,
                               scratch.dest_db], env={**os.environ})  # fmt: skip
@@ -355,7 +357,7 @@ def test_renaming_the_integration_after_loading_is_refused(pg18: LocalPostgres) 
     with scratch.session() as session:
         sync_table(session, dest, scratch.one({"name": "public.t"}))
     dest.close()
-    from rds_pipeline.engine.load_postgres import PostgresDestination
+    from rds_pipeline.engine.destinations.postgres import PostgresDestination
 
     renamed = scratch.config.__class__(**{**scratch.config.__dict__, "integration_name": "Second Name"})
     dest = PostgresDestination(renamed.destination, renamed.destination_schema)
@@ -370,7 +372,7 @@ def test_renaming_the_integration_after_loading_is_refused(pg18: LocalPostgres) 
 
 
 def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rds_pipeline.engine import extract
+    from rds_pipeline.engine.replication import extract
 
     monkeypatch.setattr(extract, "PROGRESS_SECONDS", 0.0)  # every chunk counts as "10 s later"
     scratch = make_scratch(pg18)

@@ -10,10 +10,10 @@ from typing import Any
 import psutil
 import pytest
 
-from rds_pipeline.engine.connection import source_connection
-from rds_pipeline.engine.diagnostics import run_connection_test
 from rds_pipeline.engine.errors import ConnectionProblem
-from rds_pipeline.engine.tunnel import SshTunnel
+from rds_pipeline.engine.source.connection import source_connection
+from rds_pipeline.engine.source.diagnostics import run_connection_test
+from rds_pipeline.engine.source.tunnel import SshTunnel
 from rds_pipeline.local_postgres import LocalPostgres, free_port
 from rds_pipeline_tests.conftest import SOURCE_PASSWORD, SshFixture, SslServer, make_config
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.selection import SelectedTable
-from rds_pipeline.engine.types_map import postgres_type
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
-from rds_pipeline.engine.catalog import Catalog, Column, Relation
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.connection import connect_source, open_tunnel
+from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
+from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 
 log = logging.getLogger(__name__)
 

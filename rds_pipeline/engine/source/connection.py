@@ -18,7 +18,7 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import SourceConfig, SslConfig
 from rds_pipeline.engine.errors import ConnectionProblem
 from rds_pipeline.engine.secrets import Secret, redact
-from rds_pipeline.engine.tunnel import SshTunnel
+from rds_pipeline.engine.source.tunnel import SshTunnel
 
 APPLICATION_NAME = "rds_pipeline"
 
@@ -34,6 +34,7 @@ def libpq_params(
     connect_timeout: int,
     statement_timeout_seconds: int | None = None,
     hostaddr: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``psycopg2.connect``; ``hostaddr`` sends traffic to the tunnel while ``host``
     stays the real name, so ``verify-full`` still checks the certificate against it."""
@@ -50,13 +51,18 @@ def libpq_params(
         "keepalives_idle": 30,
         "keepalives_interval": 10,
         "keepalives_count": 3,
+        # bound every send to a dead peer too (keepalives only cover an idle connection)
+        "tcp_user_timeout": 60_000,
     }
     if password:
         params["password"] = password.reveal()
     if hostaddr:
         params["hostaddr"] = hostaddr
+    settings = dict(options or {})
     if statement_timeout_seconds is not None:
-        params["options"] = f"-c statement_timeout={int(statement_timeout_seconds) * 1000}"
+        settings["statement_timeout"] = str(int(statement_timeout_seconds) * 1000)
+    if settings:
+        params["options"] = " ".join(f"-c {name}={value}" for name, value in settings.items())
     if ssl.root_cert:
         params["sslrootcert"] = str(ssl.root_cert)
     if ssl.client_cert:

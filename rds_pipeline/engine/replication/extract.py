@@ -10,6 +10,7 @@ import datetime as dt
 import fcntl
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ SESSION_SETTINGS = {
     "lc_monetary": "C",
 }
 PROGRESS_SECONDS = 10.0
+CANCEL_WAIT_SECONDS = 5.0  # a cancel request that gets no answer (a dead tunnel) is given up after this
+DEFAULT_STALL_SECONDS = 300
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -131,6 +134,10 @@ def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
     return sql.SQL("COPY ({}) TO STDOUT{}").format(select, options)
 
 
+class CopyStalled(TimeoutError):
+    """The source sent no bytes for ``stall_seconds``: the COPY is cancelled, and the range retried."""
+
+
 class PipeReader:
     """The reading end of an OS pipe, for the destination's COPY FROM; counts bytes and reports progress.
 
@@ -138,12 +145,19 @@ class PipeReader:
     once per row, so a Python-level writer would cost a Python call per row). The kernel pipe (1 MiB) plus
     the writer's buffer bound the memory in flight."""
 
-    def __init__(self, fd: int, on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, fd: int, on_progress: Callable[[int], None] | None = None,
+                 stall_seconds: float = DEFAULT_STALL_SECONDS, table: str = "") -> None:  # fmt: skip
         self._raw = os.fdopen(fd, "rb", buffering=0)
         self.bytes = 0
         self._on_progress = on_progress
+        self._stall = stall_seconds
+        self._table = table
 
     def read(self, size: int = -1) -> bytes:
+        ready, _, _ = select.select([self._raw], [], [], self._stall)
+        if not ready:
+            raise CopyStalled(f"{self._table}: the source sent no data for {self._stall:.0f}s (source.stall_seconds); "
+                              "the copy was cancelled")  # fmt: skip
         data = self._raw.read(size if size and size > 0 else PIPE_BYTES)
         if data:
             self.bytes += len(data)
@@ -170,7 +184,7 @@ class CopyOut:
     """Runs the source COPY TO in a thread, writing into an OS pipe that ``pipe`` (a PipeReader) drains."""
 
     def __init__(self, conn: psycopg2.extensions.connection, query: sql.Composed, table: str,
-                 extraction: ExtractionLog) -> None:  # fmt: skip
+                 extraction: ExtractionLog, stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:  # fmt: skip
         self.conn = conn
         self.query_text = query.as_string(conn)
         self.table = table
@@ -182,7 +196,8 @@ class CopyOut:
             fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
             pass  # a smaller pipe only costs speed
-        self.pipe = PipeReader(read_fd, self._progress)
+        self.pipe = PipeReader(read_fd, self._progress, stall_seconds, table)
+        self.stuck = False  # the COPY thread did not end after abort(): its connection must be abandoned
         self._writer = os.fdopen(write_fd, "wb", buffering=PIPE_BYTES)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"rds-copy-out-{table}", daemon=True)
@@ -221,7 +236,9 @@ class CopyOut:
         self.pipe.close()
 
     def abort(self) -> None:
-        """Stop the source COPY after a load failure (close our end so its writes fail; cancel the query)."""
+        """Stop the source COPY after a load failure: close our end so its writes fail, and cancel the query.
+        Every wait is bounded; a thread that still does not end marks the copy ``stuck``, and the session then
+        abandons the connection and terminates its backend from a fresh one."""
         try:
             self.pipe.close()
         except OSError:
@@ -229,8 +246,25 @@ class CopyOut:
         if not self._thread.is_alive() and self._thread.ident is None:  # never started
             self._writer.close()
             return
+        if self._thread.is_alive():
+            bounded(self.conn.cancel, CANCEL_WAIT_SECONDS, f"rds-cancel-{self.table}")
+        self._thread.join(timeout=CANCEL_WAIT_SECONDS)
+        self.stuck = self._thread.is_alive()
+        if self.stuck:
+            log.warning("%s: the source COPY did not stop after a cancel; abandoning its connection", self.table)
+
+
+def bounded(action: Callable[[], object], seconds: float, name: str) -> bool:
+    """Run ``action`` in a daemon thread and wait at most ``seconds``; True when it finished in time.
+    For calls that can block without a timeout of their own (libpq's cancel request, closing a socket
+    through a frozen tunnel)."""
+    def run() -> None:
         try:
-            self.conn.cancel()
-        except psycopg2.Error:
-            pass
-        self._thread.join(timeout=30)
+            action()
+        except Exception as exc:  # noqa: BLE001 - best effort: the caller moves on either way
+            log.debug("%s: %s", name, exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()

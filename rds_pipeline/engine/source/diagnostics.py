@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.connection import connect_source, open_tunnel
+from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 
 # Stitch's setup guide: during a historical sync from a read replica, raise both delays to 8-12 hours.
 STANDBY_DELAY_ADVICE_MS = 8 * 3600 * 1000

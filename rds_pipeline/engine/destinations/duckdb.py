@@ -17,20 +17,22 @@ from typing import Any
 
 import duckdb
 
-from rds_pipeline.engine.catalog import Column
 from rds_pipeline.engine.config import IntegrationConfig
-from rds_pipeline.engine.destination import (
+from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
     META_SCHEMA,
     STATE_TABLE,
     LoadingReport,
+    LoadOutcome,
     rename_refusal,
 )
-from rds_pipeline.engine.extract import CopyOut, KeyRange
+from rds_pipeline.engine.destinations.types import duckdb_type
 from rds_pipeline.engine.quoting import quote_ident
+from rds_pipeline.engine.replication.extract import CopyOut, KeyRange
+from rds_pipeline.engine.replication.plan import TableState
 from rds_pipeline.engine.selection import SelectedTable
-from rds_pipeline.engine.types_map import duckdb_type
+from rds_pipeline.engine.source.catalog import Column
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 120
@@ -143,6 +145,7 @@ class DuckDBDestination:
             run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(self.schema)}")
             run(c, f"CREATE TABLE IF NOT EXISTS {self._state()} (table_id VARCHAR PRIMARY KEY, destination_table "
                       "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)")  # fmt: skip
+            run(c, f"ALTER TABLE {self._state()} ADD COLUMN IF NOT EXISTS covered_to VARCHAR")
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -155,9 +158,19 @@ class DuckDBDestination:
             return False
         return bool(run(self.conn, f"SELECT count(*) FROM {dq(schema)}.{dq(STATE_TABLE)}").fetchone()[0])
 
+    def _exists(self, table: SelectedTable) -> bool:
+        return bool(self.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+                                      [self.schema, table.destination_table]).fetchone()[0])  # fmt: skip
+
+    def table_state(self, table: SelectedTable) -> TableState:
+        if not self._exists(table):
+            return TableState(False)
+        row = run(self.conn, f"SELECT bookmark, covered_to FROM {self._state()} WHERE table_id = ?",
+                  [table.id]).fetchone()  # fmt: skip
+        return TableState(True, *(row or (None, None)))
+
     def read_bookmark(self, table: SelectedTable) -> str | None:
-        row = run(self.conn, f"SELECT bookmark FROM {self._state()} WHERE table_id = ?", [table.id]).fetchone()
-        return row[0] if row else None
+        return self.table_state(table).bookmark
 
     def read_bookmarks(self) -> dict[str, str | None]:
         return dict(run(self.conn, f"SELECT table_id, bookmark FROM {self._state()}").fetchall())
@@ -172,7 +185,7 @@ class DuckDBDestination:
         return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}").fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
-    def ensure_table(self, table: SelectedTable) -> list[str]:
+    def ensure_table(self, table: SelectedTable) -> tuple[list[str], bool]:
         existing = {
             name: kind
             for name, kind in self.conn.execute(
@@ -188,7 +201,7 @@ class DuckDBDestination:
             if table.primary_key:
                 columns.append(f"PRIMARY KEY ({', '.join(dq(c) for c in table.primary_key)})")
             run(self.conn, f"CREATE TABLE {target} ({', '.join(columns)})")
-            return warnings
+            return warnings, True
         for column in table.columns:
             wanted = duckdb_type(column)
             if column.name not in existing:
@@ -204,7 +217,7 @@ class DuckDBDestination:
                 warnings.append(f"column {name} is no longer replicated; kept in the destination, NULL in new rows")
         for warning in warnings:
             log.warning("%s: %s", table.id, warning)
-        return warnings
+        return warnings, False
 
     # -- loading -------------------------------------------------------------------------------------------
     def _predicate(self, table: SelectedTable, key_range: KeyRange) -> tuple[str, list[Any]]:
@@ -225,11 +238,10 @@ class DuckDBDestination:
         return f" WHERE {where}", params
 
     def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
-             bookmark_before: str | None) -> tuple[LoadingReport, str | None, int]:  # fmt: skip
+             source_max: str | None = None) -> tuple[LoadingReport, LoadOutcome]:  # fmt: skip
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
-        new_bookmark, null_keys = bookmark_before, 0
         try:
             copy.start()
             with os.fdopen(fd, "wb") as spool:
@@ -248,7 +260,12 @@ class DuckDBDestination:
             c = self.conn
             c.execute("BEGIN TRANSACTION")
             try:
-                report.warnings = tuple(self.ensure_table(table))
+                warnings, created = self.ensure_table(table)
+                report.warnings = tuple(warnings)
+                state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self._state()} "
+                                                    "WHERE table_id = ?", [table.id]).fetchone()  # fmt: skip
+                before, covered = state or (None, None)
+                outcome = LoadOutcome(before, before)
                 key = table.replication_key
                 raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
                 run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
@@ -260,9 +277,10 @@ class DuckDBDestination:
                     report.rows_inserted = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
                 else:
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
-                    new_bookmark, null_keys = self._bookmark(table, bookmark_before)
-                run(c, f"INSERT OR REPLACE INTO {self._state()} VALUES (?, ?, ?, ?, now())",
-                          [table.id, table.destination_table, key, new_bookmark])  # fmt: skip
+                    outcome = self._bookmark(table, key_range, before, covered, source_max)
+                run(c, f"INSERT OR REPLACE INTO {self._state()} (table_id, destination_table, replication_key, "
+                       "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
+                    [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to])  # fmt: skip
                 c.execute("DROP TABLE _rds_stage")
                 c.execute("COMMIT")
             except BaseException:
@@ -275,7 +293,7 @@ class DuckDBDestination:
             Path(name).unlink(missing_ok=True)
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
-        return report, new_bookmark, null_keys
+        return report, outcome
 
     def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
         c, target = self.conn, self._target(table)
@@ -295,22 +313,39 @@ class DuckDBDestination:
                   f"SELECT DISTINCT ON ({pk}) {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
         return total - existing, existing
 
-    def _bookmark(self, table: SelectedTable, before: str | None) -> tuple[str | None, int]:
+    def _le(self, kind: str, low: str, high: str) -> bool:
+        """``low <= high`` as values of the key's type (both are PostgreSQL text forms)."""
+        return bool(run(self.conn, f"SELECT CAST(? AS {kind}) <= CAST(? AS {kind})", [low, high]).fetchone()[0])
+
+    def _greatest(self, kind: str, *values: str | None) -> str | None:
+        best = None
+        for value in values:
+            if value is not None and (best is None or self._le(kind, best, value)):
+                best = value
+        return best
+
+    def _bookmark(self, table: SelectedTable, key_range: KeyRange, before: str | None, covered: str | None,
+                  source_max: str | None) -> LoadOutcome:  # fmt: skip
+        """The bookmark rule (``base.py``): move only when contiguous with what was copied, never backwards."""
         key = table.replication_key
         assert key is not None
         column = next(col for col in table.columns if col.name == key)
         kind = duckdb_type(column)
         c = self.conn
         nulls = int(run(c, f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone()[0])
-        row = run(c, f"SELECT _raw_key, {dq(key)} FROM _rds_stage WHERE {dq(key)} IS NOT NULL "
-                        f"ORDER BY {dq(key)} DESC LIMIT 1").fetchone()  # fmt: skip
-        if row is None:
-            return before, nulls
-        if before is not None:
-            newer = run(c, f"SELECT CAST(? AS {kind}) < ?", [before, row[1]]).fetchone()[0]
-            if not newer:
-                return before, nulls
-        return row[0], nulls
+        row = run(c, f"SELECT _raw_key FROM _rds_stage WHERE {dq(key)} IS NOT NULL "
+                     f"ORDER BY {dq(key)} DESC LIMIT 1").fetchone()  # fmt: skip
+        seen = row[0] if row else None
+        reached = self._greatest(kind, before, covered)
+        contiguous = key_range.lower is None or (reached is not None and self._le(kind, str(key_range.lower), reached))
+        if not contiguous:
+            return LoadOutcome(before, before, nulls, False, covered)
+        bookmark = self._greatest(kind, before, seen)
+        limit = source_max if source_max is not None else seen
+        if key_range.upper is not None and limit is not None:  # an empty source claims nothing
+            bound = str(key_range.upper) if self._le(kind, str(key_range.upper), limit) else limit
+            covered = self._greatest(kind, covered, bound)
+        return LoadOutcome(before, bookmark, nulls, bookmark != before, covered)
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
         where, params = self._predicate(table, key_range)

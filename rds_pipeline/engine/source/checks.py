@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
-from rds_pipeline.engine.connection import connect_source, open_tunnel
-from rds_pipeline.engine.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
-from rds_pipeline.engine.discovery import discover_database
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.connection import connect_source, open_tunnel
+from rds_pipeline.engine.source.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
+from rds_pipeline.engine.source.discovery import discover_database
 
 # A deliberately pessimistic read rate for a production source, to size statement_timeout.
 ASSUMED_READ_BYTES_PER_SECOND = 20 * 1024 * 1024

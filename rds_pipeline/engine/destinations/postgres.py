@@ -18,19 +18,21 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import DestinationConfig, IntegrationConfig
-from rds_pipeline.engine.connection import libpq_params
-from rds_pipeline.engine.destination import (
+from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
     META_SCHEMA,
     STATE_TABLE,
     LoadingReport,
+    LoadOutcome,
     rename_refusal,
 )
-from rds_pipeline.engine.extract import CopyOut, KeyRange, apply_session_settings
+from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.quoting import quote_ident
+from rds_pipeline.engine.replication.extract import CopyOut, KeyRange, apply_session_settings
+from rds_pipeline.engine.replication.plan import TableState
 from rds_pipeline.engine.selection import SelectedTable
-from rds_pipeline.engine.types_map import postgres_type
+from rds_pipeline.engine.source.connection import libpq_params
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class PostgresDestination:
                 database=config.database or "",
                 ssl=config.ssl,
                 connect_timeout=config.connect_timeout,
+                options={"lock_timeout": f"{config.lock_timeout_seconds}s"},
             )  # fmt: skip
         )
         apply_session_settings(conn)
@@ -106,6 +109,7 @@ class PostgresDestination:
                     "replication_key text, bookmark text, updated_at timestamptz NOT NULL DEFAULT now())"
                 ).format(self._state())
             )
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS covered_to text").format(self._state()))
 
     def _has_data(self, cur: psycopg2.extensions.cursor, schema: str) -> bool:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(STATE_TABLE)}",))
@@ -120,11 +124,18 @@ class PostgresDestination:
     def _target(self, table: SelectedTable) -> sql.Identifier:
         return sql.Identifier(self.schema, table.destination_table)
 
-    def read_bookmark(self, table: SelectedTable) -> str | None:
+    def table_state(self, table: SelectedTable) -> TableState:
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT bookmark FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
-            row = cur.fetchone()
-        return row[0] if row else None
+            cur.execute(
+                sql.SQL("SELECT to_regclass(%s) IS NOT NULL, (SELECT bookmark FROM {s} WHERE table_id = %s), "
+                        "(SELECT covered_to FROM {s} WHERE table_id = %s)").format(s=self._state()),
+                (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}", table.id, table.id),
+            )  # fmt: skip
+            exists, bookmark, covered_to = cur.fetchone()
+        return TableState(bool(exists), bookmark if exists else None, covered_to if exists else None)
+
+    def read_bookmark(self, table: SelectedTable) -> str | None:
+        return self.table_state(table).bookmark
 
     def read_bookmarks(self) -> dict[str, str | None]:
         with self.conn, self.conn.cursor() as cur:
@@ -211,18 +222,19 @@ class PostgresDestination:
         key_range: KeyRange,
         copy: CopyOut,
         batch_id: str,
-        bookmark_before: str | None,
-    ) -> tuple[LoadingReport, str | None, int]:
-        """Load what ``copy`` streams; return the report, the new bookmark and the count of NULL keys."""
+        source_max: str | None = None,
+    ) -> tuple[LoadingReport, LoadOutcome]:
+        """Load what ``copy`` streams; data and state commit together (the bookmark rule in ``base.py``)."""
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         target = self._target(table)
         column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-        new_bookmark, null_keys = bookmark_before, 0
         try:
             with self.conn.cursor() as cur:
                 warnings, created = self.ensure_table(cur, table)
                 report.warnings = tuple(warnings)
+                before, covered = self._lock_state(cur, table, created)
+                outcome = LoadOutcome(before, before)
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
                 copy.start()
                 if table.method == "full_table":
@@ -247,7 +259,7 @@ class PostgresDestination:
                         size=1 << 20,
                     )
                     report.rows_inserted = cur.rowcount
-                    new_bookmark, null_keys = self._bookmark(cur, table, target, bookmark_before)
+                    outcome = self._bookmark(cur, table, target, key_range, before, covered, source_max)
                 else:
                     stage = sql.Identifier("_rds_stage")
                     cur.execute(
@@ -266,28 +278,43 @@ class PostgresDestination:
                     )
                     inserted, updated = self._merge(cur, table, stage, column_list)
                     report.rows_inserted, report.rows_updated = inserted, updated
-                    new_bookmark, null_keys = self._bookmark(cur, table, stage, bookmark_before)
+                    outcome = self._bookmark(cur, table, stage, key_range, before, covered, source_max)
                 copy.join()
                 if copy.error is not None:
                     raise copy.error
                 cur.execute(
                     sql.SQL(
-                        "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, updated_at) "
-                        "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
+                        "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, covered_to, "
+                        "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
                         "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
-                        "bookmark = EXCLUDED.bookmark, updated_at = now()"
+                        "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
                     ).format(self._state()),
-                    (table.id, table.destination_table, table.replication_key, new_bookmark),
-                )
+                    (table.id, table.destination_table, table.replication_key, outcome.bookmark_after,
+                     outcome.covered_to if table.method == "key_based" else None),
+                )  # fmt: skip
             self.conn.commit()  # data, metadata and bookmark move together, or not at all
         except BaseException:
             copy.abort()
             if not self.conn.closed:
-                self.conn.rollback()
+                try:
+                    self.conn.rollback()
+                except psycopg2.Error:
+                    pass  # the connection broke: the server rolls back
             raise
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
-        return report, new_bookmark, null_keys
+        return report, outcome
+
+    def _lock_state(self, cur: psycopg2.extensions.cursor, table: SelectedTable,
+                    created: bool) -> tuple[str | None, str | None]:  # fmt: skip
+        """Lock the table's state row (concurrent runs of one table serialize here) and read it; a table
+        created by this load has no state, whatever an old row says."""
+        cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table) VALUES (%s, %s) ON CONFLICT DO NOTHING")
+                    .format(self._state()), (table.id, table.destination_table))  # fmt: skip
+        cur.execute(sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self._state()),
+                    (table.id,))  # fmt: skip
+        bookmark, covered = cur.fetchone()
+        return (None, None) if created else (bookmark, covered)
 
     def _merge(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
                column_list: sql.Composable) -> tuple[int, int]:  # fmt: skip
@@ -318,20 +345,26 @@ class PostgresDestination:
         return int(inserted), int(updated)
 
     def _bookmark(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Composable,
-                  before: str | None) -> tuple[str | None, int]:  # fmt: skip
-        """The new bookmark: the greatest key seen, never lower than before; and the count of NULL keys."""
+                  key_range: KeyRange, before: str | None, covered: str | None,
+                  source_max: str | None) -> LoadOutcome:  # fmt: skip
+        """The bookmark rule (``base.py``), in SQL with the key's type: move only when contiguous, never back."""
         key = table.replication_key
         assert key is not None
         column = next(c for c in table.columns if c.name == key)
         kind = sql.SQL(postgres_type(column))
         cur.execute(
-            sql.SQL("SELECT greatest(max({k}), %s::{t})::text, count(*) FILTER (WHERE {k} IS NULL) FROM {s}").format(
-                k=sql.Identifier(key), t=kind, s=stage
-            ),
-            (before,),
+            sql.SQL(
+                "WITH s AS (SELECT max({k}) AS hi, count(*) FILTER (WHERE {k} IS NULL) AS nulls FROM {s}), "
+                "c AS (SELECT %(lower)s::{t} IS NULL OR %(lower)s::{t} <= greatest(%(b)s::{t}, %(c)s::{t}) AS ok) "
+                "SELECT c.ok, CASE WHEN c.ok THEN greatest(s.hi, %(b)s::{t}) ELSE %(b)s::{t} END::text, "
+                "CASE WHEN c.ok AND %(upper)s::{t} IS NOT NULL AND coalesce(%(m)s::{t}, s.hi) IS NOT NULL "
+                "THEN greatest(%(c)s::{t}, least(%(upper)s::{t}, coalesce(%(m)s::{t}, s.hi)))"
+                " ELSE %(c)s::{t} END::text, s.nulls FROM s, c"
+            ).format(k=sql.Identifier(key), t=kind, s=stage),
+            {"lower": key_range.lower, "upper": key_range.upper, "b": before, "c": covered, "m": source_max},
         )
-        bookmark, nulls = cur.fetchone()
-        return bookmark, int(nulls)
+        contiguous, bookmark, covered_to, nulls = cur.fetchone()
+        return LoadOutcome(before, bookmark, int(nulls), bool(contiguous) and bookmark != before, covered_to)
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
         query = sql.SQL("SELECT count(*) FROM {}").format(self._target(table))

@@ -10,7 +10,7 @@ DuckDB destination: native types where DuckDB holds every value exactly, text ot
 
 from __future__ import annotations
 
-from rds_pipeline.engine.catalog import Column
+from rds_pipeline.engine.source.catalog import Column
 
 # Built-in PostgreSQL types (format_type spelling, without typmod) that exist in every PostgreSQL destination.
 BUILTIN_TYPES = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rds_pipeline.engine.catalog import Catalog, Relation
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.discovery import discover
+from rds_pipeline.engine.source.catalog import Catalog, Relation
+from rds_pipeline.engine.source.discovery import discover
 
 
 @dataclass(frozen=True)

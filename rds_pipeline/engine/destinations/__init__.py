@@ -1,0 +1,1 @@
+"""Where rows land: the shared protocol and state rules (base), PostgreSQL and DuckDB."""

@@ -1,0 +1,25 @@
+"""Open the configured destination: the only place that knows every implementation."""
+
+from __future__ import annotations
+
+from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.destinations.base import Destination
+
+
+def open_destination(config: IntegrationConfig) -> Destination:
+    """The configured destination, connected and prepared (schema, state table, integration registry)."""
+    if config.destination.type == "duckdb":
+        from rds_pipeline.engine.destinations.duckdb import DuckDBDestination
+
+        assert config.destination.path is not None
+        destination: Destination = DuckDBDestination(config.destination.path, config.destination_schema)
+    else:
+        from rds_pipeline.engine.destinations.postgres import PostgresDestination
+
+        destination = PostgresDestination(config.destination, config.destination_schema)
+    try:
+        destination.prepare(config)
+    except BaseException:
+        destination.close()
+        raise
+    return destination

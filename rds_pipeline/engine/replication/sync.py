@@ -1,0 +1,279 @@
+"""Sync one table: plan from the destination's state, then copy each range; retry transient failures.
+
+The planner (``plan.py``) decides the ranges; this module runs them: for each step, resolve its start on the
+source (``bookmark - lookback``), stream ``COPY`` from source to destination, and let the destination commit
+the rows with the bookmark. Every trigger (UI, backfill, tick, sensor, CLI) comes through ``sync_table``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from rds_pipeline.engine.destinations.base import Destination, LoadError, LoadingReport
+from rds_pipeline.engine.destinations.types import postgres_type
+from rds_pipeline.engine.errors import ConnectionProblem
+from rds_pipeline.engine.replication.extract import (
+    CopyOut,
+    ExtractionLog,
+    KeyRange,
+    select_query,
+    source_in_recovery,
+)
+from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.session import SourceSession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMESTAMP_LOOKBACK = "5 minutes"
+# SQLSTATEs worth retrying: serialization failure (includes "conflict with recovery" on a hot standby),
+# deadlock, admin shutdown, crash shutdown, cannot connect now.
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+PERMANENT_SQLSTATES = {
+    "42501": "permission denied",
+    "42703": "a column is missing",
+    "42P01": "the table is missing",
+    "55000": "the materialized view has not been populated",
+}
+
+
+@dataclass
+class StepResult:
+    """One copied range: what was read, what was loaded, and how many attempts it took."""
+
+    key_range: KeyRange
+    extraction: ExtractionLog
+    report: LoadingReport
+    attempts: int
+
+
+@dataclass
+class SyncResult:
+    """One table's sync: the plan and each step. Counts are summed over the steps."""
+
+    table: SelectedTable
+    plan: Plan
+    steps: list[StepResult]
+
+    @property
+    def report(self) -> LoadingReport:
+        first = self.steps[0].report
+        total = LoadingReport(first.table, first.destination_table, first.mode, batch_id=first.batch_id)
+        for step in self.steps:
+            total.rows_inserted += step.report.rows_inserted
+            total.rows_updated += step.report.rows_updated
+            total.rows_deleted += step.report.rows_deleted
+            total.seconds += step.report.seconds
+            total.warnings += step.report.warnings
+            total.committed_at = step.report.committed_at
+        return total
+
+    @property
+    def extraction(self) -> ExtractionLog:
+        """The last step's extraction log (``rows`` and ``bytes`` here sum every step)."""
+        return self.steps[-1].extraction
+
+    @property
+    def rows(self) -> int:
+        return sum(s.extraction.rows for s in self.steps)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.extraction.bytes for s in self.steps)
+
+    @property
+    def null_key_rows(self) -> int:
+        return max((s.extraction.null_key_rows for s in self.steps), default=0)
+
+    @property
+    def bookmark(self) -> str | None:
+        return self.steps[-1].extraction.bookmark_after
+
+    @property
+    def attempts(self) -> int:
+        return max(s.attempts for s in self.steps)
+
+    @property
+    def key_range(self) -> KeyRange:
+        """The span of every step: from the lowest start to the highest end."""
+        ranges = [s.key_range for s in self.steps]
+        if len(ranges) == 1:
+            return ranges[0]
+        first, last = ranges[0], ranges[-1]
+        return KeyRange(first.column, lower=first.lower, upper=last.upper, include_nulls=first.include_nulls)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionProblem):
+        return exc.kind in ("refused", "timeout", "ssh_connect", "ssh_timeout", "ssh_target_unreachable", "connect")
+    if isinstance(exc, psycopg2.Error):
+        code = getattr(exc, "pgcode", None)
+        if code in TRANSIENT_SQLSTATES:
+            return True
+        if code is None:
+            return True  # every server-side error carries a SQLSTATE; none means the connection broke
+
+    return isinstance(exc, (ConnectionError, TimeoutError, EOFError))
+
+
+def _permanent_message(table: SelectedTable, exc: psycopg2.Error) -> str | None:
+    reason = PERMANENT_SQLSTATES.get(getattr(exc, "pgcode", None) or "")
+    if reason is None:
+        return None
+    detail = (exc.pgerror or str(exc)).strip().splitlines()[0]
+    fix = {
+        "permission denied": f"run `rds-pipeline check` and apply its GRANT for {table.relation.qualified_name}",
+        "a column is missing": "run `rds-pipeline discover --check` and update the selection",
+        "the table is missing": "run `rds-pipeline discover` and update the selection",
+        "the materialized view has not been populated": "run REFRESH MATERIALIZED VIEW on it at the source, "
+        "or deselect it",
+    }[reason]
+    return f"{table.id}: {reason} ({detail}). Fix: {fix}"
+
+
+
+
+def sync_table(
+    session: SourceSession,
+    destination: Destination,
+    table: SelectedTable,
+    request: Request | KeyRange | None = None,
+    *,
+    chunks: list[KeyRange] | None = None,
+    lookback: str | int | None = None,
+    max_attempts: int = 4,
+    backoff_seconds: float = 1.0,
+) -> SyncResult:
+    """Replicate ``table`` as ``request`` asks (default: catch up; a KeyRange: that range). The plan comes
+    from the destination's state; each step commits on its own, with its bookmark."""
+    if isinstance(request, KeyRange):
+        request = Request.range(request)
+    request = request or Request.catch_up()
+    if lookback is not None:
+        table = dataclasses.replace(table, lookback=lookback)
+    state = _with_retries(table, session, destination, max_attempts, backoff_seconds,
+                          lambda: destination.table_state(table))  # fmt: skip
+    plan = plan_sync(table, state, request, chunks)
+    log.info("%s: %s (%d step(s))", table.id, plan.reason, len(plan.steps))
+    steps = []
+    for step in plan.steps:
+        steps.append(_with_retries(table, session, destination, max_attempts, backoff_seconds,
+                                   lambda attempt, step=step: _copy_step(session, destination, table, step, attempt),
+                                   pass_attempt=True))  # fmt: skip
+    return SyncResult(table, plan, steps)
+
+
+def _with_retries(table: SelectedTable, session: SourceSession, destination: Destination, max_attempts: int,
+                  backoff_seconds: float, action, pass_attempt: bool = False):  # noqa: ANN001, ANN202
+    """Run ``action``; retry transient failures with exponential backoff; fail permanent ones at once."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return action(attempt) if pass_attempt else action()
+        except psycopg2.Error as exc:
+            message = _permanent_message(table, exc)
+            if message:
+                raise LoadError(message) from None
+            if not is_transient(exc) or attempt >= max_attempts:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise LoadError(f"{table.id}: sync failed after {attempt} attempt(s): {first}. Fix: check that "
+                                "the source and destination are reachable, then sync again (nothing was "
+                                "committed for the failed range)") from exc  # fmt: skip
+            error: BaseException = exc
+        except ConnectionProblem as exc:
+            if not is_transient(exc) or attempt >= max_attempts:
+                raise
+            error = exc
+        delay = backoff_seconds * 2 ** (attempt - 1)
+        log.warning("%s: transient error (attempt %d/%d), retrying in %.1fs: %s", table.id, attempt, max_attempts,
+                    delay, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)  # fmt: skip
+        session.reset()
+        try:
+            destination.reconnect()
+        except Exception as exc:  # noqa: BLE001 - the destination may still be down: the next attempt says so
+            log.warning("%s: destination reconnect failed: %s", table.id, exc)
+        time.sleep(delay)
+
+
+def resolve_start(conn: psycopg2.extensions.connection, table: SelectedTable, step: Step) -> KeyRange:
+    """Lower the step's start to ``bookmark - lookback`` (inclusive: rows sharing the boundary are re-read,
+    never missed), computed on the source with the key's own type."""
+    key_range = step.key_range
+    if step.reach_back_to is None:
+        return key_range
+    column = next(c for c in table.columns if c.name == table.replication_key)
+    lookback = step.lookback
+    if lookback is None:
+        lookback = DEFAULT_TIMESTAMP_LOOKBACK if column.category == "D" else 0
+    kind = sql.SQL(postgres_type(column))
+    if column.category == "D":
+        start = sql.SQL("(%(b)s::{t} - %(l)s::interval)::{t}").format(t=kind)
+        params: dict[str, object] = {"b": step.reach_back_to, "l": str(lookback or "0 seconds")}
+    else:
+        start = sql.SQL("(%(b)s::{t} - %(l)s::bigint)").format(t=kind)
+        params = {"b": step.reach_back_to, "l": int(lookback or 0)}
+    if key_range.lower is not None:
+        start = sql.SQL("least({}, %(w)s::{})").format(start, kind)
+        params["w"] = key_range.lower
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT {}::text").format(start), params)
+        lower = cur.fetchone()[0]
+    conn.commit()
+    return dataclasses.replace(key_range, column=table.replication_key, lower=lower)
+
+
+def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) -> str | None:
+    """max(replication key) in the COPY's own snapshot: how far a bounded window may claim to be complete."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT max({})::text FROM {}").format(
+            sql.Identifier(table.replication_key or ""), sql.Identifier(table.relation.schema, table.relation.name)))  # fmt: skip
+        return cur.fetchone()[0]
+
+
+def _copy_step(session: SourceSession, destination: Destination, table: SelectedTable, step: Step,
+               attempt: int) -> StepResult:  # fmt: skip
+    conn = session.connection(table.relation.database)
+    in_recovery = source_in_recovery(conn)
+    key_range = resolve_start(conn, table, step)
+    source_max = None
+    with conn.cursor() as cur:  # one snapshot for max(key) and the COPY
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    if table.method == "key_based" and key_range.upper is not None:
+        source_max = _source_max_key(conn, table)
+    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json)
+    extraction = ExtractionLog(
+        table=table.id,
+        query=query.as_string(conn),
+        parameters={"range": key_range.describe(), "lower": key_range.lower, "upper": key_range.upper},
+        started_at=dt.datetime.now(dt.UTC),
+        source_in_recovery=in_recovery,
+    )
+    copy = CopyOut(conn, query, table.id, extraction, stall_seconds=session.config.stall_seconds)
+    batch_id = uuid.uuid4().hex
+    try:
+        report, outcome = destination.load(table, key_range, copy, batch_id, source_max)
+    except BaseException as exc:
+        session.abandon()  # bounded; ends the source backend if it is still there
+        if isinstance(copy.error, psycopg2.Error) and isinstance(exc, Exception):
+            raise copy.error from exc  # the source's error is the cause; the destination's is its echo
+        raise
+    session.end_transaction()
+    extraction.ended_at = dt.datetime.now(dt.UTC)
+    extraction.bookmark_before = outcome.bookmark_before
+    extraction.bookmark_after = outcome.bookmark_after
+    extraction.null_key_rows = outcome.null_keys
+    if outcome.null_keys:
+        log.warning("%s: %d row(s) have a NULL %s; they were loaded and are counted here", table.id,
+                    outcome.null_keys, table.replication_key)  # fmt: skip
+    return StepResult(key_range, extraction, report, attempt)

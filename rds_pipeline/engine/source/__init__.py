@@ -1,0 +1,1 @@
+"""Reading the source: connection, tunnel, diagnostics, discovery, catalog, grants, checks, drift."""

@@ -1,0 +1,116 @@
+"""One source connection (and SSH tunnel) per run, reopened only after a transient failure.
+
+A connection whose COPY was abandoned is never reused nor closed from the caller's thread (psycopg2 would wait
+on it): it is closed in a bounded background thread, the tunnel under it is closed, and its backend is
+terminated from a fresh connection, so the production database is never left with a blocked COPY holding a
+snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg2
+import psycopg2.extensions
+
+from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.replication.extract import CANCEL_WAIT_SECONDS, apply_session_settings, bounded
+from rds_pipeline.engine.source.connection import connect_source, open_tunnel
+from rds_pipeline.engine.source.tunnel import SshTunnel
+
+log = logging.getLogger(__name__)
+
+
+class SourceSession:
+    """One source connection (and tunnel) per run, reopened only after a transient failure."""
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.config = config
+        self._tunnel: SshTunnel | None = None
+        self._conn: psycopg2.extensions.connection | None = None
+        self._database: str | None = None
+        self._backend_pid: int | None = None
+
+    def connection(self, database: str | None = None) -> psycopg2.extensions.connection:
+        database = database or self.config.database
+        if self._conn is not None and (self._conn.closed or self._database != database):
+            self._close_conn()
+        if self._conn is None:
+            if self.config.ssh is not None and (self._tunnel is None or not self._tunnel.is_active):
+                if self._tunnel is not None:
+                    self._tunnel.close()
+                self._tunnel = open_tunnel(self.config)
+            self._conn = connect_source(self.config, self._tunnel, database=database)
+            self._database = database
+            self._backend_pid = self._conn.get_backend_pid()
+            apply_session_settings(self._conn)
+        return self._conn
+
+    def end_transaction(self) -> None:
+        """After a completed COPY: end its snapshot's transaction, keep the connection."""
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+            except psycopg2.Error:
+                self._close_conn()
+
+    def abandon(self) -> None:
+        """After a failed or stalled COPY: drop the connection and its tunnel without waiting on them, then
+        make sure its backend is gone (``pg_terminate_backend`` from a fresh connection, as the same user)."""
+        conn, pid, database = self._conn, self._backend_pid, self._database
+        self._conn = None
+        if conn is not None and not conn.closed:
+            bounded(conn.close, CANCEL_WAIT_SECONDS, "rds-close-source")
+        if self._tunnel is not None:
+            bounded(self._tunnel.close, CANCEL_WAIT_SECONDS, "rds-close-tunnel")
+            self._tunnel = None
+        if pid is not None:
+            self.terminate_backend(pid, database)
+
+    def terminate_backend(self, pid: int, database: str | None = None) -> bool:
+        """End our own backend ``pid`` if it is still there. Bounded by the connect and statement timeouts."""
+        try:
+            conn = self.connection(database)
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s "
+                            "AND application_name = 'rds_pipeline' AND usename = current_user", (pid,))  # fmt: skip
+                ended = bool(cur.fetchone())
+            conn.rollback()
+            if ended:
+                log.warning("terminated the abandoned source backend %s", pid)
+            return ended
+        except (psycopg2.Error, OSError) as exc:
+            log.warning("could not check the abandoned source backend %s (%s); a DBA can end it with "
+                        "SELECT pg_terminate_backend(%s)", pid, str(exc).strip().splitlines()[0] if str(exc).strip()
+                        else type(exc).__name__, pid)  # fmt: skip
+            self.reset()
+            return False
+        except Exception as exc:  # noqa: BLE001 - a ConnectionProblem: reported, the retry reconnects
+            log.warning("could not reconnect to end the abandoned source backend %s: %s", pid, exc)
+            return False
+
+    def reset(self) -> None:
+        self._close_conn()
+        if self._tunnel is not None and not self._tunnel.is_active:
+            self._tunnel.close()
+            self._tunnel = None
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+        self._conn = None
+
+    def close(self) -> None:
+        self._close_conn()
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+
+    def __enter__(self) -> SourceSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
