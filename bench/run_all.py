@@ -155,8 +155,9 @@ import dagster as dg
 from rds_pipeline.dagster_defs.run import run_sync
 with dg.instance_for_test() as instance:
     started = time.monotonic()
-    ok, rows = run_sync(sys.argv[1], instance=instance)
-    assert ok
+    outcome = run_sync(sys.argv[1], instance=instance)
+    assert outcome.success
+    rows = outcome.rows
 print(json.dumps({"sync_seconds": time.monotonic() - started, "rows": sum(r["rows_inserted"] for r in rows)}))
 """
 

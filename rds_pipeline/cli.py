@@ -227,14 +227,17 @@ def _sync(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.table:
         _pick(_load_selection(config)[1], args.table)  # clear errors for unknown tables, before Dagster starts
-    ok, rows = run_sync(config.path, tables=args.table, group=args.group or "")
-    print(format_loading_report(rows))
-    if not ok:
-        print(
-            "Sync FAILED: see the run in the Dagster UI (or the log above) for the table and the error.",
-            file=sys.stderr,
-        )
-    return 0 if ok else 1
+    outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose)
+    print(format_loading_report(outcome.rows))
+    if outcome.failures or outcome.errors:
+        print(f"\n{len(outcome.failures)} table(s) FAILED (the others were synced):", file=sys.stderr)
+        for failed in outcome.failures:
+            print(f"  - {failed['table']}: {failed['error']}", file=sys.stderr)
+        for error in outcome.errors:
+            print(f"  - {error}", file=sys.stderr)
+    elif not outcome.success:
+        print("Sync FAILED: see the run in the Dagster UI for the error.", file=sys.stderr)
+    return 0 if outcome.success else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -137,9 +137,10 @@ def run_demo(root: Path, keep_running: bool = False) -> int:
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
-            ok, rows = run_sync(setup.config_path, instance=instance)
+            outcome = run_sync(setup.config_path, instance=instance)
+            ok = outcome.success
             print("\nLoading report (this run):")
-            print(format_loading_report(rows))
+            print(format_loading_report(outcome.rows))
             from rds_pipeline.dagster_defs.definitions import build_definitions
 
             keys = [k for k in build_definitions(setup.config_path).resolve_asset_graph().get_all_asset_keys()

@@ -9,11 +9,12 @@ from pathlib import Path
 import dagster as dg
 from ruamel.yaml import YAML
 
-from rds_pipeline.dagster_defs.assets import build_replica_assets, source_specs, table_assets
+from rds_pipeline.dagster_defs.assets import build_replica_assets, source_specs
 from rds_pipeline.dagster_defs.jobs import SYNC_ALL, build_op_jobs
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.schedules import build_schedules
 from rds_pipeline.dagster_defs.sensors import build_sensors
+from rds_pipeline.dagster_defs.tables import table_assets
 from rds_pipeline.dagster_defs.usage import build_usage_asset
 from rds_pipeline.engine.config import find_config_path, load_config, quote_env_refs
 from rds_pipeline.engine.selection import resolve_selection

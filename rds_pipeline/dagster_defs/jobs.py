@@ -1,72 +1,41 @@
-"""Jobs: sync everything (what a schedule tick does), sync a group, and reset a table then re-materialize all
-its partitions. Schedules and sensors launch sync_all with the tables they pick, so a 2,000-table selection
-needs three jobs, not one per partitioning. (Single partitions and backfills are launched from the UI.)"""
+"""Jobs: sync every table (what a schedule tick, a sensor and ``rds-pipeline sync`` run), sync a group, and
+reset a table then bring its whole history back.
+
+A tick covers tables of every partitioning, which no single asset run can (a run has one partitions
+definition), so it is an op job; its ops call the same ``run_table`` as the assets and record the same
+materializations and check results. ``pick_tables`` splits the tables into ``parallel`` buckets, and each
+``sync_tables`` step takes a slot of the ``rds_source`` pool: a tick uses every slot the pool allows.
+"""
 
 from collections.abc import Iterator
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.assets import TableAsset
+from rds_pipeline.dagster_defs.execute import TableFailure, describe_failure, failure, log_run, run_table
+from rds_pipeline.dagster_defs.partitions import integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.dagster_defs.ticks import (
-    PartitionSpan,
-    partition_keys,
-    span_key_range,
-    span_keys,
-    tick_spans,
-)
-from rds_pipeline.dagster_defs.translator import POOL
-from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.dagster_defs.tables import TableAsset
+from rds_pipeline.dagster_defs.translator import POOL, dynamic_partitions_name
+from rds_pipeline.engine.replication.plan import Request
+from rds_pipeline.engine.source.probe import probe_max_keys
 
 SYNC_ALL = "sync_all"
+PICK_OP = "pick_tables"
+DEFAULT_PARALLEL = 2  # the default slots of the rds_source pool (dagster.yaml)
 
 
 def tick_run_request(tables: list[TableAsset], run_key: str | None, reason: str) -> dg.RunRequest:
-    """One run of sync_all over ``tables``: what a tick does for each of them."""
+    """One run of sync_all over ``tables``: each of them catches up."""
     return dg.RunRequest(
         run_key=run_key,
         job_name=SYNC_ALL,
-        run_config={"ops": {"sync_tables": {"config": {"tables": [a.table.id for a in tables]}}}},
+        run_config={"ops": {PICK_OP: {"config": {"tables": [a.table.id for a in tables]}}}},
         tags={"rds_pipeline/reason": reason, "rds_pipeline/tables": str(len(tables))},
     )
 
 
-def sync_spans(
-    context: dg.OpExecutionContext,
-    asset: TableAsset,
-    spans: list[PartitionSpan],
-    source: RdsSourceResource,
-    destination: RdsDestinationResource,
-) -> Iterator[dg.AssetMaterialization]:
-    """Run the engine over each span and record one materialization per partition covered."""
-    keys = partition_keys(asset, context.instance)
-    for span in spans:
-        key_range = span_key_range(asset, span, keys) if asset.plan.kind != "whole" else None
-        result = sync_table(source.session(), destination.get(), asset.table, key_range, lookback=asset.table.lookback)
-        report = result.report
-        context.log.info(f"{asset.table.id} [{span.first}..{span.last}]: {report.rows_inserted} inserted, "
-                         f"{report.rows_updated} updated, {report.rows_deleted} deleted")  # fmt: skip
-        covered = span_keys(keys, span)
-        for index, partition in enumerate(covered):
-            metadata: dict[str, object] = {"batch_id": report.batch_id, "key_range": result.key_range.describe()}
-            if index == len(covered) - 1:  # the counts belong to the whole span: report them once
-                metadata.update({
-                    "dagster/row_count": result.extraction.rows, "rows_inserted": report.rows_inserted,
-                    "rows_updated": report.rows_updated, "rows_deleted": report.rows_deleted,
-                    "bytes": result.extraction.bytes, "duration_seconds": round(report.seconds, 3),
-                    "bookmark": result.extraction.bookmark_after or "",
-                    "query": dg.MetadataValue.md(f"```sql\n{result.extraction.query}\n```"),
-                })  # fmt: skip
-            yield dg.AssetMaterialization(asset_key=asset.key, partition=partition, metadata=metadata)
-
-
 def add_key_ranges(instance: dg.DagsterInstance, dynamic: list[TableAsset], source: RdsSourceResource) -> int:
     """Add the key-range partitions integer-keyed tables need up to their current max(key)."""
-    if not dynamic:
-        return 0
-    from rds_pipeline.dagster_defs.partitions import dynamic_partitions_name, integer_range_keys
-    from rds_pipeline.engine.source.probe import probe_max_keys
-
     added = 0
     for asset in dynamic:
         conn = source.session().connection(asset.table.relation.database)
@@ -74,22 +43,59 @@ def add_key_ranges(instance: dg.DagsterInstance, dynamic: list[TableAsset], sour
         if probe is None or probe.max_key is None:
             continue
         name = dynamic_partitions_name(asset.table)
-        keys = integer_range_keys(
-            list(instance.get_dynamic_partitions(name)), int(probe.max_key), asset.table.chunk_rows
-        )
+        keys = integer_range_keys(list(instance.get_dynamic_partitions(name)), int(probe.max_key),
+                                  asset.table.chunk_rows)  # fmt: skip
         if keys:
             instance.add_dynamic_partitions(name, keys)
             added += len(keys)
     return added
 
 
-class GroupConfig(dg.Config):
+class PickConfig(dg.Config):
     group: str = ""  # empty: every group
     tables: list[str] = []  # empty: every table (of the group)
+    parallel: int = DEFAULT_PARALLEL  # buckets run as separate steps, each in a slot of the rds_source pool
 
 
 class ResetConfig(dg.Config):
     table: str  # schema.table, database.schema.table, or the destination table name
+
+
+def buckets(chosen: list[TableAsset], parallel: int) -> list[list[TableAsset]]:
+    """Split tables into at most ``parallel`` buckets of similar size (largest first, to the lightest)."""
+    count = max(1, min(parallel, len(chosen)))
+    loads = [0] * count
+    split: list[list[TableAsset]] = [[] for _ in range(count)]
+    for asset in sorted(chosen, key=lambda a: -(a.table.relation.row_estimate or 0)):
+        lightest = loads.index(min(loads))
+        split[lightest].append(asset)
+        loads[lightest] += max(asset.table.relation.row_estimate or 0, 1000)
+    return [sorted(b, key=lambda a: a.table.id) for b in split if b]
+
+
+def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], request: Request,
+                source: RdsSourceResource, destination: RdsDestinationResource) -> None:  # fmt: skip
+    """Sync each table in turn; a failure is reported with the table named and its fix, and the others go on."""
+    failures: list[TableFailure] = []
+    dynamic = [a for a in chosen if a.plan.kind == "dynamic"]
+    if dynamic:
+        try:
+            add_key_ranges(context.instance, dynamic, source)
+        except Exception as exc:  # noqa: BLE001 - the tables' own syncs report the cause
+            context.log.warning(f"could not add key ranges: {exc}")
+    for asset in chosen:
+        try:
+            run = run_table(asset, request, source, destination, context.instance)
+        except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
+            failures.append(describe_failure(asset, exc))
+            context.log.error(f"FAILED {failures[-1].line()}")
+            continue
+        report = run.result.report
+        context.log.info(f"{asset.table.id}: {report.rows_inserted} inserted, {report.rows_updated} updated, "
+                         f"{report.rows_deleted} deleted; {run.result.plan.reason}")  # fmt: skip
+        log_run(context, run)
+    if failures:
+        raise failure(failures, len(chosen) - len(failures))
 
 
 def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
@@ -102,38 +108,41 @@ def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
                 return asset
         raise dg.Failure(f"{name} is not a selected table. Selected: {', '.join(sorted(by_id))}")
 
-    @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
-    def sync_tables(context: dg.OpExecutionContext, config: GroupConfig, rds_source: RdsSourceResource,
-                    rds_destination: RdsDestinationResource) -> Iterator[dg.AssetMaterialization]:  # fmt: skip
-        """What one schedule tick does, for every table (or one group): historical first, then incremental."""
+    @dg.op(name=PICK_OP, out=dg.DynamicOut(list))
+    def pick_tables(config: PickConfig) -> Iterator[dg.DynamicOutput]:
+        """The tables this run syncs (all, one group, or a list), in buckets for the pool's slots."""
         chosen = [a for a in assets if not config.group or a.group == config.group]
         if config.group and not chosen:
             raise dg.Failure(f"no group {config.group!r}; groups: {', '.join(sorted({a.group for a in assets}))}")
         if config.tables:
             chosen = [find(name) for name in config.tables]
-        add_key_ranges(context.instance, [a for a in chosen if a.plan.kind == "dynamic"], rds_source)
-        for asset in chosen:
-            yield from sync_spans(context, asset, tick_spans(asset, context.instance), rds_source, rds_destination)
+        for index, bucket in enumerate(buckets(chosen, config.parallel)):
+            yield dg.DynamicOutput([a.table.id for a in bucket], mapping_key=f"bucket_{index}")
+
+    @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
+    def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
+                    rds_destination: RdsDestinationResource) -> None:  # fmt: skip
+        """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
+        sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination)
 
     @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
     def reset_and_resync(context: dg.OpExecutionContext, config: ResetConfig, rds_source: RdsSourceResource,
-                         rds_destination: RdsDestinationResource) -> Iterator[dg.AssetMaterialization]:  # fmt: skip
-        """Clear the bookmark and data, then re-materialize every partition as one historical sync."""
+                         rds_destination: RdsDestinationResource) -> None:  # fmt: skip
+        """Clear the bookmark and data, then bring the whole history back (chunked along the partitions)."""
         asset = find(config.table)
         rds_destination.get().reset(asset.table)
         context.log.info(f"{asset.table.id}: bookmark cleared and destination table dropped")
-        yield from sync_spans(context, asset, tick_spans(asset, context.instance, history=True), rds_source,
-                              rds_destination)  # fmt: skip
+        sync_assets(context, [asset], Request.catch_up(), rds_source, rds_destination)
 
-    @dg.job(name=SYNC_ALL, description="Replicate every selected table (what a schedule tick does).")
+    @dg.job(name=SYNC_ALL, description="Catch every selected table up (what a schedule tick does).")
     def sync_all() -> None:
-        sync_tables()
+        pick_tables().map(sync_tables)
 
-    @dg.job(name="sync_group", description="Replicate one group (source schema); config: group.")
+    @dg.job(name="sync_group", description="Catch one group (source schema) up; config: group.")
     def sync_group() -> None:
-        sync_tables()
+        pick_tables().map(sync_tables)
 
-    @dg.job(name="reset_table", description="Reset one table (bookmark and data), then re-materialize it.")
+    @dg.job(name="reset_table", description="Reset one table (bookmark and data), then bring its history back.")
     def reset_table() -> None:
         reset_and_resync()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from rds_pipeline.dagster_defs.definitions import build_definitions
+from rds_pipeline.dagster_defs.jobs import PICK_OP, SYNC_ALL
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +25,24 @@ def instance_for_cli() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
+@dataclass
+class SyncOutcome:
+    success: bool
+    rows: list[dict[str, Any]]  # the loading report: one row per table, summed over partitions
+    failures: list[dict[str, str]] = field(default_factory=list)  # {"table", "error"} per failed table
+    errors: list[str] = field(default_factory=list)  # failures outside any table (e.g. a bad config)
+
+
 def run_sync(config_path: str | Path | None, tables: list[str] | None = None, group: str = "",
-             instance: dg.DagsterInstance | None = None) -> tuple[bool, list[dict[str, Any]]]:  # fmt: skip
-    """Execute sync_all; return success and one loading-report row per table (summed over partitions)."""
+             instance: dg.DagsterInstance | None = None, quiet: bool = False) -> SyncOutcome:  # fmt: skip
+    """Execute sync_all (each table catches up) and collect the loading report and the failed tables."""
     defs = build_definitions(config_path)
-    job = defs.resolve_job_def("sync_all")
+    job = defs.resolve_job_def(SYNC_ALL)
     instance = instance or instance_for_cli()
     result = job.execute_in_process(
-        run_config={"ops": {"sync_tables": {"config": {"group": group, "tables": tables or []}}}},
+        run_config={"ops": {PICK_OP: {"config": {"group": group, "tables": tables or []}}},
+                    # the CLI prints its own report and failure list; tracebacks only with -v
+                    **({"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if quiet else {})},
         instance=instance,
         raise_on_error=False,
     )
@@ -52,7 +64,18 @@ def run_sync(config_path: str | Path | None, tables: list[str] | None = None, gr
         moved = row["rows_inserted"] + row["rows_updated"]
         rows.append({"destination_table": table, **row,
                      "rows_per_second": moved / row["seconds"] if row["seconds"] else 0.0})  # fmt: skip
-    return result.success, rows
+    outcome = SyncOutcome(result.success, rows)
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        data = event.step_failure_data
+        user = data.user_failure_data if data else None
+        failed = user.metadata.get("failed_tables") if user else None
+        if failed is not None:
+            outcome.failures.extend(failed.value)  # type: ignore[arg-type]
+        elif data and data.error:
+            outcome.errors.append(data.error.message.strip().splitlines()[0])
+    return outcome
 
 
 def _replica_specs(defs: dg.Definitions) -> list[dg.AssetSpec]:

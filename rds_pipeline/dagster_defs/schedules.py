@@ -9,8 +9,8 @@ from collections import defaultdict
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.assets import TableAsset
 from rds_pipeline.dagster_defs.jobs import tick_run_request
+from rds_pipeline.dagster_defs.tables import TableAsset
 
 
 def build_schedules(assets: list[TableAsset], sync_all: dg.JobDefinition) -> list[dg.ScheduleDefinition]:

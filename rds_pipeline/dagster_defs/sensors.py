@@ -5,10 +5,11 @@ from collections import defaultdict
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.assets import CHECK_COLUMNS, TableAsset
 from rds_pipeline.dagster_defs.jobs import tick_run_request
-from rds_pipeline.dagster_defs.partitions import dynamic_partitions_name, integer_range_keys
+from rds_pipeline.dagster_defs.partitions import integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
+from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, TableAsset
+from rds_pipeline.dagster_defs.translator import dynamic_partitions_name
 from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.engine.source.drift import check_drift
 from rds_pipeline.engine.source.probe import KeyProbe, probe_max_keys

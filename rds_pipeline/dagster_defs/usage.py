@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.assets import TableAsset
+from rds_pipeline.dagster_defs.tables import TableAsset
 
 
 def row_usage(instance: dg.DagsterInstance, keys: list[dg.AssetKey], limit: int = 10_000) -> list[dict[str, object]]:

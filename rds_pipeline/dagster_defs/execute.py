@@ -1,0 +1,155 @@
+"""The one path every trigger takes: a request for one table goes to the engine, and its result comes back as
+materializations (one per partition the sync covered) and asset-check results.
+
+The asset (a UI partition, a backfill) and the sync jobs (a schedule tick, a sensor, ``rds-pipeline sync``,
+``reset_table``) differ only in how they hand these events to Dagster: an asset yields its own partitions'
+``MaterializeResult`` and logs the rest; a job logs them all. A failing table is reported with its name and
+fix, and the caller goes on with the next table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys
+from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
+from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, CHECK_ROW_COUNT, TableAsset
+from rds_pipeline.engine.destinations.base import LoadError
+from rds_pipeline.engine.errors import ConnectionProblem, RdsPipelineError
+from rds_pipeline.engine.replication.plan import Request
+from rds_pipeline.engine.replication.sync import SyncResult, sync_table
+from rds_pipeline.engine.replication.verify import (
+    CheckOutcome,
+    columns_check,
+    primary_key_check,
+    row_count_check,
+    source_count,
+)
+
+
+@dataclass
+class TableRun:
+    """One table's sync, as Dagster will record it."""
+
+    asset: TableAsset
+    result: SyncResult
+    partitions: list[str]  # every partition the sync covered
+    metadata: dict[str, Any]
+    checks: list[tuple[str, CheckOutcome]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TableFailure:
+    table: str
+    error: str
+
+    def line(self) -> str:
+        return f"{self.table}: {self.error}"
+
+
+def partition_keys(asset: TableAsset, instance: dg.DagsterInstance | None) -> list[str]:
+    return list(asset.plan.partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def run_table(asset: TableAsset, request: Request, source: RdsSourceResource, destination: RdsDestinationResource,
+              instance: dg.DagsterInstance | None, checks: set[str] | None = None) -> TableRun:  # fmt: skip
+    """Sync one table through the engine and run its checks (all of them, or ``checks``)."""
+    keys = partition_keys(asset, instance)
+    dest = destination.get()
+    result = sync_table(source.session(), dest, asset.table, request, chunks=chunk_ranges(asset.plan, keys))
+    covered: list[str] = []
+    for step in result.steps:
+        covered.extend(k for k in covered_keys(asset.plan, keys, step.key_range) if k not in covered)
+    wanted = {name for name, _ in check_names(asset)} if checks is None else checks
+    outcomes = list(_run_checks(wanted, asset, source, dest, result))
+    return TableRun(asset, result, covered, materialization_metadata(result), outcomes)
+
+
+def check_names(asset: TableAsset) -> list[tuple[str, str]]:
+    names = [(CHECK_COLUMNS, "Destination columns match the catalog")]
+    if asset.table.primary_key:
+        names.append((CHECK_PRIMARY_KEY, "The primary key is unique"))
+    if asset.table.method == "full_table":
+        names.append((CHECK_ROW_COUNT, "Destination rows equal source rows"))
+    return names
+
+
+def materialization_metadata(result: SyncResult) -> dict[str, Any]:
+    extraction, report = result.extraction, result.report
+    return {
+        "dagster/row_count": result.rows,
+        "rows_inserted": report.rows_inserted,
+        "rows_updated": report.rows_updated,
+        "rows_deleted": report.rows_deleted,
+        "bytes": result.bytes,
+        "duration_seconds": round(report.seconds, 3),
+        "rows_per_second": round(report.rows_per_second, 1),
+        "bookmark": result.bookmark or "",
+        "null_key_rows": result.null_key_rows,
+        "source_in_recovery": extraction.source_in_recovery,
+        "key_range": result.key_range.describe(),
+        "plan": result.plan.reason,
+        "steps": len(result.steps),
+        "query": dg.MetadataValue.md(f"```sql\n{extraction.query}\n```"),
+        "extraction_log": dg.MetadataValue.json({"steps": [s.extraction.as_dict() for s in result.steps]}),
+        "loading_report": dg.MetadataValue.json(report.as_dict()),
+        "batch_id": report.batch_id,
+        "attempts": result.attempts,
+    }
+
+
+def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource, dest: Any,
+                result: SyncResult) -> Iterator[tuple[str, CheckOutcome]]:  # fmt: skip
+    table = asset.table
+    if CHECK_COLUMNS in selected:
+        yield CHECK_COLUMNS, columns_check(dest.column_names(table), table)
+    if CHECK_PRIMARY_KEY in selected and table.primary_key:
+        yield CHECK_PRIMARY_KEY, primary_key_check(dest.duplicate_keys(table), table)
+    if CHECK_ROW_COUNT in selected and table.method == "full_table":
+        conn = source.session().connection(table.relation.database)
+        key_range = result.key_range
+        yield CHECK_ROW_COUNT, row_count_check(source_count(conn, table, key_range),
+                                               dest.count_rows(table, key_range), key_range)  # fmt: skip
+
+
+def describe_failure(asset: TableAsset, exc: BaseException) -> TableFailure:
+    """The table's name, what went wrong and the fix, on one line (no traceback, no secret)."""
+    if isinstance(exc, ConnectionProblem):
+        text = f"{exc.message} Fix: {exc.fix}"
+    elif isinstance(exc, (LoadError, RdsPipelineError)):
+        text = str(exc)
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = f"{type(exc).__name__}: {first}. Fix: see the run's log for the full error, then sync again"
+    prefix = f"{asset.table.id}: "
+    return TableFailure(asset.table.id, text[len(prefix):] if text.startswith(prefix) else text)
+
+
+def failure(failures: list[TableFailure], synced: int) -> dg.Failure:
+    lines = "\n".join(f"- {f.line()}" for f in failures)
+    return dg.Failure(
+        description=f"{len(failures)} table(s) failed ({synced} synced):\n{lines}",
+        metadata={"failed_tables": dg.MetadataValue.json([{"table": f.table, "error": f.error} for f in failures])},
+        allow_retries=False,
+    )
+
+
+def log_partitions(context: dg.OpExecutionContext, run: TableRun, partitions: list[str],
+                   with_counts: bool) -> None:  # fmt: skip
+    """One materialization per partition; the counts go on the last one only, so sums stay right."""
+    for index, partition in enumerate(partitions):
+        last = with_counts and index == len(partitions) - 1
+        metadata = run.metadata if last else {"batch_id": run.metadata["batch_id"], "plan": run.metadata["plan"]}
+        context.log_event(dg.AssetMaterialization(asset_key=run.asset.key, partition=partition, metadata=metadata))
+
+
+def log_run(context: dg.OpExecutionContext, run: TableRun) -> None:
+    """Record a table's sync from a job: every covered partition, then the check results."""
+    log_partitions(context, run, run.partitions, with_counts=True)
+    for name, outcome in run.checks:
+        context.log_event(dg.AssetCheckEvaluation(asset_key=run.asset.key, check_name=name, passed=outcome.passed,
+                                                  description=outcome.description, metadata=outcome.metadata))  # fmt: skip
