@@ -93,14 +93,17 @@ def resolve_selection(entries: list[Any], catalog: Catalog, default_database: st
         selected.append(result)
     names: dict[str, SelectedTable] = {}
     for table in selected:
-        other = names.get(table.destination_table)
+        # compared without case: DuckDB (and many warehouses) treat "Orders" and "orders" as one table
+        other = names.get(table.destination_table.casefold())
         if other is not None:
+            same = other.destination_table == table.destination_table
             problems.append(
                 f"{display_name(table.relation, default_database)} and {display_name(other.relation, default_database)}"
-                f" would both load into destination table '{table.destination_table}'. Fix: set "
+                f" would both load into destination table '{table.destination_table}'"
+                f"{'' if same else f' (and {other.destination_table!r}: they differ only in case)'}. Fix: set "
                 "`destination_table:` on one of them"
             )
-        names[table.destination_table] = table
+        names[table.destination_table.casefold()] = table
     if problems:
         raise SelectionError(problems)
     return selected
