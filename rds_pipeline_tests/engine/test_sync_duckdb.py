@@ -188,3 +188,46 @@ def test_full_table_range_in_duckdb(pg18: LocalPostgres, tmp_path: Path) -> None
         sync_table(session, dest, table)
     assert_equal(pg18, scratch.source_db, dest, table)
     dest.close()
+
+
+def test_bc_timestamptz_and_nan_in_numeric_land_in_duckdb(pg18: LocalPostgres, tmp_path: Path) -> None:
+    """Every value lands: a timestamptz before year 1 AD, and NaN in numeric(p,s) (DECIMAL cannot hold it: the
+    column becomes VARCHAR with PostgreSQL's exact text, decided from the data, with a warning)."""
+    scratch = make_scratch(pg18)
+    scratch.sql(
+        "CREATE TABLE odd (id int PRIMARY KEY, at timestamptz, amount numeric(10,2), ok numeric(6,1));"
+        "INSERT INTO odd VALUES (1, '3004-10-19 10:23:54.123456-08 BC', 12.50, 1.5), (2, '2024-01-01 00:00+00', -3.25, 2),"
+        "(3, '0001-01-01 00:00:00+00 BC', 0, 3)"
+    )
+    table = scratch.one({"name": "public.odd"})
+    config = duck_config(pg18, scratch.source_db, tmp_path / "odd.duckdb")
+    dest = open_destination(config)
+    with SourceSession(config.source) as session:
+        sync_table(session, dest, table)
+        types = dict(dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'odd'"
+                                       ).fetchall())  # fmt: skip
+        assert types["amount"] == "DECIMAL(10,2)" and types["at"] == "TIMESTAMP WITH TIME ZONE"
+        scratch.sql("INSERT INTO odd VALUES (4, NULL, 'NaN', 4)")
+        result = sync_table(session, dest, table)
+    assert any("holds NaN" in w for w in result.report.warnings)
+    types = dict(dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'odd'"
+                                   ).fetchall())  # fmt: skip
+    assert types["amount"] == "VARCHAR" and types["ok"] == "DECIMAL(6,1)"  # only the column that needs it
+    amounts = dict(dest.conn.execute("SELECT id, amount FROM duck_replica.odd").fetchall())
+    assert amounts == {1: "12.50", 2: "-3.25", 3: "0.00", 4: "NaN"}  # PostgreSQL's text, exact
+    # BC instants: the same microsecond since the epoch on both sides
+    conn = psycopg2.connect(**pg18.dsn(scratch.source_db))
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, (extract(epoch FROM at) * 1000000)::bigint FROM odd WHERE at IS NOT NULL ORDER BY id")
+        expected = cur.fetchall()
+    conn.close()
+    got = dest.conn.execute('SELECT id, epoch_us("at") FROM duck_replica.odd WHERE "at" IS NOT NULL ORDER BY id').fetchall()
+    assert got == expected  # ICU's year() says 3004 (with era BC); the instant is what must match
+    dest.close()
+    # a table whose first load already holds NaN is created with VARCHAR
+    fresh = DuckDBDestination(tmp_path / "fresh.duckdb", "fresh")
+    fresh.prepare(config)
+    with SourceSession(config.source) as session:
+        sync_table(session, fresh, table)
+    assert fresh.conn.execute("SELECT count(*) FROM fresh.odd WHERE amount = 'NaN'").fetchone()[0] == 1
+    fresh.close()

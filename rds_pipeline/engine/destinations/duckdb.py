@@ -73,7 +73,10 @@ def convert(expr: str, column: Column) -> str:
     if target == "BLOB":
         return f"from_hex(substr({expr}, 3))"  # PostgreSQL's hex format: \\x0a0b…
     if target == "TIMESTAMPTZ":
-        return f"CASE WHEN {expr} LIKE '% BC' THEN error('BC timestamptz not supported: ' || {expr}) ELSE CAST({expr} AS TIMESTAMPTZ) END"
+        # the session's TimeZone is UTC, so a BC value reads '3004-10-19 18:23:54.123456+00 BC': drop the
+        # offset, rebuild the BC timestamp, and read it as UTC
+        plain = f"regexp_replace({expr}, '[+-]\\d\\d(:\\d\\d)* BC$', ' BC')"
+        return f"CASE WHEN {expr} LIKE '% BC' THEN CAST({_bc_aware(plain, 'TIMESTAMP')} AS TIMESTAMPTZ) ELSE CAST({expr} AS TIMESTAMPTZ) END"
     return _bc_aware(expr, target)
 
 
@@ -185,7 +188,26 @@ class DuckDBDestination:
         return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}").fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
-    def ensure_table(self, table: SelectedTable) -> tuple[list[str], bool]:
+    def _existing_types(self, table: SelectedTable) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
+                                      "AND table_name = ?", [self.schema, table.destination_table]).fetchall())  # fmt: skip
+
+    def _decimals_as_text(self, table: SelectedTable, source: str, csv_path: str) -> set[str]:
+        """numeric(p,s) columns that must be VARCHAR: DECIMAL cannot hold NaN (PostgreSQL's numeric can). Decided
+        from the data: a column already widened to VARCHAR stays so, and one whose rows hold NaN is widened."""
+        decimals = [(i, c.name) for i, c in enumerate(table.columns) if duckdb_type(c).startswith("DECIMAL")]
+        if not decimals:
+            return set()
+        existing = self._existing_types(table)
+        text = {name for _, name in decimals if _canonical(existing.get(name, "")) == "VARCHAR"}
+        unknown = [(i, name) for i, name in decimals if name not in text]
+        if unknown:
+            flags = run(self.conn, f"SELECT {', '.join(f'coalesce(bool_or(c{i} = {chr(39)}NaN{chr(39)}), false)' for i, _ in unknown)} "
+                                   f"FROM {source}", [csv_path]).fetchone()  # fmt: skip
+            text |= {name for (_, name), nan in zip(unknown, flags, strict=True) if nan}
+        return text
+
+    def ensure_table(self, table: SelectedTable, as_text: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], bool]:
         existing = {
             name: kind
             for name, kind in self.conn.execute(
@@ -195,22 +217,29 @@ class DuckDBDestination:
         }
         target = self._target(table)
         warnings: list[str] = []
+        def wanted_type(column: Column) -> str:
+            return "VARCHAR" if column.name in as_text else duckdb_type(column)
+
         if not existing:
-            columns = [f"{dq(c.name)} {duckdb_type(c)}" for c in table.columns]
+            columns = [f"{dq(c.name)} {wanted_type(c)}" for c in table.columns]
             columns += [f"{dq(EXTRACTED_AT)} TIMESTAMPTZ", f"{dq(BATCH_ID)} VARCHAR"]
             if table.primary_key:
                 columns.append(f"PRIMARY KEY ({', '.join(dq(c) for c in table.primary_key)})")
             run(self.conn, f"CREATE TABLE {target} ({', '.join(columns)})")
             return warnings, True
         for column in table.columns:
-            wanted = duckdb_type(column)
+            wanted = wanted_type(column)
             if column.name not in existing:
                 run(self.conn, f"ALTER TABLE {target} ADD COLUMN {dq(column.name)} {wanted}")
                 warnings.append(f"column {column.name} ({wanted}) added to {self.schema}.{table.destination_table}")
             elif _canonical(existing[column.name]) != _canonical(wanted):
                 old = existing[column.name]
                 run(self.conn, f"ALTER TABLE {target} ALTER COLUMN {dq(column.name)} TYPE {wanted}")
-                warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
+                if column.name in as_text:
+                    warnings.append(f"column {column.name} holds NaN, which DECIMAL cannot: stored as VARCHAR "
+                                    f"(PostgreSQL's text form) from now on, was {old}")  # fmt: skip
+                else:
+                    warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
         selected = {c.name for c in table.columns}
         for name in existing:
             if name not in selected and name not in (EXTRACTED_AT, BATCH_ID):
@@ -254,13 +283,15 @@ class DuckDBDestination:
             columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
             source = (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
                       "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
-            converted = ", ".join(f"{convert(f'c{i}', c)} AS {dq(c.name)}" for i, c in enumerate(table.columns))
+            as_text = self._decimals_as_text(table, source, name)
+            converted = ", ".join(f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
+                                  for i, c in enumerate(table.columns))  # fmt: skip
             col_list = ", ".join(dq(c.name) for c in table.columns)
             target = self._target(table)
             c = self.conn
             c.execute("BEGIN TRANSACTION")
             try:
-                warnings, created = self.ensure_table(table)
+                warnings, created = self.ensure_table(table, as_text)
                 report.warnings = tuple(warnings)
                 state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self._state()} "
                                                     "WHERE table_id = ?", [table.id]).fetchone()  # fmt: skip
