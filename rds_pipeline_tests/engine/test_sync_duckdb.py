@@ -229,5 +229,5 @@ def test_bc_timestamptz_and_nan_in_numeric_land_in_duckdb(pg18: LocalPostgres, t
     fresh.prepare(config)
     with SourceSession(config.source) as session:
         sync_table(session, fresh, table)
-    assert fresh.conn.execute("SELECT count(*) FROM fresh.odd WHERE amount = 'NaN'").fetchone()[0] == 1
+    assert fresh.conn.execute("SELECT count(*) FROM fresh.fresh.odd WHERE amount = 'NaN'").fetchone()[0] == 1  # schema named like the file
     fresh.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -350,25 +351,54 @@ def test_sigkill_mid_copy_loses_and_duplicates_nothing(pg18: LocalPostgres) -> N
     dest.close()
 
 
-def test_renaming_the_integration_after_loading_is_refused(pg18: LocalPostgres) -> None:
-    scratch = make_scratch(pg18, integration="First Name")
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
-    dest = scratch.destination()
-    with scratch.session() as session:
-        sync_table(session, dest, scratch.one({"name": "public.t"}))
-    dest.close()
+def test_a_rename_is_refused_and_a_second_integration_loads_beside(pg18: LocalPostgres, tmp_path: Path) -> None:
+    scratch = make_scratch(pg18, integration="First Name", tables=["public.t"])
+    scratch.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+                "CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (2)")  # fmt: skip
+    from rds_pipeline.engine.destinations.duckdb import DuckDBDestination
     from rds_pipeline.engine.destinations.postgres import PostgresDestination
 
-    renamed = scratch.config.__class__(**{**scratch.config.__dict__, "integration_name": "Second Name"})
-    dest = PostgresDestination(renamed.destination, renamed.destination_schema)
-    with pytest.raises(IntegrationRenamed) as info:
-        dest.prepare(renamed)
-    assert "integration_name changed from 'First Name' to 'Second Name'" in str(info.value)
-    assert "already loaded in destination schema 'first_name'" in str(info.value)
-    assert "allow_integration_rename: true" in str(info.value)
-    allowed = renamed.__class__(**{**renamed.__dict__, "allow_integration_rename": True})
-    dest.prepare(allowed)  # the explicit override
-    dest.close()
+    def config(name: str, tables: list[str], **extra: object):  # noqa: ANN202
+        return dataclasses.replace(scratch.config, integration_name=name, tables=tables, **extra)
+
+    def destinations(cfg):  # noqa: ANN001, ANN202 - PostgreSQL and DuckDB, same rules
+        return [PostgresDestination(cfg.destination, cfg.destination_schema),
+                DuckDBDestination(tmp_path / "both.duckdb", cfg.destination_schema)]  # fmt: skip
+
+    first = config("First Name", ["public.t"])
+    with scratch.session() as session:
+        for dest in destinations(first):
+            dest.prepare(first)
+            sync_table(session, dest, scratch.one({"name": "public.t"}))
+            dest.close()
+    renamed = config("Second Name", ["public.t"])
+    for dest in destinations(renamed):
+        with pytest.raises(IntegrationRenamed) as info:
+            dest.prepare(renamed)
+        message = str(info.value)
+        assert "integration 'First Name' already loads from this source into schema 'first_name'" in message
+        assert f"{scratch.source_db}.public.t" in message and "allow_integration_rename: true" in message
+        if isinstance(dest, PostgresDestination):  # nothing written: not even the new schema
+            assert scratch.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'second_name'", scratch.dest_db).strip() == "0"
+        else:
+            assert dest.conn.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = 'second_name'"
+                                     ).fetchone()[0] == 0  # fmt: skip
+        dest.prepare(config("Second Name", ["public.t"], allow_integration_rename=True))  # the explicit override
+        dest.close()
+    # a second integration of the same source, other tables, another schema: side by side
+    second = config("Second Integration", ["public.other"])
+    with scratch.session() as session:
+        for dest in destinations(second):
+            dest.prepare(second)
+            sync_table(session, dest, scratch.one({"name": "public.other"}))
+            assert dest.table_state(scratch.one({"name": "public.other"})).bookmark is None
+            assert dest.count_rows(scratch.one({"name": "public.other"}), KeyRange()) == 1
+            dest.close()
+    for dest in destinations(first):  # and the first one still loads
+        dest.prepare(first)
+        dest.close()
+    assert "first_name" in scratch.sql("SELECT string_agg(schema_name, ',' ORDER BY 1) FROM "
+                                       "rds_pipeline_meta.integration_schemas", scratch.dest_db)  # fmt: skip
 
 
 def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:

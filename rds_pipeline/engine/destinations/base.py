@@ -103,10 +103,23 @@ class LoadingReport:
         }
 
 
-def rename_refusal(previous_name: str, previous_schema: str, new_name: str, new_schema: str) -> IntegrationRenamed:
+REGISTRY = "integration_schemas"  # rds_pipeline_meta.<this>: one row per integration (its schema)
+
+
+def rename_refusal(previous_name: str, previous_schema: str, new_name: str, new_schema: str,
+                   shared: list[str]) -> IntegrationRenamed:  # fmt: skip
+    shown = ", ".join(sorted(shared)[:5]) + (" …" if len(shared) > 5 else "")
     return IntegrationRenamed(
-        f"integration_name changed from '{previous_name}' to '{new_name}', but this source's data is already "
-        f"loaded in destination schema '{previous_schema}'. Loading into '{new_schema}' would orphan it and start "
-        f"every table over. Fix: set integration_name back to '{previous_name}'; or, to start a new schema on "
-        "purpose, set `allow_integration_rename: true` in rds_pipeline.yaml (the old schema is left as it is)"
+        f"integration_name '{new_name}' (schema '{new_schema}') selects {len(shared)} table(s) that integration "
+        f"'{previous_name}' already loads from this source into schema '{previous_schema}' ({shown}). If you "
+        f"renamed the integration, loading into '{new_schema}' would orphan '{previous_schema}' and start every "
+        f"table over. Fix: set integration_name back to '{previous_name}'; for a second integration beside it, "
+        "select other tables; or, to start a new schema on purpose, set `allow_integration_rename: true` in "
+        "rds_pipeline.yaml (the old schema is left as it is)"
     )
+
+
+def overlap(mine: set[str], theirs: list[str]) -> list[str]:
+    """Tables two integrations of one source would both load (compared as written and without case)."""
+    folded = {t.casefold() for t in mine}
+    return [t for t in theirs if t in mine or t.casefold() in folded]

@@ -22,9 +22,11 @@ from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
     META_SCHEMA,
+    REGISTRY,
     STATE_TABLE,
     LoadingReport,
     LoadOutcome,
+    overlap,
     rename_refusal,
 )
 from rds_pipeline.engine.destinations.types import duckdb_type
@@ -100,6 +102,8 @@ class DuckDBDestination:
         self.path = path
         self.schema = schema
         self.conn = self._connect()
+        # qualify every name with the file's catalog: a schema named like the file would be ambiguous
+        self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Open the file, waiting while another process holds DuckDB's single-writer lock."""
@@ -126,26 +130,33 @@ class DuckDBDestination:
         self.conn.close()
 
     def _target(self, table: SelectedTable) -> str:
-        return f"{dq(self.schema)}.{dq(table.destination_table)}"
+        return f"{dq(self.catalog)}.{dq(self.schema)}.{dq(table.destination_table)}"
 
     def _state(self) -> str:
-        return f"{dq(self.schema)}.{dq(STATE_TABLE)}"
+        return f"{dq(self.catalog)}.{dq(self.schema)}.{dq(STATE_TABLE)}"
 
     # -- integration and state -----------------------------------------------------------------------------
     def prepare(self, config: IntegrationConfig) -> None:
+        """As for PostgreSQL: the registry is keyed by integration; a rename (same tables) is refused."""
         c = self.conn
+        meta = f"{dq(self.catalog)}.{dq(META_SCHEMA)}"
         c.execute("BEGIN TRANSACTION")
         try:
-            run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(META_SCHEMA)}")
-            run(c, f"CREATE TABLE IF NOT EXISTS {dq(META_SCHEMA)}.integrations (source_key VARCHAR PRIMARY KEY, "
-                      "integration_name VARCHAR NOT NULL, schema_name VARCHAR NOT NULL)")  # fmt: skip
-            row = run(c, f"SELECT integration_name, schema_name FROM {dq(META_SCHEMA)}.integrations "
-                            "WHERE source_key = ?", [config.source_key]).fetchone()  # fmt: skip
-            if row and row[1] != self.schema and not config.allow_integration_rename and self._has_data(row[1]):
-                raise rename_refusal(row[0], row[1], config.integration_name, self.schema)
-            run(c, f"INSERT OR REPLACE INTO {dq(META_SCHEMA)}.integrations VALUES (?, ?, ?)",
-                      [config.source_key, config.integration_name, self.schema])  # fmt: skip
-            run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(self.schema)}")
+            run(c, f"CREATE SCHEMA IF NOT EXISTS {meta}")
+            run(c, f"CREATE TABLE IF NOT EXISTS {meta}.{dq(REGISTRY)} (schema_name VARCHAR PRIMARY KEY, "
+                   "integration_name VARCHAR NOT NULL, source_key VARCHAR NOT NULL)")  # fmt: skip
+            if self._table_exists(META_SCHEMA, "integrations"):  # the registry of earlier versions
+                run(c, f"INSERT OR IGNORE INTO {meta}.{dq(REGISTRY)} SELECT schema_name, integration_name, source_key "
+                       f"FROM {meta}.integrations")  # fmt: skip
+            others = run(c, f"SELECT schema_name, integration_name FROM {meta}.{dq(REGISTRY)} WHERE source_key = ? "
+                            "AND schema_name <> ?", [config.source_key, self.schema]).fetchall()  # fmt: skip
+            for other_schema, other_name in others:
+                shared = overlap(config.selected_ids(), self._loaded_tables(other_schema))
+                if shared and not config.allow_integration_rename:
+                    raise rename_refusal(other_name, other_schema, config.integration_name, self.schema, shared)
+            run(c, f"INSERT OR REPLACE INTO {meta}.{dq(REGISTRY)} VALUES (?, ?, ?)",
+                [self.schema, config.integration_name, config.source_key])  # fmt: skip
+            run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(self.catalog)}.{dq(self.schema)}")
             run(c, f"CREATE TABLE IF NOT EXISTS {self._state()} (table_id VARCHAR PRIMARY KEY, destination_table "
                       "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)")  # fmt: skip
             run(c, f"ALTER TABLE {self._state()} ADD COLUMN IF NOT EXISTS covered_to VARCHAR")
@@ -154,16 +165,18 @@ class DuckDBDestination:
             c.execute("ROLLBACK")
             raise
 
-    def _has_data(self, schema: str) -> bool:
-        exists = self.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
-                                   [schema, STATE_TABLE]).fetchone()[0]  # fmt: skip
-        if not exists:
-            return False
-        return bool(run(self.conn, f"SELECT count(*) FROM {dq(schema)}.{dq(STATE_TABLE)}").fetchone()[0])
+    def _table_exists(self, schema: str, name: str) -> bool:
+        return bool(self.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? "
+                                      "AND table_name = ?", [self.catalog, schema, name]).fetchone()[0])  # fmt: skip
+
+    def _loaded_tables(self, schema: str) -> list[str]:
+        if not self._table_exists(schema, STATE_TABLE):
+            return []
+        return [r[0] for r in run(self.conn, f"SELECT table_id FROM {dq(self.catalog)}.{dq(schema)}.{dq(STATE_TABLE)}"
+                                  ).fetchall()]  # fmt: skip
 
     def _exists(self, table: SelectedTable) -> bool:
-        return bool(self.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
-                                      [self.schema, table.destination_table]).fetchone()[0])  # fmt: skip
+        return self._table_exists(self.schema, table.destination_table)
 
     def table_state(self, table: SelectedTable) -> TableState:
         if not self._exists(table):
@@ -189,8 +202,8 @@ class DuckDBDestination:
 
     # -- table shape ---------------------------------------------------------------------------------------
     def _existing_types(self, table: SelectedTable) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
-                                      "AND table_name = ?", [self.schema, table.destination_table]).fetchall())  # fmt: skip
+        return dict(self.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
+                                      "AND schema_name = ? AND table_name = ?", [self.catalog, self.schema, table.destination_table]).fetchall())  # fmt: skip
 
     def _decimals_as_text(self, table: SelectedTable, source: str, csv_path: str) -> set[str]:
         """numeric(p,s) columns that must be VARCHAR: DECIMAL cannot hold NaN (PostgreSQL's numeric can). Decided
@@ -211,8 +224,9 @@ class DuckDBDestination:
         existing = {
             name: kind
             for name, kind in self.conn.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
-                [self.schema, table.destination_table],
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? "
+                "AND table_name = ?",
+                [self.catalog, self.schema, table.destination_table],
             ).fetchall()
         }
         target = self._target(table)
@@ -388,8 +402,9 @@ class DuckDBDestination:
         return int(run(self.conn, query).fetchone()[0])
 
     def column_names(self, table: SelectedTable) -> list[str]:
-        rows = run(self.conn, "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
-                   "ORDER BY column_index", [self.schema, table.destination_table]).fetchall()  # fmt: skip
+        rows = run(self.conn, "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? "
+                   "AND table_name = ? ORDER BY column_index", [self.catalog, self.schema, table.destination_table]
+                   ).fetchall()  # fmt: skip
         return [r[0] for r in rows]
 
     def fetch_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:

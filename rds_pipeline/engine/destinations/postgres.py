@@ -22,9 +22,11 @@ from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
     META_SCHEMA,
+    REGISTRY,
     STATE_TABLE,
     LoadingReport,
     LoadOutcome,
+    overlap,
     rename_refusal,
 )
 from rds_pipeline.engine.destinations.types import postgres_type
@@ -77,31 +79,34 @@ class PostgresDestination:
 
     # -- integration and state -----------------------------------------------------------------------------
     def prepare(self, config: IntegrationConfig) -> None:
-        """Create the schema and state table; refuse a rename of the integration once data was loaded."""
+        """Create the schema and state table, and register the integration. The registry is keyed by
+        integration (its schema): several integrations of one source load side by side, while a rename (the
+        same tables under a new name) is refused once data was loaded."""
+        meta = sql.Identifier(META_SCHEMA)
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
-            cur.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.integrations (source_key text PRIMARY KEY, integration_name text "
-                    "NOT NULL, schema_name text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now())"
-                ).format(sql.Identifier(META_SCHEMA))
-            )
-            cur.execute(
-                sql.SQL("SELECT integration_name, schema_name FROM {}.integrations WHERE source_key = %s FOR UPDATE")
-                .format(sql.Identifier(META_SCHEMA)),
-                (config.source_key,),
-            )  # fmt: skip
-            row = cur.fetchone()
-            if row and row[1] != self.schema and not config.allow_integration_rename and self._has_data(cur, row[1]):
-                raise rename_refusal(row[0], row[1], config.integration_name, self.schema)
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {}.integrations (source_key, integration_name, schema_name) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (source_key) DO UPDATE SET integration_name = EXCLUDED.integration_name, "
-                    "schema_name = EXCLUDED.schema_name"
-                ).format(sql.Identifier(META_SCHEMA)),
-                (config.source_key, config.integration_name, self.schema),
-            )
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('rds_pipeline_meta'))")  # one registration at a time
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(meta))
+            cur.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (schema_name text PRIMARY KEY, integration_name text NOT NULL, "
+                "source_key text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now())"
+            ).format(meta, sql.Identifier(REGISTRY)))  # fmt: skip
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(META_SCHEMA)}.integrations",))
+            if cur.fetchone()[0]:  # the registry of earlier versions, keyed by source: carried over
+                cur.execute(sql.SQL("INSERT INTO {m}.{r} (schema_name, integration_name, source_key) SELECT schema_name, "
+                                    "integration_name, source_key FROM {m}.integrations ON CONFLICT DO NOTHING")
+                            .format(m=meta, r=sql.Identifier(REGISTRY)))  # fmt: skip
+            cur.execute(sql.SQL("SELECT schema_name, integration_name FROM {}.{} WHERE source_key = %s "
+                                "AND schema_name <> %s").format(meta, sql.Identifier(REGISTRY)),
+                        (config.source_key, self.schema))  # fmt: skip
+            for other_schema, other_name in cur.fetchall():
+                shared = overlap(config.selected_ids(), self._loaded_tables(cur, other_schema))
+                if shared and not config.allow_integration_rename:
+                    raise rename_refusal(other_name, other_schema, config.integration_name, self.schema, shared)
+            cur.execute(sql.SQL(
+                "INSERT INTO {}.{} (schema_name, integration_name, source_key) VALUES (%s, %s, %s) "
+                "ON CONFLICT (schema_name) DO UPDATE SET integration_name = EXCLUDED.integration_name, "
+                "source_key = EXCLUDED.source_key"
+            ).format(meta, sql.Identifier(REGISTRY)), (self.schema, config.integration_name, config.source_key))  # fmt: skip
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
             cur.execute(
                 sql.SQL(
@@ -111,12 +116,13 @@ class PostgresDestination:
             )
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS covered_to text").format(self._state()))
 
-    def _has_data(self, cur: psycopg2.extensions.cursor, schema: str) -> bool:
+    def _loaded_tables(self, cur: psycopg2.extensions.cursor, schema: str) -> list[str]:
+        """The source tables another integration's schema holds data of (its state rows)."""
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(STATE_TABLE)}",))
         if not cur.fetchone()[0]:
-            return False
-        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, STATE_TABLE)))
-        return bool(cur.fetchone()[0])
+            return []
+        cur.execute(sql.SQL("SELECT table_id FROM {}").format(sql.Identifier(schema, STATE_TABLE)))
+        return [r[0] for r in cur.fetchall()]
 
     def _state(self) -> sql.Identifier:
         return sql.Identifier(self.schema, STATE_TABLE)
