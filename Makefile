@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo dev test lint bench clean
+.PHONY: demo dev test lint bench faults clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rds_pipeline needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -25,6 +25,11 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench
 	$(BIN)/pytest
+
+# Faults injected mid-copy into a 1.5M-row sync (source through a real sshd, destination on another server);
+# prints one row per fault and writes bench/FAULTS.md. `make test` runs the same suite on 200,000 rows.
+faults: $(STAMP)
+	FAULT_ROWS=1500000 FAULTS_REPORT=bench/FAULTS.md $(BIN)/pytest rds_pipeline_tests/faults -q -p no:cacheprovider
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

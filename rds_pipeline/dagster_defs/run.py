@@ -34,13 +34,15 @@ class SyncOutcome:
 
 
 def run_sync(config_path: str | Path | None, tables: list[str] | None = None, group: str = "",
-             instance: dg.DagsterInstance | None = None, quiet: bool = False) -> SyncOutcome:  # fmt: skip
+             instance: dg.DagsterInstance | None = None, quiet: bool = False,
+             parallel: int | None = None) -> SyncOutcome:  # fmt: skip
     """Execute sync_all (each table catches up) and collect the loading report and the failed tables."""
     defs = build_definitions(config_path)
     job = defs.resolve_job_def(SYNC_ALL)
     instance = instance or instance_for_cli()
     result = job.execute_in_process(
-        run_config={"ops": {PICK_OP: {"config": {"group": group, "tables": tables or []}}},
+        run_config={"ops": {PICK_OP: {"config": {"group": group, "tables": tables or [],
+                                                  **({"parallel": parallel} if parallel else {})}}},
                     # the CLI prints its own report and failure list; tracebacks only with -v
                     **({"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if quiet else {})},
         instance=instance,

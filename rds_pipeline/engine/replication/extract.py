@@ -34,7 +34,8 @@ SESSION_SETTINGS = {
     "lc_monetary": "C",
 }
 PROGRESS_SECONDS = 10.0
-CANCEL_WAIT_SECONDS = 5.0  # a cancel request that gets no answer (a dead tunnel) is given up after this
+CANCEL_WAIT_SECONDS = 5.0  # a close that gets no answer (a frozen tunnel) is given up after this
+ABORT_WAIT_SECONDS = 2.0  # a COPY thread still running this long after its pipe closed is stuck
 DEFAULT_STALL_SECONDS = 300
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -236,9 +237,10 @@ class CopyOut:
         self.pipe.close()
 
     def abort(self) -> None:
-        """Stop the source COPY after a load failure: close our end so its writes fail, and cancel the query.
-        Every wait is bounded; a thread that still does not end marks the copy ``stuck``, and the session then
-        abandons the connection and terminates its backend from a fresh one."""
+        """Stop reading after a load failure: close our end, so the source COPY's writes fail at once. No libpq
+        cancel request: PQcancel holds the GIL while it waits, with no timeout, and through a frozen tunnel it
+        waits forever. A COPY thread that does not end in a moment marks the copy ``stuck``; the session then
+        closes the tunnel under it and terminates its backend from a fresh connection."""
         try:
             self.pipe.close()
         except OSError:
@@ -246,12 +248,10 @@ class CopyOut:
         if not self._thread.is_alive() and self._thread.ident is None:  # never started
             self._writer.close()
             return
-        if self._thread.is_alive():
-            bounded(self.conn.cancel, CANCEL_WAIT_SECONDS, f"rds-cancel-{self.table}")
-        self._thread.join(timeout=CANCEL_WAIT_SECONDS)
+        self._thread.join(timeout=ABORT_WAIT_SECONDS)
         self.stuck = self._thread.is_alive()
         if self.stuck:
-            log.warning("%s: the source COPY did not stop after a cancel; abandoning its connection", self.table)
+            log.warning("%s: the source COPY is not answering; abandoning its connection", self.table)
 
 
 def bounded(action: Callable[[], object], seconds: float, name: str) -> bool:

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMESTAMP_LOOKBACK = "5 minutes"
 # SQLSTATEs worth retrying: serialization failure (includes "conflict with recovery" on a hot standby),
-# deadlock, admin shutdown, crash shutdown, cannot connect now.
-TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+# deadlock, lock timeout (lock_timeout on the destination), admin shutdown, crash shutdown, cannot connect now.
+TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
 PERMANENT_SQLSTATES = {
     "42501": "permission denied",
     "42703": "a column is missing",
@@ -264,7 +264,7 @@ def _copy_step(session: SourceSession, destination: Destination, table: Selected
     try:
         report, outcome = destination.load(table, key_range, copy, batch_id, source_max)
     except BaseException as exc:
-        session.abandon()  # bounded; ends the source backend if it is still there
+        session.abandon(stuck=copy.stuck)  # bounded; ends the source backend if it is still there
         if isinstance(copy.error, psycopg2.Error) and isinstance(exc, Exception):
             raise copy.error from exc  # the source's error is the cause; the destination's is its echo
         raise

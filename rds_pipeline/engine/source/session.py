@@ -54,18 +54,21 @@ class SourceSession:
             except psycopg2.Error:
                 self._close_conn()
 
-    def abandon(self) -> None:
-        """After a failed or stalled COPY: drop the connection and its tunnel without waiting on them, then
-        make sure its backend is gone (``pg_terminate_backend`` from a fresh connection, as the same user)."""
+    def abandon(self, stuck: bool = False) -> None:
+        """After a failed COPY: never reuse its connection. A COPY thread that still runs (``stuck``: a frozen
+        tunnel, a silent server) loses the tunnel under it first, then its backend is terminated from a fresh
+        connection (``pg_terminate_backend``, as the same user); the close itself is bounded either way."""
         conn, pid, database = self._conn, self._backend_pid, self._database
         self._conn = None
-        if conn is not None and not conn.closed:
-            bounded(conn.close, CANCEL_WAIT_SECONDS, "rds-close-source")
-        if self._tunnel is not None:
+        if stuck and self._tunnel is not None:
             bounded(self._tunnel.close, CANCEL_WAIT_SECONDS, "rds-close-tunnel")
             self._tunnel = None
-        if pid is not None:
+        if stuck and pid is not None:
             self.terminate_backend(pid, database)
+        if conn is not None and not conn.closed:
+            bounded(conn.close, CANCEL_WAIT_SECONDS, "rds-close-source")
+        if not stuck:
+            self.reset()
 
     def terminate_backend(self, pid: int, database: str | None = None) -> bool:
         """End our own backend ``pid`` if it is still there. Bounded by the connect and statement timeouts."""

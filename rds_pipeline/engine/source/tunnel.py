@@ -206,12 +206,15 @@ class SshTunnel:
             except OSError:
                 pass
         with self._lock:
-            for endpoint in list(self._open):
-                try:
-                    endpoint.close()
-                except Exception:  # noqa: BLE001 - best effort at shutdown
-                    pass
+            endpoints = list(self._open)
             self._open.clear()
+        # local sockets first: closing a channel can block on a frozen bastion, and the database client
+        # waiting on its local socket must get its EOF regardless
+        for endpoint in sorted(endpoints, key=lambda e: isinstance(e, paramiko.Channel)):
+            try:
+                endpoint.close()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
@@ -326,5 +329,5 @@ class SshTunnel:
             with self._lock:
                 self._open.discard(local)
                 self._open.discard(channel)
+            local.close()  # first: closing the channel can block on a frozen bastion
             channel.close()
-            local.close()
