@@ -79,3 +79,8 @@ def make_project(server: LocalPostgres, directory: Path, tables: list[dict[str, 
     project = Project(server, database, path)
     project.discover()
     return project
+
+
+def key(name: str) -> dg.AssetKey:
+    """The asset key of a replica in the test projects' schema."""
+    return dg.AssetKey(["dagster_test", name])

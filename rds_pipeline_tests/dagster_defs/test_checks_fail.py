@@ -10,7 +10,7 @@ from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.replication.verify import columns_check, primary_key_check, row_count_check, source_count
 from rds_pipeline.local_postgres import LocalPostgres
-from rds_pipeline_tests.dagster_defs.test_materialize import key
+from rds_pipeline_tests.dagster_defs.project import key
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +11,7 @@ import pytest
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.source.session import SourceSession
 from rds_pipeline.local_postgres import LocalPostgres
-from rds_pipeline_tests.dagster_defs.project import Project, make_project
+from rds_pipeline_tests.dagster_defs.project import Project, key, make_project
 
 TODAY = dt.datetime.now(dt.UTC).date()
 DDL = f"""
@@ -38,16 +37,6 @@ TABLES = [
 @pytest.fixture
 def project(pg18: LocalPostgres, tmp_path: Path) -> Project:
     return make_project(pg18, tmp_path, TABLES, ddl=DDL)
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-def key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["dagster_test", name])
 
 
 def materialize(project: Project, instance: dg.DagsterInstance, name: str, partition: str | None = None,

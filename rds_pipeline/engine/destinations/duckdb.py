@@ -189,7 +189,10 @@ class DuckDBDestination:
         return self.table_state(table).bookmark
 
     def read_bookmarks(self) -> dict[str, str | None]:
-        return dict(run(self.conn, f"SELECT table_id, bookmark FROM {self._state()}").fetchall())
+        """Every table's bookmark; none for a table whose destination table is gone (its state is void)."""
+        rows = run(self.conn, f"SELECT table_id, destination_table, bookmark FROM {self._state()}").fetchall()
+        return {table_id: bookmark if self._table_exists(self.schema, name) else None
+                for table_id, name, bookmark in rows}  # fmt: skip
 
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")

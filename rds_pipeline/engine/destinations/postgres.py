@@ -144,8 +144,11 @@ class PostgresDestination:
         return self.table_state(table).bookmark
 
     def read_bookmarks(self) -> dict[str, str | None]:
+        """Every table's bookmark; none for a table whose destination table is gone (its state is void)."""
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT table_id, bookmark FROM {}").format(self._state()))
+            cur.execute(sql.SQL("SELECT table_id, CASE WHEN to_regclass(quote_ident(%s) || '.' || "
+                                "quote_ident(destination_table)) IS NOT NULL THEN bookmark END FROM {}")
+                        .format(self._state()), (self.schema,))  # fmt: skip
             return dict(cur.fetchall())
 
     def reset(self, table: SelectedTable) -> None:
