@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg2
@@ -165,10 +166,18 @@ def sync_table(
                           lambda: destination.table_state(table))  # fmt: skip
     plan = plan_sync(table, state, request, chunks)
     log.info("%s: %s (%d step(s))", table.id, plan.reason, len(plan.steps))
+    source_max: list[str | None] = []  # read once per sync, and only for bounded key-based ranges
+
+    def max_key() -> str | None:
+        if not source_max:
+            source_max.append(_source_max_key(session.connection(table.relation.database), table))
+        return source_max[0]
+
     steps = []
     for step in plan.steps:
         steps.append(_with_retries(table, session, destination, max_attempts, backoff_seconds,
-                                   lambda attempt, step=step: _copy_step(session, destination, table, step, attempt),
+                                   lambda attempt, step=step: _copy_step(session, destination, table, step, attempt,
+                                                                         max_key),
                                    pass_attempt=True))  # fmt: skip
     return SyncResult(table, plan, steps)
 
@@ -234,23 +243,23 @@ def resolve_start(conn: psycopg2.extensions.connection, table: SelectedTable, st
 
 
 def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) -> str | None:
-    """max(replication key) in the COPY's own snapshot: how far a bounded window may claim to be complete."""
+    """max(replication key), read before the COPYs: how far a bounded window may claim to be complete. An
+    earlier snapshot can only make the claim smaller (safer); rows committed later are the lookback's job."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT max({})::text FROM {}").format(
             sql.Identifier(table.replication_key or ""), sql.Identifier(table.relation.schema, table.relation.name)))  # fmt: skip
-        return cur.fetchone()[0]
+        value = cur.fetchone()[0]
+    conn.commit()
+    return value
 
 
 def _copy_step(session: SourceSession, destination: Destination, table: SelectedTable, step: Step,
-               attempt: int) -> StepResult:  # fmt: skip
+               attempt: int, max_key: Callable[[], str | None]) -> StepResult:  # fmt: skip
     conn = session.connection(table.relation.database)
     in_recovery = source_in_recovery(conn)
     key_range = resolve_start(conn, table, step)
-    source_max = None
-    with conn.cursor() as cur:  # one snapshot for max(key) and the COPY
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    if table.method == "key_based" and key_range.upper is not None:
-        source_max = _source_max_key(conn, table)
+    source_max = max_key() if table.method == "key_based" and key_range.upper is not None else None
+    conn = session.connection(table.relation.database)
     query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json)
     extraction = ExtractionLog(
         table=table.id,
