@@ -444,3 +444,37 @@ def test_the_bookmark_moves_only_over_what_was_copied(pg18: LocalPostgres) -> No
         assert latest.key_range.lower == "100" and latest.bookmark == "160"  # least(window start, bookmark)
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     dest.close()
+
+
+def test_concurrent_runs_of_one_table_converge(pg18: LocalPostgres) -> None:
+    """A backfill's windows and a tick running at once on a table never synced: both commit (the one that
+    lost the race to create the table retries), and the bookmark ends at the greatest key, not behind it."""
+    import threading
+
+    scratch = make_scratch(pg18)
+    scratch.sql("CREATE TABLE c (id int PRIMARY KEY, pad text);"
+                "INSERT INTO c SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g")  # fmt: skip
+    table = scratch.one({"name": "public.c", "method": "key_based", "replication_key": "id"})
+    errors: list[BaseException] = []
+
+    def run(request: KeyRange | None) -> None:
+        dest = scratch.destination()
+        try:
+            with scratch.session() as session:
+                sync_table(session, dest, table, request, backoff_seconds=0.2)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+        finally:
+            dest.close()
+
+    workers = [threading.Thread(target=run, args=(r,)) for r in (None, KeyRange("id", upper=1000, include_nulls=True),
+                                                                 KeyRange("id", 1000, 2000))]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert not errors, errors
+    dest = scratch.destination()
+    assert dest.read_bookmark(table) == "200000"
+    assert dest.fetch_rows(table) == scratch.source_rows(table)
+    dest.close()

@@ -239,11 +239,10 @@ class PostgresDestination:
         target = self._target(table)
         column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
         try:
+            created = self._create_if_missing(table)
             with self.conn.cursor() as cur:
-                warnings, created = self.ensure_table(cur, table)
+                warnings, _ = self.ensure_table(cur, table)
                 report.warnings = tuple(warnings)
-                before, covered = self._lock_state(cur, table, created)
-                outcome = LoadOutcome(before, before)
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
                 copy.start()
                 if table.method == "full_table":
@@ -268,7 +267,8 @@ class PostgresDestination:
                         size=1 << 20,
                     )
                     report.rows_inserted = cur.rowcount
-                    outcome = self._bookmark(cur, table, target, key_range, before, covered, source_max)
+                    outcome = self._bookmark(cur, table, target, key_range, *self._lock_state(cur, table),
+                                             source_max)  # fmt: skip
                 else:
                     stage = sql.Identifier("_rds_stage")
                     cur.execute(
@@ -287,7 +287,11 @@ class PostgresDestination:
                     )
                     inserted, updated = self._merge(cur, table, stage, column_list)
                     report.rows_inserted, report.rows_updated = inserted, updated
-                    outcome = self._bookmark(cur, table, stage, key_range, before, covered, source_max)
+                    outcome = self._bookmark(cur, table, stage, key_range, *self._lock_state(cur, table),
+                                             source_max)  # fmt: skip
+                if table.method == "full_table":  # no bookmark; the state row is still locked and updated
+                    before, _ = self._lock_state(cur, table)
+                    outcome = LoadOutcome(before, before)
                 copy.join()
                 if copy.error is not None:
                     raise copy.error
@@ -314,16 +318,29 @@ class PostgresDestination:
         report.committed_at = dt.datetime.now(dt.UTC)
         return report, outcome
 
-    def _lock_state(self, cur: psycopg2.extensions.cursor, table: SelectedTable,
-                    created: bool) -> tuple[str | None, str | None]:  # fmt: skip
-        """Lock the table's state row (concurrent runs of one table serialize here) and read it; a table
-        created by this load has no state, whatever an old row says."""
+    def _create_if_missing(self, table: SelectedTable) -> bool:
+        """Create a missing table in its own short transaction, one creator at a time (concurrent first loads
+        would otherwise race in the catalog). A new table voids any old state row: the data it described is
+        gone. True when this call created it."""
+        with self.conn, self.conn.cursor() as cur:
+            name = f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}"
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), to_regclass(%s) IS NULL",
+                        (f"rds_pipeline create {name}", name))  # fmt: skip
+            if not cur.fetchone()[1]:
+                return False
+            self.ensure_table(cur, table)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
+            return True
+
+    def _lock_state(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> tuple[str | None, str | None]:
+        """Lock the table's state row and read it, after the copy (so concurrent runs of one table serialize
+        only for the bookmark, not for their copies)."""
         cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table) VALUES (%s, %s) ON CONFLICT DO NOTHING")
                     .format(self._state()), (table.id, table.destination_table))  # fmt: skip
         cur.execute(sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self._state()),
                     (table.id,))  # fmt: skip
         bookmark, covered = cur.fetchone()
-        return (None, None) if created else (bookmark, covered)
+        return bookmark, covered
 
     def _merge(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
                column_list: sql.Composable) -> tuple[int, int]:  # fmt: skip

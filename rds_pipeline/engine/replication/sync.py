@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMESTAMP_LOOKBACK = "5 minutes"
 # SQLSTATEs worth retrying: serialization failure (includes "conflict with recovery" on a hot standby),
 # deadlock, lock timeout (lock_timeout on the destination), admin shutdown, crash shutdown, cannot connect now.
-TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006",
+                       # a first load that COPYs straight into its new table can meet a concurrent run's rows
+                       # there; the retry sees the table and upserts through the stage
+                       "23505"}
 PERMANENT_SQLSTATES = {
     "42501": "permission denied",
     "42703": "a column is missing",
@@ -196,9 +199,10 @@ def _with_retries(table: SelectedTable, session: SourceSession, destination: Des
                 raise LoadError(message) from None
             if not is_transient(exc) or attempt >= max_attempts:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise LoadError(f"{table.id}: sync failed after {attempt} attempt(s): {first}. Fix: check that "
-                                "the source and destination are reachable, then sync again (nothing was "
-                                "committed for the failed range)") from exc  # fmt: skip
+                hint = ("check that the source and destination are reachable" if getattr(exc, "pgcode", None) is None
+                        else "resolve the error above")  # fmt: skip
+                raise LoadError(f"{table.id}: sync failed after {attempt} attempt(s): {first}. Fix: {hint}, then "
+                                "sync again (nothing was committed for the failed range)") from exc  # fmt: skip
             error: BaseException = exc
         except ConnectionProblem as exc:
             if not is_transient(exc) or attempt >= max_attempts:
