@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys
+from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys, window_starts
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, CHECK_ROW_COUNT, TableAsset
 from rds_pipeline.engine.destinations.base import LoadError
@@ -61,12 +61,13 @@ def run_table(asset: TableAsset, request: Request, source: RdsSourceResource, de
     keys = partition_keys(asset, instance)
     dest = destination.get()
     result = sync_table(source.session(), dest, asset.table, request, chunks=chunk_ranges(asset.plan, keys))
-    covered: list[str] = []
+    starts = window_starts(asset.plan, keys) if asset.plan.kind == "time" and keys else None
+    covered: dict[str, None] = {}  # ordered, without repeats
     for step in result.steps:
-        covered.extend(k for k in covered_keys(asset.plan, keys, step.key_range) if k not in covered)
+        covered.update(dict.fromkeys(covered_keys(asset.plan, keys, step.key_range, starts)))
     wanted = {name for name, _ in check_names(asset)} if checks is None else checks
     outcomes = list(_run_checks(wanted, asset, source, dest, result))
-    return TableRun(asset, result, covered, materialization_metadata(result), outcomes)
+    return TableRun(asset, result, list(covered), materialization_metadata(result), outcomes)
 
 
 def check_names(asset: TableAsset) -> list[tuple[str, str]]:

@@ -177,7 +177,15 @@ def _parse_key_time(text: str) -> dt.datetime | None:
     return value
 
 
-def covered_keys(plan: PartitionPlan, keys: list[str], key_range: KeyRange) -> list[str]:
+def window_starts(plan: PartitionPlan, keys: list[str]) -> list[dt.datetime]:
+    """Each time window's start, in key order (computed once per sync: a table may have 29,000 windows)."""
+    pdef = plan.partitions_def
+    assert isinstance(pdef, dg.TimeWindowPartitionsDefinition)
+    return [pdef.time_window_for_partition_key(k).start for k in keys]
+
+
+def covered_keys(plan: PartitionPlan, keys: list[str], key_range: KeyRange,
+                 starts: list[dt.datetime] | None = None) -> list[str]:  # fmt: skip
     """The partitions a copied range reached: those from the one holding its start to the one holding its
     end. After a committed copy from the bookmark onwards, each of them holds all its rows."""
     if not keys:
@@ -186,19 +194,13 @@ def covered_keys(plan: PartitionPlan, keys: list[str], key_range: KeyRange) -> l
         return list(keys)
     start, end = 0, len(keys)
     if plan.kind == "time":
-        pdef = plan.partitions_def
-        assert isinstance(pdef, dg.TimeWindowPartitionsDefinition)
-        starts = None
-        if key_range.lower is not None:
-            low = _parse_key_time(str(key_range.lower))
-            if low is not None:
-                starts = starts or [pdef.time_window_for_partition_key(k).start for k in keys]
-                start = max(0, bisect.bisect_right(starts, low) - 1)
-        if key_range.upper is not None:
-            high = _parse_key_time(str(key_range.upper))
-            if high is not None:
-                starts = starts or [pdef.time_window_for_partition_key(k).start for k in keys]
-                end = max(start + 1, bisect.bisect_left(starts, high))
+        starts = starts if starts is not None else window_starts(plan, keys)
+        low = _parse_key_time(str(key_range.lower)) if key_range.lower is not None else None
+        high = _parse_key_time(str(key_range.upper)) if key_range.upper is not None else None
+        if low is not None:
+            start = max(0, bisect.bisect_right(starts, low) - 1)
+        if high is not None:
+            end = max(start + 1, bisect.bisect_left(starts, high))
         return keys[start:end]
     lows = [range_bounds(k)[0] for k in keys]
     if key_range.lower is not None:

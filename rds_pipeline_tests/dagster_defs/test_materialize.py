@@ -134,8 +134,13 @@ def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instan
     assert sorted(tables_of(request)) == sorted(f"{project.database}.public.{t}" for t in
                                                 ("events", "seq_items", "chunky", "recent"))  # fmt: skip
     # the tick's run, executed: every table catches up (never synced: its whole history), with its checks
-    result = defs.resolve_job_def("sync_all").execute_in_process(run_config=request.run_config, instance=instance)
+    job = defs.resolve_job_def("sync_all")
+    result = job.execute_in_process(run_config=request.run_config, instance=instance)
     assert result.success
+    # the tables went in two buckets, one step each, each step in a slot of the rds_source pool
+    steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert {"sync_tables[bucket_0]", "sync_tables[bucket_1]"} <= steps
+    assert job.graph.node_named("sync_tables").definition.pool == "rds_source"
     assert replica_ids(project, "events") == list(range(72)) and replica_ids(project, "chunky") == list(range(1, 3001))
     keys = defs.resolve_asset_graph().get(key("events")).partitions_def.get_partition_keys()
     assert instance.get_materialized_partitions(key("events")) == set(keys)  # every covered window shows
