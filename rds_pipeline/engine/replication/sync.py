@@ -84,7 +84,7 @@ class SyncResult:
 
     @property
     def extraction(self) -> ExtractionLog:
-        """The last step's extraction log (``rows`` and ``bytes`` here sum every step)."""
+        """The last step's extraction log (``rows`` and ``bytes`` on this result sum every step)."""
         return self.steps[-1].extraction
 
     @property
@@ -143,8 +143,6 @@ def _permanent_message(table: SelectedTable, exc: psycopg2.Error) -> str | None:
         "or deselect it",
     }[reason]
     return f"{table.id}: {reason} ({detail}). Fix: {fix}"
-
-
 
 
 def sync_table(
@@ -263,7 +261,6 @@ def _copy_step(session: SourceSession, destination: Destination, table: Selected
     in_recovery = source_in_recovery(conn)
     key_range = resolve_start(conn, table, step)
     source_max = max_key() if table.method == "key_based" and key_range.upper is not None else None
-    conn = session.connection(table.relation.database)
     query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json)
     extraction = ExtractionLog(
         table=table.id,
