@@ -478,3 +478,31 @@ def test_concurrent_runs_of_one_table_converge(pg18: LocalPostgres) -> None:
     assert dest.read_bookmark(table) == "200000"
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     dest.close()
+
+
+def test_the_registry_of_earlier_versions_is_carried_over(pg18: LocalPostgres) -> None:
+    """A destination loaded by an earlier version (registry keyed by source) still refuses a rename."""
+    scratch = make_scratch(pg18, integration="Old Name", tables=["public.t"])
+    scratch.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    config = scratch.config
+    scratch.sql(f"""
+        CREATE SCHEMA rds_pipeline_meta;
+        CREATE TABLE rds_pipeline_meta.integrations (source_key text PRIMARY KEY, integration_name text NOT NULL,
+            schema_name text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now());
+        INSERT INTO rds_pipeline_meta.integrations VALUES ('{config.source_key}', 'Old Name', 'old_name');
+        CREATE SCHEMA old_name;
+        CREATE TABLE old_name._rds_pipeline_state (table_id text PRIMARY KEY, destination_table text NOT NULL,
+            replication_key text, bookmark text, updated_at timestamptz NOT NULL DEFAULT now());
+        INSERT INTO old_name._rds_pipeline_state (table_id, destination_table) VALUES ('{scratch.source_db}.public.t', 't');
+    """, scratch.dest_db)  # fmt: skip
+    from rds_pipeline.engine.destinations.postgres import PostgresDestination
+
+    renamed = dataclasses.replace(config, integration_name="New Name")
+    dest = PostgresDestination(renamed.destination, renamed.destination_schema)
+    with pytest.raises(IntegrationRenamed):
+        dest.prepare(renamed)
+    dest.close()
+    same = PostgresDestination(config.destination, config.destination_schema)
+    same.prepare(config)  # the old name goes on loading, and gains covered_to in its state table
+    assert same.table_state(scratch.one({"name": "public.t"})).covered_to is None
+    same.close()
