@@ -1,5 +1,5 @@
 """The demo setup served by a real `dagster dev` (webserver and daemon): the asset graph with view -> table
-lineage over GraphQL, and one partition's materialization launched through the API."""
+lineage over GraphQL, one partition's materialization launched through the API, and a reset from the UI."""
 
 from __future__ import annotations
 
@@ -28,6 +28,28 @@ def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> d
         payload = json.loads(response.read())
     assert "errors" not in payload, payload
     return payload["data"]
+
+
+def launch(port: int, job: str, run_config: dict[str, Any]) -> str:
+    launched = graphql(port, """
+        mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+          __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {
+        "params": {"selector": {"repositoryLocationName": "rds_pipeline", "repositoryName": "__repository__",
+                                "jobName": job}, "runConfigData": run_config}})["launchRun"]  # fmt: skip
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def wait(port: int, run_id: str, seconds: float = 180) -> str:
+    deadline = time.monotonic() + seconds
+    status = ""
+    while time.monotonic() < deadline:
+        status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+                         {"id": run_id})["runOrError"]["status"]  # fmt: skip
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(1)
+    return status
 
 
 def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
@@ -89,6 +111,20 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
         [event] = materialized["assetNodeOrError"]["assetMaterializations"]
         assert event["partition"] == "all"
         assert {"dagster/row_count", "rows_inserted", "query"} <= {m["label"] for m in event["metadataEntries"]}
+
+        # reset a key-based table from the UI (the reset_table job): its whole history comes back, every
+        # monthly window shows as materialized, and its checks ran
+        status = wait(port, launch(port, "reset_table", {"ops": {"reset_and_resync": {"config": {"table": "public.payment"}}}}))
+        assert status == "SUCCESS"
+        node = graphql(port, """{ assetNodeOrError(assetKey: {path: ["pagila_demo", "payment"]}) { ... on AssetNode {
+            partitionKeys partitionStats { numMaterialized } } } }""")["assetNodeOrError"]  # fmt: skip
+        assert node["partitionStats"]["numMaterialized"] == len(node["partitionKeys"]) > 200
+        import duckdb
+
+        replica = duckdb.connect(str(setup.root / "replica.duckdb"), read_only=True)
+        copied = replica.execute("SELECT count(*) FROM pagila_demo.payment").fetchone()[0]
+        replica.close()
+        assert copied == int(setup.server.psql("SELECT count(*) FROM payment", "pagila").strip())
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
