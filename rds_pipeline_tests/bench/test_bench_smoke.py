@@ -22,3 +22,12 @@ def test_make_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     engine = next(r for r in report["pg_to_pg"] if r["name"] == "rds_pipeline engine")
     assert engine["rows_per_s"] > 0 and engine["peak_rss_mb"] < 300
+
+
+def test_tick_benchmark_smoke() -> None:
+    from bench import bench_tick
+
+    result = bench_tick.run(tables=12, rows=100)
+    assert result["tables"] == 12
+    assert float(result["cli_sync_seconds"]) > 0 and float(result["launched_run_seconds"]) > 0  # type: ignore[arg-type]
+    assert float(result["psql_loop_seconds"]) > 0  # type: ignore[arg-type]
