@@ -166,6 +166,16 @@ def freeze(sshd_pid: int, injection: Injection) -> bool:
     return bool(frozen)
 
 
+def kill_monitor(sshd_pid: int) -> bool:
+    """Kill only the per-connection monitor (the listener's direct child), leaving whatever runs below it."""
+    try:
+        monitors = psutil.Process(sshd_pid).children(recursive=False)
+    except psutil.NoSuchProcess:
+        return False
+    signal_all(monitors, signal.SIGKILL)
+    return bool(monitors)
+
+
 def cut(sshd_pid: int) -> bool:
     victims = session_processes(sshd_pid)
     signal_all(victims, signal.SIGKILL)

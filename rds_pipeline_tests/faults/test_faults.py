@@ -36,6 +36,7 @@ from rds_pipeline_tests.faults.harness import (
     compare,
     cut,
     freeze,
+    kill_monitor,
     scalar,
     wait_mid_copy,
 )
@@ -61,6 +62,7 @@ def _terminate_destination_backend(lab: FaultLab, dest_db: str, injection: Injec
 FAULTS: dict[str, tuple[bool, Inject]] = {
     "SSH session cut (its sshd processes killed)": (True, lambda lab, db, inj: cut(lab.sshd.process.pid)),
     "SSH session frozen (SIGSTOP)": (True, lambda lab, db, inj: freeze(lab.sshd.process.pid, inj)),
+    "SSH monitor process killed": (True, lambda lab, db, inj: kill_monitor(lab.sshd.process.pid)),
     "source restart": (True, _restart("source")),
     "destination backend terminated": (False, _terminate_destination_backend),
     "destination backend terminated, source tunneled": (True, _terminate_destination_backend),
