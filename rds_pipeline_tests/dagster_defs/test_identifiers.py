@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from rds_pipeline.cli import main as cli
 from rds_pipeline.dagster_defs.run import run_sync
 from rds_pipeline.dagster_defs.translator import key_part
 from rds_pipeline.engine.selection import SelectionError
@@ -57,7 +58,12 @@ def test_names_that_differ_only_in_case_are_refused_with_the_fix(pg18: LocalPost
 
 
 def test_any_identifier_through_the_whole_path(pg18: LocalPostgres, tmp_path: Path) -> None:
-    project = make_project(pg18, tmp_path, _entries(), ddl=_ddl())
+    by_cli = ('Order "Items"', "semi;colon")  # these two go through `rds-pipeline discover` and `select`
+    project = make_project(pg18, tmp_path, [e for e in _entries() if e.get("table") not in by_cli], ddl=_ddl())
+    assert cli(["discover", "--config", str(project.path)]) == 0
+    for name in by_cli:
+        assert cli(["select", f"public.{name}", "--config", str(project.path)]) == 0
+    assert {t.relation.name for t in project.selection()} >= set(by_cli)
     defs = project.defs()  # one odd name must not take the code location down
     graph = defs.resolve_asset_graph()
     replicas = [k for k in graph.get_all_asset_keys() if k.path[0] == "dagster_test"]
