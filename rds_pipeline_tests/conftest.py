@@ -195,3 +195,20 @@ def pagila_catalog(pg18: LocalPostgres):  # noqa: ANN201
     from rds_pipeline.engine.source.discovery import discover
 
     return discover(make_config(pg18).source, databases=["pagila"])
+
+
+@pytest.fixture(scope="session")
+def logical_servers(work_dir: Path) -> Iterator[list[LocalPostgres]]:
+    """PostgreSQL 18 (the wheel) and 15 (Debian) with wal_level=logical, for the log-based replication tests."""
+    from rds_pipeline_tests.engine.pgoutput_capture import LOGICAL_SETTINGS
+
+    if not (PG15_BIN / "postgres").exists():
+        pytest.skip("Debian postgresql-15 is not installed (apt-get install postgresql-15; .ci/run does this)")
+    servers = [LocalPostgres(embedded_bin_dir(), work_dir / "logical18", password=SOURCE_PASSWORD,
+                             settings=LOGICAL_SETTINGS),
+               LocalPostgres(PG15_BIN, work_dir / "logical15", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS)]  # fmt: skip
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()

@@ -8,7 +8,6 @@ import gzip
 import json
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,16 +37,8 @@ from rds_pipeline.engine.replication.cdc.pgoutput import (
     lsn_text,
     timestamp,
 )
-from rds_pipeline.local_postgres import LocalPostgres, embedded_bin_dir
-from rds_pipeline_tests.conftest import PG15_BIN
-from rds_pipeline_tests.engine.pgoutput_capture import (
-    BIG,
-    FIXTURES,
-    LOGICAL_SETTINGS,
-    STREAMED_ROWS,
-    capture,
-    server_version,
-)
+from rds_pipeline.local_postgres import LocalPostgres
+from rds_pipeline_tests.engine.pgoutput_capture import BIG, FIXTURES, STREAMED_ROWS, capture, server_version
 
 GOLDEN = sorted(p.name for p in FIXTURES.glob("*.json.gz"))
 TEXT_ROW = ("1", "one", "happy", "x" * BIG, "NaN", "2024-01-02 03:04:05.678+00")
@@ -189,19 +180,6 @@ def test_bad_bytes_fail_clearly() -> None:
         decoder.decode(b"I" + struct.pack("!I", 7) + b"N" + struct.pack("!h", 1) + b"b" + struct.pack("!i", 99))
     with pytest.raises(ValueError, match="not 1, 2, 3 or 4"):
         PgOutputDecoder(5)
-
-
-@pytest.fixture(scope="module")
-def logical_servers(work_dir: Path) -> Iterator[list[LocalPostgres]]:
-    if not (PG15_BIN / "postgres").exists():
-        pytest.skip("Debian postgresql-15 is not installed (apt-get install postgresql-15; .ci/run does this)")
-    servers = [LocalPostgres(embedded_bin_dir(), work_dir / "logical18", settings=LOGICAL_SETTINGS),
-               LocalPostgres(PG15_BIN, work_dir / "logical15", settings=LOGICAL_SETTINGS)]  # fmt: skip
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def test_a_live_capture_has_the_golden_shape(logical_servers: list[LocalPostgres]) -> None:

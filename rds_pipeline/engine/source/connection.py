@@ -95,13 +95,18 @@ def open_tunnel(config: SourceConfig) -> SshTunnel | None:
 
 
 def connect_source(
-    config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None
+    config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None,
+    connection_factory: type[psycopg2.extensions.connection] | None = None,
 ) -> psycopg2.extensions.connection:
-    """Connect to the source, raising ``ConnectionProblem`` with the cause and the fix on failure."""
+    """Connect to the source, raising ``ConnectionProblem`` with the cause and the fix on failure.
+    ``connection_factory`` opens a replication connection (``psycopg2.extras.LogicalReplicationConnection``)."""
     if tunnel is None and config.ssh is None:
         _check_resolves(config.host, "source.host")
     try:
-        return psycopg2.connect(**source_params(config, tunnel, database))
+        params = source_params(config, tunnel, database)
+        if connection_factory is not None:
+            params["connection_factory"] = connection_factory
+        return psycopg2.connect(**params)
     except psycopg2.OperationalError as exc:
         raise classify_connect_error(exc, config, via_tunnel=tunnel is not None, database=database) from None
 

@@ -1,0 +1,109 @@
+"""Publications and replication slots: create one (with an exported snapshot), read its state, drop it.
+
+The snapshot handoff rests on ``CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT``, as PostgreSQL's own table sync
+and PeerDB do: the slot's consistent point and the exported snapshot are the same moment, so a copy made
+under ``SET TRANSACTION SNAPSHOT`` plus the changes streamed from the slot hold every row once. The snapshot
+lives only while the replication connection that created it stays open and idle. Every statement is also
+returned as text, so a command can print what it runs, or what an administrator should run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.source.connection import connect_source
+from rds_pipeline.engine.source.tunnel import SshTunnel
+
+PLUGIN = "pgoutput"
+
+
+@dataclass(frozen=True)
+class SlotSnapshot:
+    slot: str
+    consistent_point: str  # the LSN from which the slot streams what the snapshot does not hold
+    snapshot_name: str  # for SET TRANSACTION SNAPSHOT, while the creating connection stays open
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    slot: str
+    active: bool
+    active_pid: int | None
+    restart_lsn: str | None
+    confirmed_flush_lsn: str | None
+    lag_bytes: int | None  # WAL the slot holds back: current LSN minus its confirmed flush
+    wal_status: str | None  # reserved, extended, unreserved, lost
+    safe_wal_size: int | None  # bytes that can still be written before the slot is in danger (None: no limit)
+
+
+def publication_statement(name: str, tables: list[tuple[str, str]]) -> sql.Composed:
+    """``CREATE PUBLICATION … FOR TABLE …`` for the log-based tables only (``FOR ALL TABLES`` needs a
+    superuser, rds_superuser on RDS), publishing a partitioned table's changes under its root."""
+    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)").format(
+        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in tables)
+    )
+
+
+def create_publication(conn: psycopg2.extensions.connection, name: str, tables: list[tuple[str, str]]) -> str:
+    statement = publication_statement(name, tables)
+    text = statement.as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute(statement)
+    conn.commit()
+    return text
+
+
+def replication_connection(config: SourceConfig, tunnel: SshTunnel | None = None,
+                           database: str | None = None) -> psycopg2.extras.LogicalReplicationConnection:  # fmt: skip
+    return connect_source(config, tunnel, database,  # type: ignore[return-value]
+                          connection_factory=psycopg2.extras.LogicalReplicationConnection)  # fmt: skip
+
+
+def create_slot(conn: psycopg2.extras.LogicalReplicationConnection, slot: str) -> tuple[SlotSnapshot, str]:
+    """Create a pgoutput slot and export its snapshot (the syntax every server from 12 to 18 accepts).
+    Keep ``conn`` open and idle until the copy under the snapshot has started."""
+    statement = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} EXPORT_SNAPSHOT").format(
+        sql.Identifier(slot), sql.Identifier(PLUGIN)
+    )
+    text = statement.as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute(text)
+        name, consistent_point, snapshot_name, _plugin = cur.fetchone()
+    return SlotSnapshot(name, consistent_point, snapshot_name), text
+
+
+def use_snapshot(conn: psycopg2.extensions.connection, snapshot: SlotSnapshot) -> None:
+    """Start a transaction on ``conn`` that sees exactly what the slot's consistent point saw."""
+    conn.rollback()
+    with conn.cursor() as cur:
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot.snapshot_name,))
+
+
+def slot_status(conn: psycopg2.extensions.connection, slot: str) -> SlotStatus | None:
+    """The slot's activity, position, retained WAL and risk (``wal_status``, ``safe_wal_size``)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, "
+            "pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
+            " confirmed_flush_lsn)::bigint, wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )  # fmt: skip
+        row = cur.fetchone()
+    conn.rollback()
+    return SlotStatus(slot, *row) if row else None
+
+
+def drop_slot(conn: psycopg2.extensions.connection, slot: str) -> str:
+    """Drop the slot, so it never holds WAL again (fails if a client is reading it)."""
+    text = "SELECT pg_drop_replication_slot(%s)"
+    with conn.cursor() as cur:
+        cur.execute(text, (slot,))
+        shown = cur.query.decode() if cur.query else text
+    conn.commit()
+    return shown
