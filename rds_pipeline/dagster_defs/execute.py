@@ -109,7 +109,8 @@ def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource
     if CHECK_COLUMNS in selected:
         yield CHECK_COLUMNS, columns_check(dest.column_names(table), table)
     if CHECK_PRIMARY_KEY in selected and table.primary_key:
-        yield CHECK_PRIMARY_KEY, primary_key_check(dest.duplicate_keys(table), table)
+        enforced = dest.primary_key_enforced(table)  # a catalog lookup instead of a scan of the replica
+        yield CHECK_PRIMARY_KEY, primary_key_check(0 if enforced else dest.duplicate_keys(table), table, enforced)
     if CHECK_ROW_COUNT in selected and table.method == "full_table":
         conn = source.session().connection(table.relation.database)
         key_range = result.key_range

@@ -29,6 +29,7 @@ def test_checks_fail_on_a_damaged_replica(pg18: LocalPostgres) -> None:
             source_count(conn, table, everything), dest.count_rows(table, everything), everything
         ).passed
         assert primary_key_check(dest.duplicate_keys(table), table).passed
+        assert dest.primary_key_enforced(table)  # the constraint guarantees it: the asset check scans nothing
         assert columns_check(dest.column_names(table), table).passed
 
         scratch.sql("DELETE FROM test_replica.t WHERE id = 7", scratch.dest_db)
@@ -37,6 +38,7 @@ def test_checks_fail_on_a_damaged_replica(pg18: LocalPostgres) -> None:
 
         scratch.sql("ALTER TABLE test_replica.t DROP CONSTRAINT t_pkey; INSERT INTO test_replica.t (id, v) VALUES (1, 'dup')",
                     scratch.dest_db)  # fmt: skip
+        assert not dest.primary_key_enforced(table)  # the constraint is gone: the check scans, and fails
         outcome = primary_key_check(dest.duplicate_keys(table), table)
         assert not outcome.passed and outcome.metadata == {"duplicate_keys": 1}
 

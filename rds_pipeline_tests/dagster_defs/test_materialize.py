@@ -70,6 +70,8 @@ def test_each_partition_kind_materializes_its_range(project: Project, instance: 
     assert "ts" in event.metadata["query"].value and event.metadata["bookmark"].value == ""
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"columns_match_catalog": True, "primary_key_unique": True}
+    [unique] = [e for e in result.get_asset_check_evaluations() if e.check_name == "primary_key_unique"]
+    assert unique.metadata["enforced_by"].value == "PRIMARY KEY constraint"  # DuckDB's constraint: no scan
 
     # integer key ranges: the sensor adds them as max(key) grows, then one range materializes
     sensor = defs.get_sensor_def("rds_key_range_sensor")

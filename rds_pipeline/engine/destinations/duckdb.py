@@ -399,6 +399,13 @@ class DuckDBDestination:
         where, params = self._predicate(table, key_range)
         return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}{where}", params).fetchone()[0])
 
+    def primary_key_enforced(self, table: SelectedTable) -> bool:
+        """Whether the replica has a PRIMARY KEY constraint on exactly the table's key columns."""
+        rows = run(self.conn, "SELECT constraint_column_names FROM duckdb_constraints() WHERE database_name = ? "
+                   "AND schema_name = ? AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
+                   [self.catalog, self.schema, table.destination_table]).fetchall()  # fmt: skip
+        return bool(table.primary_key) and any(sorted(r[0]) == sorted(table.primary_key) for r in rows)
+
     def duplicate_keys(self, table: SelectedTable) -> int:
         keys = ", ".join(dq(k) for k in table.primary_key)
         query = f"SELECT count(*) FROM (SELECT 1 FROM {self._target(table)} GROUP BY {keys} HAVING count(*) > 1)"

@@ -401,6 +401,18 @@ class PostgresDestination:
             cur.execute(query)
             return int(cur.fetchone()[0])
 
+    def primary_key_enforced(self, table: SelectedTable) -> bool:
+        """Whether the replica has a PRIMARY KEY constraint on exactly the table's key columns."""
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_constraint c "
+                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) "
+                "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'p'",
+                (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}",),
+            )
+            columns = cur.fetchone()[0]
+        return bool(table.primary_key) and sorted(columns or []) == sorted(table.primary_key)
+
     def duplicate_keys(self, table: SelectedTable) -> int:
         keys = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
         with self.conn, self.conn.cursor() as cur:

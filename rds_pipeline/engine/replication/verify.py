@@ -39,10 +39,16 @@ def row_count_check(source_rows: int, destination_rows: int, key_range: KeyRange
     )
 
 
-def primary_key_check(duplicates: int, table: SelectedTable) -> CheckOutcome:
+def primary_key_check(duplicates: int, table: SelectedTable, enforced: bool = False) -> CheckOutcome:
+    """``enforced``: the destination's PRIMARY KEY constraint on exactly these columns guarantees uniqueness,
+    so no scan was needed; without the constraint, ``duplicates`` comes from a scan."""
+    keys = ", ".join(table.primary_key)
+    if enforced:
+        return CheckOutcome(True, f"unique by the destination's PRIMARY KEY ({keys})",
+                            {"duplicate_keys": 0, "enforced_by": "PRIMARY KEY constraint"})  # fmt: skip
     return CheckOutcome(
         duplicates == 0,
-        f"{duplicates} duplicated primary-key value(s) over ({', '.join(table.primary_key)})",
+        f"{duplicates} duplicated primary-key value(s) over ({keys})",
         {"duplicate_keys": duplicates},
     )
 
