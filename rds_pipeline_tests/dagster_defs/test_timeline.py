@@ -79,15 +79,16 @@ def test_an_outage_of_n_windows_then_late_rows(pg18: LocalPostgres, tmp_path: Pa
     # ... plus a late commit inside the lookback (5 minutes) and one older than it
     project.sql(f"INSERT INTO ev VALUES (500, '{synced_to}'::timestamptz - interval '2 minutes', 'late'), "
                 f"(501, '{synced_to}'::timestamptz - interval '30 minutes', 'too late')")  # fmt: skip
+    keys = project.defs().resolve_asset_graph().get(key("ev")).partitions_def.get_partition_keys()
     result = tick(project, instance)
     assert result.success
     replica = dict(replica_rows(project, "ev"))
     expected = dict(source_rows(project, "ev"))
     expected.pop(501)  # older than the lookback: a catch-up cannot see it (documented); a backfill can
     assert replica == expected
-    # every window the catch-up covered shows as materialized, from the bookmark's window to now
-    keys = project.defs().resolve_asset_graph().get(key("ev")).partitions_def.get_partition_keys()
-    assert instance.get_materialized_partitions(key("ev")) == set(keys)
+    # every window the catch-up covered shows as materialized, from the bookmark's window to now (keys read
+    # before the tick: a window that opens while it runs is covered too, and must not make this flaky)
+    assert instance.get_materialized_partitions(key("ev")) >= set(keys)
     assert {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()} \
         >= set(keys[-outage - 1:])  # fmt: skip
     after_outage = bookmark(project, "ev")
@@ -121,13 +122,13 @@ def test_reset_and_a_dropped_table_bring_the_whole_history_back(pg18: LocalPostg
     assert replica_rows(project, "hist") == source_rows(project, "hist")
     # the reset_table job: the same, and every window shows as materialized again
     project.sql("UPDATE hist SET v = 'changed' WHERE id % 100 = 0")
+    keys = project.defs().resolve_asset_graph().get(key("hist")).partitions_def.get_partition_keys()
     job = project.defs().resolve_job_def("reset_table")
     result = job.execute_in_process(run_config={"ops": {"reset_and_resync": {"config": {"table": "public.hist"}}}},
                                     instance=instance)  # fmt: skip
     assert result.success and replica_rows(project, "hist") == source_rows(project, "hist")
-    keys = project.defs().resolve_asset_graph().get(key("hist")).partitions_def.get_partition_keys()
     assert {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()} \
-        == set(keys)  # fmt: skip
+        >= set(keys)  # every window (one that opened meanwhile too)  # fmt: skip
     # dropped by hand: the bookmark no longer counts, the next tick is a historical sync
     dest = project.destination()
     dest.conn.execute('DROP TABLE dagster_test."hist"')

@@ -82,7 +82,7 @@ def test_a_fault_mid_copy_loses_nothing(fault_lab: FaultLab, fault: str) -> None
     sync = SyncThread(config, table)
     try:
         sync.start()
-        wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 40)  # about a fifth of the table
+        wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)  # about a twentieth of the table
         injected_at = time.monotonic()
         result.injected = inject(fault_lab, dest_db, injection)
         sync.join(FINISH_SECONDS)
@@ -135,7 +135,7 @@ def test_kill_9_of_the_sync_then_a_rerun(fault_lab: FaultLab) -> None:
     child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(_raw(fault_lab, dest_db))],
                              env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 40)
+        wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)
         injected_at = time.monotonic()
         os.kill(child.pid, signal.SIGKILL)
         result.injected = child.wait(10) == -signal.SIGKILL
@@ -176,7 +176,7 @@ def test_a_permission_revoked_on_one_table_of_several(fault_lab: FaultLab, tmp_p
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 40)  # t1 (the large one) is copying
+        wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)  # t1 (the large one) is copying
         injected_at = time.monotonic()
         fault_lab.source.psql(f"REVOKE SELECT ON t2 FROM {role}", SOURCE_DB)
         result.injected = True
