@@ -1,0 +1,116 @@
+"""The change batch: last operation per key wins, TOAST values never become NULL, key changes carry their
+values, TRUNCATE keeps its place, rolled-back subtransactions are dropped. Then a golden stream, reduced."""
+
+from __future__ import annotations
+
+import pytest
+
+from rds_pipeline.engine.replication.cdc.batch import DELETE, UPSERT, BatchError, ChangeBatch
+from rds_pipeline.engine.replication.cdc.pgoutput import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    PgOutputDecoder,
+    Relation,
+    RelationColumn,
+    Truncate,
+    Update,
+)
+from rds_pipeline_tests.engine.test_pgoutput import load
+
+T = Relation(None, 1, "public", "t", "d", (RelationColumn("id", 23, -1, True), RelationColumn("v", 25, -1, False),
+                                           RelationColumn("big", 25, -1, False)))  # fmt: skip
+KEYLESS = Relation(None, 2, "public", "nokey", "n", (RelationColumn("v", 25, -1, False),))
+
+
+def batch_of(*messages: object) -> ChangeBatch:
+    batch = ChangeBatch()
+    batch.add(T)
+    for message in messages:
+        batch.add(message)
+    return batch
+
+
+def final(batch: ChangeBatch, segment: int = 0) -> dict[tuple[object, ...], tuple[str, tuple[object, ...], object]]:
+    return {k: (c.op, c.values, c.moved_from) for k, c in batch.segments[segment].changes.get(1, {}).items()}
+
+
+def test_an_insert_and_a_partial_update_in_one_batch_keep_the_toasted_value() -> None:
+    batch = batch_of(Insert(None, 1, ("1", "a", "B" * 9000)), Update(None, 1, None, None, ("1", "b", UNCHANGED)))
+    assert final(batch) == {("1",): (UPSERT, ("1", "b", "B" * 9000), None)}
+    assert batch.segments[0].changes[1][("1",)].complete
+
+
+def test_an_update_alone_leaves_the_value_to_the_destination() -> None:
+    batch = batch_of(Update(None, 1, None, None, ("1", "b", UNCHANGED)))
+    [(op, values, moved)] = final(batch).values()
+    assert op == UPSERT and values[2] is UNCHANGED and moved is None  # keep the destination's value, not NULL
+
+
+def test_a_key_change_carries_its_unchanged_values_from_the_old_key() -> None:
+    batch = batch_of(Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)))
+    assert final(batch) == {("1",): (DELETE, ("1",), None), ("2",): (UPSERT, ("2", "b", UNCHANGED), ("1",))}
+    chained = batch_of(Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)),
+                       Update(None, 1, "K", ("2", None, None), ("3", "c", UNCHANGED)))  # fmt: skip
+    assert final(chained)[("3",)] == (UPSERT, ("3", "c", UNCHANGED), ("1",))  # still under the first key
+    assert final(chained)[("2",)][0] == DELETE and final(chained)[("1",)][0] == DELETE
+    inserted = batch_of(Insert(None, 1, ("1", "a", "BIG")), Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)))
+    assert final(inserted)[("2",)] == (UPSERT, ("2", "b", "BIG"), None)  # the batch had the value itself
+
+
+def test_the_last_operation_per_key_wins() -> None:
+    assert final(batch_of(Delete(None, 1, "K", ("1", None, None)), Insert(None, 1, ("1", "again", "x")))) == {
+        ("1",): (UPSERT, ("1", "again", "x"), None)}  # fmt: skip
+    assert final(batch_of(Insert(None, 1, ("1", "a", "x")), Delete(None, 1, "K", ("1", None, None)))) == {
+        ("1",): (DELETE, ("1",), None)}  # fmt: skip
+
+
+def test_truncate_keeps_its_place_in_the_order() -> None:
+    batch = batch_of(Insert(None, 1, ("1", "a", "x")), Truncate(None, (1,), True, True), Insert(None, 1, ("2", "b", "y")))
+    assert len(batch.segments) == 2 and batch.segments[0].truncate is not None
+    assert list(final(batch, 0)) == [("1",)] and list(final(batch, 1)) == [("2",)]  # 1 is wiped, 2 survives
+    assert batch.counts == {"insert": 2, "update": 0, "delete": 0, "truncate": 1}
+
+
+def test_a_rolled_back_subtransaction_is_dropped() -> None:
+    batch = ChangeBatch()
+    batch.add_transaction([T, Insert(7, 1, ("1", "kept", "x")), Insert(8, 1, ("2", "undone", "y"))], end_lsn=100,
+                          aborted_xids={8})  # fmt: skip
+    assert list(final(batch)) == [("1",)] and batch.end_lsn == 100
+
+
+def test_changes_that_cannot_be_placed_are_refused() -> None:
+    batch = ChangeBatch()
+    with pytest.raises(BatchError, match="before its Relation"):
+        batch.add(Insert(None, 9, ("1",)))
+    batch.add(KEYLESS)
+    with pytest.raises(BatchError, match="no replica identity key"):
+        batch.add(Insert(None, 2, ("x",)))
+
+
+def test_a_golden_stream_reduces_to_the_source_state() -> None:
+    """PG18's captured stream, plain transactions only, applied to a dict: the rows the source ends with."""
+    fixture = load("pg18_v4_parallel.json.gz")
+    decoder = PgOutputDecoder(fixture["protocol_version"])
+    messages = [decoder.decode(bytes.fromhex(m["hex"])) for m in fixture["messages"]]
+    batch, current = ChangeBatch(), []
+    for message in messages:
+        current.append(message)
+        if isinstance(message, Begin):
+            current = [message]
+        elif isinstance(message, Commit):
+            batch.add_transaction(current, message.end_lsn)
+    items = next(oid for oid, r in batch.relations.items() if r.name == "items")
+    table: dict[object, tuple[object, ...]] = {}
+    for segment in batch.segments:
+        for key, change in segment.changes.get(items, {}).items():
+            if change.op == DELETE:
+                table.pop(key[0], None)
+            else:
+                table[key[0]] = change.values
+        if segment.truncate is not None and items in segment.truncate.relation_oids:
+            table.clear()
+    assert list(table) == ["4"] and table["4"][1] == "from upstream"  # after the TRUNCATE, only the origin row
+    assert batch.end_lsn == next(m for m in reversed(messages) if isinstance(m, Commit)).end_lsn
