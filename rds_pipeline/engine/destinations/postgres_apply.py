@@ -59,6 +59,18 @@ def applied_lsn(destination: PostgresDestination, slot: str) -> str | None:
     return row[0] if row else None
 
 
+def record_lsn(destination: PostgresDestination, slot: str, lsn: str) -> None:
+    """Move the slot's LSN in the destination forward to ``lsn`` (never back): the stream reached it with
+    nothing left to apply (the server sent nothing for our tables before it)."""
+    state = sql.Identifier(destination.schema, SLOTS_TABLE)
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
+                            "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
+        cur.execute(sql.SQL("INSERT INTO {s} (slot, lsn) VALUES (%(slot)s, %(lsn)s) ON CONFLICT (slot) DO UPDATE SET "
+                            "lsn = EXCLUDED.lsn, updated_at = now() WHERE {s}.lsn::pg_lsn < EXCLUDED.lsn::pg_lsn")
+                    .format(s=state), {"slot": slot, "lsn": lsn})  # fmt: skip
+
+
 def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
                 slot: str) -> ApplyReport:  # fmt: skip
     """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move the

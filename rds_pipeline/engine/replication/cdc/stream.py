@@ -1,0 +1,142 @@
+"""Read a slot up to the WAL position of the moment the run started, apply it in batches, and confirm each batch
+to the server only after the destination committed it (never on receipt).
+
+Protocol 1: the server sends a transaction only once it committed, so changes go straight into the batch. On a
+restart the reader resumes from the LSN the destination holds and skips what it already applied; a slot that
+confirmed more than the destination holds lost rows, and the run fails saying how to recover.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.destinations.postgres import PostgresDestination
+from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, apply_batch, record_lsn
+from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.replication.cdc.batch import ChangeBatch
+from rds_pipeline.engine.replication.cdc.pgoutput import Begin, Commit, PgOutputDecoder, Relation, lsn_text
+from rds_pipeline.engine.replication.cdc.slot import replication_connection
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.connection import source_connection
+
+PROTOCOL_VERSION = 1
+WAIT_SECONDS = 1.0  # one bounded wait for the server between two reads
+
+
+class GapDetected(RdsPipelineError):
+    """The slot confirmed changes the destination does not hold: they are gone from the log."""
+
+
+def lsn_int(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+@dataclass
+class StreamResult:
+    start_lsn: str | None
+    end_lsn: str | None
+    target_lsn: str
+    transactions: int = 0
+    skipped: int = 0  # already in the destination (applied, then the client stopped before confirming)
+    batches: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0})
+
+
+def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable],
+             slot: str, publication: str, *, max_batch_changes: int = 100_000,
+             timeout_seconds: float = 600.0) -> StreamResult:  # fmt: skip
+    """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop."""
+    with source_connection(config) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                    "WHERE slot_name = %s)", (slot,))  # fmt: skip
+        target_text, confirmed = cur.fetchone()
+    if confirmed is None:
+        raise RdsPipelineError(f"replication slot {slot!r} does not exist. Fix: run `rds-pipeline cdc setup`")
+    applied = applied_lsn(destination, slot)
+    if applied is not None and lsn_int(confirmed) > lsn_int(applied):
+        raise GapDetected(f"slot {slot!r} confirmed changes up to {confirmed}, but the destination holds them only up "
+                          f"to {applied}: the changes between are gone from the log. Fix: reset the log-based tables "
+                          "(a new snapshot), then stream again")  # fmt: skip
+    result = StreamResult(applied, applied, target_text)
+    target, done = lsn_int(target_text), lsn_int(applied) if applied else 0
+    replication = replication_connection(config)
+    try:
+        cur = replication.cursor()
+        cur.start_replication(slot_name=slot, decode=False, start_lsn=done, status_interval=10,
+                              options={"proto_version": str(PROTOCOL_VERSION), "publication_names": publication})  # fmt: skip
+        _read(cur, destination, tables, slot, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
+    finally:
+        replication.close()
+    return result
+
+
+def _read(cur: Any, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
+          target: int, done: int, result: StreamResult, max_changes: int, deadline: float) -> None:  # fmt: skip
+    decoder = PgOutputDecoder(PROTOCOL_VERSION)
+    batch, in_transaction, skipping = ChangeBatch(), False, False
+    while True:
+        message = cur.read_message()
+        if message is None:
+            if not in_transaction and cur.wal_end >= target:
+                break  # caught up with the moment the run started
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"slot {slot!r}: did not reach {lsn_text(target)} in time (at {lsn_text(cur.wal_end)})")
+            cur.send_feedback(reply=True)  # ask the server where its WAL ends
+            select.select([cur], [], [], WAIT_SECONDS)
+            continue
+        decoded = decoder.decode(message.payload)
+        if isinstance(decoded, Begin):
+            in_transaction, skipping = True, decoded.final_lsn < done
+            continue
+        if isinstance(decoded, Commit):
+            in_transaction = False
+            if skipping:
+                result.skipped += 1
+                continue
+            batch.end_lsn = decoded.end_lsn
+            result.transactions += 1
+            if batch.messages >= max_changes:
+                batch = _flush(cur, destination, tables, slot, batch, result)
+            continue
+        if not skipping or isinstance(decoded, Relation):  # a Relation comes once per session: always keep it
+            batch.add(decoded)
+    if batch.end_lsn is not None:
+        _flush(cur, destination, tables, slot, batch, result)
+    # psycopg2 moves the confirmed position to a keepalive's WAL end once every data message it received was
+    # confirmed (psycopg2 PR #913); the server had sent all it decoded up to there, so recording the same
+    # position in the destination keeps the two in step (and the gap check above meaningful)
+    reached = max(cur.wal_end, done, batch.end_lsn or 0)
+    record_lsn(destination, slot, lsn_text(reached))
+    cur.send_feedback(flush_lsn=reached, force=True, reply=True)  # recorded first, then confirmed
+    _await_reply(cur)
+    result.end_lsn = lsn_text(reached)
+
+
+def _await_reply(cur: Any, seconds: float = 2.0) -> None:
+    """Wait (bounded) for the server's answer to our last feedback: it reads messages in order, so once it
+    answers, it has taken our confirmation (closing at once could drop it)."""
+    deadline = time.monotonic() + seconds
+    stamp = cur.io_timestamp
+    while time.monotonic() < deadline:
+        cur.read_message()
+        if cur.io_timestamp != stamp:
+            return
+        select.select([cur], [], [], 0.1)
+
+
+def _flush(cur: Any, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
+           batch: ChangeBatch, result: StreamResult) -> ChangeBatch:  # fmt: skip
+    apply_batch(destination, tables, batch, slot)  # rows and LSN commit together ...
+    cur.send_feedback(flush_lsn=batch.end_lsn, force=True)  # ... and only then may the server forget them
+    result.end_lsn = lsn_text(batch.end_lsn)  # type: ignore[arg-type]
+    result.batches += 1
+    for name, count in batch.counts.items():
+        result.counts[name] += count
+    carried = ChangeBatch()
+    carried.relations = dict(batch.relations)  # Relation messages are sent once per session: keep them
+    return carried
