@@ -117,8 +117,8 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
     target = destination._target(table)
     names = list(table.column_names)
     key_index = [names.index(k) for k in table.primary_key]
-    keys = sql.SQL(" AND ").join(sql.SQL("t.{k} IS NOT DISTINCT FROM s.{k}").format(k=sql.Identifier(k))
-                                 for k in table.primary_key)  # fmt: skip
+    # primary-key columns are never NULL: plain equality, so the replica's key index serves every join
+    keys = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in table.primary_key)
     typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c)))
                                for c in table.columns)  # fmt: skip
     upserts = [c for c in changes if c.op != DELETE]
@@ -133,6 +133,7 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
         cur.copy_expert(sql.SQL("COPY _rds_deleted ({}) FROM STDIN").format(
             sql.SQL(", ").join(map(sql.Identifier, table.primary_key))).as_string(cur),
             _rows([[_copy_text(v) for v in key] for key in deletes]))  # fmt: skip
+        cur.execute("ANALYZE _rds_deleted")
         cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
         report.deleted[table.id] = report.deleted.get(table.id, 0) + cur.rowcount
         cur.execute("DROP TABLE _rds_deleted")
@@ -147,6 +148,7 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
     columns = sql.SQL(", ").join(map(sql.Identifier, names))
     cur.copy_expert(sql.SQL("COPY _rds_changed ({}, _rds_unchanged) FROM STDIN").format(columns).as_string(cur),
                     _rows(lines))  # fmt: skip
+    cur.execute("ANALYZE _rds_changed")
     cur.execute(sql.SQL("SELECT count(*) FROM _rds_changed s WHERE cardinality(s._rds_unchanged) > 0 AND NOT EXISTS "
                         "(SELECT 1 FROM {} t WHERE {})").format(target, keys))  # fmt: skip
     if cur.fetchone()[0]:

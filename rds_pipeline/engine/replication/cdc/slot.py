@@ -78,10 +78,11 @@ def create_slot(conn: psycopg2.extras.LogicalReplicationConnection, slot: str) -
 
 
 def use_snapshot(conn: psycopg2.extensions.connection, snapshot: SlotSnapshot) -> None:
-    """Start a transaction on ``conn`` that sees exactly what the slot's consistent point saw."""
+    """Start a transaction on ``conn`` that sees exactly what the slot's consistent point saw (psycopg2 opens
+    it as REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT must be its first statement)."""
     conn.rollback()
+    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     with conn.cursor() as cur:
-        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot.snapshot_name,))
 
 
