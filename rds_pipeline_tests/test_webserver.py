@@ -30,12 +30,16 @@ def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> d
     return payload["data"]
 
 
-def launch(port: int, job: str, run_config: dict[str, Any]) -> str:
+def launch(port: int, job: str, run_config: dict[str, Any] | None = None, **selector: Any) -> str:
+    """launchRun of ``job`` (extra ``selector`` keys, e.g. assetSelection; ``tags`` go to executionMetadata)."""
+    tags = selector.pop("tags", {})
+    params: dict[str, Any] = {"selector": {"repositoryLocationName": "rds_pipeline", "repositoryName": "__repository__",
+                                           "jobName": job, **selector}, "runConfigData": run_config or {},
+                              "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}  # fmt: skip
     launched = graphql(port, """
         mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-          __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {
-        "params": {"selector": {"repositoryLocationName": "rds_pipeline", "repositoryName": "__repository__",
-                                "jobName": job}, "runConfigData": run_config}})["launchRun"]  # fmt: skip
+          __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+        {"params": params})["launchRun"]  # fmt: skip
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
 
@@ -84,24 +88,8 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
         assert deps["pagila_demo/actor_info"] == {"source/pagila/public/actor_info"}
         assert deps["pagila_demo/legacy__rental"] == {"source/pagila/legacy/rental"}
 
-        launched = graphql(port, """
-            mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {
-            "params": {
-                "selector": {"repositoryLocationName": "rds_pipeline", "repositoryName": "__repository__",
-                             "jobName": "__ASSET_JOB", "assetSelection": [{"path": ["pagila_demo", "film"]}]},
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "all"}]},
-            }})["launchRun"]  # fmt: skip
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
-        deadline = time.monotonic() + 180
-        status = ""
-        while time.monotonic() < deadline:
-            status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                             {"id": run_id})["runOrError"]["status"]  # fmt: skip
-            if status in ("SUCCESS", "FAILURE", "CANCELED"):
-                break
-            time.sleep(1)
+        status = wait(port, launch(port, "__ASSET_JOB", assetSelection=[{"path": ["pagila_demo", "film"]}],
+                                   tags={"dagster/partition": "all"}))  # fmt: skip
         assert status == "SUCCESS"
         materialized = graphql(
             port,

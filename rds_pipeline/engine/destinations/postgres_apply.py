@@ -18,6 +18,7 @@ from psycopg2 import sql
 from rds_pipeline.engine.destinations.base import LoadError
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
 from rds_pipeline.engine.destinations.types import postgres_type
+from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.replication.cdc.batch import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Value, lsn_text
 from rds_pipeline.engine.selection import SelectedTable
@@ -50,7 +51,7 @@ def applied_lsn(destination: PostgresDestination, slot: str) -> str | None:
     """The LSN up to which the destination holds the slot's changes (None: nothing applied yet)."""
     with destination.conn, destination.conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                    (f'"{destination.schema.replace(chr(34), chr(34) * 2)}"."{SLOTS_TABLE}"',))  # fmt: skip
+                    (f"{quote_ident(destination.schema)}.{quote_ident(SLOTS_TABLE)}",))  # fmt: skip
         if not cur.fetchone()[0]:
             return None
         cur.execute(sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(sql.Identifier(destination.schema, SLOTS_TABLE)),
@@ -59,16 +60,26 @@ def applied_lsn(destination: PostgresDestination, slot: str) -> str | None:
     return row[0] if row else None
 
 
-def record_lsn(destination: PostgresDestination, slot: str, lsn: str) -> None:
-    """Move the slot's LSN in the destination forward to ``lsn`` (never back): the stream reached it with
-    nothing left to apply (the server sent nothing for our tables before it)."""
+def _slots_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination) -> sql.Identifier:
     state = sql.Identifier(destination.schema, SLOTS_TABLE)
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
+                        "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
+    return state
+
+
+def _write_lsn(cur: psycopg2.extensions.cursor, destination: PostgresDestination, slot: str, lsn: str) -> None:
+    """Move the slot's LSN forward to ``lsn`` (never back), in the caller's transaction."""
+    state = _slots_table(cur, destination)
+    cur.execute(sql.SQL("INSERT INTO {s} (slot, lsn) VALUES (%(slot)s, %(lsn)s) ON CONFLICT (slot) DO UPDATE SET "
+                        "lsn = EXCLUDED.lsn, updated_at = now() WHERE {s}.lsn::pg_lsn < EXCLUDED.lsn::pg_lsn")
+                .format(s=state), {"slot": slot, "lsn": lsn})  # fmt: skip
+
+
+def record_lsn(destination: PostgresDestination, slot: str, lsn: str) -> None:
+    """Record that the stream reached ``lsn`` with nothing left to apply (the server sent nothing for our
+    tables before it)."""
     with destination.conn, destination.conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
-                            "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
-        cur.execute(sql.SQL("INSERT INTO {s} (slot, lsn) VALUES (%(slot)s, %(lsn)s) ON CONFLICT (slot) DO UPDATE SET "
-                            "lsn = EXCLUDED.lsn, updated_at = now() WHERE {s}.lsn::pg_lsn < EXCLUDED.lsn::pg_lsn")
-                    .format(s=state), {"slot": slot, "lsn": lsn})  # fmt: skip
+        _write_lsn(cur, destination, slot, lsn)
 
 
 def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
@@ -95,12 +106,8 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
                     if names:
                         cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(destination._target(t) for t in names)))
                         report.truncated.extend(t.id for t in names)
-            if batch.end_lsn is not None:
-                state = sql.Identifier(destination.schema, SLOTS_TABLE)
-                cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
-                                    "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
-                cur.execute(sql.SQL("INSERT INTO {} (slot, lsn) VALUES (%s, %s) ON CONFLICT (slot) DO UPDATE SET "
-                                    "lsn = EXCLUDED.lsn, updated_at = now()").format(state), (slot, report.lsn))  # fmt: skip
+            if report.lsn is not None:
+                _write_lsn(cur, destination, slot, report.lsn)
         conn.commit()  # the rows and the LSN, together
     except BaseException:
         if not conn.closed:

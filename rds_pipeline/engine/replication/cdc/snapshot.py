@@ -8,6 +8,7 @@ only after every table is in, so an interrupted snapshot is simply made again (w
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -72,6 +73,4 @@ def _copy_table(source: psycopg2.extensions.connection, destination: PostgresDes
 
 def _as_full_table(table: SelectedTable) -> SelectedTable:
     """The snapshot replaces the table's rows, as a full-table load does."""
-    import dataclasses
-
     return dataclasses.replace(table, method="full_table", replication_key=None)
