@@ -93,6 +93,26 @@ class DestinationConfig:
     lock_timeout_seconds: int = 60  # a load waits this long for a lock on the destination, then retries
 
 
+DELETE_MODES = ("hard", "soft")
+
+
+@dataclass(frozen=True)
+class LogBasedConfig:
+    """Options of log-based replication (``log_based:``); the slot and publication default to names derived
+    from the integration."""
+
+    slot: str | None = None
+    publication: str | None = None
+    deletes: str = "hard"  # hard: the row goes; soft: it stays, with _rds_deleted_at set
+    heartbeat: bool = True  # emit a logical message each run, so an idle database's slot still advances
+    lag_warn_mb: int = 1024  # retained WAL (MB) above which the slot check warns
+    lag_fail_mb: int = 10240  # ... and fails
+    lag_warn_minutes: int = 60  # time since the slot's last confirmed change above which the check warns
+    lag_fail_minutes: int = 24 * 60
+    takeover_after_seconds: int = 120  # a reader silent this long is gone: its walsender may be ended
+    max_batch_changes: int = 100_000  # changes per destination transaction (memory stays bounded)
+
+
 @dataclass(frozen=True)
 class IntegrationConfig:
     integration_name: str
@@ -103,6 +123,7 @@ class IntegrationConfig:
     catalog_path: Path = Path(DEFAULT_CATALOG_NAME)
     allow_integration_rename: bool = False
     schedule: Any = None  # raw; parsed by engine.frequency.parse_frequency
+    log_based: LogBasedConfig = field(default_factory=LogBasedConfig)
 
     @property
     def source_key(self) -> str:
@@ -128,6 +149,16 @@ class IntegrationConfig:
         from rds_pipeline.engine.naming import snake_case
 
         return snake_case(self.integration_name)
+
+    @property
+    def slot_name(self) -> str:
+        from rds_pipeline.engine.naming import slot_name
+
+        return self.log_based.slot or slot_name(self.destination_schema)
+
+    @property
+    def publication_name(self) -> str:
+        return self.log_based.publication or self.slot_name
 
     def secrets(self) -> list[Secret]:
         """Every secret value in the config, for redaction of messages from other libraries."""
@@ -320,7 +351,8 @@ class _Reader:
         top = self.mapping(
             "",
             data,
-            ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule"),
+            ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule",
+             "log_based"),
         )
         if top is None:
             return None
@@ -352,7 +384,35 @@ class _Reader:
             catalog_path=catalog,
             allow_integration_rename=allow_rename,
             schedule=schedule,
+            log_based=self.log_based(top.get("log_based")),
         )
+
+    def log_based(self, raw: Any) -> LogBasedConfig:
+        if raw is None:
+            return LogBasedConfig()
+        allowed = tuple(f.name for f in dataclasses.fields(LogBasedConfig))
+        data = self.mapping("log_based", raw, allowed)
+        if data is None:
+            return LogBasedConfig()
+        defaults = LogBasedConfig()
+        slot = self.string("log_based", data, "slot", default=None)
+        if slot and not re.fullmatch(r"[a-z0-9_]{1,63}", slot):
+            self.problem("log_based.slot", f"'{slot}' is not a slot name. Fix: use lower-case letters, digits and "
+                         "underscores, at most 63 characters")  # fmt: skip
+        deletes = self.string("log_based", data, "deletes", default="hard")
+        if deletes not in DELETE_MODES:
+            self.problem("log_based.deletes", f"'{deletes}' is not a mode. Fix: use hard (rows are deleted) or soft "
+                         "(rows stay, with _rds_deleted_at set)")  # fmt: skip
+        numbers = {name: self.integer("log_based", data, name, getattr(defaults, name), 1, 10**9)
+                   for name in ("lag_warn_mb", "lag_fail_mb", "lag_warn_minutes", "lag_fail_minutes",
+                                "takeover_after_seconds", "max_batch_changes")}  # fmt: skip
+        for warn, fail in (("lag_warn_mb", "lag_fail_mb"), ("lag_warn_minutes", "lag_fail_minutes")):
+            if numbers[warn] > numbers[fail]:
+                self.problem(f"log_based.{warn}", f"{numbers[warn]} is above {fail} ({numbers[fail]}). Fix: warn "
+                             "at a lower value than the one that fails")  # fmt: skip
+        return LogBasedConfig(slot=slot or None, publication=self.string("log_based", data, "publication", default=None),
+                              deletes=deletes, heartbeat=self.boolean("log_based", data, "heartbeat", True),
+                              **numbers)  # fmt: skip
 
     def ssl(self, parent: str, raw: Any) -> SslConfig:
         key = _join(parent, "ssl")

@@ -10,6 +10,7 @@ the rule, and two selected tables that would share a name are refused.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 MAX_IDENTIFIER = 63  # PostgreSQL truncates longer identifiers, which would make names collide silently
@@ -31,3 +32,12 @@ def destination_table_name(database: str, schema: str, table: str, default_datab
     if schema != "public":
         return f"{schema}__{table}"
     return table
+
+
+def slot_name(schema: str) -> str:
+    """A replication slot (and publication) name for an integration: slot names allow only ``[a-z0-9_]``, so
+    anything else becomes ``_``, plus a short hash when that changed the name (two schemas never share a slot)."""
+    clean = re.sub(r"[^a-z0-9_]", "_", schema.lower())
+    if clean != schema:
+        clean = f"{clean[:40]}_{hashlib.sha256(schema.encode()).hexdigest()[:8]}"
+    return f"rds_pipeline_{clean}"[:MAX_IDENTIFIER]

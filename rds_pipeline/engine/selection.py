@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rds_pipeline.engine.naming import MAX_IDENTIFIER, destination_table_name
+from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
-METHODS = ("full_table", "key_based")
+METHODS = ("full_table", "key_based", "log_based")
+LOG_KINDS = ("table", "partitioned_table")
 ENTRY_KEYS = ("name", "database", "schema", "table", "method", "replication_key", "columns", "primary_key",
               "destination_table", "schedule", "granularity", "chunk_rows", "lookback")  # fmt: skip
 GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
@@ -151,9 +153,6 @@ def _resolve_entry(
     relation = matches[0]
     label = f"{where} ({display_name(relation, default_database)})"
     method = str(entry.get("method") or "full_table")
-    if method == "log_based":
-        problems.append(f"{label}.method: log_based is not available yet. Fix: use key_based or full_table")
-        return None
     if method not in METHODS:
         problems.append(f"{label}.method: '{method}' is not a method. Fix: use one of {', '.join(METHODS)}")
         return None
@@ -188,6 +187,21 @@ def _resolve_entry(
             problems.append(_unknown_column(label + ".primary_key", missing[0], relation))
             return None
         primary_key = tuple(override)
+    if method == "log_based":
+        quoted = f"{quote_ident(relation.schema)}.{quote_ident(relation.name)}"
+        if relation.kind not in LOG_KINDS:
+            problems.append(f"{label}.method: log_based reads the write-ahead log, which holds no changes for a "
+                            f"{relation.kind.replace('_', ' ')}. Fix: use full_table, or select the tables it reads")  # fmt: skip
+            return None
+        if relation.database != default_database:
+            problems.append(f"{label}.method: a replication slot reads one database, the configured one "
+                            f"({default_database}). Fix: use full_table or key_based for tables of other databases")  # fmt: skip
+            return None
+        if not primary_key:
+            problems.append(f"{label}: log_based needs a primary key to apply updates and deletes by. Fix: "
+                            f"`ALTER TABLE {quoted} ADD PRIMARY KEY (…);` at the source, or `ALTER TABLE {quoted} "
+                            "REPLICA IDENTITY FULL;` and `primary_key: [columns that identify a row]` here")  # fmt: skip
+            return None
     wanted = entry.get("columns")
     if wanted is None:
         columns = relation.columns

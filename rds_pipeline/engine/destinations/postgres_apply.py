@@ -5,6 +5,11 @@ that changed are read from the old row first; then the deleted keys go (COPY int
 the upserts (COPY into a stage; one UPDATE that keeps the current value of every UNCHANGED column, and one
 INSERT of the new keys). The LSN is written last, in the same transaction: after a crash the batch is either
 all there with its LSN, or not at all, and the reader resumes from the LSN in the destination.
+
+Soft deletes keep the row and set ``_rds_deleted_at`` to the deleting transaction's commit time (an upsert of
+the key clears it). Each log-based table's own state is its row in ``_rds_pipeline_state``: ``replication_key``
+names the slot and ``bookmark`` holds the LSN of the snapshot it was copied at (its changes apply from
+transactions committed at or after it). No row, or no destination table: the table needs a snapshot.
 """
 
 from __future__ import annotations
@@ -12,18 +17,29 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
+import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from rds_pipeline.engine.destinations.base import LoadError
+from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, STATE_TABLE, LoadError
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
 from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.replication.cdc.batch import DELETE, ChangeBatch, RowChange
-from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Value, lsn_text
+from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.selection import SelectedTable
 
 SLOTS_TABLE = "_rds_pipeline_slots"
+DELETED_AT = "_rds_deleted_at"
+SLOT_MARK = "slot:"  # replication_key of a log-based table's state row: "slot:<name>"
+
+
+class TableApplyError(LoadError):
+    """One table's changes could not be applied (the whole batch rolled back); names the table."""
+
+    def __init__(self, table_id: str, message: str) -> None:
+        self.table_id = table_id
+        super().__init__(message if message.startswith(table_id) else f"{table_id}: {message}")
 
 
 @dataclass
@@ -82,8 +98,48 @@ def record_lsn(destination: PostgresDestination, slot: str, lsn: str) -> None:
         _write_lsn(cur, destination, slot, lsn)
 
 
+def snapshot_lsns(destination: PostgresDestination, slot: str) -> dict[str, str]:
+    """Per log-based table of ``slot`` whose destination table exists: the LSN of the snapshot it was copied at."""
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                    (f"{quote_ident(destination.schema)}.{quote_ident(STATE_TABLE)}",))  # fmt: skip
+        if not cur.fetchone()[0]:
+            return {}
+        cur.execute(sql.SQL("SELECT table_id, bookmark FROM {} WHERE replication_key = %s AND bookmark IS NOT NULL "
+                            "AND to_regclass(quote_ident(%s) || '.' || quote_ident(destination_table)) IS NOT NULL")
+                    .format(sql.Identifier(destination.schema, STATE_TABLE)),
+                    (SLOT_MARK + slot, destination.schema))  # fmt: skip
+        return dict(cur.fetchall())
+
+
+def record_snapshot(destination: PostgresDestination, table: SelectedTable, slot: str, lsn: str) -> None:
+    """The table holds its rows as of ``lsn``: the stream applies its changes from there on."""
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table, replication_key, bookmark) VALUES "
+                            "(%s, %s, %s, %s) ON CONFLICT (table_id) DO UPDATE SET destination_table = "
+                            "EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
+                            "bookmark = EXCLUDED.bookmark, covered_to = NULL, updated_at = now()")
+                    .format(sql.Identifier(destination.schema, STATE_TABLE)),
+                    (table.id, table.destination_table, SLOT_MARK + slot, lsn))  # fmt: skip
+
+
+def forget_slot(destination: PostgresDestination, slot: str) -> int:
+    """Forget the slot's position and every table's snapshot under it (after the slot was dropped): the next
+    sync snapshots the tables again. Returns how many tables will be snapshotted again."""
+    with destination.conn, destination.conn.cursor() as cur:
+        forgotten = 0
+        for table, column in ((SLOTS_TABLE, "slot"), (STATE_TABLE, "replication_key")):
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(destination.schema)}.{quote_ident(table)}",))
+            if cur.fetchone()[0]:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                    sql.Identifier(destination.schema, table), sql.Identifier(column)),
+                    (slot if table == SLOTS_TABLE else SLOT_MARK + slot,))  # fmt: skip
+                forgotten = cur.rowcount if table == STATE_TABLE else forgotten
+        return forgotten
+
+
 def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
-                slot: str) -> ApplyReport:  # fmt: skip
+                slot: str, soft_deletes: bool = False) -> ApplyReport:  # fmt: skip
     """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move the
     slot's LSN to ``batch.end_lsn``, all in one destination transaction."""
     report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
@@ -92,20 +148,34 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
         for table in tables.values():
             destination._create_if_missing(table)
         with conn.cursor() as cur:
+            if report.lsn is not None:
+                cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (f"lsn:{report.lsn}",))
             for table in tables.values():
                 destination.ensure_table(cur, table)
+                if soft_deletes:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
+                        destination._target(table), sql.Identifier(DELETED_AT)))  # fmt: skip
             for segment in batch.segments:
                 for oid, changes in segment.changes.items():
                     relation = batch.relations[oid]
                     table = tables.get((relation.namespace, relation.name))
                     if table is not None and changes:
-                        _apply_table(cur, destination, table, list(changes.values()), report)
+                        try:
+                            _apply_table(cur, destination, table, list(changes.values()), report, soft_deletes)
+                        except (psycopg2.Error, LoadError) as exc:
+                            if isinstance(exc, psycopg2.OperationalError) or conn.closed:
+                                raise  # the connection, not the table: the caller retries
+                            raise TableApplyError(table.id, str(exc).strip().splitlines()[0]) from exc
                 if segment.truncate is not None:
                     names = [tables[(r.namespace, r.name)] for oid in segment.truncate.relation_oids
                              if (r := batch.relations.get(oid)) is not None and (r.namespace, r.name) in tables]  # fmt: skip
-                    if names:
+                    if names and soft_deletes:
+                        for t in names:
+                            cur.execute(sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
+                                destination._target(t), d=sql.Identifier(DELETED_AT)))  # fmt: skip
+                    elif names:
                         cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(destination._target(t) for t in names)))
-                        report.truncated.extend(t.id for t in names)
+                    report.truncated.extend(t.id for t in names)
             if report.lsn is not None:
                 _write_lsn(cur, destination, slot, report.lsn)
         conn.commit()  # the rows and the LSN, together
@@ -117,7 +187,7 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
 
 
 def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination, table: SelectedTable,
-                 changes: list[RowChange], report: ApplyReport) -> None:  # fmt: skip
+                 changes: list[RowChange], report: ApplyReport, soft_deletes: bool = False) -> None:  # fmt: skip
     if not table.primary_key:
         raise LoadError(f"{table.id}: log-based apply needs a primary key in the destination. Fix: give the table "
                         "a primary key at the source, or `primary_key:` in the selection")  # fmt: skip
@@ -132,16 +202,20 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
     for change in upserts:
         if change.moved_from is not None:  # a key change that left TOASTed values: they are under the old key
             _fill_from_old_key(cur, table, target, change, key_index)
-    deletes = [c.values for c in changes if c.op == DELETE]
+    deletes = [c for c in changes if c.op == DELETE]
     if deletes:
-        key_types = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c)))
-                                       for c in table.columns if c.name in table.primary_key)  # fmt: skip
-        cur.execute(sql.SQL("CREATE TEMP TABLE _rds_deleted ({}) ON COMMIT DROP").format(key_types))
-        cur.copy_expert(sql.SQL("COPY _rds_deleted ({}) FROM STDIN").format(
+        key_types = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(postgres_type(
+            next(c for c in table.columns if c.name == k)))) for k in table.primary_key)  # fmt: skip
+        cur.execute(sql.SQL("CREATE TEMP TABLE _rds_deleted ({}, _rds_at timestamptz) ON COMMIT DROP").format(key_types))
+        cur.copy_expert(sql.SQL("COPY _rds_deleted ({}, _rds_at) FROM STDIN").format(
             sql.SQL(", ").join(map(sql.Identifier, table.primary_key))).as_string(cur),
-            _rows([[_copy_text(v) for v in key] for key in deletes]))  # fmt: skip
+            _rows([[*(_copy_text(v) for v in c.values), _commit_time(c.at)] for c in deletes]))  # fmt: skip
         cur.execute("ANALYZE _rds_deleted")
-        cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
+        if soft_deletes:
+            cur.execute(sql.SQL("UPDATE {} t SET {d} = s._rds_at FROM _rds_deleted s WHERE {k} AND t.{d} IS NULL")
+                        .format(target, d=sql.Identifier(DELETED_AT), k=keys))  # fmt: skip
+        else:
+            cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
         report.deleted[table.id] = report.deleted.get(table.id, 0) + cur.rowcount
         cur.execute("DROP TABLE _rds_deleted")
     if not upserts:
@@ -162,12 +236,15 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
         raise LoadError(f"{table.id}: the stream updated rows the destination does not hold, leaving TOASTed values "
                         "unchanged: the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)")  # fmt: skip
     non_key = [n for n in names if n not in table.primary_key]
-    if non_key:
-        sets = sql.SQL(", ").join(
-            sql.SQL("{c} = CASE WHEN {n} = ANY (s._rds_unchanged) THEN t.{c} ELSE s.{c} END").format(
-                c=sql.Identifier(n), n=sql.Literal(n)) for n in non_key)  # fmt: skip
-        cur.execute(sql.SQL("UPDATE {} t SET {} FROM _rds_changed s WHERE {}").format(target, sets, keys))
-    updated = cur.rowcount if non_key else 0
+    assignments = [sql.SQL("{c} = CASE WHEN {n} = ANY (s._rds_unchanged) THEN t.{c} ELSE s.{c} END").format(
+        c=sql.Identifier(n), n=sql.Literal(n)) for n in non_key]  # fmt: skip
+    assignments.append(sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)))
+    assignments.append(sql.SQL("{} = current_setting('rds_pipeline.batch_id', true)").format(sql.Identifier(BATCH_ID)))
+    if soft_deletes:
+        assignments.append(sql.SQL("{} = NULL").format(sql.Identifier(DELETED_AT)))
+    cur.execute(sql.SQL("UPDATE {} t SET {} FROM _rds_changed s WHERE {}").format(
+        target, sql.SQL(", ").join(assignments), keys))  # fmt: skip
+    updated = cur.rowcount
     cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_changed s WHERE NOT EXISTS "
                         "(SELECT 1 FROM {} t WHERE {})").format(target, columns, sql.SQL(", ").join(
                             sql.SQL("s.{}").format(sql.Identifier(n)) for n in names), target, keys))  # fmt: skip
@@ -185,11 +262,16 @@ def _fill_from_old_key(cur: psycopg2.extensions.cursor, table: SelectedTable, ta
         sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(names[i])) for i in wanted), target, where),
         list(change.moved_from or ()))  # fmt: skip
     row = cur.fetchone()
+    change.moved_from = None
     if row is None:
-        raise LoadError(f"{table.id}: a key change left TOASTed values unchanged, but the destination has no row "
-                        f"under the old key {change.moved_from}. Fix: re-snapshot the table (rds-pipeline reset)")  # fmt: skip
+        # no row under the old key: a re-snapshot already holds the new key (its current values are kept); if it
+        # holds neither, the missing-rows check below refuses the batch
+        return
     values = list(change.values)
     for i, value in zip(wanted, row, strict=True):
         values[i] = value
     change.values = tuple(values)
-    change.moved_from = None
+
+
+def _commit_time(microseconds: int | None) -> str:
+    return "\\N" if microseconds is None else timestamp(microseconds).isoformat()

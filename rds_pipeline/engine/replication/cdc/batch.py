@@ -9,6 +9,11 @@ operation wins. Pure: no I/O.
   destination reads it from there before it applies the batch's deletes.
 - A TRUNCATE ends a segment: the destination applies the segments in order, so what came before it is wiped
   and what came after it survives.
+- With ``layouts`` (the selected tables' columns and primary key, by source name), rows are projected onto the
+  selected columns by name (a column dropped at the source reads NULL; one not selected is left out), keys are
+  the selected primary key whatever the replica identity, and changes to unselected tables are not kept.
+  Under REPLICA IDENTITY FULL the old row is whole, so an ``UNCHANGED`` new value takes the old one.
+- ``skip`` names tables whose changes the current transaction must not touch (a table snapshotted after it).
 - Changes of a transaction that did not commit never reach a batch (the reader adds only committed ones), and
   those of a rolled-back subtransaction of a streamed transaction are dropped by ``xid``.
 """
@@ -28,11 +33,20 @@ class BatchError(ValueError):
     """A change the batch cannot place: a table without a key, or a change before its Relation message."""
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A selected table, as the batch projects its rows: the columns to keep and the key, by name."""
+
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+
+
 @dataclass
 class RowChange:
     op: str  # upsert or delete
     values: tuple[Value, ...]  # the new row (upsert), or the old key tuple (delete)
     moved_from: tuple[Value, ...] | None = None  # upsert: the destination key holding its UNCHANGED values
+    at: int | None = None  # delete: the commit time of its transaction (for soft deletes)
 
     @property
     def complete(self) -> bool:
@@ -54,6 +68,10 @@ class ChangeBatch:
     end_lsn: int | None = None  # the end LSN of the last transaction added: the state to commit with the batch
     messages: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0})
+    layouts: dict[tuple[str, str], Layout] | None = None  # None: keep every table, whole rows, replica identity keys
+    skip: frozenset[tuple[str, str]] = frozenset()  # tables the current transaction must leave alone
+    commit_time: int | None = None  # of the current transaction
+    per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
     def add_transaction(self, messages: Iterable[object], end_lsn: int, aborted_xids: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         """Add one committed transaction's messages, in order."""
@@ -69,36 +87,73 @@ class ChangeBatch:
             return
         if not isinstance(message, (Insert, Update, Delete, Truncate)):
             return  # Begin, Commit, Type, Origin, Message: nothing to apply
-        self.messages += 1
         segment = self.segments[-1]
         if isinstance(message, Truncate):
-            segment.truncate = message
+            kept = tuple(oid for oid in message.relation_oids if self._kept(self.relations.get(oid)))
+            if not kept:
+                return
+            self.messages += 1
+            segment.truncate = Truncate(message.xid, kept, message.cascade, message.restart_identity)
             self.segments.append(Segment())
             self.counts["truncate"] += 1
+            for oid in kept:
+                self._count(self.relations[oid], "truncate")
             return
         relation = self.relations.get(message.relation_oid)
         if relation is None:
             raise BatchError(f"a change for relation {message.relation_oid} came before its Relation message")
+        if not self._kept(relation):
+            return
+        self.messages += 1
         rows = segment.changes.setdefault(relation.oid, {})
         if isinstance(message, Insert):
-            self._upsert(rows, relation, message.new)
-            self.counts["insert"] += 1
+            self._upsert(rows, relation, self._row(relation, message.new))
+            self._count(relation, "insert")
         elif isinstance(message, Update):
-            old_key = self._key(relation, message.old) if message.old is not None else None
-            if old_key is not None and old_key != self._key(relation, message.new):  # the key itself changed
+            new = message.new
+            if message.old_kind == "O" and message.old is not None:  # REPLICA IDENTITY FULL: the old row is whole
+                new = tuple(old if value is UNCHANGED else value for value, old in zip(new, message.old, strict=True))
+            new = self._row(relation, new)
+            old_key = self._key(relation, self._row(relation, message.old)) if message.old is not None else None
+            if old_key is not None and old_key != self._key(relation, new):  # the key itself changed
                 carried = rows.pop(old_key, None)
-                rows[old_key] = RowChange(DELETE, old_key)
-                self._upsert(rows, relation, message.new, carried, moved_from=old_key)
+                rows[old_key] = RowChange(DELETE, old_key, at=self.commit_time)
+                self._upsert(rows, relation, new, carried, moved_from=old_key)
             else:
-                self._upsert(rows, relation, message.new)
-            self.counts["update"] += 1
+                self._upsert(rows, relation, new)
+            self._count(relation, "update")
         else:
-            key = self._key(relation, message.old)
+            key = self._key(relation, self._row(relation, message.old))
             rows.pop(key, None)  # re-inserted later? it goes after the delete, in order
-            rows[key] = RowChange(DELETE, key)
-            self.counts["delete"] += 1
+            rows[key] = RowChange(DELETE, key, at=self.commit_time)
+            self._count(relation, "delete")
+
+    def _kept(self, relation: Relation | None) -> bool:
+        if relation is None:
+            return self.layouts is None
+        name = (relation.namespace, relation.name)
+        return name not in self.skip and (self.layouts is None or name in self.layouts)
+
+    def _count(self, relation: Relation, kind: str) -> None:
+        self.counts[kind] += 1
+        table = self.per_table.setdefault((relation.namespace, relation.name), {})
+        table[kind] = table.get(kind, 0) + 1
+
+    def _row(self, relation: Relation, values: tuple[Value, ...]) -> tuple[Value, ...]:
+        """The values of the selected columns, in their order (a column the source no longer has: NULL)."""
+        layout = self._layout(relation)
+        if layout is None:
+            return values
+        by_name = {c.name: i for i, c in enumerate(relation.columns)}
+        return tuple(values[by_name[name]] if name in by_name else None for name in layout.columns)
+
+    def _layout(self, relation: Relation) -> Layout | None:
+        return None if self.layouts is None else self.layouts.get((relation.namespace, relation.name))
 
     def _key(self, relation: Relation, values: tuple[Value, ...]) -> tuple[Value, ...]:
+        layout = self._layout(relation)
+        if layout is not None:
+            return tuple(values[layout.columns.index(k)] for k in layout.key)
         positions = [i for i, c in enumerate(relation.columns) if c.is_key]
         if not positions:
             raise BatchError(f"{relation.namespace}.{relation.name} has no replica identity key: give it a primary "

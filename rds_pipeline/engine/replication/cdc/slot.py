@@ -36,7 +36,8 @@ class SlotStatus:
     active_pid: int | None
     restart_lsn: str | None
     confirmed_flush_lsn: str | None
-    lag_bytes: int | None  # WAL the slot holds back: current LSN minus its confirmed flush
+    lag_bytes: int | None  # changes not yet confirmed: current LSN minus its confirmed flush
+    retained_bytes: int | None  # WAL the server keeps for the slot: current LSN minus its restart LSN
     wal_status: str | None  # reserved, extended, unreserved, lost
     safe_wal_size: int | None  # bytes that can still be written before the slot is in danger (None: no limit)
 
@@ -64,11 +65,13 @@ def replication_connection(config: SourceConfig, tunnel: SshTunnel | None = None
                           connection_factory=psycopg2.extras.LogicalReplicationConnection)  # fmt: skip
 
 
-def create_slot(conn: psycopg2.extras.LogicalReplicationConnection, slot: str) -> tuple[SlotSnapshot, str]:
-    """Create a pgoutput slot and export its snapshot (the syntax every server from 12 to 18 accepts).
-    Keep ``conn`` open and idle until the copy under the snapshot has started."""
-    statement = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} EXPORT_SNAPSHOT").format(
-        sql.Identifier(slot), sql.Identifier(PLUGIN)
+def create_slot(conn: psycopg2.extras.LogicalReplicationConnection, slot: str,
+                temporary: bool = False) -> tuple[SlotSnapshot, str]:  # fmt: skip
+    """Create a pgoutput slot and export its snapshot (the syntax every server from 12 to 18 accepts); a
+    temporary slot is dropped when ``conn`` closes. Keep ``conn`` open and idle until the copy under the
+    snapshot has started."""
+    statement = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} EXPORT_SNAPSHOT").format(
+        sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""), sql.Identifier(PLUGIN)
     )
     text = statement.as_string(conn)
     with conn.cursor() as cur:
@@ -92,7 +95,9 @@ def slot_status(conn: psycopg2.extensions.connection, slot: str) -> SlotStatus |
         cur.execute(
             "SELECT active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, "
             "pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
-            " confirmed_flush_lsn)::bigint, wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = %s",
+            " confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+            "ELSE pg_current_wal_lsn() END, restart_lsn)::bigint, wal_status, safe_wal_size "
+            "FROM pg_replication_slots WHERE slot_name = %s",
             (slot,),
         )  # fmt: skip
         row = cur.fetchone()

@@ -1,23 +1,31 @@
-"""The initial copy of log-based tables, under the snapshot a new slot exported: then streaming from the slot's
-consistent point holds every later change once, with no gap and no double at the handoff.
+"""Copies of log-based tables under the snapshot a new slot exported: then streaming from the slot's consistent
+point holds every later change once, with no gap and no double at the handoff.
 
-Each table goes through the same COPY path as full-table replication (bytes from COPY TO into COPY FROM, never
-Python rows), in its own destination transaction; the slot's consistent point is recorded in the destination
-only after every table is in, so an interrupted snapshot is simply made again (with a new slot).
+- The first sync creates the integration's slot with ``EXPORT_SNAPSHOT`` and copies every table under it.
+- A table added later (or reset, or whose copy failed) gets its own snapshot from a **temporary** slot, as
+  PostgreSQL's table sync does; its consistent point becomes the table's LSN filter: the stream applies that
+  table's changes only from transactions committed at or after it, and everything before is in the copy.
+- A range of a table (a backfill of some partitions) is copied the same way, then the stream is caught up past
+  the copy's point, so the range converges with the rest of the table.
+
+Each table (each chunk of it) goes through the full-table COPY path (bytes from COPY TO into COPY FROM, never
+Python rows) and commits on its own, so memory stays flat and a failure loses only that table's copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.destinations.postgres_apply import record_lsn
+from rds_pipeline.engine.destinations.postgres_apply import record_lsn, record_snapshot
 from rds_pipeline.engine.replication.cdc.slot import SlotSnapshot, create_slot, replication_connection, use_snapshot
 from rds_pipeline.engine.replication.extract import (
     CopyOut,
@@ -28,6 +36,7 @@ from rds_pipeline.engine.replication.extract import (
 )
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source
+from rds_pipeline.engine.source.tunnel import SshTunnel
 
 
 @dataclass
@@ -35,42 +44,67 @@ class SnapshotResult:
     slot: str
     consistent_point: str
     rows: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
 
 
 def snapshot_tables(config: SourceConfig, destination: PostgresDestination, tables: list[SelectedTable],
-                    slot: str) -> SnapshotResult:  # fmt: skip
-    """Create ``slot`` with an exported snapshot, copy ``tables`` as of that snapshot, then record the slot's
-    consistent point in the destination (where the stream starts)."""
-    replication = replication_connection(config)
+                    slot: str, *, temporary: bool = False, chunks: dict[str, list[KeyRange]] | None = None,
+                    ranges: dict[str, KeyRange] | None = None, main_slot: str | None = None,
+                    on_table: Callable[[str, int], None] | None = None,
+                    tunnel: SshTunnel | None = None) -> SnapshotResult:  # fmt: skip
+    """Create ``slot`` (temporary: dropped when this returns) with an exported snapshot and copy ``tables`` as of
+    it: whole (in ``chunks`` when given) or only ``ranges[table id]``. A whole table's state records the
+    snapshot's LSN under ``main_slot`` (default ``slot``); a permanent slot's position is recorded too.
+    A table that fails is in ``failed``; the others still commit."""
+    replication = replication_connection(config, tunnel)
     try:
-        snapshot, _ = create_slot(replication, slot)
-        source = connect_source(config)
+        snapshot, _ = create_slot(replication, slot, temporary=temporary)
+        source = connect_source(config, tunnel)
         try:
             apply_session_settings(source)
             use_snapshot(source, snapshot)  # the exporting connection stays open until this transaction began
             result = SnapshotResult(slot, snapshot.consistent_point)
             for table in tables:
-                result.rows[table.id] = _copy_table(source, destination, table, snapshot)
+                part = (ranges or {}).get(table.id)
+                try:
+                    pieces = [part] if part is not None else (chunks or {}).get(table.id) or [KeyRange()]
+                    result.rows[table.id] = sum(_copy(source, destination, table, snapshot, r) for r in pieces)
+                except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
+                    result.failed[table.id] = exc
+                    if source.closed or source.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
+                        for rest in tables[tables.index(table) + 1:]:  # the snapshot is gone with the transaction
+                            result.failed.setdefault(rest.id, exc)
+                        break
+                    continue
+                if part is None:
+                    record_snapshot(destination, table, main_slot or slot, snapshot.consistent_point)
+                if on_table is not None:
+                    on_table(table.id, result.rows[table.id])
         finally:
             source.close()
     finally:
-        replication.close()
-    record_lsn(destination, slot, snapshot.consistent_point)
+        replication.close()  # a temporary slot goes with its connection
+    if not temporary:
+        record_lsn(destination, slot, snapshot.consistent_point)
     return result
 
 
-def _copy_table(source: psycopg2.extensions.connection, destination: PostgresDestination, table: SelectedTable,
-                snapshot: SlotSnapshot) -> int:  # fmt: skip
-    """One table, whole, replaced in the destination; the source transaction (the snapshot) stays open."""
-    query = select_query(table, KeyRange(), csv=destination.copy_csv, array_as_json=destination.array_as_json)
+def temporary_slot_name(slot: str) -> str:
+    return f"{slot[:48]}_snap_{secrets.token_hex(4)}"
+
+
+def _copy(source: psycopg2.extensions.connection, destination: PostgresDestination, table: SelectedTable,
+          snapshot: SlotSnapshot, key_range: KeyRange) -> int:  # fmt: skip
+    """One range (or the whole table), replaced in the destination; the source transaction (the snapshot)
+    stays open for the next one."""
+    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json)
     extraction = ExtractionLog(table=table.id, query=query.as_string(source), started_at=dt.datetime.now(dt.UTC),
                                parameters={"snapshot": snapshot.snapshot_name})  # fmt: skip
     copy = CopyOut(source, query, table.id, extraction)
-    full = table if table.method == "full_table" else _as_full_table(table)
-    report, _ = destination.load(full, KeyRange(), copy, uuid.uuid4().hex)
+    report, _ = destination.load(_as_full_table(table), key_range, copy, uuid.uuid4().hex)
     return report.rows_inserted
 
 
 def _as_full_table(table: SelectedTable) -> SelectedTable:
-    """The snapshot replaces the table's rows, as a full-table load does."""
+    """The snapshot replaces the table's rows (or the range's), as a full-table load does."""
     return dataclasses.replace(table, method="full_table", replication_key=None)

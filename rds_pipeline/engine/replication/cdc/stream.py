@@ -8,6 +8,7 @@ confirmed more than the destination holds lost rows, and the run fails saying ho
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
 from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, apply_batch, record_lsn
 from rds_pipeline.engine.errors import RdsPipelineError
-from rds_pipeline.engine.replication.cdc.batch import ChangeBatch
+from rds_pipeline.engine.replication.cdc.batch import ChangeBatch, Layout
 from rds_pipeline.engine.replication.cdc.pgoutput import Begin, Commit, PgOutputDecoder, Relation, lsn_text
 from rds_pipeline.engine.replication.cdc.slot import replication_connection
 from rds_pipeline.engine.selection import SelectedTable
-from rds_pipeline.engine.source.connection import source_connection
+from rds_pipeline.engine.source.connection import connect_source
+from rds_pipeline.engine.source.tunnel import SshTunnel
 
 PROTOCOL_VERSION = 1
 WAIT_SECONDS = 1.0  # one bounded wait for the server between two reads
@@ -44,14 +46,19 @@ class StreamResult:
     transactions: int = 0
     skipped: int = 0  # already in the destination (applied, then the client stopped before confirming)
     batches: int = 0
+    partial_flushes: int = 0  # applications inside one huge transaction (memory bound)
     counts: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0})
+    per_table: dict[str, dict[str, int]] = field(default_factory=dict)  # table id -> changes applied per kind
 
 
 def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable],
-             slot: str, publication: str, *, max_batch_changes: int = 100_000,
-             timeout_seconds: float = 600.0) -> StreamResult:  # fmt: skip
-    """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop."""
-    with source_connection(config) as conn, conn.cursor() as cur:
+             slot: str, publication: str, *, max_batch_changes: int = 100_000, timeout_seconds: float = 600.0,
+             since: dict[tuple[str, str], str] | None = None, soft_deletes: bool = False,
+             tunnel: SshTunnel | None = None) -> StreamResult:  # fmt: skip
+    """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop. ``since``: per table, the
+    LSN of its snapshot (its changes in transactions committed before it are already in the copy)."""
+    conn = connect_source(config, tunnel)
+    with contextlib.closing(conn), conn.cursor() as cur:
         cur.execute("SELECT pg_current_wal_lsn()::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                     "WHERE slot_name = %s)", (slot,))  # fmt: skip
         target_text, confirmed = cur.fetchone()
@@ -64,57 +71,97 @@ def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dic
                           "(a new snapshot), then stream again")  # fmt: skip
     result = StreamResult(applied, applied, target_text)
     target, done = lsn_int(target_text), lsn_int(applied) if applied else 0
-    replication = replication_connection(config)
+    replication = replication_connection(config, tunnel)
     try:
         cur = replication.cursor()
         cur.start_replication(slot_name=slot, decode=False, start_lsn=done, status_interval=10,
                               options={"proto_version": str(PROTOCOL_VERSION), "publication_names": publication})  # fmt: skip
-        _read(cur, destination, tables, slot, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
+        reader = _Reader(destination, tables, slot, {name: lsn_int(lsn) for name, lsn in (since or {}).items()},
+                         soft_deletes)  # fmt: skip
+        reader.read(cur, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
     finally:
         replication.close()
     return result
 
 
-def _read(cur: Any, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
-          target: int, done: int, result: StreamResult, max_changes: int, deadline: float) -> None:  # fmt: skip
-    decoder = PgOutputDecoder(PROTOCOL_VERSION)
-    batch, in_transaction, skipping = ChangeBatch(), False, False
-    while True:
-        message = cur.read_message()
-        if message is None:
-            if not in_transaction and cur.wal_end >= target:
-                break  # caught up with the moment the run started
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"slot {slot!r}: did not reach {lsn_text(target)} in time (at {lsn_text(cur.wal_end)})")
-            cur.send_feedback(reply=True)  # ask the server where its WAL ends
-            select.select([cur], [], [], WAIT_SECONDS)
-            continue
-        decoded = decoder.decode(message.payload)
-        if isinstance(decoded, Begin):
-            in_transaction, skipping = True, decoded.final_lsn < done
-            continue
-        if isinstance(decoded, Commit):
-            in_transaction = False
-            if skipping:
-                result.skipped += 1
+class _Reader:
+    """One pass over the slot: batches of committed transactions, each applied then confirmed."""
+
+    def __init__(self, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
+                 since: dict[tuple[str, str], int], soft_deletes: bool) -> None:  # fmt: skip
+        self.destination, self.tables, self.slot = destination, tables, slot
+        self.since, self.soft_deletes = since, soft_deletes
+        self.layouts = {name: Layout(t.column_names, t.primary_key) for name, t in tables.items()}
+
+    def new_batch(self, relations: dict[int, Relation] | None = None) -> ChangeBatch:
+        batch = ChangeBatch(layouts=self.layouts)
+        batch.relations = dict(relations or {})  # Relation messages are sent once per session: keep them
+        return batch
+
+    def read(self, cur: Any, target: int, done: int, result: StreamResult, max_changes: int, deadline: float) -> None:
+        decoder = PgOutputDecoder(PROTOCOL_VERSION)
+        batch, in_transaction, skipping = self.new_batch(), False, False
+        while True:
+            message = cur.read_message()
+            if message is None:
+                if not in_transaction and cur.wal_end >= target:
+                    break  # caught up with the moment the run started
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"slot {self.slot!r}: did not reach {lsn_text(target)} in time "
+                                       f"(at {lsn_text(cur.wal_end)})")  # fmt: skip
+                cur.send_feedback(reply=True)  # ask the server where its WAL ends
+                select.select([cur], [], [], WAIT_SECONDS)
                 continue
-            batch.end_lsn = decoded.end_lsn
-            result.transactions += 1
-            if batch.messages >= max_changes:
-                batch = _flush(cur, destination, tables, slot, batch, result)
-            continue
-        if not skipping or isinstance(decoded, Relation):  # a Relation comes once per session: always keep it
-            batch.add(decoded)
-    if batch.end_lsn is not None:
-        _flush(cur, destination, tables, slot, batch, result)
-    # psycopg2 moves the confirmed position to a keepalive's WAL end once every data message it received was
-    # confirmed (psycopg2 PR #913); the server had sent all it decoded up to there, so recording the same
-    # position in the destination keeps the two in step (and the gap check above meaningful)
-    reached = max(cur.wal_end, done, batch.end_lsn or 0)
-    record_lsn(destination, slot, lsn_text(reached))
-    cur.send_feedback(flush_lsn=reached, force=True, reply=True)  # recorded first, then confirmed
-    _await_reply(cur)
-    result.end_lsn = lsn_text(reached)
+            decoded = decoder.decode(message.payload)
+            if isinstance(decoded, Begin):
+                in_transaction, skipping = True, decoded.final_lsn < done
+                batch.commit_time = decoded.commit_time
+                batch.skip = frozenset(name for name, lsn in self.since.items() if decoded.final_lsn < lsn)
+                continue
+            if isinstance(decoded, Commit):
+                in_transaction = False
+                if skipping:
+                    result.skipped += 1
+                    continue
+                batch.end_lsn = decoded.end_lsn
+                result.transactions += 1
+                if batch.messages >= max_changes:
+                    batch = self.flush(cur, batch, result)
+                continue
+            if not skipping or isinstance(decoded, Relation):  # a Relation comes once per session: always keep it
+                batch.add(decoded)
+                if batch.messages >= 2 * max_changes:  # one huge transaction: apply what it has so far (below)
+                    batch = self.flush(cur, batch, result, partial=True)
+        if batch.end_lsn is not None:
+            self.flush(cur, batch, result)
+        # psycopg2 moves the confirmed position to a keepalive's WAL end once every data message it received was
+        # confirmed (psycopg2 PR #913); the server had sent all it decoded up to there, so recording the same
+        # position in the destination keeps the two in step (and the gap check above meaningful)
+        reached = max(cur.wal_end, done, batch.end_lsn or 0)
+        record_lsn(self.destination, self.slot, lsn_text(reached))
+        cur.send_feedback(flush_lsn=reached, force=True, reply=True)  # recorded first, then confirmed
+        _await_reply(cur)
+        result.end_lsn = lsn_text(reached)
+
+    def flush(self, cur: Any, batch: ChangeBatch, result: StreamResult, partial: bool = False) -> ChangeBatch:
+        """Apply and confirm ``batch``. ``partial``: inside a transaction too large to hold (memory stays bounded):
+        its changes so far are applied with the LSN of the last *whole* transaction, so after a crash the stream
+        replays this one from its start, which converges (upserts and deletes by key, in order)."""
+        apply_batch(self.destination, self.tables, batch, self.slot, self.soft_deletes)  # rows and LSN together ...
+        if batch.end_lsn is not None:
+            cur.send_feedback(flush_lsn=batch.end_lsn, force=True)  # ... and only then may the server forget them
+            result.end_lsn = lsn_text(batch.end_lsn)
+        result.partial_flushes += partial
+        result.batches += 1
+        for name, count in batch.counts.items():
+            result.counts[name] += count
+        for (schema, name), counts in batch.per_table.items():
+            table = self.tables.get((schema, name))
+            if table is not None:
+                mine = result.per_table.setdefault(table.id, {})
+                for kind, count in counts.items():
+                    mine[kind] = mine.get(kind, 0) + count
+        return self.new_batch(batch.relations)
 
 
 def _await_reply(cur: Any, seconds: float = 2.0) -> None:
@@ -127,16 +174,3 @@ def _await_reply(cur: Any, seconds: float = 2.0) -> None:
         if cur.io_timestamp != stamp:
             return
         select.select([cur], [], [], 0.1)
-
-
-def _flush(cur: Any, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
-           batch: ChangeBatch, result: StreamResult) -> ChangeBatch:  # fmt: skip
-    apply_batch(destination, tables, batch, slot)  # rows and LSN commit together ...
-    cur.send_feedback(flush_lsn=batch.end_lsn, force=True)  # ... and only then may the server forget them
-    result.end_lsn = lsn_text(batch.end_lsn)  # type: ignore[arg-type]
-    result.batches += 1
-    for name, count in batch.counts.items():
-        result.counts[name] += count
-    carried = ChangeBatch()
-    carried.relations = dict(batch.relations)  # Relation messages are sent once per session: keep them
-    return carried

@@ -1,0 +1,313 @@
+"""Log-based replication of an integration's tables, one run: check, set up, snapshot what needs it, stream.
+
+Every decision is here, none in Dagster: which tables need a snapshot (no state row under the slot, or no
+destination table), when the stream has a gap (the slot is gone, lost, or confirmed more than the destination
+holds) and what to do about a slot another client holds. The order:
+
+1. One run per slot at a time: a session advisory lock on the destination (bounded by ``lock_timeout``).
+2. The source is ready (``wal_level``, the replication right); a table without a usable replica identity is
+   refused by name, before anything is added to a publication.
+3. A heartbeat (a logical message), so the slot advances even when the selected tables are idle.
+4. The publication holds every log-based table (created or extended; or the SQL for an admin).
+5. No slot: create it with an exported snapshot and copy every table under it. A slot: tables without a
+   snapshot (added to the selection, reset, or failed before) get one from a temporary slot.
+6. Catch up: apply the slot's changes to ``pg_current_wal_lsn()`` as of now, in batches, confirming each only
+   after the destination committed it. A table whose changes cannot be applied is dropped from this run (its
+   snapshot is forgotten, so the next run copies it again) and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.destinations.postgres import PostgresDestination
+from rds_pipeline.engine.destinations.postgres_apply import (
+    TableApplyError,
+    applied_lsn,
+    record_lsn,
+    snapshot_lsns,
+)
+from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, readiness
+from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
+from rds_pipeline.engine.replication.cdc.snapshot import snapshot_tables, temporary_slot_name
+from rds_pipeline.engine.replication.cdc.stream import GapDetected, StreamResult, catch_up
+from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.connection import connect_source, open_tunnel
+from rds_pipeline.engine.source.tunnel import SshTunnel
+
+HEARTBEAT_PREFIX = "rds_pipeline_heartbeat"
+RESYNC_FIX = "run `rds-pipeline cdc drop`, then sync again: every log-based table is copied again from a new snapshot"
+
+
+class SlotBusy(RdsPipelineError):
+    """Another client is reading the slot."""
+
+
+@dataclass
+class LogBasedResult:
+    slot: str
+    publication: str
+    statements: list[str] = field(default_factory=list)  # SQL run on the source (publication)
+    snapshots: dict[str, int] = field(default_factory=dict)  # table id -> rows copied under a snapshot
+    snapshot_lsn: dict[str, str] = field(default_factory=dict)
+    stream: StreamResult | None = None
+    failures: dict[str, str] = field(default_factory=dict)  # table id -> what went wrong and the fix
+    status: SlotStatus | None = None  # after the run
+    lag_seconds_before: float | None = None  # how stale the replica was when the run started
+    heartbeat: bool = False
+    seconds: float = 0.0
+
+    def changes(self, table_id: str) -> dict[str, int]:
+        return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
+
+
+def sync_log_based(config: IntegrationConfig, destination: PostgresDestination, tables: list[SelectedTable], *,
+                   chunks: dict[str, list[KeyRange]] | None = None,
+                   ranges: dict[str, KeyRange] | None = None) -> LogBasedResult:  # fmt: skip
+    """Bring every log-based table of the integration up to the source's WAL position as of now. ``chunks``: how
+    to split a table's snapshot; ``ranges``: key ranges to copy again (a backfill), consistently with the stream."""
+    started = time.monotonic()
+    result = LogBasedResult(config.slot_name, config.publication_name)
+    _lock_slot(destination, result.slot)
+    tunnel = open_tunnel(config.source)
+    connect = _Connector(config, tunnel)
+    try:
+        usable = _prepare_source(connect, tables, result)
+        _forget_others(destination, result.slot, usable)
+        _snapshot(connect, destination, usable, result, chunks or {})
+        streamed = [t for t in usable if t.id not in result.failures]
+        result.stream = _stream(connect, destination, streamed, result)
+        wanted = {t.id: r for t, r in ((t, (ranges or {}).get(t.id)) for t in streamed) if r is not None}
+        if wanted:  # copy the ranges under a fresh snapshot, then catch up past it: the ranges converge
+            copied = snapshot_tables(config.source, destination, [t for t in streamed if t.id in wanted],
+                                     temporary_slot_name(result.slot), temporary=True, ranges=wanted,
+                                     tunnel=tunnel)  # fmt: skip
+            for table_id, exc in copied.failed.items():
+                result.failures[table_id] = f"re-copying its range failed: {_first_line(exc)}. Fix: run it again"
+            for table_id, rows in copied.rows.items():
+                result.snapshots[table_id] = rows
+            more = _stream(connect, destination, [t for t in streamed if t.id not in result.failures], result)
+            _merge_stream(result.stream, more)
+        with connect() as conn:
+            result.status = slot_status(conn, result.slot)
+    finally:
+        if tunnel is not None:
+            tunnel.close()
+        _unlock_slot(destination, result.slot)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+class _Connector:
+    """Source connections for one run, all through its one tunnel (if any)."""
+
+    def __init__(self, config: IntegrationConfig, tunnel: SshTunnel | None) -> None:
+        self.config, self.tunnel = config, tunnel
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[psycopg2.extensions.connection]:
+        conn = connect_source(self.config.source, self.tunnel)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def _lock_slot(destination: PostgresDestination, slot: str) -> None:
+    """One run per slot: wait (up to the destination's lock_timeout) for a run already reading it."""
+    try:
+        with destination.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(slot),))
+        destination.conn.commit()
+    except psycopg2.errors.LockNotAvailable:
+        destination.conn.rollback()
+        raise SlotBusy(f"slot {slot!r}: another run is reading it and did not finish within the destination's "
+                       "lock_timeout. Fix: wait for that run (Dagster runs it one at a time per slot), or raise "
+                       "destination.lock_timeout_seconds") from None  # fmt: skip
+
+
+def _unlock_slot(destination: PostgresDestination, slot: str) -> None:
+    if destination.conn.closed:
+        return  # a closed session holds no lock
+    destination.conn.rollback()
+    with destination.conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(slot),))
+    destination.conn.commit()
+
+
+def _lock_key(slot: str) -> int:
+    return zlib.crc32(f"rds_pipeline slot {slot}".encode()) - 2**31
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _prepare_source(connect: _Connector, tables: list[SelectedTable], result: LogBasedResult) -> list[SelectedTable]:
+    """Readiness, the heartbeat and the publication. Returns the tables that can be streamed."""
+    config = connect.config
+    with connect() as conn:
+        ready = readiness(conn, tables)
+        problems = ready.problems(tables, config.source.user)
+        blockers = [p for p in problems if p[0] not in {t.id for t in tables}]
+        if blockers:
+            raise SetupNeeded("log-based replication cannot start: " + "; ".join(
+                f"{subject} {what}. Fix: {fix}" for subject, what, fix in blockers))  # fmt: skip
+        for subject, what, fix in problems:
+            if subject in {t.id for t in tables}:
+                result.failures[subject] = f"{what}. Fix: {fix}"
+        usable = [t for t in tables if t.id not in result.failures]
+        if config.log_based.heartbeat and usable:
+            result.heartbeat = _heartbeat(conn)
+        if usable:
+            result.statements = ensure_publication(conn, result.publication, usable)
+        return usable
+
+
+def _heartbeat(conn: psycopg2.extensions.connection) -> bool:
+    """A transactional logical message in this database: the slot decodes it, so even when only other tables
+    (or other databases: RDS's own heartbeat) write, the run confirms a position past it and WAL is released."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_logical_emit_message(true, %s, now()::text)", (HEARTBEAT_PREFIX,))
+        conn.commit()
+        return True
+    except psycopg2.errors.InsufficientPrivilege:
+        conn.rollback()
+        return False
+
+
+def _forget_others(destination: PostgresDestination, slot: str, usable: list[SelectedTable]) -> None:
+    """A table whose changes this run will not apply (deselected, or refused) must not keep its snapshot: the
+    slot moves past its changes, so if it comes back it needs a new copy."""
+    keep = {t.id for t in usable}
+    for table_id in set(snapshot_lsns(destination, slot)) - keep:
+        _forget_table(destination, slot, table_id)
+
+
+def _forget_table(destination: PostgresDestination, slot: str, table_id: str) -> None:
+    from psycopg2 import sql
+
+    from rds_pipeline.engine.destinations.base import STATE_TABLE
+    from rds_pipeline.engine.destinations.postgres_apply import SLOT_MARK
+
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
+            sql.Identifier(destination.schema, STATE_TABLE)), (table_id, SLOT_MARK + slot))  # fmt: skip
+
+
+def _snapshot(connect: _Connector, destination: PostgresDestination, usable: list[SelectedTable],
+              result: LogBasedResult, chunks: dict[str, list[KeyRange]]) -> None:  # fmt: skip
+    config = connect.config
+    with connect() as conn:
+        status = slot_status(conn, result.slot)
+        lag = None
+        if status is not None and status.active:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pid, extract(epoch FROM now() - coalesce(reply_time, backend_start)) FROM pg_stat_replication "
+                            "WHERE pid = %s", (status.active_pid,))  # fmt: skip
+                lag = cur.fetchone()
+            conn.rollback()
+    applied = applied_lsn(destination, result.slot)
+    if status is None:
+        if applied is not None:
+            raise GapDetected(f"slot {result.slot!r} is gone from the source (dropped, or removed by the server), but "
+                              f"the destination holds its changes up to {applied}: changes since are lost. "
+                              f"Fix: {RESYNC_FIX}")  # fmt: skip
+        if not usable:
+            return
+        copied = snapshot_tables(config.source, destination, usable, result.slot, chunks=chunks, tunnel=connect.tunnel)
+        _take(result, copied)
+        return
+    if status.wal_status == "lost":
+        raise GapDetected(f"slot {result.slot!r} lost WAL it needed (wal_status lost: it fell further behind than "
+                          f"max_slot_wal_keep_size allows). Fix: {RESYNC_FIX}")  # fmt: skip
+    if status.active:
+        _take_over(connect, result.slot, status, lag[1] if lag else None)
+    if applied is None:  # the slot was made by `cdc setup`: every table gets its own snapshot, after its position
+        assert status.confirmed_flush_lsn is not None
+        record_lsn(destination, result.slot, status.confirmed_flush_lsn)
+    known = snapshot_lsns(destination, result.slot)
+    missing = [t for t in usable if t.id not in known]
+    if missing:
+        _take(result, snapshot_tables(config.source, destination, missing, temporary_slot_name(result.slot),
+                                      temporary=True, chunks=chunks, main_slot=result.slot,
+                                      tunnel=connect.tunnel))  # fmt: skip
+
+
+def _take(result: LogBasedResult, copied: object) -> None:
+    for table_id, rows in copied.rows.items():  # type: ignore[attr-defined]
+        result.snapshots[table_id] = rows
+        result.snapshot_lsn[table_id] = copied.consistent_point  # type: ignore[attr-defined]
+    for table_id, exc in copied.failed.items():  # type: ignore[attr-defined]
+        result.failures[table_id] = (f"its snapshot failed: {_first_line(exc)}. Fix: sync again (the table gets a "
+                                     "new snapshot; the others stream meanwhile)")  # fmt: skip
+
+
+def _take_over(connect: _Connector, slot: str, status: SlotStatus, silent_seconds: float | None) -> None:
+    """A slot held by a reader that stopped answering (a killed client whose walsender waits for its timeout)
+    is taken over: that walsender is ended. One that still answers is another run: refuse."""
+    limit = connect.config.log_based.takeover_after_seconds
+    if silent_seconds is None or silent_seconds < limit:
+        raise SlotBusy(f"slot {slot!r} is being read by another client (walsender PID {status.active_pid}, last "
+                       f"reply {silent_seconds or 0:.0f}s ago). Fix: wait for that client to finish; a client silent "
+                       f"for {limit}s (log_based.takeover_after_seconds) is treated as gone and taken over")  # fmt: skip
+    with connect() as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                row = cur.fetchone()
+                conn.rollback()
+                if not row or not row[0]:
+                    break
+                time.sleep(0.2)
+
+
+def _stream(connect: _Connector, destination: PostgresDestination, tables: list[SelectedTable],
+            result: LogBasedResult) -> StreamResult:  # fmt: skip
+    config = connect.config
+    since_by_id = snapshot_lsns(destination, result.slot)
+    live = [t for t in tables if t.id in since_by_id]
+    while True:
+        by_name = {(t.relation.schema, t.relation.name): t for t in live}
+        since = {(t.relation.schema, t.relation.name): since_by_id[t.id] for t in live}
+        try:
+            return catch_up(config.source, destination, by_name, result.slot, result.publication, since=since,
+                            soft_deletes=config.log_based.deletes == "soft",
+                            max_batch_changes=config.log_based.max_batch_changes, tunnel=connect.tunnel)  # fmt: skip
+        except TableApplyError as exc:
+            # that table's changes cannot be applied: drop it from this run (its snapshot forgotten, so the
+            # next run copies it again) and stream the others from where the destination is
+            _forget_table(destination, result.slot, exc.table_id)
+            result.failures[exc.table_id] = (f"{str(exc).removeprefix(exc.table_id + ': ')}. Fix: the next sync "
+                                             "copies the table again; if it fails the same way, run "
+                                             "`rds-pipeline discover` and check its columns")  # fmt: skip
+            live = [t for t in live if t.id != exc.table_id]
+
+
+def _merge_stream(into: StreamResult | None, more: StreamResult) -> None:
+    if into is None:
+        return
+    into.end_lsn = more.end_lsn or into.end_lsn
+    into.transactions += more.transactions
+    into.batches += more.batches
+    for kind, count in more.counts.items():
+        into.counts[kind] += count
+    for table_id, counts in more.per_table.items():
+        mine = into.per_table.setdefault(table_id, {})
+        for kind, count in counts.items():
+            mine[kind] = mine.get(kind, 0) + count
