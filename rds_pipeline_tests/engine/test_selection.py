@@ -84,7 +84,7 @@ def test_errors_name_the_table_or_column_and_what_was_found(pagila_catalog: Cata
         "tables[3] (public.film).replication_key: column 'special_features' is of type text[], which cannot be ordered"
     )
     assert found[4] == (
-        "tables[4] (public.staff).method: 'incremental' is not a method. Fix: use one of full_table, key_based"
+        "tables[4] (public.staff).method: 'incremental' is not a method. Fix: use one of full_table, key_based, log_based"
     )
 
 
@@ -188,3 +188,19 @@ def test_catalog_entries_are_plain_frozen_data(pagila_catalog: Catalog) -> None:
     film = pagila_catalog.by_id()["pagila.public.film"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         film.name = "other"  # type: ignore[misc]
+
+
+def test_log_based_needs_a_table_with_a_key_in_the_configured_database(pagila_catalog: Catalog) -> None:
+    found = problems([{"name": "public.actor_info", "method": "log_based"},
+                      {"name": "public.film", "method": "log_based", "replication_key": "last_update"}],
+                     pagila_catalog)  # fmt: skip
+    assert found[0].startswith("tables[0] (public.actor_info).method: log_based reads the write-ahead log, which "
+                               "holds no changes for a view. Fix: use full_table")  # fmt: skip
+    assert found[1].startswith("tables[1] (public.film).replication_key: applies only to method key_based")
+    keyless = Catalog([dataclasses.replace(r, primary_key=()) if r.name == "film" else r
+                       for r in pagila_catalog.relations], pagila_catalog.databases)  # fmt: skip
+    [message] = problems([{"name": "public.film", "method": "log_based"}], keyless)
+    assert 'ALTER TABLE "public"."film" REPLICA IDENTITY FULL;` and `primary_key:' in message
+    [table] = resolve_selection([{"name": "public.film", "method": "log_based", "primary_key": ["film_id"]}],
+                                keyless, "pagila")  # fmt: skip
+    assert table.method == "log_based" and table.primary_key == ("film_id",)

@@ -97,7 +97,8 @@ class ChangeBatch:
             self.segments.append(Segment())
             self.counts["truncate"] += 1
             for oid in kept:
-                self._count(self.relations[oid], "truncate")
+                if oid in self.relations:
+                    self._count(self.relations[oid], "truncate", total=False)
             return
         relation = self.relations.get(message.relation_oid)
         if relation is None:
@@ -134,8 +135,8 @@ class ChangeBatch:
         name = (relation.namespace, relation.name)
         return name not in self.skip and (self.layouts is None or name in self.layouts)
 
-    def _count(self, relation: Relation, kind: str) -> None:
-        self.counts[kind] += 1
+    def _count(self, relation: Relation, kind: str, total: bool = True) -> None:
+        self.counts[kind] += total
         table = self.per_table.setdefault((relation.namespace, relation.name), {})
         table[kind] = table.get(kind, 0) + 1
 

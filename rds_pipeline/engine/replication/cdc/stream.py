@@ -67,8 +67,8 @@ def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dic
     applied = applied_lsn(destination, slot)
     if applied is not None and lsn_int(confirmed) > lsn_int(applied):
         raise GapDetected(f"slot {slot!r} confirmed changes up to {confirmed}, but the destination holds them only up "
-                          f"to {applied}: the changes between are gone from the log. Fix: reset the log-based tables "
-                          "(a new snapshot), then stream again")  # fmt: skip
+                          f"to {applied}: the changes between are gone from the log. Fix: run `rds-pipeline cdc drop`, "
+                          "then sync again (every log-based table is copied again from a new snapshot)")  # fmt: skip
     result = StreamResult(applied, applied, target_text)
     target, done = lsn_int(target_text), lsn_int(applied) if applied else 0
     replication = replication_connection(config, tunnel)
