@@ -240,6 +240,24 @@ def _sync(args: argparse.Namespace) -> int:
     return 0 if outcome.success else 1
 
 
+def _cdc(args: argparse.Namespace) -> int:
+    """The slot and publication of log-based replication: every statement is printed as it runs."""
+    from rds_pipeline.engine.replication.cdc import admin
+
+    config = load_config(args.config)
+    _, selection = _load_selection(config)
+    if args.action == "setup":
+        lines = admin.setup(config, selection)
+    else:
+        destination = admin.postgres_destination(config)
+        with destination as dest:
+            lines = list(admin.status(config, selection, dest) if args.action == "status"
+                         else admin.drop(config, dest, keep_publication=args.keep_publication))  # fmt: skip
+    for line in lines:
+        print(line, flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log debug detail (never secrets)")
@@ -298,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     reset = sub.add_parser("reset", parents=[common], help="clear a table's bookmark and destination data")
     reset.add_argument("table", help="schema.table (or database.schema.table) of a selected table")
     reset.set_defaults(func=_reset)
+
+    cdc = sub.add_parser("cdc", parents=[common], help="log-based replication: create, show or drop the slot")
+    cdc.add_argument("action", choices=("setup", "status", "drop"),
+                     help="setup: publication and slot; status: slot lag and retained WAL; drop: slot and publication")  # fmt: skip
+    cdc.add_argument("--keep-publication", action="store_true", help="drop: keep the publication")
+    cdc.set_defaults(func=_cdc)
 
     sync = sub.add_parser(
         "sync", parents=[common], help="replicate the selected tables now and print the loading report"

@@ -147,6 +147,39 @@ def check_database(
         findings.extend(_table_findings(table, live.get((table.relation.schema, table.relation.name)),
                                         can_select.get((table.relation.schema, table.relation.name)), quser,
                                         config.source.statement_timeout_seconds))  # fmt: skip
+    logged = [t for t in tables if t.method == "log_based"]
+    if logged and server_checks:
+        findings.extend(log_based_findings(conn, config, logged, user))
+    return findings
+
+
+def log_based_findings(conn: psycopg2.extensions.connection, config: IntegrationConfig,
+                       tables: list[SelectedTable], user: str) -> list[Finding]:  # fmt: skip
+    """wal_level, the replication right, each table's replica identity, and a bound on the WAL a slot holds."""
+    from rds_pipeline.engine.replication.cdc.setup import IDENTITIES, readiness
+
+    ready = readiness(conn, tables)
+    problems = {subject: (what, fix) for subject, what, fix in ready.problems(tables, user)}
+    findings = []
+    for subject, ok in (("wal_level", "is logical"), (f"user {user}", "may create and read replication slots")):
+        what, fix = problems.pop(subject, (None, None))
+        findings.append(Finding("error", subject, what, fix) if what else Finding("ok", subject, ok))
+    for table in tables:
+        what, fix = problems.pop(table.id, (None, None))
+        identity = IDENTITIES.get(ready.identities.get(table.id, ("?", False))[0], "unknown")
+        findings.append(Finding("error", table.id, what, fix) if what else
+                        Finding("ok", table.id, f"replica identity {identity}: updates and deletes can be streamed"))  # fmt: skip
+    if ready.max_slot_wal_keep_size_mb < 0:
+        setting = ("in the DB parameter group (no reboot needed)" if ready.rds else
+                   "with ALTER SYSTEM SET max_slot_wal_keep_size = '…'; SELECT pg_reload_conf();")  # fmt: skip
+        findings.append(Finding("warning", "max_slot_wal_keep_size",
+                                "is unlimited: a slot nobody reads keeps WAL until the disk is full",
+                                f"set max_slot_wal_keep_size {setting}, e.g. to a quarter of the free storage; a slot "
+                                f"that falls further behind is invalidated instead (the next sync says so and copies "
+                                f"the tables again). Watch it with `rds-pipeline cdc status`"))  # fmt: skip
+    else:
+        findings.append(Finding("ok", "max_slot_wal_keep_size",
+                                f"{ready.max_slot_wal_keep_size_mb} MB bounds the WAL a slot can hold"))  # fmt: skip
     return findings
 
 

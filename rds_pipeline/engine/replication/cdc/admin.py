@@ -1,0 +1,164 @@
+"""``rds-pipeline cdc setup | status | drop``: the publication and slot of an integration, each command printing
+the SQL it runs (or, without the right, the SQL an admin should run).
+
+``drop`` matters most: a slot nobody reads keeps every WAL segment written after its position, until the
+disk fills (or ``max_slot_wal_keep_size`` invalidates it). Dropping also forgets the destination's stream state,
+so the next sync copies the log-based tables again from a new snapshot: nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.destinations.postgres import PostgresDestination
+from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, forget_slot, snapshot_lsns
+from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, publication_tables, readiness
+from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.connection import source_connection
+
+
+def log_based(selection: list[SelectedTable]) -> list[SelectedTable]:
+    tables = [t for t in selection if t.method == "log_based"]
+    if not tables:
+        raise RdsPipelineError("no table is selected with `method: log_based`. Fix: set it on a table in "
+                               "`tables:` (see README.md, 'Log-based replication')")  # fmt: skip
+    return tables
+
+
+def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator[str]:
+    """Check readiness, create or extend the publication, create the slot (without a snapshot: the first sync
+    copies each table under its own)."""
+    tables = log_based(selection)
+    with source_connection(config.source) as conn:
+        problems = readiness(conn, tables).problems(tables, config.source.user)
+        if problems:
+            lines = [f"{subject}: {what}\n  fix: {fix}" for subject, what, fix in problems]
+            raise SetupNeeded("the source is not ready for log-based replication:\n" + "\n".join(lines))
+        statements = ensure_publication(conn, config.publication_name, tables)
+        yield from (f"{text};" for text in statements)
+        if not statements:
+            yield f"-- publication {config.publication_name} already holds the {len(tables)} log-based table(s)"
+        if slot_status(conn, config.slot_name) is not None:
+            yield f"-- slot {config.slot_name} already exists"
+            return
+        statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {})").format(
+            sql.Literal(config.slot_name), sql.Literal(PLUGIN))  # fmt: skip
+        text = statement.as_string(conn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+            conn.commit()
+        except psycopg2.errors.InsufficientPrivilege as exc:
+            raise SetupNeeded(f"{str(exc).strip().splitlines()[0]}. Fix: grant the replication right "
+                              f"(`rds-pipeline check` prints it), or ask an admin to run: {text};") from None  # fmt: skip
+        yield f"{text};"
+
+
+def status(config: IntegrationConfig, selection: list[SelectedTable],
+           destination: PostgresDestination | None) -> Iterator[str]:  # fmt: skip
+    tables = [t for t in selection if t.method == "log_based"]
+    with source_connection(config.source) as conn:
+        published = publication_tables(conn, config.publication_name)
+        found = slot_status(conn, config.slot_name)
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('max_slot_wal_keep_size')")
+            keep = cur.fetchone()[0]
+        conn.rollback()
+    if published is None:
+        yield f"publication {config.publication_name}: missing (run `rds-pipeline cdc setup`)"
+    else:
+        names = ", ".join(f"{s}.{n}" for s, n in sorted(published)) or "no tables"
+        yield f"publication {config.publication_name}: {names}"
+    if found is None:
+        yield f"slot {config.slot_name}: missing (the first sync creates it; or `rds-pipeline cdc setup`)"
+    else:
+        reader = f"read by PID {found.active_pid}" if found.active else "idle"
+        yield (f"slot {config.slot_name}: {reader}; confirmed {found.confirmed_flush_lsn}; lag {_size(found.lag_bytes)}; "
+               f"retained WAL {_size(found.retained_bytes)}; wal_status {found.wal_status}; safe_wal_size "
+               f"{_size(found.safe_wal_size) if found.safe_wal_size is not None else 'unlimited'} "
+               f"(max_slot_wal_keep_size {keep})")  # fmt: skip
+    if destination is not None:
+        lsn, age = _destination_position(destination, config.slot_name)
+        yield (f"destination: changes applied up to {lsn}, {age}" if lsn else
+               "destination: nothing applied yet")  # fmt: skip
+        snapshots = snapshot_lsns(destination, config.slot_name)
+        for table in tables:
+            at = snapshots.get(table.id)
+            yield f"  {table.id}: " + (f"streaming (snapshot at {at})" if at else "needs a snapshot (next sync)")
+
+
+def _destination_position(destination: PostgresDestination, slot: str) -> tuple[str | None, str]:
+    from rds_pipeline.engine.destinations.postgres_apply import SLOTS_TABLE
+
+    lsn = applied_lsn(destination, slot)
+    if lsn is None:
+        return None, ""
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
+            sql.Identifier(destination.schema, SLOTS_TABLE)), (slot,))  # fmt: skip
+        seconds = cur.fetchone()[0]
+    return lsn, f"last moved {seconds // 60} min {seconds % 60} s ago"
+
+
+def drop(config: IntegrationConfig, destination: PostgresDestination | None, *,
+         keep_publication: bool = False) -> Iterator[str]:  # fmt: skip
+    """Drop the slot (and the publication), then forget the destination's stream state."""
+    with source_connection(config.source) as conn:
+        found = slot_status(conn, config.slot_name)
+        if found is not None and found.active:
+            raise RdsPipelineError(f"slot {config.slot_name} is being read (walsender PID {found.active_pid}). Fix: "
+                                   "wait for the sync to finish (or stop it), then drop")  # fmt: skip
+        statements = []
+        if found is not None:
+            statements.append(sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(config.slot_name)))
+        if not keep_publication and publication_tables(conn, config.publication_name) is not None:
+            statements.append(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
+        for statement in statements:
+            text = statement.as_string(conn)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(statement)
+                conn.commit()
+            except psycopg2.errors.InsufficientPrivilege as exc:
+                conn.rollback()
+                raise SetupNeeded(f"{str(exc).strip().splitlines()[0]}. Fix: ask an admin to run: {text};") from None
+            yield f"{text};"
+        if not statements:
+            yield f"-- no slot {config.slot_name} and no publication {config.publication_name} on the source"
+    if destination is not None:
+        forgotten = forget_slot(destination, config.slot_name)
+        yield (f"-- destination: stream state of {config.slot_name} forgotten; {forgotten} table(s) will be copied "
+               "again from a new snapshot at the next sync")  # fmt: skip
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024  # type: ignore[assignment]
+    return str(value)
+
+
+@contextlib.contextmanager
+def postgres_destination(config: IntegrationConfig) -> Iterator[PostgresDestination | None]:
+    """The destination when it is PostgreSQL (log-based replication applies there)."""
+    if config.destination.type != "postgres":
+        yield None
+        return
+    from rds_pipeline.engine.destinations.factory import open_destination
+
+    destination = open_destination(config)
+    try:
+        yield destination  # type: ignore[misc]
+    finally:
+        destination.close()
