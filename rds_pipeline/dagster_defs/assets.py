@@ -20,10 +20,11 @@ from rds_pipeline.dagster_defs.execute import (
     partition_keys,
     run_table,
 )
+from rds_pipeline.dagster_defs.log_based import CHECK_SLOT, emit_stream, slot_pool, stream, stream_failures
 from rds_pipeline.dagster_defs.partitions import range_for_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.dagster_defs.tables import TableAsset
-from rds_pipeline.dagster_defs.translator import POOL, SOURCE_GROUP, source_key_for
+from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, TableAsset
+from rds_pipeline.dagster_defs.translator import POOL, SOURCE_GROUP, key_part, source_key_for
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.selection import SelectedTable
@@ -109,6 +110,11 @@ def source_specs(catalog: Catalog, selection: list[SelectedTable]) -> list[dg.As
 
 
 def check_specs(asset: TableAsset) -> list[dg.AssetCheckSpec]:
+    if asset.table.method == "log_based":
+        return [dg.AssetCheckSpec(CHECK_COLUMNS, asset=asset.key, description="Destination columns match the catalog"),
+                dg.AssetCheckSpec(CHECK_PRIMARY_KEY, asset=asset.key, description="The primary key is unique"),
+                dg.AssetCheckSpec(CHECK_SLOT, asset=asset.key, description="The slot's retained WAL and lag are "
+                                  "within the thresholds of `log_based:`")]  # fmt: skip
     return [dg.AssetCheckSpec(name, asset=asset.key, description=text) for name, text in check_names(asset)]
 
 
@@ -148,14 +154,51 @@ def materialize_table(context: dg.AssetExecutionContext, asset: TableAsset, sour
 
 
 def build_replica_assets(config: IntegrationConfig, assets: list[TableAsset]) -> list[dg.AssetsDefinition]:
-    """One multi_asset per group (source schema); each can run any subset of its tables."""
+    """One multi_asset per group (source schema); each can run any subset of its tables. Log-based tables share
+    one more, reading their slot (see ``log_based.py``)."""
     by_group: dict[str, list[TableAsset]] = defaultdict(list)
     for asset in assets:
-        by_group[asset.group].append(asset)
-    definitions = []
+        if asset.table.method != "log_based":
+            by_group[asset.group].append(asset)
+    logged = [a for a in assets if a.table.method == "log_based"]
+    definitions = [stream_multi_asset(config, logged)] if logged else []
     for group, members in sorted(by_group.items()):
         definitions.append(_group_multi_asset(config, group, members))
     return definitions
+
+
+def stream_multi_asset(config: IntegrationConfig, members: list[TableAsset]) -> dg.AssetsDefinition:
+    """Every log-based table: a run of any of them reads the slot once and brings them all up to date (the
+    others are recorded as materialized too). One step per slot at a time (its own pool)."""
+    by_key = {a.key: a for a in members}
+
+    @dg.multi_asset(
+        name=f"rds_stream_{key_part(config.slot_name)}",
+        specs=[replica_spec(a, config) for a in members],
+        check_specs=[spec for a in members for spec in check_specs(a)],
+        can_subset=True,
+        pool=slot_pool(config),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        op_tags={"rds_pipeline/slot": config.slot_name},
+    )
+    def _stream(
+        context: dg.AssetExecutionContext, rds_source: RdsSourceResource, rds_destination: RdsDestinationResource
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        selected = [by_key[k] for k in context.selected_asset_keys]
+        ranges = {}
+        if context.has_partition_key or context.has_partition_key_range:
+            for asset in selected:
+                keys = partition_keys(asset, context.instance)
+                first, last = context.partition_key_range.start, context.partition_key_range.end
+                if asset.plan.kind != "whole" and (first, last) != (keys[-1], keys[-1]):
+                    ranges[asset.table.id] = range_for_keys(asset.plan, first, last, keys)  # copy them again
+        run = stream(members, ranges, rds_source, rds_destination, context.instance)
+        yield from emit_stream(context, run, {a.key for a in selected})
+        failures = stream_failures(context, run)
+        if failures:
+            raise failure(failures, len(run.runs))
+
+    return _stream
 
 
 def _group_multi_asset(config: IntegrationConfig, group: str, members: list[TableAsset]) -> dg.AssetsDefinition:

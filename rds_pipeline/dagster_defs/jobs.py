@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from rds_pipeline.dagster_defs.execute import TableFailure, describe_failure, failure, log_run, run_table
+from rds_pipeline.dagster_defs.log_based import emit_stream, stream, stream_failures
 from rds_pipeline.dagster_defs.partitions import integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import TableAsset
@@ -62,7 +63,12 @@ class ResetConfig(dg.Config):
 
 
 def buckets(chosen: list[TableAsset], parallel: int) -> list[list[TableAsset]]:
-    """Split tables into at most ``parallel`` buckets of similar size (largest first, to the lightest)."""
+    """Split tables into at most ``parallel`` buckets of similar size (largest first, to the lightest). The
+    log-based tables go together in one more: they are read from one slot, once."""
+    logged = sorted((a for a in chosen if a.table.method == "log_based"), key=lambda a: a.table.id)
+    chosen = [a for a in chosen if a.table.method != "log_based"]
+    if not chosen:
+        return [logged] if logged else []
     count = max(1, min(parallel, len(chosen)))
     loads = [0] * count
     split: list[list[TableAsset]] = [[] for _ in range(count)]
@@ -70,13 +76,27 @@ def buckets(chosen: list[TableAsset], parallel: int) -> list[list[TableAsset]]:
         lightest = loads.index(min(loads))
         split[lightest].append(asset)
         loads[lightest] += max(asset.table.relation.row_estimate or 0, 1000)
-    return [sorted(b, key=lambda a: a.table.id) for b in split if b]
+    return [sorted(b, key=lambda a: a.table.id) for b in split if b] + ([logged] if logged else [])
 
 
 def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], request: Request,
-                source: RdsSourceResource, destination: RdsDestinationResource) -> None:  # fmt: skip
-    """Sync each table in turn; a failure is reported with the table named and its fix, and the others go on."""
+                source: RdsSourceResource, destination: RdsDestinationResource,
+                logged: list[TableAsset] = ()) -> None:  # type: ignore[assignment]  # fmt: skip
+    """Sync each table in turn; a failure is reported with the table named and its fix, and the others go on.
+    Log-based tables are read from their slot once (``logged``: all of them, since they share its position)."""
     failures: list[TableFailure] = []
+    synced = 0
+    if any(a.table.method == "log_based" for a in chosen):
+        try:
+            run = stream(list(logged), {}, source, destination, context.instance)
+            list(emit_stream(context, run, set()))
+            failures.extend(stream_failures(context, run))
+            synced += len(run.runs)
+        except Exception as exc:  # noqa: BLE001 - the slot's failure stops its tables, not the others
+            for asset in logged:
+                failures.append(describe_failure(asset, exc))
+            context.log.error(f"FAILED {failures[-1].line()}")
+        chosen = [a for a in chosen if a.table.method != "log_based"]
     dynamic = [a for a in chosen if a.plan.kind == "dynamic"]
     if dynamic:
         try:
@@ -94,12 +114,14 @@ def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], reques
         context.log.info(f"{asset.table.id}: {report.rows_inserted} inserted, {report.rows_updated} updated, "
                          f"{report.rows_deleted} deleted; {run.result.plan.reason}")  # fmt: skip
         log_run(context, run)
+        synced += 1
     if failures:
-        raise failure(failures, len(chosen) - len(failures))
+        raise failure(failures, synced)
 
 
 def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
     by_id = {a.table.id: a for a in assets}
+    logged = [a for a in assets if a.table.method == "log_based"]
 
     def find(name: str) -> TableAsset:
         for asset in assets:
@@ -123,7 +145,7 @@ def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
     def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                     rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
-        sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination)
+        sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
     @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
     def reset_and_resync(context: dg.OpExecutionContext, config: ResetConfig, rds_source: RdsSourceResource,
@@ -132,7 +154,7 @@ def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
         asset = find(config.table)
         rds_destination.get().reset(asset.table)
         context.log.info(f"{asset.table.id}: bookmark cleared and destination table dropped")
-        sync_assets(context, [asset], Request.catch_up(), rds_source, rds_destination)
+        sync_assets(context, [asset], Request.catch_up(), rds_source, rds_destination, logged)
 
     @dg.job(name=SYNC_ALL, description="Catch every selected table up (what a schedule tick does).")
     def sync_all() -> None:

@@ -78,6 +78,10 @@ def sync_log_based(config: IntegrationConfig, destination: PostgresDestination, 
     """Bring every log-based table of the integration up to the source's WAL position as of now. ``chunks``: how
     to split a table's snapshot; ``ranges``: key ranges to copy again (a backfill), consistently with the stream."""
     started = time.monotonic()
+    if not isinstance(destination, PostgresDestination):
+        raise RdsPipelineError(f"log-based replication applies changes to a PostgreSQL destination; this one is "
+                               f"{config.destination.type}. Fix: use method full_table or key_based for these "
+                               "tables, or a postgres destination")  # fmt: skip
     result = LogBasedResult(config.slot_name, config.publication_name)
     _lock_slot(destination, result.slot)
     tunnel = open_tunnel(config.source)

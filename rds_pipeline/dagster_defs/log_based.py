@@ -1,0 +1,178 @@
+"""Log-based tables in Dagster: one stream run applies the slot's changes for every log-based table (they share
+the slot's position), so a run for any of them reads the slot once and records each table it brought up to date.
+
+- Partitions are the snapshot's key-range chunks (as for full-table tables). A stream run materializes the
+  table's latest partition; a first sync (the snapshot) materializes them all; a backfill of other partitions
+  copies just their range again under a fresh snapshot, then catches the stream up past it.
+- One run per slot at a time: the stream's steps use the slot's own pool (``rds_slot__<slot>``, limit 1 in
+  ``dagster.yaml``), and the engine also holds a lock on the slot in the destination.
+- Metadata per run: changes applied per kind, the LSN range, lag and retained WAL; the ``slot_lag`` check
+  warns, then fails, on retained WAL and on how stale the replica was, with the thresholds of ``log_based:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from rds_pipeline.dagster_defs.execute import TableFailure, TableRun, partition_keys
+from rds_pipeline.dagster_defs.partitions import chunk_ranges
+from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
+from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, TableAsset
+from rds_pipeline.dagster_defs.translator import key_part
+from rds_pipeline.engine.config import IntegrationConfig, LogBasedConfig
+from rds_pipeline.engine.destinations.base import LoadingReport
+from rds_pipeline.engine.replication.cdc.flow import LogBasedResult, sync_log_based
+from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.replication.verify import CheckOutcome, columns_check, primary_key_check
+
+CHECK_SLOT = "slot_lag"
+
+
+def slot_pool(config: IntegrationConfig) -> str:
+    return f"rds_slot__{key_part(config.slot_name)}"
+
+
+@dataclass
+class StreamRun:
+    result: LogBasedResult
+    runs: list[TableRun]  # one per log-based table the run brought up to date
+    failures: dict[str, str]  # table id -> error with its fix
+
+
+def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSourceResource,
+           destination: RdsDestinationResource, instance: dg.DagsterInstance | None) -> StreamRun:  # fmt: skip
+    """Run the engine's log-based flow over ``assets`` (every log-based table of the integration)."""
+    config = source.integration()
+    dest = destination.get()
+    keys = {a.table.id: partition_keys(a, instance) for a in assets}
+    chunks = {a.table.id: chunk_ranges(a.plan, keys[a.table.id]) for a in assets}
+    result = sync_log_based(config, dest, [a.table for a in assets], chunks={k: v for k, v in chunks.items() if v},
+                            ranges=ranges)  # fmt: skip
+    runs = []
+    for asset in assets:
+        table_id = asset.table.id
+        if table_id in result.failures:
+            continue
+        all_keys = keys[table_id]
+        if table_id in result.snapshots and table_id not in ranges:
+            partitions = all_keys  # a whole snapshot: every partition holds its rows
+        elif table_id in ranges:
+            partitions = [k for k in all_keys if _in_range(asset, k, all_keys, ranges[table_id])]
+        else:
+            partitions = all_keys[-1:]
+        outcomes = [(CHECK_COLUMNS, columns_check(dest.column_names(asset.table), asset.table)),
+                    (CHECK_PRIMARY_KEY, primary_key_check(0, asset.table, dest.primary_key_enforced(asset.table)))]  # fmt: skip
+        outcomes.append((CHECK_SLOT, slot_check(result, config.log_based)))
+        runs.append(TableRun(asset, None, partitions, table_metadata(result, table_id), outcomes))  # type: ignore[arg-type]
+    return StreamRun(result, runs, dict(result.failures))
+
+
+def _in_range(asset: TableAsset, key: str, keys: list[str], wanted: KeyRange) -> bool:
+    from rds_pipeline.dagster_defs.partitions import range_for_keys
+
+    part = range_for_keys(asset.plan, key, key, keys)
+    low = wanted.lower if wanted.lower is not None else float("-inf")
+    high = wanted.upper if wanted.upper is not None else float("inf")
+    return (part.lower if part.lower is not None else float("-inf")) >= low and \
+        (part.upper if part.upper is not None else float("inf")) <= high
+
+
+def table_metadata(result: LogBasedResult, table_id: str) -> dict[str, Any]:
+    changes = result.changes(table_id)
+    snapshot = result.snapshots.get(table_id, 0)
+    stream = result.stream
+    status = result.status
+    report = LoadingReport(table_id, table_id, "log_based", batch_id=stream.end_lsn or "" if stream else "")
+    report.rows_inserted = snapshot + changes.get("insert", 0)
+    report.rows_updated = changes.get("update", 0)
+    report.rows_deleted = changes.get("delete", 0)
+    report.seconds = result.seconds
+    return {
+        "dagster/row_count": report.rows_inserted,
+        "rows_inserted": report.rows_inserted,
+        "rows_updated": report.rows_updated,
+        "rows_deleted": report.rows_deleted,
+        "truncates": changes.get("truncate", 0),
+        "snapshot_rows": snapshot,
+        "snapshot_lsn": result.snapshot_lsn.get(table_id, ""),
+        "duration_seconds": round(result.seconds, 3),
+        "slot": result.slot,
+        "lsn_start": (stream.start_lsn or "") if stream else "",
+        "lsn_end": (stream.end_lsn or "") if stream else "",
+        "transactions": stream.transactions if stream else 0,
+        "lag_bytes": status.lag_bytes if status and status.lag_bytes is not None else -1,
+        "retained_wal_bytes": status.retained_bytes if status and status.retained_bytes is not None else -1,
+        "wal_status": (status.wal_status or "") if status else "",
+        "heartbeat": result.heartbeat,
+        "batch_id": report.batch_id,
+        "plan": "snapshot, then stream" if snapshot else "stream",
+        "loading_report": dg.MetadataValue.json(report.as_dict()),
+    }
+
+
+def slot_check(result: LogBasedResult, options: LogBasedConfig) -> CheckOutcome:
+    """Retained WAL (what the slot makes the server keep) and lag, against the configured thresholds."""
+    status = result.status
+    if status is None:
+        return CheckOutcome(False, f"slot {result.slot} is missing on the source", {"severity": "ERROR"})
+    retained_mb = (status.retained_bytes or 0) / 2**20
+    metadata = {"retained_wal_mb": round(retained_mb, 1), "lag_bytes": status.lag_bytes or 0,
+                "wal_status": status.wal_status or "", "safe_wal_size": status.safe_wal_size or -1,
+                "severity": "OK"}  # fmt: skip
+    if status.wal_status == "lost" or retained_mb > options.lag_fail_mb:
+        metadata["severity"] = "ERROR"
+        return CheckOutcome(False, f"slot {result.slot} holds {retained_mb:.0f} MB of WAL (fails above "
+                            f"{options.lag_fail_mb} MB), wal_status {status.wal_status}: sync more often, or run "
+                            "`rds-pipeline cdc drop` if this integration is gone", metadata)  # fmt: skip
+    if status.wal_status == "unreserved" or retained_mb > options.lag_warn_mb:
+        metadata["severity"] = "WARN"
+        return CheckOutcome(False, f"slot {result.slot} holds {retained_mb:.0f} MB of WAL (warns above "
+                            f"{options.lag_warn_mb} MB), wal_status {status.wal_status}", metadata)  # fmt: skip
+    return CheckOutcome(True, f"slot {result.slot} holds {retained_mb:.1f} MB of WAL, wal_status "
+                        f"{status.wal_status}", metadata)  # fmt: skip
+
+
+def emit_stream(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: StreamRun,
+                own: set[dg.AssetKey]) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:  # fmt: skip
+    """Materializations and check results for the tables the stream brought up to date: results for ``own``
+    (the assets of this step), logged events for the rest."""
+    result = run.result
+    if result.stream is not None:
+        counts = ", ".join(f"{n} {k}s" for k, n in result.stream.counts.items() if n)
+        context.log.info(f"slot {result.slot}: {result.stream.start_lsn} -> {result.stream.end_lsn}, "
+                         f"{result.stream.transactions} transactions ({counts or 'no changes'}); "
+                         f"snapshots: {result.snapshots or 'none'}")  # fmt: skip
+    as_asset = isinstance(context, dg.AssetExecutionContext)
+    run_partitions = set(context.partition_keys) if as_asset and context.has_partition_key_range or (
+        as_asset and context.has_partition_key) else set()  # fmt: skip
+    for table_run in run.runs:
+        key = table_run.asset.key
+        mine = as_asset and key in own
+        logged = [p for p in table_run.partitions if not (mine and p in run_partitions)]
+        for index, partition in enumerate(logged):
+            counts = index == len(logged) - 1 and not mine  # the counts go on one event only, so sums stay right
+            metadata = table_run.metadata if counts else {"batch_id": table_run.metadata["batch_id"],
+                                                          "plan": table_run.metadata["plan"]}  # fmt: skip
+            context.log_event(dg.AssetMaterialization(asset_key=key, partition=partition, metadata=metadata))
+        if mine:
+            yield dg.MaterializeResult(asset_key=key, metadata=table_run.metadata)
+        for name, outcome in table_run.checks:
+            severity = dg.AssetCheckSeverity.WARN if outcome.metadata.get("severity") == "WARN" else dg.AssetCheckSeverity.ERROR
+            if mine:
+                yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=outcome.passed, severity=severity,
+                                          description=outcome.description, metadata=outcome.metadata)  # fmt: skip
+            elif not as_asset:
+                context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=outcome.passed,
+                                                          severity=severity, description=outcome.description,
+                                                          metadata=outcome.metadata))  # fmt: skip
+
+
+def stream_failures(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: StreamRun) -> list[TableFailure]:
+    failures = [TableFailure(t, e) for t, e in sorted(run.failures.items())]
+    for failed in failures:
+        context.log.error(f"FAILED {failed.line()}")
+    return failures
