@@ -46,6 +46,7 @@ class SelectedTable:
     granularity: str = "daily"  # time-window partitions of a date/timestamp key
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # rows per key-range partition
     lookback: str | int | None = None
+    all_columns: bool = True  # no `columns:` list: a column added at the source is replicated too
 
     @property
     def id(self) -> str:
@@ -247,7 +248,7 @@ def _resolve_entry(
             return None
     return SelectedTable(relation, method, str(key) if key else None, columns, primary_key, destination,
                          tuple(notices), entry.get("schedule"), granularity, chunk_rows,
-                         entry.get("lookback"))  # fmt: skip
+                         entry.get("lookback"), wanted is None)  # fmt: skip
 
 
 def _unknown_column(label: str, name: str, relation: Relation) -> str:

@@ -72,8 +72,10 @@ def libpq_params(
     return params
 
 
-def source_params(config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None) -> dict[str, Any]:
-    """libpq parameters for the source, pointed at the tunnel when there is one."""
+def source_params(config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None,
+                  settings: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """libpq parameters for the source, pointed at the tunnel when there is one; ``settings`` are set at
+    connection start (no spaces in their values)."""
     return libpq_params(
         host=config.host,
         port=tunnel.local_port if tunnel else config.port,
@@ -84,6 +86,7 @@ def source_params(config: SourceConfig, tunnel: SshTunnel | None = None, databas
         connect_timeout=config.connect_timeout,
         statement_timeout_seconds=config.statement_timeout_seconds,
         hostaddr="127.0.0.1" if tunnel else None,
+        options=settings,
     )
 
 
@@ -97,13 +100,14 @@ def open_tunnel(config: SourceConfig) -> SshTunnel | None:
 def connect_source(
     config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None,
     connection_factory: type[psycopg2.extensions.connection] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> psycopg2.extensions.connection:
     """Connect to the source, raising ``ConnectionProblem`` with the cause and the fix on failure.
     ``connection_factory`` opens a replication connection (``psycopg2.extras.LogicalReplicationConnection``)."""
     if tunnel is None and config.ssh is None:
         _check_resolves(config.host, "source.host")
     try:
-        params = source_params(config, tunnel, database)
+        params = source_params(config, tunnel, database, settings)
         if connection_factory is not None:
             params["connection_factory"] = connection_factory
         return psycopg2.connect(**params)

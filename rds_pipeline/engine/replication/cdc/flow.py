@@ -37,6 +37,7 @@ from rds_pipeline.engine.destinations.postgres_apply import (
     snapshot_lsns,
 )
 from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
 from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, readiness
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
 from rds_pipeline.engine.replication.cdc.snapshot import snapshot_tables, temporary_slot_name
@@ -67,6 +68,7 @@ class LogBasedResult:
     lag_seconds_before: float | None = None  # how stale the replica was when the run started
     heartbeat: bool = False
     seconds: float = 0.0
+    evolved: dict[str, list[str]] = field(default_factory=dict)  # table id -> columns added, dropped, retyped
 
     def changes(self, table_id: str) -> dict[str, int]:
         return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
@@ -92,6 +94,8 @@ def sync_log_based(config: IntegrationConfig, destination: PostgresDestination, 
         _snapshot(connect, destination, usable, result, chunks or {})
         streamed = [t for t in usable if t.id not in result.failures]
         result.stream = _stream(connect, destination, streamed, result)
+        for table_id, changes in result.stream.evolved.items():
+            result.evolved.setdefault(table_id, []).extend(changes)
         wanted = {t.id: r for t, r in ((t, (ranges or {}).get(t.id)) for t in streamed) if r is not None}
         if wanted:  # copy the ranges under a fresh snapshot, then catch up past it: the ranges converge
             copied = snapshot_tables(config.source, destination, [t for t in streamed if t.id in wanted],
@@ -172,7 +176,18 @@ def _prepare_source(connect: _Connector, tables: list[SelectedTable], result: Lo
         for subject, what, fix in problems:
             if subject in {t.id for t in tables}:
                 result.failures[subject] = f"{what}. Fix: {fix}"
-        usable = [t for t in tables if t.id not in result.failures]
+        usable = []
+        for table in tables:
+            if table.id in result.failures:
+                continue
+            columns = live_columns(conn, table)
+            if columns is None:
+                result.failures[table.id] = "is not in the source any more. Fix: run `rds-pipeline discover`"
+                continue
+            table, changes = evolve(table, columns)  # what the source has now, before anything is copied
+            if changes:
+                result.evolved[table.id] = changes
+            usable.append(table)
         if config.log_based.heartbeat and usable:
             result.heartbeat = _heartbeat(conn)
         if usable:

@@ -61,8 +61,13 @@ def create_publication(conn: psycopg2.extensions.connection, name: str, tables: 
 
 def replication_connection(config: SourceConfig, tunnel: SshTunnel | None = None,
                            database: str | None = None) -> psycopg2.extras.LogicalReplicationConnection:  # fmt: skip
+    """A walsender connection whose session settings make pgoutput's text values exact and unambiguous (UTC,
+    ISO dates, full float digits), as on the COPY path: they are set at startup, before any value is sent."""
+    from rds_pipeline.engine.replication.extract import SESSION_SETTINGS
+
+    settings = {name: value.replace(" ", "") for name, value in SESSION_SETTINGS.items()}
     return connect_source(config, tunnel, database,  # type: ignore[return-value]
-                          connection_factory=psycopg2.extras.LogicalReplicationConnection)  # fmt: skip
+                          connection_factory=psycopg2.extras.LogicalReplicationConnection, settings=settings)  # fmt: skip
 
 
 def create_slot(conn: psycopg2.extras.LogicalReplicationConnection, slot: str,

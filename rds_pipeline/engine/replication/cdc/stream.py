@@ -11,14 +11,18 @@ from __future__ import annotations
 import contextlib
 import select
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
 from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, apply_batch, record_lsn
 from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.replication.cdc.batch import ChangeBatch, Layout
+from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
 from rds_pipeline.engine.replication.cdc.pgoutput import Begin, Commit, PgOutputDecoder, Relation, lsn_text
 from rds_pipeline.engine.replication.cdc.slot import replication_connection
 from rds_pipeline.engine.selection import SelectedTable
@@ -47,6 +51,7 @@ class StreamResult:
     skipped: int = 0  # already in the destination (applied, then the client stopped before confirming)
     batches: int = 0
     partial_flushes: int = 0  # applications inside one huge transaction (memory bound)
+    evolved: dict[str, list[str]] = field(default_factory=dict)  # table id -> columns added, dropped, retyped
     counts: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0})
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)  # table id -> changes applied per kind
 
@@ -77,8 +82,11 @@ def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dic
         cur.start_replication(slot_name=slot, decode=False, start_lsn=done, status_interval=10,
                               options={"proto_version": str(PROTOCOL_VERSION), "publication_names": publication})  # fmt: skip
         reader = _Reader(destination, tables, slot, {name: lsn_int(lsn) for name, lsn in (since or {}).items()},
-                         soft_deletes)  # fmt: skip
-        reader.read(cur, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
+                         soft_deletes, lambda: connect_source(config, tunnel))  # fmt: skip
+        try:
+            reader.read(cur, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
+        finally:
+            reader.close()
     finally:
         replication.close()
     return result
@@ -88,14 +96,39 @@ class _Reader:
     """One pass over the slot: batches of committed transactions, each applied then confirmed."""
 
     def __init__(self, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
-                 since: dict[tuple[str, str], int], soft_deletes: bool) -> None:  # fmt: skip
-        self.destination, self.tables, self.slot = destination, tables, slot
+                 since: dict[tuple[str, str], int], soft_deletes: bool,
+                 connect: Callable[[], psycopg2.extensions.connection]) -> None:  # fmt: skip
+        self.destination, self.tables, self.slot = destination, dict(tables), slot
         self.since, self.soft_deletes = since, soft_deletes
         self.layouts = {name: Layout(t.column_names, t.primary_key) for name, t in tables.items()}
+        self._connect = connect
+        self._catalog: psycopg2.extensions.connection | None = None  # to describe a Relation's types
 
-    def new_batch(self, relations: dict[int, Relation] | None = None) -> ChangeBatch:
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+
+    def evolve(self, cur: Any, batch: ChangeBatch, relation: Relation, result: StreamResult) -> ChangeBatch:
+        """A Relation message for a selected table: apply any column added, dropped or retyped at the source.
+        The changes before it (in the old shape) are applied first."""
+        name = (relation.namespace, relation.name)
+        if self._catalog is None:
+            self._catalog = self._connect()
+        table, changes = evolve(self.tables[name], relation_columns(self._catalog, relation))
+        if not changes:
+            return batch
+        if batch.messages:
+            batch = self.flush(cur, batch, result, partial=True)
+        self.tables[name] = table
+        self.layouts[name] = Layout(table.column_names, table.primary_key)
+        result.evolved.setdefault(table.id, []).extend(changes)
+        return batch
+
+    def new_batch(self, previous: ChangeBatch | None = None) -> ChangeBatch:
         batch = ChangeBatch(layouts=self.layouts)
-        batch.relations = dict(relations or {})  # Relation messages are sent once per session: keep them
+        if previous is not None:  # Relation messages are sent once per session: keep them (and the transaction's state)
+            batch.relations = dict(previous.relations)
+            batch.skip, batch.commit_time = previous.skip, previous.commit_time
         return batch
 
     def read(self, cur: Any, target: int, done: int, result: StreamResult, max_changes: int, deadline: float) -> None:
@@ -128,6 +161,9 @@ class _Reader:
                 if batch.messages >= max_changes:
                     batch = self.flush(cur, batch, result)
                 continue
+            name = (decoded.namespace, decoded.name) if isinstance(decoded, Relation) else None
+            if name in self.tables and not skipping and name not in batch.skip:  # only shapes still to apply
+                batch = self.evolve(cur, batch, decoded, result)  # type: ignore[arg-type]
             if not skipping or isinstance(decoded, Relation):  # a Relation comes once per session: always keep it
                 batch.add(decoded)
                 if batch.messages >= 2 * max_changes:  # one huge transaction: apply what it has so far (below)
@@ -161,7 +197,7 @@ class _Reader:
                 mine = result.per_table.setdefault(table.id, {})
                 for kind, count in counts.items():
                     mine[kind] = mine.get(kind, 0) + count
-        return self.new_batch(batch.relations)
+        return self.new_batch(batch)
 
 
 def _await_reply(cur: Any, seconds: float = 2.0) -> None:
