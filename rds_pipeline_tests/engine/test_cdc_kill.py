@@ -1,0 +1,99 @@
+"""kill -9 of a log-based sync just before and just after the destination commits a batch: no change lost,
+none applied twice, and the slot's confirmed position is never ahead of what the destination holds."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psycopg2
+import pytest
+
+from rds_pipeline.engine.destinations.postgres_apply import applied_lsn
+from rds_pipeline.engine.replication.cdc.flow import sync_log_based
+from rds_pipeline.engine.replication.cdc.slot import slot_status
+from rds_pipeline.engine.replication.cdc.stream import lsn_int
+from rds_pipeline.local_postgres import LocalPostgres
+from rds_pipeline_tests.engine.sync_helpers import make_scratch
+
+CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    from rds_pipeline.engine.config import parse_config
+    from rds_pipeline.engine.destinations.postgres import PostgresDestination
+    from rds_pipeline.engine.destinations import postgres_apply
+    from rds_pipeline.engine.replication.cdc import stream
+    from rds_pipeline.engine.replication.cdc.flow import sync_log_based
+    from rds_pipeline.engine.selection import resolve_selection
+    from rds_pipeline.engine.source.discovery import discover
+
+    config = parse_config(json.loads(sys.argv[1]))
+    moment = sys.argv[2]
+    catalog = discover(config.source, databases=[config.source.database])
+    tables = resolve_selection(config.tables, catalog, config.source.database)
+    dest = PostgresDestination(config.destination, config.destination_schema)
+    dest.prepare(config)
+    batches = {"n": 0}
+    real_write, real_apply = postgres_apply._write_lsn, stream.apply_batch
+
+    def write_then_die(cur, destination, slot, lsn):  # rows and LSN written, the commit not reached
+        real_write(cur, destination, slot, lsn)
+        if moment == "before" and cur.connection.get_transaction_status() and batches["n"] >= 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def apply_then_die(*args, **kwargs):  # committed, never confirmed to the server
+        report = real_apply(*args, **kwargs)
+        batches["n"] += 1
+        if moment == "after" and batches["n"] >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return report
+
+    def counting(*args, **kwargs):
+        report = real_apply(*args, **kwargs)
+        batches["n"] += 1
+        return report
+
+    postgres_apply._write_lsn = write_then_die
+    stream.apply_batch = apply_then_die if moment == "after" else counting
+    sync_log_based(config, dest, tables)
+    print("finished without being killed")
+""")
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_kill_9_around_the_destination_commit(logical_servers: list[LocalPostgres], moment: str) -> None:
+    server = logical_servers[0]
+    scratch = make_scratch(server, f"Kill {moment}", log_based={"max_batch_changes": 1000},
+                           tables=[{"name": "public.k", "method": "log_based"}])  # fmt: skip
+    scratch.sql("CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 100) g")
+    table = scratch.one({"name": "public.k", "method": "log_based"})
+    dest = scratch.destination()
+    sync_log_based(scratch.config, dest, [table])
+    for start in range(0, 5000, 1000):  # five transactions of 1000 changes: five batches
+        scratch.sql(f"INSERT INTO k SELECT g, 'new' FROM generate_series({start + 101}, {start + 1100}) g; "
+                    f"UPDATE k SET v = v || '+' WHERE id <= {start + 50}")  # fmt: skip
+    raw = {"integration_name": f"Kill {moment}", "log_based": {"max_batch_changes": 1000},
+           "tables": [{"name": "public.k", "method": "log_based"}],
+           "source": {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password,
+                      "database": scratch.source_db},
+           "destination": {"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
+                           "password": server.password, "database": scratch.dest_db}}  # fmt: skip
+    child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw), moment], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+    held = applied_lsn(dest, scratch.config.slot_name)
+    with psycopg2.connect(**server.dsn(scratch.source_db)) as conn:
+        status = slot_status(conn, scratch.config.slot_name)
+    assert status is not None and held is not None
+    assert lsn_int(status.confirmed_flush_lsn) <= lsn_int(held)  # type: ignore[arg-type]  # never ahead
+    with dest.conn, dest.conn.cursor() as cur:
+        cur.execute(f'SELECT count(*) FROM "{dest.schema}".k')
+        partial = cur.fetchone()[0]
+    assert 100 < partial < 5100  # the kill came mid-stream: some batches in, not all
+    again = sync_log_based(scratch.config, dest, [table])
+    assert not again.failures
+    assert dest.fetch_rows(table) == scratch.source_rows(table)  # nothing lost, nothing doubled
+    dest.close()
+    scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")
