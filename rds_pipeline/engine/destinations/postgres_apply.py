@@ -50,13 +50,31 @@ class ApplyReport:
     lsn: str | None = None
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+# a row joined by NUL (which no PostgreSQL text value holds), then escaped and split into columns in one pass
+_ROW_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": "\t"})
+
+
+def _copy_line(change: RowChange) -> str:
+    """One COPY text line for a whole row (the hot path of the apply)."""
+    values = change.values
+    if None not in values:
+        try:
+            return "\x00".join(values).translate(_ROW_ESCAPES) + "\n"  # type: ignore[arg-type]
+        except TypeError:
+            pass  # a binary value: the per-value path says what is wrong
+    return "\t".join(map(_copy_text, values)) + "\n"
+
+
 def _copy_text(value: Value) -> str:
     if value is None or value is UNCHANGED:
         return "\\N"
     if isinstance(value, bytes):
         raise LoadError("log-based apply reads text values; the stream sent a binary one. Fix: do not ask "
                         "pgoutput for binary = true")  # fmt: skip
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")  # type: ignore[union-attr]
+    return value.translate(_COPY_ESCAPES)  # type: ignore[union-attr]
 
 
 def _rows(lines: list[list[str]]) -> io.StringIO:
@@ -145,8 +163,13 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
     report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
     conn = destination.conn
     try:
-        for table in tables.values():
+        touched = {(r.namespace, r.name) for segment in batch.segments for oid in segment.changes
+                   if (r := batch.relations.get(oid)) is not None}  # fmt: skip
+        enforced = {}
+        for name, table in tables.items():
             destination._create_if_missing(table)
+            if name in touched:  # ON CONFLICT needs the replica's primary key (checked before the transaction)
+                enforced[table.id] = destination.primary_key_enforced(table)
         with conn.cursor() as cur:
             if report.lsn is not None:
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (f"lsn:{report.lsn}",))
@@ -161,7 +184,8 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
                     table = tables.get((relation.namespace, relation.name))
                     if table is not None and changes:
                         try:
-                            _apply_table(cur, destination, table, list(changes.values()), report, soft_deletes)
+                            _apply_table(cur, destination, table, list(changes.values()), report, soft_deletes,
+                                         enforced.get(table.id, False))  # fmt: skip
                         except (psycopg2.Error, LoadError) as exc:
                             if isinstance(exc, psycopg2.OperationalError) or conn.closed:
                                 raise  # the connection, not the table: the caller retries
@@ -187,7 +211,8 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
 
 
 def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination, table: SelectedTable,
-                 changes: list[RowChange], report: ApplyReport, soft_deletes: bool = False) -> None:  # fmt: skip
+                 changes: list[RowChange], report: ApplyReport, soft_deletes: bool = False,
+                 enforced: bool = False) -> None:  # fmt: skip
     if not table.primary_key:
         raise LoadError(f"{table.id}: log-based apply needs a primary key in the destination. Fix: give the table "
                         "a primary key at the source, or `primary_key:` in the selection")  # fmt: skip
@@ -218,8 +243,45 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
             cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
         report.deleted[table.id] = report.deleted.get(table.id, 0) + cur.rowcount
         cur.execute("DROP TABLE _rds_deleted")
-    if not upserts:
-        return
+    complete = [c for c in upserts if UNCHANGED not in c.values]
+    if complete and enforced:
+        _upsert_complete(cur, table, target, complete, typed, report, soft_deletes)
+        upserts = [c for c in upserts if UNCHANGED in c.values]
+    if upserts:
+        _upsert_partial(cur, table, target, upserts, typed, keys, report, soft_deletes)
+
+
+def _refresh(soft_deletes: bool) -> list[sql.Composable]:
+    """What every upsert also sets: when and by which batch the row was loaded (and that it is not deleted)."""
+    assignments: list[sql.Composable] = [
+        sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)),
+        sql.SQL("{} = current_setting('rds_pipeline.batch_id', true)").format(sql.Identifier(BATCH_ID))]  # fmt: skip
+    if soft_deletes:
+        assignments.append(sql.SQL("{} = NULL").format(sql.Identifier(DELETED_AT)))
+    return assignments
+
+
+def _upsert_complete(cur: psycopg2.extensions.cursor, table: SelectedTable, target: sql.Composable,
+                     upserts: list[RowChange], typed: sql.Composable, report: ApplyReport, soft_deletes: bool) -> None:  # fmt: skip
+    """Whole rows (the common case): one COPY into a stage, one INSERT … ON CONFLICT DO UPDATE."""
+    names = list(table.column_names)
+    columns = sql.SQL(", ").join(map(sql.Identifier, names))
+    cur.execute(sql.SQL("CREATE TEMP TABLE _rds_complete ({}) ON COMMIT DROP").format(typed))
+    text = "".join(map(_copy_line, upserts))
+    cur.copy_expert(sql.SQL("COPY _rds_complete ({}) FROM STDIN").format(columns).as_string(cur), io.StringIO(text))
+    updates = [sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(n)) for n in names if n not in table.primary_key]
+    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_complete ON CONFLICT ({}) DO UPDATE SET {}").format(
+        target, columns, columns, sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
+        sql.SQL(", ").join([*updates, *_refresh(soft_deletes)])))  # fmt: skip
+    report.upserted[table.id] = report.upserted.get(table.id, 0) + cur.rowcount
+    cur.execute("DROP TABLE _rds_complete")
+
+
+def _upsert_partial(cur: psycopg2.extensions.cursor, table: SelectedTable, target: sql.Composable,
+                    upserts: list[RowChange], typed: sql.Composable, keys: sql.Composable, report: ApplyReport,
+                    soft_deletes: bool) -> None:  # fmt: skip
+    """Rows with TOASTed values left UNCHANGED: each such column keeps the destination's current value."""
+    names = list(table.column_names)
     cur.execute(sql.SQL("CREATE TEMP TABLE _rds_changed ({}, _rds_unchanged text[]) ON COMMIT DROP").format(typed))
     lines = []
     for change in upserts:
@@ -238,12 +300,8 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
     non_key = [n for n in names if n not in table.primary_key]
     assignments = [sql.SQL("{c} = CASE WHEN {n} = ANY (s._rds_unchanged) THEN t.{c} ELSE s.{c} END").format(
         c=sql.Identifier(n), n=sql.Literal(n)) for n in non_key]  # fmt: skip
-    assignments.append(sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)))
-    assignments.append(sql.SQL("{} = current_setting('rds_pipeline.batch_id', true)").format(sql.Identifier(BATCH_ID)))
-    if soft_deletes:
-        assignments.append(sql.SQL("{} = NULL").format(sql.Identifier(DELETED_AT)))
     cur.execute(sql.SQL("UPDATE {} t SET {} FROM _rds_changed s WHERE {}").format(
-        target, sql.SQL(", ").join(assignments), keys))  # fmt: skip
+        target, sql.SQL(", ").join([*assignments, *_refresh(soft_deletes)]), keys))  # fmt: skip
     updated = cur.rowcount
     cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_changed s WHERE NOT EXISTS "
                         "(SELECT 1 FROM {} t WHERE {})").format(target, columns, sql.SQL(", ").join(

@@ -41,7 +41,7 @@ class Layout:
     key: tuple[str, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class RowChange:
     op: str  # upsert or delete
     values: tuple[Value, ...]  # the new row (upsert), or the old key tuple (delete)
@@ -72,6 +72,8 @@ class ChangeBatch:
     skip: frozenset[tuple[str, str]] = frozenset()  # tables the current transaction must leave alone
     commit_time: int | None = None  # of the current transaction
     per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    _projection: dict[int, tuple[Relation, Layout, tuple[int | None, ...] | None, tuple[int, ...]]] = field(
+        default_factory=dict, repr=False)  # fmt: skip
 
     def add_transaction(self, messages: Iterable[object], end_lsn: int, aborted_xids: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         """Add one committed transaction's messages, in order."""
@@ -82,6 +84,25 @@ class ChangeBatch:
         self.end_lsn = end_lsn
 
     def add(self, message: object) -> None:
+        if type(message) is Insert and self.layouts is not None:  # the hot path: whole new rows
+            relation = self.relations.get(message.relation_oid)
+            if relation is not None:
+                name = (relation.namespace, relation.name)
+                layout = self.layouts.get(name)
+                if layout is None or name in self.skip:
+                    return
+                self.messages += 1
+                positions, keys = self._positions(relation, layout)
+                new = message.new if positions is None else tuple(
+                    message.new[i] if i is not None else None for i in positions)  # fmt: skip
+                rows = self.segments[-1].changes.setdefault(relation.oid, {})
+                rows[tuple([new[i] for i in keys])] = RowChange(UPSERT, new)  # replaces any earlier change
+                self.counts["insert"] += 1
+                table = self.per_table.get(name)
+                if table is None:
+                    table = self.per_table[name] = {}
+                table["insert"] = table.get("insert", 0) + 1
+                return
         if isinstance(message, Relation):
             self.relations[message.oid] = message
             return
@@ -145,8 +166,25 @@ class ChangeBatch:
         layout = self._layout(relation)
         if layout is None:
             return values
+        positions, _ = self._positions(relation, layout)
+        if positions is None:
+            return values
+        return tuple(values[i] if i is not None else None for i in positions)
+
+    def _positions(self, relation: Relation, layout: Layout) -> tuple[tuple[int | None, ...] | None, tuple[int, ...]]:
+        """Where each of the layout's columns is in the relation's tuples (None: not there; None for all: every
+        column in order, no projection), and the key's positions in the layout. Cached per relation: this
+        runs for every row."""
+        cached = self._projection.get(relation.oid)
+        if cached is not None and cached[0] is relation and cached[1] is layout:
+            return cached[2], cached[3]
         by_name = {c.name: i for i, c in enumerate(relation.columns)}
-        return tuple(values[by_name[name]] if name in by_name else None for name in layout.columns)
+        positions: tuple[int | None, ...] | None = tuple(by_name.get(name) for name in layout.columns)
+        if positions == tuple(range(len(relation.columns))):
+            positions = None
+        keys = tuple(layout.columns.index(k) for k in layout.key)
+        self._projection[relation.oid] = (relation, layout, positions, keys)
+        return positions, keys
 
     def _layout(self, relation: Relation) -> Layout | None:
         return None if self.layouts is None else self.layouts.get((relation.namespace, relation.name))
@@ -154,7 +192,7 @@ class ChangeBatch:
     def _key(self, relation: Relation, values: tuple[Value, ...]) -> tuple[Value, ...]:
         layout = self._layout(relation)
         if layout is not None:
-            return tuple(values[layout.columns.index(k)] for k in layout.key)
+            return tuple(values[i] for i in self._positions(relation, layout)[1])
         positions = [i for i, c in enumerate(relation.columns) if c.is_key]
         if not positions:
             raise BatchError(f"{relation.namespace}.{relation.name} has no replica identity key: give it a primary "

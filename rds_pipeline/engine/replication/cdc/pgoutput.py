@@ -98,14 +98,14 @@ class TypeInfo:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Insert:
     xid: int | None
     relation_oid: int
     new: tuple[Value, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Update:
     xid: int | None
     relation_oid: int
@@ -114,7 +114,7 @@ class Update:
     new: tuple[Value, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delete:
     xid: int | None
     relation_oid: int
@@ -275,24 +275,36 @@ class _Reader:
         return chr(self.u8())
 
     def tuple_data(self) -> tuple[Value, ...]:
-        count = self.i16()
+        """Column values (the hot path: one call per row, so locals only)."""
+        data, pos = self.data, self.pos
+        (count,) = _I16.unpack_from(data, pos)
+        pos += 2
         values: list[Value] = []
-        data = self.data
+        append, unpack = values.append, _I32.unpack_from
         for _ in range(count):
-            kind = data[self.pos]
-            self.pos += 1
+            kind = data[pos]
+            pos += 1
             if kind == 0x74:  # 't'
-                length = self.i32()
-                values.append(data[self.pos : self.pos + length].decode("utf-8"))
-                self.pos += length
+                (length,) = unpack(data, pos)
+                pos += 4
+                append(data[pos : pos + length].decode("utf-8"))
+                pos += length
             elif kind == 0x6E:  # 'n'
-                values.append(None)
+                append(None)
             elif kind == 0x75:  # 'u'
-                values.append(UNCHANGED)
+                append(UNCHANGED)
             elif kind == 0x62:  # 'b'
-                values.append(self.raw(self.i32()))
+                (length,) = unpack(data, pos)
+                pos += 4
+                if pos + length > len(data):
+                    raise DecodeError(f"a value of {length} bytes runs past the end of the message")
+                append(bytes(data[pos : pos + length]))
+                pos += length
             else:
                 raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
+        if pos > len(data):
+            raise DecodeError("a value runs past the end of the message")
+        self.pos = pos
         return tuple(values)
 
     def done(self, what: str) -> None:
@@ -310,7 +322,14 @@ class PgOutputDecoder:
         self.in_stream = False
 
     def decode(self, data: bytes | bytearray | memoryview) -> Message:
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
+        if data[:1] == b"I" and not self.in_stream and len(data) > 6 and data[5] == 0x4E:  # the hot path: an insert
+            reader = _Reader(data)
+            reader.pos = 6
+            insert = Insert(None, _U32.unpack_from(data, 1)[0], reader.tuple_data())
+            reader.done("Insert")
+            return insert
         if not data:
             raise DecodeError("an empty message")
         kind = chr(data[0])

@@ -8,6 +8,7 @@ confirmed more than the destination holds lost rows, and the run fails saying ho
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import select
 import time
@@ -103,8 +104,13 @@ class _Reader:
         self.layouts = {name: Layout(t.column_names, t.primary_key) for name, t in tables.items()}
         self._connect = connect
         self._catalog: psycopg2.extensions.connection | None = None  # to describe a Relation's types
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rds-cdc-apply")
+        self._pending: tuple[concurrent.futures.Future[Any], ChangeBatch, dict[tuple[str, str], SelectedTable]] | None = None
 
     def close(self) -> None:
+        if self._pending is not None:  # an error elsewhere: let the batch in flight end (commit or roll back)
+            concurrent.futures.wait([self._pending[0]])
+        self._pool.shutdown(wait=True)
         if self._catalog is not None:
             self._catalog.close()
 
@@ -170,6 +176,7 @@ class _Reader:
                     batch = self.flush(cur, batch, result, partial=True)
         if batch.end_lsn is not None:
             self.flush(cur, batch, result)
+        self.settle(cur, result)
         # psycopg2 moves the confirmed position to a keepalive's WAL end once every data message it received was
         # confirmed (psycopg2 PR #913); the server had sent all it decoded up to there, so recording the same
         # position in the destination keeps the two in step (and the gap check above meaningful)
@@ -180,24 +187,37 @@ class _Reader:
         result.end_lsn = lsn_text(reached)
 
     def flush(self, cur: Any, batch: ChangeBatch, result: StreamResult, partial: bool = False) -> ChangeBatch:
-        """Apply and confirm ``batch``. ``partial``: inside a transaction too large to hold (memory stays bounded):
-        its changes so far are applied with the LSN of the last *whole* transaction, so after a crash the stream
-        replays this one from its start, which converges (upserts and deletes by key, in order)."""
-        apply_batch(self.destination, self.tables, batch, self.slot, self.soft_deletes)  # rows and LSN together ...
+        """Apply ``batch`` in the background (the destination works while the next batch is read and decoded:
+        two cores), then confirm it once committed. One batch in flight at most, so memory stays bounded.
+        ``partial``: inside a transaction too large to hold: its changes so far are applied with the LSN of the
+        last *whole* transaction, so after a crash the stream replays this one from its start, which converges
+        (upserts and deletes by key, in order)."""
+        self.settle(cur, result)
+        tables = dict(self.tables)  # the shapes of this batch (a Relation message may change them meanwhile)
+        self._pending = (self._pool.submit(apply_batch, self.destination, tables, batch, self.slot, self.soft_deletes),
+                         batch, tables)  # fmt: skip
+        result.partial_flushes += partial
+        return self.new_batch(batch)
+
+    def settle(self, cur: Any, result: StreamResult) -> None:
+        """Wait for the batch in flight; once its rows and LSN are committed, confirm it to the server."""
+        if self._pending is None:
+            return
+        future, batch, tables = self._pending
+        self._pending = None
+        future.result()  # rows and LSN committed together (a failure is raised here) ...
         if batch.end_lsn is not None:
             cur.send_feedback(flush_lsn=batch.end_lsn, force=True)  # ... and only then may the server forget them
             result.end_lsn = lsn_text(batch.end_lsn)
-        result.partial_flushes += partial
         result.batches += 1
         for name, count in batch.counts.items():
             result.counts[name] += count
         for (schema, name), counts in batch.per_table.items():
-            table = self.tables.get((schema, name))
+            table = tables.get((schema, name))
             if table is not None:
                 mine = result.per_table.setdefault(table.id, {})
                 for kind, count in counts.items():
                     mine[kind] = mine.get(kind, 0) + count
-        return self.new_batch(batch)
 
 
 def _await_reply(cur: Any, seconds: float = 2.0) -> None:
