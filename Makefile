@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo dev test lint bench faults clean
+.PHONY: demo dev test lint bench faults cdc bench-cdc clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rds_pipeline needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -30,6 +30,15 @@ test: $(STAMP)
 # prints one row per fault and writes bench/FAULTS.md. `make test` runs the same suite on 200,000 rows.
 faults: $(STAMP)
 	FAULT_ROWS=1500000 FAULTS_REPORT=bench/FAULTS.md $(BIN)/pytest rds_pipeline_tests/faults -q -p no:cacheprovider
+
+# Log-based replication at size: one 5,000,000-row transaction within the memory bound (`make test` runs it
+# with 300,000 rows). .ci/run runs it after `make test`.
+cdc: $(STAMP)
+	CDC_BIG_ROWS=5000000 $(BIN)/pytest rds_pipeline_tests/engine/test_cdc_large.py -q -s -p no:cacheprovider
+
+# Log-based against PostgreSQL's own subscriber (1M changes), lag under 5k changes/s: writes bench/CDC.md.
+bench-cdc: $(STAMP)
+	$(BIN)/python -m bench.bench_cdc
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

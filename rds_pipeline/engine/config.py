@@ -110,7 +110,7 @@ class LogBasedConfig:
     lag_warn_minutes: int = 60  # time since the slot's last confirmed change above which the check warns
     lag_fail_minutes: int = 24 * 60
     takeover_after_seconds: int = 120  # a reader silent this long is gone: its walsender may be ended
-    max_batch_changes: int = 100_000  # changes per destination transaction (memory stays bounded)
+    max_batch_changes: int = 50_000  # changes per destination transaction (memory stays bounded)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class StreamResult:
 
 
 def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable],
-             slot: str, publication: str, *, max_batch_changes: int = 100_000, timeout_seconds: float = 600.0,
+             slot: str, publication: str, *, max_batch_changes: int = 50_000, timeout_seconds: float = 600.0,
              since: dict[tuple[str, str], str] | None = None, soft_deletes: bool = False,
              tunnel: SshTunnel | None = None) -> StreamResult:  # fmt: skip
     """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop. ``since``: per table, the
@@ -172,7 +172,7 @@ class _Reader:
                 batch = self.evolve(cur, batch, decoded, result)  # type: ignore[arg-type]
             if not skipping or isinstance(decoded, Relation):  # a Relation comes once per session: always keep it
                 batch.add(decoded)
-                if batch.messages >= 2 * max_changes:  # one huge transaction: apply what it has so far (below)
+                if batch.messages >= max_changes:  # one huge transaction: apply what it has so far (see flush)
                     batch = self.flush(cur, batch, result, partial=True)
         if batch.end_lsn is not None:
             self.flush(cur, batch, result)
