@@ -249,7 +249,7 @@ def _cdc(args: argparse.Namespace) -> int:
     if args.action == "setup":
         lines = admin.setup(config, selection)
     else:
-        destination = admin.postgres_destination(config)
+        destination = admin.destination_of(config)
         with destination as dest:
             lines = list(admin.status(config, selection, dest) if args.action == "status"
                          else admin.drop(config, dest, keep_publication=args.keep_publication))  # fmt: skip

@@ -98,7 +98,26 @@ def _slots_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
     state = sql.Identifier(destination.schema, SLOTS_TABLE)
     cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
                         "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS reading boolean NOT NULL DEFAULT false").format(state))
     return state
+
+
+def mark_reading(destination: PostgresDestination, slot: str, reading: bool) -> None:
+    """A run is reading the slot (set before it starts, cleared when it ended cleanly): after a run that
+    stopped mid-stream, the slot may have confirmed WAL that held nothing for us (psycopg2 moves its confirmed
+    position to a keepalive's WAL end while every message it received is confirmed)."""
+    with destination.conn, destination.conn.cursor() as cur:
+        state = _slots_table(cur, destination)
+        cur.execute(sql.SQL("UPDATE {} SET reading = %s WHERE slot = %s").format(state), (reading, slot))
+
+
+def was_reading(destination: PostgresDestination, slot: str) -> bool:
+    """Whether the last run on the slot stopped before it ended cleanly."""
+    with destination.conn, destination.conn.cursor() as cur:
+        state = _slots_table(cur, destination)
+        cur.execute(sql.SQL("SELECT reading FROM {} WHERE slot = %s").format(state), (slot,))
+        row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def _write_lsn(cur: psycopg2.extensions.cursor, destination: PostgresDestination, slot: str, lsn: str) -> None:
@@ -156,8 +175,25 @@ def forget_slot(destination: PostgresDestination, slot: str) -> int:
         return forgotten
 
 
+def forget_table(destination: PostgresDestination, slot: str, table_id: str) -> None:
+    """The table's snapshot is void (its changes will not be applied): the next sync copies it again."""
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
+            sql.Identifier(destination.schema, STATE_TABLE)), (table_id, SLOT_MARK + slot))  # fmt: skip
+
+
+def slot_age_seconds(destination: PostgresDestination, slot: str) -> int | None:
+    """Seconds since the slot's position last moved in the destination (None: never)."""
+    if applied_lsn(destination, slot) is None:
+        return None
+    with destination.conn, destination.conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
+            sql.Identifier(destination.schema, SLOTS_TABLE)), (slot,))  # fmt: skip
+        return cur.fetchone()[0]
+
+
 def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
-                slot: str, soft_deletes: bool = False) -> ApplyReport:  # fmt: skip
+                slot: str, soft_deletes: bool = False, source: object = None) -> ApplyReport:  # fmt: skip
     """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move the
     slot's LSN to ``batch.end_lsn``, all in one destination transaction."""
     report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)

@@ -16,8 +16,8 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import IntegrationConfig
-from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, forget_slot, snapshot_lsns
+from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, publication_tables, readiness
 from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
@@ -63,7 +63,7 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
 
 
 def status(config: IntegrationConfig, selection: list[SelectedTable],
-           destination: PostgresDestination | None) -> Iterator[str]:  # fmt: skip
+           destination: Destination | None) -> Iterator[str]:  # fmt: skip
     tables = [t for t in selection if t.method == "log_based"]
     with source_connection(config.source) as conn:
         published = publication_tables(conn, config.publication_name)
@@ -89,26 +89,21 @@ def status(config: IntegrationConfig, selection: list[SelectedTable],
         lsn, age = _destination_position(destination, config.slot_name)
         yield (f"destination: changes applied up to {lsn}, {age}" if lsn else
                "destination: nothing applied yet")  # fmt: skip
-        snapshots = snapshot_lsns(destination, config.slot_name)
+        snapshots = applier(destination).snapshot_lsns(destination, config.slot_name)
         for table in tables:
             at = snapshots.get(table.id)
             yield f"  {table.id}: " + (f"streaming (snapshot at {at})" if at else "needs a snapshot (next sync)")
 
 
-def _destination_position(destination: PostgresDestination, slot: str) -> tuple[str | None, str]:
-    from rds_pipeline.engine.destinations.postgres_apply import SLOTS_TABLE
-
-    lsn = applied_lsn(destination, slot)
+def _destination_position(destination: Destination, slot: str) -> tuple[str | None, str]:
+    lsn = applier(destination).applied_lsn(destination, slot)
     if lsn is None:
         return None, ""
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
-            sql.Identifier(destination.schema, SLOTS_TABLE)), (slot,))  # fmt: skip
-        seconds = cur.fetchone()[0]
+    seconds = applier(destination).slot_age_seconds(destination, slot) or 0
     return lsn, f"last moved {seconds // 60} min {seconds % 60} s ago"
 
 
-def drop(config: IntegrationConfig, destination: PostgresDestination | None, *,
+def drop(config: IntegrationConfig, destination: Destination | None, *,
          keep_publication: bool = False) -> Iterator[str]:  # fmt: skip
     """Drop the slot (and the publication), then forget the destination's stream state."""
     with source_connection(config.source) as conn:
@@ -134,7 +129,7 @@ def drop(config: IntegrationConfig, destination: PostgresDestination | None, *,
         if not statements:
             yield f"-- no slot {config.slot_name} and no publication {config.publication_name} on the source"
     if destination is not None:
-        forgotten = forget_slot(destination, config.slot_name)
+        forgotten = applier(destination).forget_slot(destination, config.slot_name)
         yield (f"-- destination: stream state of {config.slot_name} forgotten; {forgotten} table(s) will be copied "
                "again from a new snapshot at the next sync")  # fmt: skip
 
@@ -150,11 +145,8 @@ def _size(value: int | None) -> str:
 
 
 @contextlib.contextmanager
-def postgres_destination(config: IntegrationConfig) -> Iterator[PostgresDestination | None]:
-    """The destination when it is PostgreSQL (log-based replication applies there)."""
-    if config.destination.type != "postgres":
-        yield None
-        return
+def destination_of(config: IntegrationConfig) -> Iterator[Destination]:
+    """The configured destination, where the stream's state lives."""
     from rds_pipeline.engine.destinations.factory import open_destination
 
     destination = open_destination(config)

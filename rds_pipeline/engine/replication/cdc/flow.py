@@ -29,13 +29,9 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
-from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.destinations.postgres_apply import (
-    TableApplyError,
-    applied_lsn,
-    record_lsn,
-    snapshot_lsns,
-)
+from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.destinations.log_apply import applier
+from rds_pipeline.engine.destinations.postgres_apply import TableApplyError
 from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
 from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, readiness
@@ -74,16 +70,12 @@ class LogBasedResult:
         return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
 
 
-def sync_log_based(config: IntegrationConfig, destination: PostgresDestination, tables: list[SelectedTable], *,
+def sync_log_based(config: IntegrationConfig, destination: Destination, tables: list[SelectedTable], *,
                    chunks: dict[str, list[KeyRange]] | None = None,
                    ranges: dict[str, KeyRange] | None = None) -> LogBasedResult:  # fmt: skip
     """Bring every log-based table of the integration up to the source's WAL position as of now. ``chunks``: how
     to split a table's snapshot; ``ranges``: key ranges to copy again (a backfill), consistently with the stream."""
     started = time.monotonic()
-    if not isinstance(destination, PostgresDestination):
-        raise RdsPipelineError(f"log-based replication applies changes to a PostgreSQL destination; this one is "
-                               f"{config.destination.type}. Fix: use method full_table or key_based for these "
-                               "tables, or a postgres destination")  # fmt: skip
     result = LogBasedResult(config.slot_name, config.publication_name)
     _lock_slot(destination, result.slot)
     tunnel = open_tunnel(config.source)
@@ -132,8 +124,11 @@ class _Connector:
             conn.close()
 
 
-def _lock_slot(destination: PostgresDestination, slot: str) -> None:
-    """One run per slot: wait (up to the destination's lock_timeout) for a run already reading it."""
+def _lock_slot(destination: Destination, slot: str) -> None:
+    """One run per slot: wait (up to the destination's lock_timeout) for a run already reading it. (A DuckDB
+    file has one writing process at a time: opening it already waited.)"""
+    if destination.kind != "postgres":
+        return
     try:
         with destination.conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(slot),))
@@ -145,8 +140,8 @@ def _lock_slot(destination: PostgresDestination, slot: str) -> None:
                        "destination.lock_timeout_seconds") from None  # fmt: skip
 
 
-def _unlock_slot(destination: PostgresDestination, slot: str) -> None:
-    if destination.conn.closed:
+def _unlock_slot(destination: Destination, slot: str) -> None:
+    if destination.kind != "postgres" or destination.conn.closed:
         return  # a closed session holds no lock
     destination.conn.rollback()
     with destination.conn.cursor() as cur:
@@ -208,26 +203,15 @@ def _heartbeat(conn: psycopg2.extensions.connection) -> bool:
         return False
 
 
-def _forget_others(destination: PostgresDestination, slot: str, usable: list[SelectedTable]) -> None:
+def _forget_others(destination: Destination, slot: str, usable: list[SelectedTable]) -> None:
     """A table whose changes this run will not apply (deselected, or refused) must not keep its snapshot: the
     slot moves past its changes, so if it comes back it needs a new copy."""
     keep = {t.id for t in usable}
-    for table_id in set(snapshot_lsns(destination, slot)) - keep:
-        _forget_table(destination, slot, table_id)
+    for table_id in set(applier(destination).snapshot_lsns(destination, slot)) - keep:
+        applier(destination).forget_table(destination, slot, table_id)
 
 
-def _forget_table(destination: PostgresDestination, slot: str, table_id: str) -> None:
-    from psycopg2 import sql
-
-    from rds_pipeline.engine.destinations.base import STATE_TABLE
-    from rds_pipeline.engine.destinations.postgres_apply import SLOT_MARK
-
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
-            sql.Identifier(destination.schema, STATE_TABLE)), (table_id, SLOT_MARK + slot))  # fmt: skip
-
-
-def _snapshot(connect: _Connector, destination: PostgresDestination, usable: list[SelectedTable],
+def _snapshot(connect: _Connector, destination: Destination, usable: list[SelectedTable],
               result: LogBasedResult, chunks: dict[str, list[KeyRange]]) -> None:  # fmt: skip
     config = connect.config
     with connect() as conn:
@@ -239,7 +223,7 @@ def _snapshot(connect: _Connector, destination: PostgresDestination, usable: lis
                             "WHERE pid = %s", (status.active_pid,))  # fmt: skip
                 lag = cur.fetchone()
             conn.rollback()
-    applied = applied_lsn(destination, result.slot)
+    applied = applier(destination).applied_lsn(destination, result.slot)
     if status is None:
         if applied is not None:
             raise GapDetected(f"slot {result.slot!r} is gone from the source (dropped, or removed by the server), but "
@@ -257,8 +241,8 @@ def _snapshot(connect: _Connector, destination: PostgresDestination, usable: lis
         _take_over(connect, result.slot, status, lag[1] if lag else None)
     if applied is None:  # the slot was made by `cdc setup`: every table gets its own snapshot, after its position
         assert status.confirmed_flush_lsn is not None
-        record_lsn(destination, result.slot, status.confirmed_flush_lsn)
-    known = snapshot_lsns(destination, result.slot)
+        applier(destination).record_lsn(destination, result.slot, status.confirmed_flush_lsn)
+    known = applier(destination).snapshot_lsns(destination, result.slot)
     missing = [t for t in usable if t.id not in known]
     if missing:
         _take(result, snapshot_tables(config.source, destination, missing, temporary_slot_name(result.slot),
@@ -305,10 +289,10 @@ def _take_over(connect: _Connector, slot: str, status: SlotStatus, silent_second
                 time.sleep(0.2)
 
 
-def _stream(connect: _Connector, destination: PostgresDestination, tables: list[SelectedTable],
+def _stream(connect: _Connector, destination: Destination, tables: list[SelectedTable],
             result: LogBasedResult) -> StreamResult:  # fmt: skip
     config = connect.config
-    since_by_id = snapshot_lsns(destination, result.slot)
+    since_by_id = applier(destination).snapshot_lsns(destination, result.slot)
     live = [t for t in tables if t.id in since_by_id]
     while True:
         by_name = {(t.relation.schema, t.relation.name): t for t in live}
@@ -320,7 +304,7 @@ def _stream(connect: _Connector, destination: PostgresDestination, tables: list[
         except TableApplyError as exc:
             # that table's changes cannot be applied: drop it from this run (its snapshot forgotten, so the
             # next run copies it again) and stream the others from where the destination is
-            _forget_table(destination, result.slot, exc.table_id)
+            applier(destination).forget_table(destination, result.slot, exc.table_id)
             result.failures[exc.table_id] = (f"{str(exc).removeprefix(exc.table_id + ': ')}. Fix: the next sync "
                                              "copies the table again; if it fails the same way, run "
                                              "`rds-pipeline discover` and check its columns")  # fmt: skip

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.destinations.postgres_apply import record_lsn, record_snapshot
+from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.replication.cdc.slot import SlotSnapshot, create_slot, replication_connection, use_snapshot
 from rds_pipeline.engine.replication.extract import (
     CopyOut,
@@ -47,7 +47,7 @@ class SnapshotResult:
     failed: dict[str, BaseException] = field(default_factory=dict)
 
 
-def snapshot_tables(config: SourceConfig, destination: PostgresDestination, tables: list[SelectedTable],
+def snapshot_tables(config: SourceConfig, destination: Destination, tables: list[SelectedTable],
                     slot: str, *, temporary: bool = False, chunks: dict[str, list[KeyRange]] | None = None,
                     ranges: dict[str, KeyRange] | None = None, main_slot: str | None = None,
                     on_table: Callable[[str, int], None] | None = None,
@@ -77,7 +77,7 @@ def snapshot_tables(config: SourceConfig, destination: PostgresDestination, tabl
                         break
                     continue
                 if part is None:
-                    record_snapshot(destination, table, main_slot or slot, snapshot.consistent_point)
+                    applier(destination).record_snapshot(destination, table, main_slot or slot, snapshot.consistent_point)
                 if on_table is not None:
                     on_table(table.id, result.rows[table.id])
         finally:
@@ -85,7 +85,7 @@ def snapshot_tables(config: SourceConfig, destination: PostgresDestination, tabl
     finally:
         replication.close()  # a temporary slot goes with its connection
     if not temporary:
-        record_lsn(destination, slot, snapshot.consistent_point)
+        applier(destination).record_lsn(destination, slot, snapshot.consistent_point)
     return result
 
 
@@ -93,7 +93,7 @@ def temporary_slot_name(slot: str) -> str:
     return f"{slot[:48]}_snap_{secrets.token_hex(4)}"
 
 
-def _copy(source: psycopg2.extensions.connection, destination: PostgresDestination, table: SelectedTable,
+def _copy(source: psycopg2.extensions.connection, destination: Destination, table: SelectedTable,
           snapshot: SlotSnapshot, key_range: KeyRange) -> int:  # fmt: skip
     """One range (or the whole table), replaced in the destination; the source transaction (the snapshot)
     stays open for the next one."""

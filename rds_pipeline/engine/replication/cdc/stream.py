@@ -19,8 +19,8 @@ from typing import Any
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, apply_batch, record_lsn
+from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.replication.cdc.batch import ChangeBatch, Layout
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
@@ -32,6 +32,11 @@ from rds_pipeline.engine.source.tunnel import SshTunnel
 
 PROTOCOL_VERSION = 1
 WAIT_SECONDS = 1.0  # one bounded wait for the server between two reads
+
+
+def apply_batch(destination: Destination, *args: Any, **kwargs: Any) -> Any:
+    """The destination's own apply (PostgreSQL or DuckDB): rows and the slot's LSN in one transaction."""
+    return applier(destination).apply_batch(destination, *args, **kwargs)
 
 
 class GapDetected(RdsPipelineError):
@@ -57,7 +62,7 @@ class StreamResult:
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)  # table id -> changes applied per kind
 
 
-def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable],
+def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[str, str], SelectedTable],
              slot: str, publication: str, *, max_batch_changes: int = 50_000, timeout_seconds: float = 600.0,
              since: dict[tuple[str, str], str] | None = None, soft_deletes: bool = False,
              tunnel: SshTunnel | None = None) -> StreamResult:  # fmt: skip
@@ -70,13 +75,19 @@ def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dic
         target_text, confirmed = cur.fetchone()
     if confirmed is None:
         raise RdsPipelineError(f"replication slot {slot!r} does not exist. Fix: run `rds-pipeline cdc setup`")
-    applied = applied_lsn(destination, slot)
-    if applied is not None and lsn_int(confirmed) > lsn_int(applied):
+    state = applier(destination)
+    applied = state.applied_lsn(destination, slot)
+    interrupted = applied is not None and state.was_reading(destination, slot)
+    if applied is not None and lsn_int(confirmed) > lsn_int(applied) and not interrupted:
+        # (after a run that stopped mid-stream, a slot ahead of the destination is psycopg2's safe advance past
+        # WAL that held nothing for us; the server resends every transaction committed after it)
         raise GapDetected(f"slot {slot!r} confirmed changes up to {confirmed}, but the destination holds them only up "
                           f"to {applied}: the changes between are gone from the log. Fix: run `rds-pipeline cdc drop`, "
                           "then sync again (every log-based table is copied again from a new snapshot)")  # fmt: skip
     result = StreamResult(applied, applied, target_text)
     target, done = lsn_int(target_text), lsn_int(applied) if applied else 0
+    if applied is not None:
+        state.mark_reading(destination, slot, True)
     replication = replication_connection(config, tunnel)
     try:
         cur = replication.cursor()
@@ -96,7 +107,7 @@ def catch_up(config: SourceConfig, destination: PostgresDestination, tables: dic
 class _Reader:
     """One pass over the slot: batches of committed transactions, each applied then confirmed."""
 
-    def __init__(self, destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], slot: str,
+    def __init__(self, destination: Destination, tables: dict[tuple[str, str], SelectedTable], slot: str,
                  since: dict[tuple[str, str], int], soft_deletes: bool,
                  connect: Callable[[], psycopg2.extensions.connection]) -> None:  # fmt: skip
         self.destination, self.tables, self.slot = destination, dict(tables), slot
@@ -181,8 +192,9 @@ class _Reader:
         # confirmed (psycopg2 PR #913); the server had sent all it decoded up to there, so recording the same
         # position in the destination keeps the two in step (and the gap check above meaningful)
         reached = max(cur.wal_end, done, batch.end_lsn or 0)
-        record_lsn(self.destination, self.slot, lsn_text(reached))
+        applier(self.destination).record_lsn(self.destination, self.slot, lsn_text(reached))
         cur.send_feedback(flush_lsn=reached, force=True, reply=True)  # recorded first, then confirmed
+        applier(self.destination).mark_reading(self.destination, self.slot, False)  # a clean end
         _await_reply(cur)
         result.end_lsn = lsn_text(reached)
 
@@ -194,7 +206,8 @@ class _Reader:
         (upserts and deletes by key, in order)."""
         self.settle(cur, result)
         tables = dict(self.tables)  # the shapes of this batch (a Relation message may change them meanwhile)
-        self._pending = (self._pool.submit(apply_batch, self.destination, tables, batch, self.slot, self.soft_deletes),
+        self._pending = (self._pool.submit(apply_batch, self.destination, tables, batch, self.slot, self.soft_deletes,
+                                            source=self._connect),
                          batch, tables)  # fmt: skip
         result.partial_flushes += partial
         return self.new_batch(batch)

@@ -1,0 +1,321 @@
+"""Apply a batch of log-based changes to the DuckDB destination, with the slot's LSN, in one transaction.
+
+The same rules as ``postgres_apply`` (last operation per key, deletes before upserts, TRUNCATE in its place,
+UNCHANGED TOASTed values kept, soft deletes, the LSN written last), with DuckDB's means: the batch's rows go
+through a CSV stage that DuckDB reads as text and converts with the loader's own expressions (``convert``), so
+a value lands exactly as the snapshot would have written it. Arrays are turned into JSON by the source's own
+``to_json`` (one query per batch and column), as the snapshot's query does. An upsert replaces the row
+(delete, then insert: DuckDB's reliable upsert inside one transaction).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, LoadError
+from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, _canonical, convert, dq, run
+from rds_pipeline.engine.destinations.postgres_apply import (
+    DELETED_AT,
+    SLOT_MARK,
+    SLOTS_TABLE,
+    ApplyReport,
+    TableApplyError,
+)
+from rds_pipeline.engine.replication.cdc.batch import DELETE, ChangeBatch, RowChange
+from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Value, lsn_text, timestamp
+from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.catalog import Column
+
+SourceConnect = Callable[[], psycopg2.extensions.connection]
+
+
+def _slots(destination: DuckDBDestination) -> str:
+    return f"{dq(destination.catalog)}.{dq(destination.schema)}.{dq(SLOTS_TABLE)}"
+
+
+def _ensure_slots(destination: DuckDBDestination) -> None:
+    run(destination.conn, f"CREATE TABLE IF NOT EXISTS {_slots(destination)} (slot VARCHAR PRIMARY KEY, lsn VARCHAR "
+                          "NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), reading BOOLEAN NOT NULL DEFAULT false)")  # fmt: skip
+
+
+def mark_reading(destination: DuckDBDestination, slot: str, reading: bool) -> None:
+    """See ``postgres_apply.mark_reading``."""
+    _ensure_slots(destination)
+    run(destination.conn, f"UPDATE {_slots(destination)} SET reading = ? WHERE slot = ?", [reading, slot])
+
+
+def was_reading(destination: DuckDBDestination, slot: str) -> bool:
+    _ensure_slots(destination)
+    row = run(destination.conn, f"SELECT reading FROM {_slots(destination)} WHERE slot = ?", [slot]).fetchone()
+    return bool(row and row[0])
+
+
+def _write_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
+    """Move the slot's LSN forward (never back), in the caller's transaction."""
+    _ensure_slots(destination)
+    row = run(destination.conn, f"SELECT lsn FROM {_slots(destination)} WHERE slot = ?", [slot]).fetchone()
+    if row is None or _lsn(row[0]) < _lsn(lsn):
+        if row is None:
+            run(destination.conn, f"INSERT INTO {_slots(destination)} (slot, lsn) VALUES (?, ?)", [slot, lsn])
+        else:
+            run(destination.conn, f"UPDATE {_slots(destination)} SET lsn = ?, updated_at = now() WHERE slot = ?",
+                [lsn, slot])  # fmt: skip
+
+
+def _lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def applied_lsn(destination: DuckDBDestination, slot: str) -> str | None:
+    _ensure_slots(destination)
+    row = run(destination.conn, f"SELECT lsn FROM {_slots(destination)} WHERE slot = ?", [slot]).fetchone()
+    return row[0] if row else None
+
+
+def slot_age_seconds(destination: DuckDBDestination, slot: str) -> int | None:
+    _ensure_slots(destination)
+    row = run(destination.conn, f"SELECT CAST(epoch(now() - updated_at) AS BIGINT) FROM {_slots(destination)} "
+                                "WHERE slot = ?", [slot]).fetchone()  # fmt: skip
+    return row[0] if row else None
+
+
+def record_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
+    destination.conn.execute("BEGIN TRANSACTION")
+    try:
+        _write_lsn(destination, slot, lsn)
+        destination.conn.execute("COMMIT")
+    except BaseException:
+        destination.conn.execute("ROLLBACK")
+        raise
+
+
+def snapshot_lsns(destination: DuckDBDestination, slot: str) -> dict[str, str]:
+    rows = run(destination.conn, f"SELECT s.table_id, s.bookmark, s.destination_table FROM {destination._state()} s "
+                                 "WHERE s.replication_key = ? AND s.bookmark IS NOT NULL", [SLOT_MARK + slot]).fetchall()  # fmt: skip
+    existing = {r[0] for r in run(destination.conn, "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
+                                  "AND schema_name = ?", [destination.catalog, destination.schema]).fetchall()}  # fmt: skip
+    return {table_id: lsn for table_id, lsn, name in rows if name in existing}
+
+
+def record_snapshot(destination: DuckDBDestination, table: SelectedTable, slot: str, lsn: str) -> None:
+    run(destination.conn, f"INSERT OR REPLACE INTO {destination._state()} (table_id, destination_table, replication_key, "
+                          "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
+        [table.id, table.destination_table, SLOT_MARK + slot, lsn])  # fmt: skip
+
+
+def forget_table(destination: DuckDBDestination, slot: str, table_id: str) -> None:
+    run(destination.conn, f"DELETE FROM {destination._state()} WHERE table_id = ? AND replication_key = ?",
+        [table_id, SLOT_MARK + slot])  # fmt: skip
+
+
+def forget_slot(destination: DuckDBDestination, slot: str) -> int:
+    _ensure_slots(destination)
+    run(destination.conn, f"DELETE FROM {_slots(destination)} WHERE slot = ?", [slot])
+    count = run(destination.conn, f"SELECT count(*) FROM {destination._state()} WHERE replication_key = ?",
+                [SLOT_MARK + slot]).fetchone()[0]  # fmt: skip
+    run(destination.conn, f"DELETE FROM {destination._state()} WHERE replication_key = ?", [SLOT_MARK + slot])
+    return int(count)
+
+
+def apply_batch(destination: DuckDBDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
+                slot: str, soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+    """Apply ``batch`` and move the slot's LSN to ``batch.end_lsn``, in one DuckDB transaction."""
+    report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
+    c = destination.conn
+    arrays = _ArrayJson(source)
+    c.execute("BEGIN TRANSACTION")
+    try:
+        for segment in batch.segments:
+            for oid, changes in segment.changes.items():
+                relation = batch.relations[oid]
+                table = tables.get((relation.namespace, relation.name))
+                if table is not None and changes:
+                    try:
+                        _apply_table(destination, table, list(changes.values()), report, soft_deletes, arrays,
+                                     report.lsn or "")  # fmt: skip
+                    except LoadError as exc:
+                        raise TableApplyError(table.id, str(exc)) from exc
+                    except Exception as exc:  # noqa: BLE001 - DuckDB's errors name no table: name it
+                        raise TableApplyError(table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+            if segment.truncate is not None:
+                for oid in segment.truncate.relation_oids:
+                    relation = batch.relations.get(oid)
+                    table = tables.get((relation.namespace, relation.name)) if relation else None
+                    if table is None:
+                        continue
+                    target = destination._target(table)
+                    if soft_deletes:
+                        _soft_column(destination, table)
+                        run(c, f"UPDATE {target} SET {dq(DELETED_AT)} = now() WHERE {dq(DELETED_AT)} IS NULL")
+                    else:
+                        run(c, f"DELETE FROM {target}")
+                    report.truncated.append(table.id)
+        if report.lsn is not None:
+            _write_lsn(destination, slot, report.lsn)
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    finally:
+        arrays.close()
+    return report
+
+
+class _ArrayJson:
+    """PostgreSQL array text -> the JSON the snapshot stores, by the source's own ``to_json``."""
+
+    def __init__(self, source: SourceConnect | None) -> None:
+        self.source, self.conn = source, None
+
+    def __call__(self, column: Column, values: list[str]) -> list[str]:
+        if self.source is None:
+            raise LoadError(f"column {column.name}: an array needs the source to convert it to JSON for DuckDB")
+        if self.conn is None:
+            self.conn = self.source()
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT to_json(v::{})::text FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) "
+                                "ORDER BY i").format(sql.SQL(_array_type(column))), (values,))  # fmt: skip
+            converted = [row[0] for row in cur.fetchall()]
+        self.conn.rollback()
+        return converted
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _array_type(column: Column) -> str:
+    """The array's type as the source knows it (enum and domain arrays included: to_json reads their text)."""
+    from rds_pipeline.engine.destinations.types import BUILTIN_TYPES, _bare
+
+    return column.type if _bare(column.type) in BUILTIN_TYPES else "text[]"
+
+
+def _soft_column(destination: DuckDBDestination, table: SelectedTable) -> None:
+    run(destination.conn, f"ALTER TABLE {destination._target(table)} ADD COLUMN IF NOT EXISTS {dq(DELETED_AT)} TIMESTAMPTZ")
+
+
+def _csv_field(value: Value) -> str:
+    if value is None or value is UNCHANGED:
+        return ""
+    if isinstance(value, bytes):
+        raise LoadError("log-based apply reads text values; the stream sent a binary one")
+    return '"' + value.replace('"', '""') + '"'  # type: ignore[union-attr]
+
+
+def _stage(destination: DuckDBDestination, name: str, rows: list[list[Value]], exprs: list[str], path: str) -> None:
+    """Rows of text (None: NULL) as a temp table, each column converted by its SQL expression (on c0, c1, …)."""
+    with open(path, "w", encoding="utf-8", newline="") as spool:
+        for row in rows:
+            spool.write(",".join(map(_csv_field, row)) + "\n")
+    width = len(rows[0]) if rows else len(exprs)
+    columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
+    source = (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
+              "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
+    run(destination.conn, f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {', '.join(exprs)} FROM {source}", [path])
+
+
+def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: list[RowChange], report: ApplyReport,
+                 soft_deletes: bool, arrays: _ArrayJson, batch_id: str) -> None:  # fmt: skip
+    if not table.primary_key:
+        raise LoadError("log-based apply needs a primary key in the destination. Fix: `primary_key:` in the selection")
+    c, target = destination.conn, destination._target(table)
+    columns = list(table.columns)
+    names = [col.name for col in columns]
+    key_at = [names.index(k) for k in table.primary_key]
+    fd, path = tempfile.mkstemp(prefix="rds_pipeline_cdc_", suffix=".csv")
+    os.close(fd)
+    try:
+        upserts = [ch for ch in changes if ch.op != DELETE]
+        deletes = [ch for ch in changes if ch.op == DELETE]
+        rows = [list(ch.values) for ch in upserts]
+        for i, column in enumerate(columns):  # arrays: the source's to_json, as the snapshot query does
+            if column.kind == "array":
+                present = [r for r in rows if isinstance(r[i], str)]
+                for row, value in zip(present, arrays(column, [r[i] for r in present]), strict=True):
+                    row[i] = value
+        as_text: set[str] = set()
+        if rows:
+            _stage(destination, "_rds_raw", rows, [f"c{i}" for i in range(len(columns))], path)
+            as_text = _nan_columns(destination, table)
+        if soft_deletes:
+            _soft_column(destination, table)
+        destination.ensure_table(table, as_text)
+        report.upserted.setdefault(table.id, 0)
+
+        def converted(i: int, column: Column) -> str:
+            return f"c{i}" if column.name in as_text else convert(f"c{i}", column)
+
+        keys = " AND ".join(f"t.{dq(k)} = s.{dq(k)}" for k in table.primary_key)
+        if deletes:
+            key_rows: list[list[Value]] = [[*ch.values, _time(ch.at)] for ch in deletes]
+            exprs = [f"{converted(j, columns[i])} AS {dq(names[i])}" for j, i in enumerate(key_at)]
+            exprs.append(f"CAST(c{len(key_at)} AS TIMESTAMPTZ) AS _rds_at")
+            _stage(destination, "_rds_deleted", key_rows, exprs, path)
+            if soft_deletes:
+                run(c, f"UPDATE {target} t SET {dq(DELETED_AT)} = s._rds_at FROM _rds_deleted s WHERE {keys} "
+                       f"AND t.{dq(DELETED_AT)} IS NULL")  # fmt: skip
+            else:
+                deleted = run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_deleted s WHERE {keys})")
+                report.deleted[table.id] = report.deleted.get(table.id, 0) + int(deleted.fetchone()[0])
+            c.execute("DROP TABLE _rds_deleted")
+        if not upserts:
+            return
+        staged = [[*row, "".join("1" if v is UNCHANGED else "0" for v in ch.values),
+                   *(ch.moved_from or [None] * len(key_at))] for row, ch in zip(rows, upserts, strict=True)]  # fmt: skip
+        exprs = [f"{converted(i, col)} AS {dq(col.name)}" for i, col in enumerate(columns)]
+        exprs.append(f"c{len(columns)} AS _rds_u")
+        exprs += [f"{converted(len(columns) + 1 + j, columns[i])} AS _rds_old{j}" for j, i in enumerate(key_at)]
+        _stage(destination, "_rds_changed", staged, exprs, path)
+        # a key change that left TOASTed values: they are under the old key, whose row is still there unless a
+        # re-snapshot already holds the new key (then the new key's current values are kept, as in PostgreSQL)
+        old_keys = " AND ".join(f"t.{dq(k)} = s._rds_old{j}" for j, k in enumerate(table.primary_key))
+        moved = any(ch.moved_from is not None for ch in upserts)
+        for i, name in enumerate(names if moved else []):
+            run(c, f"UPDATE _rds_changed s SET {dq(name)} = t.{dq(name)}, _rds_u = overlay(s._rds_u PLACING '0' FROM {i + 1}) "
+                   f"FROM {target} t WHERE {old_keys} AND substr(s._rds_u, {i + 1}, 1) = '1' AND s._rds_old0 IS NOT NULL")  # fmt: skip
+        missing = run(c, f"SELECT count(*) FROM _rds_changed s WHERE s._rds_u LIKE '%1%' AND NOT EXISTS "
+                         f"(SELECT 1 FROM {target} t WHERE {keys})").fetchone()[0]  # fmt: skip
+        if missing:
+            raise LoadError("the stream updated rows the destination does not hold, leaving TOASTed values unchanged: "
+                            "the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)")  # fmt: skip
+        partial = [f"{dq(n)} = CASE WHEN substr(s._rds_u, {i + 1}, 1) = '1' THEN t.{dq(n)} ELSE s.{dq(n)} END"
+                   for i, n in enumerate(names) if n not in table.primary_key]  # fmt: skip
+        refresh = [f"{dq(EXTRACTED_AT)} = now()", f"{dq(BATCH_ID)} = ?"] + ([f"{dq(DELETED_AT)} = NULL"] if soft_deletes else [])
+        if partial:
+            run(c, f"UPDATE {target} t SET {', '.join(partial + refresh)} FROM _rds_changed s WHERE {keys} "
+                   "AND s._rds_u LIKE '%1%'", [f"lsn:{batch_id}"])  # fmt: skip
+        run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_changed s WHERE {keys} AND s._rds_u NOT LIKE '%1%')")
+        col_list = ", ".join(dq(n) for n in names)
+        run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) SELECT {col_list}, now(), ? "
+               "FROM _rds_changed WHERE _rds_u NOT LIKE '%1%'", [f"lsn:{batch_id}"])  # fmt: skip
+        report.upserted[table.id] += len(upserts)
+        c.execute("DROP TABLE _rds_changed")
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def _nan_columns(destination: DuckDBDestination, table: SelectedTable) -> set[str]:
+    """numeric(p,s) columns that must be VARCHAR (as the loader decides): already widened, or NaN in this batch."""
+    from rds_pipeline.engine.destinations.types import duckdb_type
+
+    decimals = [(i, col.name) for i, col in enumerate(table.columns) if duckdb_type(col).startswith("DECIMAL")]
+    if not decimals:
+        return set()
+    existing = destination._existing_types(table)
+    found = {name for _, name in decimals if _canonical(existing.get(name, "")) == "VARCHAR"}
+    for i, name in decimals:
+        if name not in found and run(destination.conn, f"SELECT count(*) FROM _rds_raw WHERE c{i} = 'NaN'").fetchone()[0]:
+            found.add(name)
+    return found
+
+
+def _time(microseconds: int | None) -> str | None:
+    return None if microseconds is None else timestamp(microseconds).isoformat()
