@@ -51,7 +51,7 @@ def edit_selection(
             entry = CommentedMap([("name", entry)])
         if method:
             entry["method"] = method
-            if method == "full_table":
+            if method != "key_based":
                 entry.pop("replication_key", None)
         if replication_key:
             entry["replication_key"] = replication_key
