@@ -63,12 +63,9 @@ class ResetConfig(dg.Config):
 
 
 def buckets(chosen: list[TableAsset], parallel: int) -> list[list[TableAsset]]:
-    """Split tables into at most ``parallel`` buckets of similar size (largest first, to the lightest). The
-    log-based tables go together in one more: they are read from one slot, once."""
-    logged = sorted((a for a in chosen if a.table.method == "log_based"), key=lambda a: a.table.id)
-    chosen = [a for a in chosen if a.table.method != "log_based"]
+    """Split tables into at most ``parallel`` buckets of similar size (largest first, to the lightest)."""
     if not chosen:
-        return [logged] if logged else []
+        return []
     count = max(1, min(parallel, len(chosen)))
     loads = [0] * count
     split: list[list[TableAsset]] = [[] for _ in range(count)]
@@ -76,7 +73,7 @@ def buckets(chosen: list[TableAsset], parallel: int) -> list[list[TableAsset]]:
         lightest = loads.index(min(loads))
         split[lightest].append(asset)
         loads[lightest] += max(asset.table.relation.row_estimate or 0, 1000)
-    return [sorted(b, key=lambda a: a.table.id) for b in split if b] + ([logged] if logged else [])
+    return [sorted(b, key=lambda a: a.table.id) for b in split if b]
 
 
 def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], request: Request,
@@ -119,7 +116,8 @@ def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], reques
         raise failure(failures, synced)
 
 
-def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
+def build_op_jobs(assets: list[TableAsset], slot_pool: str = POOL) -> list[dg.JobDefinition]:
+    """``slot_pool``: the pool of the step that reads the log-based tables' slot (one run at a time per slot)."""
     by_id = {a.table.id: a for a in assets}
     logged = [a for a in assets if a.table.method == "log_based"]
 
@@ -130,21 +128,32 @@ def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
                 return asset
         raise dg.Failure(f"{name} is not a selected table. Selected: {', '.join(sorted(by_id))}")
 
-    @dg.op(name=PICK_OP, out=dg.DynamicOut(list))
-    def pick_tables(config: PickConfig) -> Iterator[dg.DynamicOutput]:
-        """The tables this run syncs (all, one group, or a list), in buckets for the pool's slots."""
+    @dg.op(name=PICK_OP, out={"buckets": dg.DynamicOut(list), "log_based": dg.Out(list, is_required=False)})
+    def pick_tables(config: PickConfig) -> Iterator[dg.DynamicOutput | dg.Output]:
+        """The tables this run syncs (all, one group, or a list), in buckets for the pool's slots; the log-based
+        ones apart, for the step that reads their slot."""
         chosen = [a for a in assets if not config.group or a.group == config.group]
         if config.group and not chosen:
             raise dg.Failure(f"no group {config.group!r}; groups: {', '.join(sorted({a.group for a in assets}))}")
         if config.tables:
             chosen = [find(name) for name in config.tables]
+        streamed = sorted(a.table.id for a in chosen if a.table.method == "log_based")
+        chosen = [a for a in chosen if a.table.method != "log_based"]
         for index, bucket in enumerate(buckets(chosen, config.parallel)):
-            yield dg.DynamicOutput([a.table.id for a in bucket], mapping_key=f"bucket_{index}")
+            yield dg.DynamicOutput([a.table.id for a in bucket], output_name="buckets", mapping_key=f"bucket_{index}")
+        if streamed:
+            yield dg.Output(streamed, output_name="log_based")
 
     @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
     def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                     rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
+        sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
+
+    @dg.op(pool=slot_pool, out=dg.Out(dg.Nothing))
+    def stream_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
+                      rds_destination: RdsDestinationResource) -> None:  # fmt: skip
+        """Read the slot once for every log-based table (a table without a snapshot gets one first)."""
         sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
     @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
@@ -158,11 +167,15 @@ def build_op_jobs(assets: list[TableAsset]) -> list[dg.JobDefinition]:
 
     @dg.job(name=SYNC_ALL, description="Catch every selected table up (what a schedule tick does).")
     def sync_all() -> None:
-        pick_tables().map(sync_tables)
+        tables, streamed = pick_tables()
+        tables.map(sync_tables)
+        stream_tables(streamed)
 
     @dg.job(name="sync_group", description="Catch one group (source schema) up; config: group.")
     def sync_group() -> None:
-        pick_tables().map(sync_tables)
+        tables, streamed = pick_tables()
+        tables.map(sync_tables)
+        stream_tables(streamed)
 
     @dg.job(name="reset_table", description="Reset one table (bookmark and data), then bring its history back.")
     def reset_table() -> None:

@@ -42,6 +42,12 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
                      "password": server.password, "database": "dg_log_dest"})  # fmt: skip
     replica = "dagster_test.t"
 
+    # one reader per slot: the stream's steps (the asset's and sync_all's) are in the slot's own pool
+    defs = project.defs()
+    pool = "rds_slot__rds_pipeline_dagster_test"
+    assert defs.resolve_job_def("sync_all").graph.node_named("stream_tables").definition.pool == pool
+    assert defs.resolve_assets_def(key("t")).op.pool == pool
+    assert defs.resolve_assets_def(key("f")).op.pool == "rds_source"
     first = run_sync(project.path, instance=instance, quiet=True)
     assert first.success, first.failures or first.errors
     assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
