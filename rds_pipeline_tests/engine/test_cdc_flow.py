@@ -92,7 +92,7 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
     assert third.changes(u.id).get("delete") == 1 and not third.snapshots
     equal(scratch, dest, t, u)
     assert dest.fetch_rows(t)[0][2] is not None  # no TOASTed value became NULL
-    scratch.sql("INSERT INTO u VALUES (900001, 'gone soon', 'x'); TRUNCATE u RESTART IDENTITY; "
+    scratch.sql("INSERT INTO u VALUES (900001, 'gone soon', 'x'); TRUNCATE u RESTART IDENTITY CASCADE; "
                 "INSERT INTO u VALUES (1, 'after truncate', 'y')")  # fmt: skip
     sync_log_based(scratch.config, dest, [t, u])
     equal(scratch, dest, t, u)
