@@ -78,9 +78,10 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
     started = time.monotonic()
     result = LogBasedResult(config.slot_name, config.publication_name)
     _lock_slot(destination, result.slot)
-    tunnel = open_tunnel(config.source)
-    connect = _Connector(config, tunnel)
+    tunnel = None
     try:
+        tunnel = open_tunnel(config.source)
+        connect = _Connector(config, tunnel)
         usable = _prepare_source(connect, tables, result)
         _forget_others(destination, result.slot, usable)
         _snapshot(connect, destination, usable, result, chunks or {})
