@@ -39,6 +39,11 @@ from rds_pipeline.engine.source.connection import libpq_params
 log = logging.getLogger(__name__)
 
 
+def _format(copy: CopyOut) -> sql.Composable:
+    """The COPY format the source wrote: binary where it is exact (``types.binary_refusal``), else text."""
+    return sql.SQL(" WITH (FORMAT binary)") if getattr(copy, "binary", False) else sql.SQL("")
+
+
 class PostgresDestination:
     kind = "postgres"
     copy_csv = False
@@ -253,7 +258,7 @@ class PostgresDestination:
                     cur.execute(delete)
                     report.rows_deleted = cur.rowcount
                     cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN").format(target, column_list).as_string(cur),
+                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, _format(copy)).as_string(cur),
                         copy.pipe,
                         size=1 << 20,
                     )
@@ -262,7 +267,7 @@ class PostgresDestination:
                     # historical sync into a table created in this transaction: nothing to merge with, so
                     # COPY straight in (the stage and upsert would double the work)
                     cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN").format(target, column_list).as_string(cur),
+                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, _format(copy)).as_string(cur),
                         copy.pipe,
                         size=1 << 20,
                     )
@@ -281,7 +286,7 @@ class PostgresDestination:
                         )
                     )
                     cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list).as_string(cur),
+                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, column_list, _format(copy)).as_string(cur),
                         copy.pipe,
                         size=1 << 20,
                     )

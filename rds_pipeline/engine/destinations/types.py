@@ -88,3 +88,34 @@ def duckdb_type(column: Column) -> str:
     if column.kind in ("enum", "composite", "range", "multirange"):
         return "VARCHAR"
     return _DUCKDB_NATIVE.get(bare, "VARCHAR")
+
+
+# Built-in types whose binary COPY form is the same on every PostgreSQL from 12 to 18 and does not depend on the
+# server (no OIDs inside, no encoding-dependent parsing): rows of these move as COPY (FORMAT binary) between two
+# PostgreSQL servers, which skips the text conversion on both ends.
+BINARY_STABLE_TYPES = {
+    "smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "text",
+    "character varying", "character", "bytea", "uuid", "json", "jsonb", "date", "time without time zone",
+    "time with time zone", "timestamp without time zone", "timestamp with time zone", "interval", "inet", "cidr",
+    "macaddr", "macaddr8", "bit", "bit varying", "point", "line", "lseg", "box", "path", "polygon", "circle",
+    "money",
+}  # fmt: skip
+
+
+def binary_refusal(columns: tuple[Column, ...]) -> str | None:
+    """Why these columns cannot move as binary COPY between two PostgreSQL servers (None: they can, exactly).
+
+    Binary is exact only when the destination column has the source column's type (so not for enums, composites
+    or extension types, which become text, nor arrays of them: an array's binary form names its element type),
+    and only for types whose binary form is stable across server versions."""
+    for column in columns:
+        if column.kind in ("enum", "composite", "range", "multirange", "pseudo"):
+            return f"column {column.name} is of type {column.type} ({column.kind}): it moves as text"
+        declared = column.base_type if column.kind == "domain" and column.base_type else column.type
+        if postgres_type(column) != declared:
+            return f"column {column.name} ({column.type}) becomes {postgres_type(column)} in the destination"
+        if _bare(declared) not in BINARY_STABLE_TYPES:
+            return f"column {column.name} is of type {column.type}, whose binary form may differ between servers"
+        if column.kind == "array" and _bare(column.base_type or "") not in BINARY_STABLE_TYPES:
+            return f"column {column.name} is an array of {column.base_type}"
+    return None

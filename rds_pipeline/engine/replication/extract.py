@@ -117,7 +117,7 @@ class ExtractionLog:
 
 
 def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
-                 array_as_json: bool = False) -> sql.Composed:  # fmt: skip
+                 array_as_json: bool = False, binary: bool = False) -> sql.Composed:  # fmt: skip
     """``COPY (SELECT cols FROM schema.table [WHERE range]) TO STDOUT``, identifiers quoted by psycopg2.sql."""
     columns = []
     for column in table.columns:
@@ -131,7 +131,7 @@ def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
     predicate = key_range.predicate()
     if predicate is not None:
         select = sql.SQL("{} WHERE {}").format(select, predicate)
-    options = sql.SQL(" WITH (FORMAT csv)") if csv else sql.SQL("")
+    options = sql.SQL(" WITH (FORMAT csv)") if csv else sql.SQL(" WITH (FORMAT binary)") if binary else sql.SQL("")
     return sql.SQL("COPY ({}) TO STDOUT{}").format(select, options)
 
 
@@ -185,8 +185,10 @@ class CopyOut:
     """Runs the source COPY TO in a thread, writing into an OS pipe that ``pipe`` (a PipeReader) drains."""
 
     def __init__(self, conn: psycopg2.extensions.connection, query: sql.Composed, table: str,
-                 extraction: ExtractionLog, stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:  # fmt: skip
+                 extraction: ExtractionLog, stall_seconds: float = DEFAULT_STALL_SECONDS,
+                 binary: bool = False) -> None:  # fmt: skip
         self.conn = conn
+        self.binary = binary  # the rows are COPY's binary format: the destination reads them as such
         self.query_text = query.as_string(conn)
         self.table = table
         self.extraction = extraction

@@ -21,7 +21,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.destinations.base import Destination, LoadError, LoadingReport
-from rds_pipeline.engine.destinations.types import postgres_type
+from rds_pipeline.engine.destinations.types import binary_refusal, postgres_type
 from rds_pipeline.engine.errors import ConnectionProblem
 from rds_pipeline.engine.replication.extract import (
     CopyOut,
@@ -255,21 +255,33 @@ def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) 
     return value
 
 
+def binary_copy(destination: Destination, table: SelectedTable) -> tuple[bool, str]:
+    """Whether the rows move as binary COPY (PostgreSQL to PostgreSQL, every column of a type whose binary
+    form is exact there), and the format as the extraction log shows it."""
+    if destination.kind != "postgres":
+        return False, "csv" if destination.copy_csv else "text"
+    refusal = binary_refusal(table.columns)
+    return (True, "binary") if refusal is None else (False, f"text ({refusal})")
+
+
 def _copy_step(session: SourceSession, destination: Destination, table: SelectedTable, step: Step,
                attempt: int, max_key: Callable[[], str | None]) -> StepResult:  # fmt: skip
     conn = session.connection(table.relation.database)
     in_recovery = source_in_recovery(conn)
     key_range = resolve_start(conn, table, step)
     source_max = max_key() if table.method == "key_based" and key_range.upper is not None else None
-    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json)
+    binary, copy_format = binary_copy(destination, table)
+    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
+                         binary=binary)  # fmt: skip
     extraction = ExtractionLog(
         table=table.id,
         query=query.as_string(conn),
-        parameters={"range": key_range.describe(), "lower": key_range.lower, "upper": key_range.upper},
+        parameters={"range": key_range.describe(), "lower": key_range.lower, "upper": key_range.upper,
+                    "format": copy_format},  # fmt: skip
         started_at=dt.datetime.now(dt.UTC),
         source_in_recovery=in_recovery,
     )
-    copy = CopyOut(conn, query, table.id, extraction, stall_seconds=session.config.stall_seconds)
+    copy = CopyOut(conn, query, table.id, extraction, stall_seconds=session.config.stall_seconds, binary=binary)
     batch_id = uuid.uuid4().hex
     try:
         report, outcome = destination.load(table, key_range, copy, batch_id, source_max)

@@ -97,10 +97,14 @@ def _copy(source: psycopg2.extensions.connection, destination: Destination, tabl
           snapshot: SlotSnapshot, key_range: KeyRange) -> int:  # fmt: skip
     """One range (or the whole table), replaced in the destination; the source transaction (the snapshot)
     stays open for the next one."""
-    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json)
+    from rds_pipeline.engine.replication.sync import binary_copy
+
+    binary, copy_format = binary_copy(destination, table)
+    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
+                         binary=binary)  # fmt: skip
     extraction = ExtractionLog(table=table.id, query=query.as_string(source), started_at=dt.datetime.now(dt.UTC),
-                               parameters={"snapshot": snapshot.snapshot_name})  # fmt: skip
-    copy = CopyOut(source, query, table.id, extraction)
+                               parameters={"snapshot": snapshot.snapshot_name, "format": copy_format})  # fmt: skip
+    copy = CopyOut(source, query, table.id, extraction, binary=binary)
     report, _ = destination.load(_as_full_table(table), key_range, copy, uuid.uuid4().hex)
     return report.rows_inserted
 
