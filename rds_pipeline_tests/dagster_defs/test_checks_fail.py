@@ -63,3 +63,33 @@ def test_freshness_follows_the_schedule(pg18: LocalPostgres, tmp_path: Path) -> 
     crons = {s.cron_schedule for s in defs.schedules}
     assert crons == {"*/30 * * * *", "15 3,9,15,21 * * *"}
     assert isinstance(defs.schedules[0], dg.ScheduleDefinition)
+
+
+def test_row_count_check_catches_rows_lost_in_the_destination(pg18: LocalPostgres, tmp_path: Path,
+                                                              instance: dg.DagsterInstance) -> None:  # fmt: skip
+    """row_count_matches_source compares the rows this sync's COPY read with the destination's rows in the range
+    (no second scan of production): a destination that drops a row on the way fails it."""
+    from rds_pipeline_tests.dagster_defs.project import make_project
+
+    project = make_project(pg18, tmp_path, [{"name": "public.t"}],
+                           ddl="CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM "
+                               "generate_series(1, 100) g",
+                           destination={"type": "postgres", "host": pg18.host, "port": pg18.port, "user": pg18.superuser,
+                                        "password": pg18.password, "database": "checks_dest"})  # fmt: skip
+    pg18.psql("CREATE DATABASE checks_dest")
+    defs = project.defs()
+    assets = [a for a in defs.assets if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec))]
+
+    def row_count() -> dg.AssetCheckEvaluation:
+        result = dg.materialize(assets, selection=[key("t")], partition_key="all", instance=instance,
+                                resources=defs.resources, raise_on_error=False)  # fmt: skip
+        return next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_count_matches_source")
+
+    assert row_count().passed
+    # the destination silently drops one row on insert (a trigger someone added)
+    pg18.psql("CREATE FUNCTION dagster_test.drop_seven() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+              "IF NEW.id = 7 THEN RETURN NULL; END IF; RETURN NEW; END $$; CREATE TRIGGER lose BEFORE INSERT ON "
+              "dagster_test.t FOR EACH ROW EXECUTE FUNCTION dagster_test.drop_seven()", "checks_dest")  # fmt: skip
+    failed = row_count()
+    assert not failed.passed
+    assert failed.description.startswith("99 rows in the destination, 100 copied from the source by this sync")

@@ -31,10 +31,13 @@ def source_count(conn: psycopg2.extensions.connection, table: SelectedTable, key
     return count
 
 
-def row_count_check(source_rows: int, destination_rows: int, key_range: KeyRange) -> CheckOutcome:
+def row_count_check(source_rows: int, destination_rows: int, key_range: KeyRange,
+                    counted: str = "at the source") -> CheckOutcome:  # fmt: skip
+    """``counted``: where ``source_rows`` comes from ("at the source": a count query; or the rows this sync's
+    COPY read from the source, which costs production nothing)."""
     return CheckOutcome(
         source_rows == destination_rows,
-        f"{destination_rows} rows in the destination, {source_rows} at the source ({key_range.describe()})",
+        f"{destination_rows} rows in the destination, {source_rows} {counted} ({key_range.describe()})",
         {"source_rows": source_rows, "destination_rows": destination_rows, "range": key_range.describe()},
     )
 
