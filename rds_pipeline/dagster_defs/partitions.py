@@ -25,6 +25,7 @@ from rds_pipeline.engine.replication.plan import MAX_HISTORY_CHUNKS
 from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable, chunkable_key
 
 WHOLE = "all"
+MAX_AUTO_WINDOWS = 1000  # a table's time windows when the user did not choose a granularity
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ def _start(low: str | None, granularity: str, today: dt.date) -> dt.datetime:
     return start
 
 
+def auto_granularity(low: str | None, today: dt.date) -> str:
+    """The finest of daily, weekly and monthly that covers the key's span (from its discovered minimum to today)
+    in at most ``MAX_AUTO_WINDOWS`` windows: a key starting in 1947 gets monthly windows, not 29,000 days."""
+    start = _start(low, "daily", today).date()
+    days = (today - start).days + 1
+    if days <= MAX_AUTO_WINDOWS:
+        return "daily"
+    return "weekly" if days / 7 <= MAX_AUTO_WINDOWS else "monthly"
+
+
 def plan_for(table: SelectedTable, today: dt.date | None = None) -> PartitionPlan:
     today = today or dt.datetime.now(dt.UTC).date()
     relation = table.relation
@@ -62,10 +73,11 @@ def plan_for(table: SelectedTable, today: dt.date | None = None) -> PartitionPla
         base = column.base_type if column.kind == "domain" and column.base_type else column.type
         if column.category == "D" and not base.startswith("time "):
             low, _ = relation.stats_for(column.name)
-            start = _start(low, table.granularity, today)
+            granularity = table.granularity or auto_granularity(low, today)
+            start = _start(low, granularity, today)
             cls = {"hourly": dg.HourlyPartitionsDefinition, "daily": dg.DailyPartitionsDefinition,
-                   "weekly": dg.WeeklyPartitionsDefinition, "monthly": dg.MonthlyPartitionsDefinition}[table.granularity]  # fmt: skip
-            start_text = start.strftime("%Y-%m-%d-%H:%M" if table.granularity == "hourly" else "%Y-%m-%d")
+                   "weekly": dg.WeeklyPartitionsDefinition, "monthly": dg.MonthlyPartitionsDefinition}[granularity]  # fmt: skip
+            start_text = start.strftime("%Y-%m-%d-%H:%M" if granularity == "hourly" else "%Y-%m-%d")
             return PartitionPlan("time", column.name, cls(start_date=start_text, end_offset=1), base)
         if base in INTEGER_TYPES:
             return PartitionPlan(

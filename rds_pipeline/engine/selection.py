@@ -43,7 +43,7 @@ class SelectedTable:
     destination_table: str
     notices: tuple[str, ...] = field(default_factory=tuple)
     schedule: Any = None  # per-table override of the integration's schedule (raw)
-    granularity: str = "daily"  # time-window partitions of a date/timestamp key
+    granularity: str | None = None  # time-window partitions of a date/timestamp key; None: from the key's span
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # rows per key-range partition
     lookback: str | int | None = None
     all_columns: bool = True  # no `columns:` list: a column added at the source is replicated too
@@ -230,8 +230,8 @@ def _resolve_entry(
         problems.append(f"{label}: destination table name '{destination}' is longer than {MAX_IDENTIFIER} bytes. "
                         "Fix: set a shorter `destination_table:`")  # fmt: skip
         return None
-    granularity = str(entry.get("granularity") or "daily")
-    if granularity not in GRANULARITIES:
+    granularity = str(entry["granularity"]) if entry.get("granularity") else None
+    if granularity is not None and granularity not in GRANULARITIES:
         problems.append(f"{label}.granularity: '{granularity}' is not one of {', '.join(GRANULARITIES)}")
         return None
     chunk_rows = entry.get("chunk_rows") or DEFAULT_CHUNK_ROWS
