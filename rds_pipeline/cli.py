@@ -227,7 +227,10 @@ def _sync(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.table:
         _pick(_load_selection(config)[1], args.table)  # clear errors for unknown tables, before Dagster starts
-    outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose)
+    from rds_pipeline.engine.progress import console_progress
+
+    with console_progress(args.verbose):
+        outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose)
     print(format_loading_report(outcome.rows))
     if outcome.failures or outcome.errors:
         print(f"\n{len(outcome.failures)} table(s) FAILED (the others were synced):", file=sys.stderr)

@@ -136,11 +136,17 @@ def run_demo(root: Path, keep_running: bool = False) -> int:
     try:
         import dagster as dg
 
-        with dg.DagsterInstance.get() as instance:
-            outcome = run_sync(setup.config_path, instance=instance)
+        from rds_pipeline.engine.progress import console_progress
+
+        with console_progress(), dg.DagsterInstance.get() as instance:
+            outcome = run_sync(setup.config_path, instance=instance, quiet=True)
             ok = outcome.success
             print("\nLoading report (this run):")
             print(format_loading_report(outcome.rows))
+            for failed in outcome.failures:
+                print(f"FAILED {failed['table']}: {failed['error']}", file=sys.stderr)
+            for error in outcome.errors:
+                print(f"FAILED {error}", file=sys.stderr)
             from rds_pipeline.dagster_defs.definitions import build_definitions
 
             keys = [k for k in build_definitions(setup.config_path).resolve_asset_graph().get_all_asset_keys()

@@ -26,6 +26,10 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     assert "Loading report (this run):" in out
     assert "TOTAL (27 tables)" in out and "pagila_demo/payment" in out and "key_based" in out
     assert "Row usage from the Dagster event log" in out
+    # compact live progress: one line per table as it finishes, no Dagster event lines or library warnings
+    assert result.stderr.count("  done    ") == 27, result.stderr[-3000:]
+    run = result.stderr[result.stderr.index("  done    "):] + out[out.index("Discovered and selected"):]
+    assert "DEBUG" not in run and "Warning" not in run, run[-3000:]  # (pip's own install output comes before)
     assert (clone / ".venv" / "bin" / "rds-pipeline").exists()  # make demo made its own virtualenv
     import duckdb
 

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.progress import copying
 from rds_pipeline.engine.selection import SelectedTable
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ SESSION_SETTINGS = {
     "bytea_output": "hex",
     "lc_monetary": "C",
 }
-PROGRESS_SECONDS = 10.0
+PROGRESS_SECONDS = float(os.environ.get("RDS_PIPELINE_PROGRESS_SECONDS", "10"))  # a long copy reports this often
 CANCEL_WAIT_SECONDS = 5.0  # a close that gets no answer (a frozen tunnel) is given up after this
 ABORT_WAIT_SECONDS = 2.0  # a COPY thread still running this long after its pipe closed is stuck
 DEFAULT_STALL_SECONDS = 300
@@ -186,8 +187,10 @@ class CopyOut:
 
     def __init__(self, conn: psycopg2.extensions.connection, query: sql.Composed, table: str,
                  extraction: ExtractionLog, stall_seconds: float = DEFAULT_STALL_SECONDS,
-                 binary: bool = False) -> None:  # fmt: skip
+                 binary: bool = False, expected_bytes: int | None = None,
+                 expected_rows: int | None = None) -> None:  # fmt: skip
         self.conn = conn
+        self.expected = (expected_bytes, expected_rows)  # from the catalog: for the progress line's ETA
         self.binary = binary  # the rows are COPY's binary format: the destination reads them as such
         self.query_text = query.as_string(conn)
         self.table = table
@@ -209,12 +212,8 @@ class CopyOut:
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_SECONDS:
             self._last_progress = now
-            rate = total_bytes / max(now - self._started, 1e-9) / 2**20
-            message = (
-                f"{self.table}: {total_bytes / 2**20:.1f} MiB copied in {now - self._started:.0f}s ({rate:.1f} MiB/s)"
-            )
+            message = copying(self.table, total_bytes, now - self._started, *self.expected)
             self.extraction.progress.append(message)
-            log.info(message)
 
     def start(self) -> CopyOut:
         self._thread.start()

@@ -23,6 +23,7 @@ from psycopg2 import sql
 from rds_pipeline.engine.destinations.base import Destination, LoadError, LoadingReport
 from rds_pipeline.engine.destinations.types import binary_refusal, postgres_type
 from rds_pipeline.engine.errors import ConnectionProblem
+from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.extract import (
     CopyOut,
     ExtractionLog,
@@ -180,7 +181,10 @@ def sync_table(
                                    lambda attempt, step=step: _copy_step(session, destination, table, step, attempt,
                                                                          max_key),
                                    pass_attempt=True))  # fmt: skip
-    return SyncResult(table, plan, steps)
+    result = SyncResult(table, plan, steps)
+    report = result.report
+    table_done(table.id, report.rows_inserted, report.rows_updated, report.rows_deleted, report.seconds, plan.reason)
+    return result
 
 
 def _with_retries(table: SelectedTable, session: SourceSession, destination: Destination, max_attempts: int,
@@ -281,7 +285,10 @@ def _copy_step(session: SourceSession, destination: Destination, table: Selected
         started_at=dt.datetime.now(dt.UTC),
         source_in_recovery=in_recovery,
     )
-    copy = CopyOut(conn, query, table.id, extraction, stall_seconds=session.config.stall_seconds, binary=binary)
+    whole = key_range.lower is None and key_range.upper is None  # the catalog's size speaks of the whole table
+    copy = CopyOut(conn, query, table.id, extraction, stall_seconds=session.config.stall_seconds, binary=binary,
+                   expected_bytes=table.relation.size_bytes if whole else None,
+                   expected_rows=table.relation.row_estimate if whole else None)  # fmt: skip
     batch_id = uuid.uuid4().hex
     try:
         report, outcome = destination.load(table, key_range, copy, batch_id, source_max)

@@ -33,6 +33,7 @@ from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.destinations.postgres_apply import TableApplyError
 from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
 from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, readiness
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
@@ -107,6 +108,12 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
             tunnel.close()
         _unlock_slot(destination, result.slot)
     result.seconds = time.monotonic() - started
+    for table in tables:
+        if table.id not in result.failures:
+            changes = result.changes(table.id)
+            table_done(table.id, result.snapshots.get(table.id, 0) + changes.get("insert", 0), changes.get("update", 0),
+                       changes.get("delete", 0), result.seconds,
+                       "snapshot, then stream" if table.id in result.snapshots else "stream")  # fmt: skip
     return result
 
 
