@@ -47,7 +47,7 @@ def console_progress(verbose: bool = False, stream=sys.stderr) -> Iterator[None]
     previous = PROGRESS.level
     PROGRESS.addHandler(handler)
     PROGRESS.setLevel(logging.INFO)
-    PROGRESS.propagate = verbose
+    PROGRESS.propagate = False  # printed once, here (with -v the root logger prints everything else)
     try:
         with warnings.catch_warnings():
             if not verbose:
