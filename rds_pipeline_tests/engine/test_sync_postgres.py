@@ -408,12 +408,14 @@ def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.
     scratch = make_scratch(pg18)
     scratch.sql(
         "CREATE TABLE p (id int PRIMARY KEY, pad text); INSERT INTO p SELECT g, repeat('x', 500) "
-        "FROM generate_series(1, 20000) g"
+        "FROM generate_series(1, 20000) g; ANALYZE p"
     )
     dest = scratch.destination()
     with scratch.session() as session:
         result = sync_table(session, dest, scratch.one({"name": "public.p"}))
-    assert result.extraction.progress and "MiB copied in" in result.extraction.progress[-1]
+    last = result.extraction.progress[-1]
+    assert last.startswith(f"copying {scratch.source_db}.public.p: ") and "MiB/s" in last
+    assert "rows/s" in last and "of ~20,000 rows, ETA" in last  # from the catalog's row estimate and size
     assert result.extraction.bytes > 10_000_000
     dest.close()
 
