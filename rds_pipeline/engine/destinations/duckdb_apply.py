@@ -132,31 +132,22 @@ def apply_batch(destination: DuckDBDestination, tables: dict[tuple[str, str], Se
     arrays = _ArrayJson(source)
     c.execute("BEGIN TRANSACTION")
     try:
-        for segment in batch.segments:
-            for oid, changes in segment.changes.items():
-                relation = batch.relations[oid]
-                table = tables.get((relation.namespace, relation.name))
-                if table is not None and changes:
-                    try:
-                        _apply_table(destination, table, list(changes.values()), report, soft_deletes, arrays,
-                                     report.lsn or "")  # fmt: skip
-                    except LoadError as exc:
-                        raise TableApplyError(table.id, str(exc)) from exc
-                    except Exception as exc:  # noqa: BLE001 - DuckDB's errors name no table: name it
-                        raise TableApplyError(table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
-            if segment.truncate is not None:
-                for oid in segment.truncate.relation_oids:
-                    relation = batch.relations.get(oid)
-                    table = tables.get((relation.namespace, relation.name)) if relation else None
-                    if table is None:
-                        continue
-                    target = destination._target(table)
-                    if soft_deletes:
-                        _soft_column(destination, table)
-                        run(c, f"UPDATE {target} SET {dq(DELETED_AT)} = now() WHERE {dq(DELETED_AT)} IS NULL")
-                    else:
-                        run(c, f"DELETE FROM {target}")
-                    report.truncated.append(table.id)
+        for table, changes in batch.in_order(tables):
+            if changes is None:  # a TRUNCATE, in its place
+                target = destination._target(table)
+                if soft_deletes:
+                    _soft_column(destination, table)
+                    run(c, f"UPDATE {target} SET {dq(DELETED_AT)} = now() WHERE {dq(DELETED_AT)} IS NULL")
+                else:
+                    run(c, f"DELETE FROM {target}")
+                report.truncated.append(table.id)
+                continue
+            try:
+                _apply_table(destination, table, changes, report, soft_deletes, arrays, report.lsn or "")
+            except LoadError as exc:
+                raise TableApplyError(table.id, str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - DuckDB's errors name no table: name it
+                raise TableApplyError(table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
         if report.lsn is not None:
             _write_lsn(destination, slot, report.lsn)
         c.execute("COMMIT")

@@ -214,28 +214,23 @@ def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], 
                 if soft_deletes:
                     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
                         destination._target(table), sql.Identifier(DELETED_AT)))  # fmt: skip
-            for segment in batch.segments:
-                for oid, changes in segment.changes.items():
-                    relation = batch.relations[oid]
-                    table = tables.get((relation.namespace, relation.name))
-                    if table is not None and changes:
-                        try:
-                            _apply_table(cur, destination, table, list(changes.values()), report, soft_deletes,
-                                         enforced.get(table.id, False))  # fmt: skip
-                        except (psycopg2.Error, LoadError) as exc:
-                            if isinstance(exc, psycopg2.OperationalError) or conn.closed:
-                                raise  # the connection, not the table: the caller retries
-                            raise TableApplyError(table.id, str(exc).strip().splitlines()[0]) from exc
-                if segment.truncate is not None:
-                    names = [tables[(r.namespace, r.name)] for oid in segment.truncate.relation_oids
-                             if (r := batch.relations.get(oid)) is not None and (r.namespace, r.name) in tables]  # fmt: skip
-                    if names and soft_deletes:
-                        for t in names:
-                            cur.execute(sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
-                                destination._target(t), d=sql.Identifier(DELETED_AT)))  # fmt: skip
-                    elif names:
-                        cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(destination._target(t) for t in names)))
-                    report.truncated.extend(t.id for t in names)
+            for table, changes in batch.in_order(tables):
+                if changes is None:  # a TRUNCATE, in its place
+                    target = destination._target(table)
+                    if soft_deletes:
+                        cur.execute(sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
+                            target, d=sql.Identifier(DELETED_AT)))  # fmt: skip
+                    else:
+                        cur.execute(sql.SQL("TRUNCATE {}").format(target))
+                    report.truncated.append(table.id)
+                    continue
+                try:
+                    _apply_table(cur, destination, table, changes, report, soft_deletes,
+                                 enforced.get(table.id, False))  # fmt: skip
+                except (psycopg2.Error, LoadError) as exc:
+                    if isinstance(exc, psycopg2.OperationalError) or conn.closed:
+                        raise  # the connection, not the table: the caller retries
+                    raise TableApplyError(table.id, str(exc).strip().splitlines()[0]) from exc
             if report.lsn is not None:
                 _write_lsn(cur, destination, slot, report.lsn)
         conn.commit()  # the rows and the LSN, together

@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import psycopg2.errors
-import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.errors import RdsPipelineError
-from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, publication_tables, readiness
+from rds_pipeline.engine.replication.cdc.setup import (
+    SetupNeeded,
+    ensure_publication,
+    publication_tables,
+    readiness,
+    run_or_ask_admin,
+)
 from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
@@ -51,15 +55,8 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
             return
         statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {})").format(
             sql.Literal(config.slot_name), sql.Literal(PLUGIN))  # fmt: skip
-        text = statement.as_string(conn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-            conn.commit()
-        except psycopg2.errors.InsufficientPrivilege as exc:
-            raise SetupNeeded(f"{str(exc).strip().splitlines()[0]}. Fix: grant the replication right "
-                              f"(`rds-pipeline check` prints it), or ask an admin to run: {text};") from None  # fmt: skip
-        yield f"{text};"
+        yield from (f"{text};" for text in run_or_ask_admin(
+            conn, [statement], "an admin (or grant the replication right: `rds-pipeline check` prints it)"))
 
 
 def status(config: IntegrationConfig, selection: list[SelectedTable],
@@ -116,16 +113,8 @@ def drop(config: IntegrationConfig, destination: Destination | None, *,
             statements.append(sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(config.slot_name)))
         if not keep_publication and publication_tables(conn, config.publication_name) is not None:
             statements.append(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
-        for statement in statements:
-            text = statement.as_string(conn)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(statement)
-                conn.commit()
-            except psycopg2.errors.InsufficientPrivilege as exc:
-                conn.rollback()
-                raise SetupNeeded(f"{str(exc).strip().splitlines()[0]}. Fix: ask an admin to run: {text};") from None
-            yield f"{text};"
+        for statement in statements:  # one at a time: the slot goes even if the publication is not ours
+            yield from (f"{text};" for text in run_or_ask_admin(conn, [statement], "an admin"))
         if not statements:
             yield f"-- no slot {config.slot_name} and no publication {config.publication_name} on the source"
     if destination is not None:

@@ -20,11 +20,13 @@ operation wins. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Delete, Insert, Relation, Truncate, Update, Value
 
+T = TypeVar("T")
 UPSERT = "upsert"
 DELETE = "delete"
 
@@ -74,6 +76,22 @@ class ChangeBatch:
     per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     _projection: dict[int, tuple[Relation, Layout, tuple[int | None, ...] | None, tuple[int, ...]]] = field(
         default_factory=dict, repr=False)  # fmt: skip
+
+    def in_order(self, tables: Mapping[tuple[str, str], T]) -> Iterator[tuple[T, list[RowChange] | None]]:
+        """What a destination applies, in order: ``(table, changes)`` per table and segment, and ``(table,
+        None)`` for each table a TRUNCATE wipes after them. ``tables`` by source (schema, name); others are
+        left out."""
+        for segment in self.segments:
+            for oid, changes in segment.changes.items():
+                relation = self.relations[oid]
+                table = tables.get((relation.namespace, relation.name))
+                if table is not None and changes:
+                    yield table, list(changes.values())
+            for oid in segment.truncate.relation_oids if segment.truncate is not None else ():
+                relation = self.relations.get(oid)
+                table = tables.get((relation.namespace, relation.name)) if relation is not None else None
+                if table is not None:
+                    yield table, None
 
     def add_transaction(self, messages: Iterable[object], end_lsn: int, aborted_xids: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         """Add one committed transaction's messages, in order."""

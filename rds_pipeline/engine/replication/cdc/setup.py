@@ -129,11 +129,9 @@ def publication_plan(conn: psycopg2.extensions.connection, publication: str,
         sql.Identifier(publication), sql.SQL(", ").join(sql.Identifier(s, n) for s, n in missing))]  # fmt: skip
 
 
-def ensure_publication(conn: psycopg2.extensions.connection, publication: str,
-                       tables: list[SelectedTable]) -> list[str]:  # fmt: skip
-    """Create or extend the publication; returns the SQL it ran. Without the right, raise ``SetupNeeded``
-    with the statements for an admin (nothing was changed)."""
-    statements = publication_plan(conn, publication, tables)
+def run_or_ask_admin(conn: psycopg2.extensions.connection, statements: list[sql.Composed], who: str) -> list[str]:
+    """Run ``statements`` in one transaction and return their text; without the right, change nothing and raise
+    ``SetupNeeded`` with the statements for ``who`` (an admin, the tables' owner, …) to run."""
     texts = [s.as_string(conn) for s in statements]
     try:
         with conn.cursor() as cur:
@@ -143,6 +141,13 @@ def ensure_publication(conn: psycopg2.extensions.connection, publication: str,
     except psycopg2.errors.InsufficientPrivilege as exc:
         conn.rollback()
         reason = str(exc).strip().splitlines()[0]
-        raise SetupNeeded(f"publication {publication!r}: {reason}. Fix: ask an admin (the tables' owner, or "
-                          "rds_superuser on RDS) to run:\n  " + ";\n  ".join(texts) + ";") from None  # fmt: skip
+        raise SetupNeeded(f"{reason}. Fix: ask {who} to run:\n  " + ";\n  ".join(texts) + ";") from None
     return texts
+
+
+def ensure_publication(conn: psycopg2.extensions.connection, publication: str,
+                       tables: list[SelectedTable]) -> list[str]:  # fmt: skip
+    """Create or extend the publication; returns the SQL it ran. Without the right, raise ``SetupNeeded``
+    with the statements for an admin (nothing was changed)."""
+    return run_or_ask_admin(conn, publication_plan(conn, publication, tables),
+                            "an admin (the tables' owner, or rds_superuser on RDS)")
