@@ -271,30 +271,31 @@ def _take_over(connect: _Connector, slot: str, status: SlotStatus, silent_second
     """A slot held by a reader that stopped answering (a killed client whose walsender waits for its timeout)
     is taken over: that walsender is ended. One that still answers is another run: refuse."""
     limit = connect.config.log_based.takeover_after_seconds
-    with connect() as conn, conn.cursor() as cur:
-        deadline = time.monotonic() + 5  # a client that just died: its walsender sees the closed socket at once
-        while time.monotonic() < deadline:
-            cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-            row = cur.fetchone()
-            conn.rollback()
-            if not row or not row[0]:
-                return
-            time.sleep(0.2)
+    if _released(connect, slot, 5):  # a client that just died: its walsender sees the closed socket at once
+        return
     if silent_seconds is None or silent_seconds < limit:
         raise SlotBusy(f"slot {slot!r} is being read by another client (walsender PID {status.active_pid}, last "
                        f"reply {silent_seconds or 0:.0f}s ago). Fix: wait for that client to finish; a client silent "
                        f"for {limit}s (log_based.takeover_after_seconds) is treated as gone and taken over")  # fmt: skip
-    with connect() as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-                row = cur.fetchone()
-                conn.rollback()
-                if not row or not row[0]:
-                    break
-                time.sleep(0.2)
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
+        conn.commit()
+    _released(connect, slot, 10)
+
+
+def _released(connect: _Connector, slot: str, seconds: float) -> bool:
+    """Wait (bounded) until no walsender holds ``slot``."""
+    with connect() as conn, conn.cursor() as cur:
+        deadline = time.monotonic() + seconds
+        while True:
+            cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+            conn.rollback()
+            if not row or not row[0]:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
 
 def _stream(connect: _Connector, destination: Destination, tables: list[SelectedTable],
