@@ -82,6 +82,14 @@ def convert(expr: str, column: Column) -> str:
     return _bc_aware(expr, target)
 
 
+def csv_source(width: int) -> str:
+    """``read_csv`` of a CSV file (the ``?`` parameter) of PostgreSQL's CSV text: ``width`` VARCHAR columns c0…,
+    empty unquoted = NULL, nothing guessed."""
+    columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
+    return (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
+            "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
+
+
 _ALIASES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "TIMETZ": "TIME WITH TIME ZONE", "FLOAT": "FLOAT",
             "REAL": "FLOAT", "FLOAT4": "FLOAT", "FLOAT8": "DOUBLE", "INT": "INTEGER", "INT4": "INTEGER",
             "INT8": "BIGINT", "INT2": "SMALLINT", "BOOL": "BOOLEAN", "STRING": "VARCHAR", "TEXT": "VARCHAR"}  # fmt: skip
@@ -296,10 +304,7 @@ class DuckDBDestination:
             copy.join()
             if copy.error is not None:
                 raise copy.error
-            width = len(table.columns)
-            columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
-            source = (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
-                      "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
+            source = csv_source(len(table.columns))
             as_text = self._decimals_as_text(table, source, name)
             converted = ", ".join(f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
                                   for i, c in enumerate(table.columns))  # fmt: skip

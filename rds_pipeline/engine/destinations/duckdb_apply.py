@@ -19,7 +19,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, LoadError
-from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, _canonical, convert, dq, run
+from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, convert, csv_source, dq, run
 from rds_pipeline.engine.destinations.postgres_apply import (
     DELETED_AT,
     SLOT_MARK,
@@ -201,15 +201,16 @@ def _csv_field(value: Value) -> str:
     return '"' + value.replace('"', '""') + '"'  # type: ignore[union-attr]
 
 
-def _stage(destination: DuckDBDestination, name: str, rows: list[list[Value]], exprs: list[str], path: str) -> None:
-    """Rows of text (None: NULL) as a temp table, each column converted by its SQL expression (on c0, c1, …)."""
+def _write_csv(rows: list[list[Value]], path: str) -> None:
     with open(path, "w", encoding="utf-8", newline="") as spool:
         for row in rows:
             spool.write(",".join(map(_csv_field, row)) + "\n")
-    width = len(rows[0]) if rows else len(exprs)
-    columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
-    source = (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
-              "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
+
+
+def _stage(destination: DuckDBDestination, name: str, rows: list[list[Value]], exprs: list[str], path: str) -> None:
+    """Rows of text (None: NULL) as a temp table, each column converted by its SQL expression (on c0, c1, …)."""
+    _write_csv(rows, path)
+    source = csv_source(len(rows[0]) if rows else len(exprs))
     run(destination.conn, f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {', '.join(exprs)} FROM {source}", [path])
 
 
@@ -233,9 +234,9 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
                 for row, value in zip(present, arrays(column, [r[i] for r in present]), strict=True):
                     row[i] = value
         as_text: set[str] = set()
-        if rows:
-            _stage(destination, "_rds_raw", rows, [f"c{i}" for i in range(len(columns))], path)
-            as_text = _nan_columns(destination, table)
+        if rows:  # numeric columns holding NaN become VARCHAR, decided as the loader decides
+            _write_csv(rows, path)
+            as_text = destination._decimals_as_text(table, csv_source(len(columns)), path)
         if soft_deletes:
             _soft_column(destination, table)
         destination.ensure_table(table, as_text)
@@ -291,21 +292,6 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
         c.execute("DROP TABLE _rds_changed")
     finally:
         Path(path).unlink(missing_ok=True)
-
-
-def _nan_columns(destination: DuckDBDestination, table: SelectedTable) -> set[str]:
-    """numeric(p,s) columns that must be VARCHAR (as the loader decides): already widened, or NaN in this batch."""
-    from rds_pipeline.engine.destinations.types import duckdb_type
-
-    decimals = [(i, col.name) for i, col in enumerate(table.columns) if duckdb_type(col).startswith("DECIMAL")]
-    if not decimals:
-        return set()
-    existing = destination._existing_types(table)
-    found = {name for _, name in decimals if _canonical(existing.get(name, "")) == "VARCHAR"}
-    for i, name in decimals:
-        if name not in found and run(destination.conn, f"SELECT count(*) FROM _rds_raw WHERE c{i} = 'NaN'").fetchone()[0]:
-            found.add(name)
-    return found
 
 
 def _time(microseconds: int | None) -> str | None:
