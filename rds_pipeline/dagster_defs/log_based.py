@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -25,9 +25,11 @@ from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, T
 from rds_pipeline.dagster_defs.translator import key_part
 from rds_pipeline.engine.config import IntegrationConfig, LogBasedConfig
 from rds_pipeline.engine.destinations.base import LoadingReport
-from rds_pipeline.engine.replication.cdc.flow import LogBasedResult, sync_log_based
 from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.replication.verify import CheckOutcome, columns_check, primary_key_check
+
+if TYPE_CHECKING:  # the log-based flow loads only when a slot is read
+    from rds_pipeline.engine.replication.cdc.flow import LogBasedResult
 
 CHECK_SLOT = "slot_lag"
 
@@ -46,6 +48,8 @@ class StreamRun:
 def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSourceResource,
            destination: RdsDestinationResource, instance: dg.DagsterInstance | None) -> StreamRun:  # fmt: skip
     """Run the engine's log-based flow over ``assets`` (every log-based table of the integration)."""
+    from rds_pipeline.engine.replication.cdc.flow import sync_log_based
+
     config = source.integration()
     dest = destination.get()
     keys = {a.table.id: partition_keys(a, instance) for a in assets}

@@ -508,3 +508,54 @@ def test_the_registry_of_earlier_versions_is_carried_over(pg18: LocalPostgres) -
     same.prepare(config)  # the old name goes on loading, and gains covered_to in its state table
     assert same.table_state(scratch.one({"name": "public.t"})).covered_to is None
     same.close()
+
+
+def test_a_first_load_waits_for_the_tables_creator_beyond_lock_timeout(pg18: LocalPostgres) -> None:
+    """The first load of a table creates it in its own transaction (COPY FREEZE, the primary key built after the
+    rows). A second first load started meanwhile waits for that commit, even past the destination's
+    lock_timeout, then merges into the table it now sees, on its first attempt; the key is there and unique."""
+    scratch = make_scratch(pg18)
+    scratch.sql("CREATE TABLE w (id int PRIMARY KEY, pad text);"
+                "INSERT INTO w SELECT g, md5(g::text) FROM generate_series(1, 5000) g")  # fmt: skip
+    table = scratch.one({"name": "public.w", "method": "key_based", "replication_key": "id"})
+    scratch = dataclasses.replace(scratch, config=dataclasses.replace(
+        scratch.config, destination=dataclasses.replace(scratch.config.destination, lock_timeout_seconds=1)))  # fmt: skip
+    dest = scratch.destination()
+    schema = scratch.config.destination_schema
+    # a creator by hand: holds the creation lock, creates the table, and commits 3 s later
+    creator = psycopg2.connect(host=pg18.host, port=pg18.port, user=pg18.superuser, password=pg18.password,
+                               dbname=scratch.dest_db)  # fmt: skip
+    with creator.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (f'rds_pipeline create "{schema}"."w"',))  # fmt: skip
+        cur.execute(f'CREATE TABLE "{schema}".w (id int PRIMARY KEY, pad text, _rds_extracted_at timestamptz '
+                    "NOT NULL DEFAULT now(), _rds_batch_id text)")  # fmt: skip
+    timer = threading.Timer(3.0, creator.commit)
+    timer.start()
+    started = time.monotonic()
+    with scratch.session() as session:
+        result = sync_table(session, dest, table, backoff_seconds=0.2)
+    timer.join()
+    creator.close()
+    assert time.monotonic() - started >= 2.5  # it waited for the creator
+    assert result.attempts == 1 and result.report.rows_inserted == 5000
+    assert dest.fetch_rows(table) == scratch.source_rows(table)
+    assert dest.primary_key_enforced(table)
+    dest.close()
+
+    # a table created by the load itself: its key exists after the COPY, and the rows were written frozen (COPY
+    # FREEZE marks the pages it fills whole)
+    scratch.sql("CREATE TABLE f (id int PRIMARY KEY, pad text);"
+                "INSERT INTO f SELECT g, md5(g::text) FROM generate_series(1, 3000) g")  # fmt: skip
+    fresh = scratch.one({"name": "public.f", "method": "full_table"})
+    dest = scratch.destination()
+    with scratch.session() as session:
+        sync_table(session, dest, fresh)
+    assert dest.primary_key_enforced(fresh)
+    frozen = pg18.psql("CREATE EXTENSION IF NOT EXISTS pg_visibility; "
+                       "SELECT count(*) FILTER (WHERE all_frozen) || ' of ' || count(*) FROM pg_visibility_map("
+                       f"'\"{schema}\".f')",
+                       scratch.dest_db)  # fmt: skip
+    frozen_pages, _, pages = frozen.strip().partition(" of ")
+    assert int(frozen_pages) > 0 and int(pages) > 0, frozen  # a plain COPY leaves every page unfrozen
+    dest.close()

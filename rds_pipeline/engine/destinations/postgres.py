@@ -39,9 +39,11 @@ from rds_pipeline.engine.source.connection import libpq_params
 log = logging.getLogger(__name__)
 
 
-def _format(copy: CopyOut) -> sql.Composable:
-    """The COPY format the source wrote: binary where it is exact (``types.binary_refusal``), else text."""
-    return sql.SQL(" WITH (FORMAT binary)") if getattr(copy, "binary", False) else sql.SQL("")
+def _format(copy: CopyOut, freeze: bool = False) -> sql.Composable:
+    """The COPY format the source wrote: binary where it is exact (``types.binary_refusal``), else text;
+    FREEZE into a table created in the same transaction."""
+    options = (["FORMAT binary"] if getattr(copy, "binary", False) else []) + (["FREEZE"] if freeze else [])
+    return sql.SQL(f" WITH ({', '.join(options)})") if options else sql.SQL("")
 
 
 class PostgresDestination:
@@ -168,9 +170,12 @@ class PostgresDestination:
             return int(cur.fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
-    def ensure_table(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> tuple[list[str], bool]:
+    def ensure_table(self, cur: psycopg2.extensions.cursor, table: SelectedTable,
+                     key_later: bool = False) -> tuple[list[str], bool]:  # fmt: skip
         """Create the table, or evolve it: add new columns; keep dropped ones (nullable); apply type changes
-        with a checked cast (a failing cast aborts the load, so data is never silently corrupted)."""
+        with a checked cast (a failing cast aborts the load, so data is never silently corrupted).
+        ``key_later``: a new table gets its primary key from ``add_primary_key`` after the first COPY (one
+        sorted index build instead of an insertion per row)."""
         cur.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -189,7 +194,7 @@ class PostgresDestination:
                     sql.Identifier(BATCH_ID)
                 )
             )
-            if table.primary_key:
+            if table.primary_key and not key_later:
                 columns.append(
                     sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
                 )
@@ -244,12 +249,16 @@ class PostgresDestination:
         target = self._target(table)
         column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
         try:
-            created = self._create_if_missing(table)
             with self.conn.cursor() as cur:
-                warnings, _ = self.ensure_table(cur, table)
+                created = self._claim_creation(cur, table)
+                warnings, _ = self.ensure_table(cur, table, key_later=created)
+                if created:  # a new table voids any old state row: the data it described is gone
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
                 report.warnings = tuple(warnings)
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
                 copy.start()
+                # created in this transaction: FREEZE writes the rows frozen (no hint-bit rewrite on first read)
+                into = _format(copy, freeze=created)
                 if table.method == "full_table":
                     predicate = key_range.predicate()
                     delete = sql.SQL("DELETE FROM {}").format(target)
@@ -258,20 +267,24 @@ class PostgresDestination:
                     cur.execute(delete)
                     report.rows_deleted = cur.rowcount
                     cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, _format(copy)).as_string(cur),
+                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, into).as_string(cur),
                         copy.pipe,
                         size=1 << 20,
                     )
                     report.rows_inserted = cur.rowcount
+                    if created:
+                        report.rows_at_commit = cur.rowcount
+                        self.add_primary_key(cur, table)
                 elif created:
                     # historical sync into a table created in this transaction: nothing to merge with, so
-                    # COPY straight in (the stage and upsert would double the work)
+                    # COPY straight in (the stage and upsert would double the work), then index once
                     cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, _format(copy)).as_string(cur),
+                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, into).as_string(cur),
                         copy.pipe,
                         size=1 << 20,
                     )
                     report.rows_inserted = cur.rowcount
+                    self.add_primary_key(cur, table)
                     outcome = self._bookmark(cur, table, target, key_range, *self._lock_state(cur, table),
                                              source_max)  # fmt: skip
                 else:
@@ -322,6 +335,40 @@ class PostgresDestination:
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report, outcome
+
+    def _claim_creation(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> bool:
+        """True when this load creates the table, inside its own transaction (so the first COPY can FREEZE
+        and the primary key is built once, after it). One creator at a time: a concurrent first load of the
+        same table waits for the creator's commit (its copy is bounded by the stall guard), then merges."""
+        lock = f"rds_pipeline create {quote_ident(self.schema)}.{quote_ident(table.destination_table)}"
+        while True:
+            if self._exists(cur, table):
+                return False
+            cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
+            if cur.fetchone()[0]:
+                if not self._exists(cur, table):  # and no one can create it before this transaction ends
+                    return True
+            else:
+                # shared: the waiters do not queue behind one another; no lock_timeout (it would cut a long
+                # first copy short)
+                cur.execute("SET LOCAL lock_timeout = 0")
+                cur.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (lock,))
+            # the table appeared, or its creator finished: start afresh, so every catalog cache sees it (an
+            # advisory lock does not refresh them); nothing was written yet
+            self.conn.rollback()
+
+    def _exists(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> bool:
+        """Whether the replica table exists, read under the statement's snapshot (not the catalog cache)."""
+        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
+                    (self.schema, table.destination_table))  # fmt: skip
+        return bool(cur.fetchone()[0])
+
+    def add_primary_key(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> None:
+        """The primary key of a table created with ``key_later``, built once over the loaded rows."""
+        if table.primary_key:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                self._target(table), sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))  # fmt: skip
 
     def _create_if_missing(self, table: SelectedTable) -> bool:
         """Create a missing table in its own short transaction, one creator at a time (concurrent first loads

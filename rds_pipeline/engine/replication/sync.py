@@ -41,9 +41,9 @@ DEFAULT_TIMESTAMP_LOOKBACK = "5 minutes"
 # SQLSTATEs worth retrying: serialization failure (includes "conflict with recovery" on a hot standby),
 # deadlock, lock timeout (lock_timeout on the destination), admin shutdown, crash shutdown, cannot connect now.
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006",
-                       # a first load that COPYs straight into its new table can meet a concurrent run's rows
-                       # there; the retry sees the table and upserts through the stage
-                       "23505"}
+                       # two first loads that both create the table (its creator rolled back while they
+                       # waited): the loser's retry sees the table and upserts through the stage
+                       "23505", "42P07"}
 PERMANENT_SQLSTATES = {
     "42501": "permission denied",
     "42703": "a column is missing",
@@ -105,6 +105,12 @@ class SyncResult:
         return self.steps[-1].extraction.bookmark_after
 
     @property
+    def rows_at_commit(self) -> int | None:
+        """The replica's rows over ``key_range`` as the steps committed them, when every step knows it."""
+        counts = [s.report.rows_at_commit for s in self.steps]
+        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
+
+    @property
     def attempts(self) -> int:
         return max(s.attempts for s in self.steps)
 
@@ -133,9 +139,9 @@ def is_transient(exc: BaseException) -> bool:
 
 def _permanent_message(table: SelectedTable, exc: psycopg2.Error) -> str | None:
     reason = PERMANENT_SQLSTATES.get(getattr(exc, "pgcode", None) or "")
-    if reason is None:
+    detail = (exc.pgerror or str(exc)).strip().splitlines()[0] if reason else ""
+    if reason is None or (reason.startswith("the materialized view") and "has not been populated" not in detail):
         return None
-    detail = (exc.pgerror or str(exc)).strip().splitlines()[0]
     fix = {
         "permission denied": f"run `rds-pipeline check` and apply its GRANT for {table.relation.qualified_name}",
         "a column is missing": "run `rds-pipeline discover --check` and update the selection",

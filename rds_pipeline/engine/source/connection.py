@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -18,7 +18,9 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import SourceConfig, SslConfig
 from rds_pipeline.engine.errors import ConnectionProblem
 from rds_pipeline.engine.secrets import Secret, redact
-from rds_pipeline.engine.source.tunnel import SshTunnel
+
+if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
+    from rds_pipeline.engine.source.tunnel import SshTunnel
 
 APPLICATION_NAME = "rds_pipeline"
 
@@ -94,6 +96,8 @@ def open_tunnel(config: SourceConfig) -> SshTunnel | None:
     """Start the SSH tunnel when the source is configured with one."""
     if config.ssh is None:
         return None
+    from rds_pipeline.engine.source.tunnel import SshTunnel  # paramiko loads only for a tunnel
+
     return SshTunnel(config.ssh, config.host, config.port).start()
 
 

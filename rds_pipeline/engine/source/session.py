@@ -9,6 +9,7 @@ snapshot.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
@@ -16,7 +17,9 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.replication.extract import CANCEL_WAIT_SECONDS, apply_session_settings, bounded
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
-from rds_pipeline.engine.source.tunnel import SshTunnel
+
+if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
+    from rds_pipeline.engine.source.tunnel import SshTunnel
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.errors
@@ -42,7 +43,9 @@ from rds_pipeline.engine.replication.cdc.stream import GapDetected, StreamResult
 from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
-from rds_pipeline.engine.source.tunnel import SshTunnel
+
+if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
+    from rds_pipeline.engine.source.tunnel import SshTunnel
 
 HEARTBEAT_PREFIX = "rds_pipeline_heartbeat"
 RESYNC_FIX = "run `rds-pipeline cdc drop`, then sync again: every log-based table is copied again from a new snapshot"

@@ -10,6 +10,7 @@ returned as text, so a command can print what it runs, or what an administrator 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg2.extensions
 import psycopg2.extras
@@ -17,7 +18,9 @@ from psycopg2 import sql
 
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.source.connection import connect_source
-from rds_pipeline.engine.source.tunnel import SshTunnel
+
+if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
+    from rds_pipeline.engine.source.tunnel import SshTunnel
 
 PLUGIN = "pgoutput"
 

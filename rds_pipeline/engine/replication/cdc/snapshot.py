@@ -20,6 +20,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import psycopg2.extensions
 
@@ -36,7 +37,9 @@ from rds_pipeline.engine.replication.extract import (
 )
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source
-from rds_pipeline.engine.source.tunnel import SshTunnel
+
+if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
+    from rds_pipeline.engine.source.tunnel import SshTunnel
 
 
 @dataclass
