@@ -16,11 +16,11 @@ from rds_pipeline.dagster_defs.execute import (
     check_names,
     describe_failure,
     failure,
-    log_partitions,
     partition_keys,
     run_table,
 )
 from rds_pipeline.dagster_defs.log_based import CHECK_SLOT, emit_stream, slot_pool, stream, stream_failures
+from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import range_for_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, TableAsset
@@ -146,7 +146,7 @@ def materialize_table(context: dg.AssetExecutionContext, asset: TableAsset, sour
     own = set(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else set()
     extra = [p for p in run.partitions if p not in own]
     if extra:  # the latest window reached back to the bookmark: record what else it brought up to date
-        log_partitions(context, run, extra, with_counts=False)
+        record_partitions(context, asset.key, extra, run.metadata, with_counts=False)
     yield dg.MaterializeResult(asset_key=asset.key, metadata=run.metadata)
     for name, outcome in run.checks:
         yield dg.AssetCheckResult(asset_key=asset.key, check_name=name, passed=outcome.passed,

@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys, window_starts
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, CHECK_ROW_COUNT, TableAsset
@@ -142,18 +143,9 @@ def failure(failures: list[TableFailure], synced: int) -> dg.Failure:
     )
 
 
-def log_partitions(context: dg.OpExecutionContext, run: TableRun, partitions: list[str],
-                   with_counts: bool) -> None:  # fmt: skip
-    """One materialization per partition; the counts go on the last one only, so sums stay right."""
-    for index, partition in enumerate(partitions):
-        last = with_counts and index == len(partitions) - 1
-        metadata = run.metadata if last else {"batch_id": run.metadata["batch_id"], "plan": run.metadata["plan"]}
-        context.log_event(dg.AssetMaterialization(asset_key=run.asset.key, partition=partition, metadata=metadata))
-
-
 def log_run(context: dg.OpExecutionContext, run: TableRun) -> None:
     """Record a table's sync from a job: every covered partition, then the check results."""
-    log_partitions(context, run, run.partitions, with_counts=True)
+    record_partitions(context, run.asset.key, run.partitions, run.metadata)
     for name, outcome in run.checks:
         context.log_event(dg.AssetCheckEvaluation(asset_key=run.asset.key, check_name=name, passed=outcome.passed,
                                                   description=outcome.description, metadata=outcome.metadata))  # fmt: skip

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from rds_pipeline.dagster_defs.execute import TableFailure, TableRun, partition_keys
+from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, TableAsset
@@ -157,11 +158,7 @@ def emit_stream(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: 
         key = table_run.asset.key
         mine = as_asset and key in own
         logged = [p for p in table_run.partitions if not (mine and p in run_partitions)]
-        for index, partition in enumerate(logged):
-            counts = index == len(logged) - 1 and not mine  # the counts go on one event only, so sums stay right
-            metadata = table_run.metadata if counts else {"batch_id": table_run.metadata["batch_id"],
-                                                          "plan": table_run.metadata["plan"]}  # fmt: skip
-            context.log_event(dg.AssetMaterialization(asset_key=key, partition=partition, metadata=metadata))
+        record_partitions(context, key, logged, table_run.metadata, with_counts=not mine)
         if mine:
             yield dg.MaterializeResult(asset_key=key, metadata=table_run.metadata)
         for name, outcome in table_run.checks:

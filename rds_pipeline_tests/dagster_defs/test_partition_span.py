@@ -5,9 +5,11 @@ granularity is kept. Then such a table's first sync through Dagster materializes
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from rds_pipeline.dagster_defs.partitions import MAX_AUTO_WINDOWS, auto_granularity, plan_for
 from rds_pipeline.dagster_defs.run import run_sync
@@ -15,6 +17,7 @@ from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import key, make_project
 
 TODAY = dt.date(2026, 11, 25)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_granularity_follows_the_span() -> None:
@@ -45,3 +48,42 @@ def test_an_old_key_gets_monthly_windows_and_syncs_them_all(pg18: LocalPostgres,
     assert outcome.success and outcome.rows[0]["rows_inserted"] == 3
     materialized = instance.get_materialized_partitions(key("old"))
     assert materialized == set(keys)  # the first (historical) sync records every window
+
+
+def test_the_first_sync_records_its_windows_in_one_write_on_postgres_storage(
+    pg18: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the shipped dagster.yaml (dagster-postgres), a first sync's ~1,000 windows go to the event log in one
+    batch: every row of that run's materializations carries one transaction id. A second sync, a day later in
+    the table's life (a new row), records only the window it touched, and every window stays materialized."""
+    ddl = ("CREATE TABLE aged (id int PRIMARY KEY, created date NOT NULL, v text); INSERT INTO aged VALUES "
+           "(1, '1947-03-01', 'a'), (2, '1999-12-31', 'b'), (3, current_date - 1, 'c')")  # fmt: skip
+    project = make_project(pg18, tmp_path / "aged", [{"name": "public.aged", "method": "key_based",
+                                                      "replication_key": "created"}], ddl=ddl)  # fmt: skip
+    storage_db = "dagster_batch_events"
+    pg18.psql(f"CREATE DATABASE {storage_db}")
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for name, value in {"HOST": pg18.host, "PORT": str(pg18.port), "USER": pg18.superuser,
+                        "PASSWORD": pg18.password, "DB": storage_db}.items():  # fmt: skip
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        keys = plan_for(project.selection()[0]).partitions_def.get_partition_keys()
+        first = run_sync(project.path, instance=instance, quiet=True)
+        assert first.success and first.rows[0]["rows_inserted"] == 3
+        assert instance.get_materialized_partitions(key("aged")) == set(keys)
+        writes = pg18.psql("SELECT count(*) || ' ' || count(DISTINCT xmin::text) FROM event_logs "
+                           "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'", storage_db).split()  # fmt: skip
+        assert writes == [str(len(keys)), "1"], writes  # len(keys) events, one transaction
+
+        pg18.psql("INSERT INTO aged VALUES (4, current_date, 'd')", project.database)
+        second = run_sync(project.path, instance=instance, quiet=True)
+        assert second.success and second.rows[0]["rows_inserted"] >= 1
+        assert instance.get_materialized_partitions(key("aged")) == set(keys)
+        total = pg18.psql("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'",
+                          storage_db)  # fmt: skip
+        assert 1 <= int(total) - len(keys) <= 2  # this month's window (and last month's, within the lookback)
+    finally:
+        instance.dispose()
