@@ -368,6 +368,8 @@ def entry() -> None:
     """The console script: ``main``, then exit without the interpreter's teardown of Dagster's modules (about
     0.4 s on every command). Every exit handler still runs first, and both streams are flushed."""
     code = main()
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        sys.exit(code)  # a profiler or a coverage tool writes its results after main returns
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

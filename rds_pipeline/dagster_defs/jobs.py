@@ -107,11 +107,12 @@ def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], reques
             failures.append(describe_failure(asset, exc))
             context.log.error(f"FAILED {failures[-1].line()}")
             continue
-        report = run.result.report
-        context.log.info(f"{asset.table.id}: {report.rows_inserted} inserted, {report.rows_updated} updated, "
-                         f"{report.rows_deleted} deleted; {run.result.plan.reason}")  # fmt: skip
-        log_run(context, run)
+        for warning in run.result.report.warnings:
+            context.log.warning(f"{asset.table.id}: {warning}")
+        log_run(context, run)  # the counts and the plan are the materialization's metadata: no log line per table
         synced += 1
+    if synced:
+        context.log.info(f"{synced} table(s) synced, {len(failures)} failed")
     if failures:
         raise failure(failures, synced)
 

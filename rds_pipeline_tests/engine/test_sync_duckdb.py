@@ -231,3 +231,30 @@ def test_bc_timestamptz_and_nan_in_numeric_land_in_duckdb(pg18: LocalPostgres, t
         sync_table(session, fresh, table)
     assert fresh.conn.execute("SELECT count(*) FROM fresh.fresh.odd WHERE amount = 'NaN'").fetchone()[0] == 1  # schema named like the file
     fresh.close()
+
+
+def test_a_duckdb_replica_has_no_key_index_and_a_duplicate_is_still_caught(pg18: LocalPostgres, tmp_path: Path) -> None:
+    """A DuckDB replica is created without a PRIMARY KEY (DuckDB holds a key's index whole in memory: at 10M rows it
+    alone passes the memory bound). Upserts still replace rather than double, and a duplicate that appears in
+    the replica anyway is found by the key check's scan."""
+    from rds_pipeline.engine.replication.verify import primary_key_check
+
+    scratch = make_scratch(pg18)
+    scratch.sql("CREATE TABLE k (id int PRIMARY KEY, v text, at timestamptz);"
+                "INSERT INTO k SELECT g, 'v' || g, '2020-01-01'::timestamptz + g * interval '1 second' "
+                "FROM generate_series(1, 500) g")  # fmt: skip
+    config = duck_config(pg18, scratch.source_db, tmp_path / "keys.duckdb")
+    table = scratch.one({"name": "public.k", "method": "key_based", "replication_key": "at"})
+    dest = open_destination(config)
+    with SourceSession(config.source) as session:
+        sync_table(session, dest, table)
+        scratch.sql("UPDATE k SET v = 'changed', at = now() WHERE id <= 10")
+        again = sync_table(session, dest, table)
+    # the ten, and the rows within the lookback read again: replaced, never doubled
+    assert again.report.rows_inserted == 0 and again.report.rows_updated >= 10 and dest.row_count(table) == 500
+    assert not dest.primary_key_enforced(table)
+    assert primary_key_check(dest.duplicate_keys(table), table).passed
+    run(dest.conn, f"INSERT INTO {dest._target(table)} (id, v) VALUES (7, 'twin')")
+    failed = primary_key_check(dest.duplicate_keys(table), table)
+    assert not failed.passed and failed.metadata["duplicate_keys"] == 1
+    dest.close()

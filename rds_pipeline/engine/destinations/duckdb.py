@@ -38,6 +38,8 @@ from rds_pipeline.engine.source.catalog import Column
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 120
+# DuckDB spills past this; with no key index to hold, a 10M-row load stays near 200 MB of resident memory
+MEMORY_LIMIT = "128MB"
 
 
 dq = quote_ident  # DuckDB has no psycopg2.sql; identifiers follow PostgreSQL's double-quote rule
@@ -122,7 +124,7 @@ class DuckDBDestination:
                 conn = duckdb.connect(str(self.path))
                 conn.execute("SET TimeZone = 'UTC'")
                 # bounded memory: DuckDB spills to disk past this instead of growing with the table
-                conn.execute("SET memory_limit = '256MB'")
+                conn.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
                 conn.execute("SET preserve_insertion_order = false")
                 return conn
             except duckdb.IOException as exc:
@@ -248,8 +250,8 @@ class DuckDBDestination:
         if not existing:
             columns = [f"{dq(c.name)} {wanted_type(c)}" for c in table.columns]
             columns += [f"{dq(EXTRACTED_AT)} TIMESTAMPTZ", f"{dq(BATCH_ID)} VARCHAR"]
-            if table.primary_key:
-                columns.append(f"PRIMARY KEY ({', '.join(dq(c) for c in table.primary_key)})")
+            # no PRIMARY KEY: DuckDB keeps a key's ART index whole in memory (about 250 MB at 10M rows, past any
+            # memory_limit), and the upsert does not need it; primary_key_unique scans for duplicates instead
             run(self.conn, f"CREATE TABLE {target} ({', '.join(columns)})")
             return warnings, True
         for column in table.columns:
@@ -320,21 +322,24 @@ class DuckDBDestination:
                 before, covered = state or (None, None)
                 outcome = LoadOutcome(before, before)
                 key = table.replication_key
-                raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
-                run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
                 if table.method == "full_table":
+                    # straight from the file into the table: no stage (it would hold the whole copy once more)
                     where, params = self._predicate(table, key_range)
                     report.rows_deleted = int(run(c, f"DELETE FROM {target}{where}", params).fetchone()[0])
-                    run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
-                              f"SELECT {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
-                    report.rows_inserted = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
+                    report.rows_inserted = int(run(
+                        c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                           f"SELECT {converted}, now(), ? FROM {source}", [batch_id, name]).fetchone()[0])  # fmt: skip
+                    if created:
+                        report.rows_at_commit = report.rows_inserted
                 else:
+                    raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
+                    run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
                     outcome = self._bookmark(table, key_range, before, covered, source_max)
                 run(c, f"INSERT OR REPLACE INTO {self._state()} (table_id, destination_table, replication_key, "
                        "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
                     [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to])  # fmt: skip
-                c.execute("DROP TABLE _rds_stage")
+                c.execute("DROP TABLE IF EXISTS _rds_stage")
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
