@@ -77,6 +77,9 @@ class SourceConfig:
     statement_timeout_seconds: int = 900
     max_connections: int = 2
     stall_seconds: int = 300  # a COPY that moves no bytes this long is cancelled (and retried)
+    # how many of one table's chunks its historical sync copies at once (each on its own connection); a Dagster
+    # step then holds this many source connections, so the pool limit times this is the source's budget
+    parallel_chunks: int = 1
 
 
 @dataclass(frozen=True)
@@ -483,7 +486,7 @@ class _Reader:
     def source(self, raw: Any) -> SourceConfig | None:
         allowed = (
             "host", "port", "user", "password", "database", "ssl", "ssh", "connect_timeout",
-            "statement_timeout_seconds", "max_connections", "stall_seconds",
+            "statement_timeout_seconds", "max_connections", "stall_seconds", "parallel_chunks",
         )  # fmt: skip
         if raw is None:
             self.problem(
@@ -503,8 +506,10 @@ class _Reader:
             ssh=self.ssh("source", data.get("ssh")),
             connect_timeout=self.integer("source", data, "connect_timeout", 10, 1, 300),
             statement_timeout_seconds=self.integer("source", data, "statement_timeout_seconds", 900, 0, 86400 * 7),
-            max_connections=self.integer("source", data, "max_connections", 2, 1, 64),
+            max_connections=(most := self.integer("source", data, "max_connections", 2, 1, 64)),
             stall_seconds=self.integer("source", data, "stall_seconds", 300, 5, 86400),
+            # never more connections than the cap allows
+            parallel_chunks=self.integer("source", data, "parallel_chunks", 1, 1, most),
         )
 
     def destination(self, raw: Any) -> DestinationConfig | None:

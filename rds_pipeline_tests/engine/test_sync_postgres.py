@@ -559,3 +559,55 @@ def test_a_first_load_waits_for_the_tables_creator_beyond_lock_timeout(pg18: Loc
     frozen_pages, _, pages = frozen.strip().partition(" of ")
     assert int(frozen_pages) > 0 and int(pages) > 0, frozen  # a plain COPY leaves every page unfrozen
     dest.close()
+
+
+def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostgres) -> None:
+    """`parallel_chunks: 2`: after the first chunk (which creates the table), two chunks copy at once, each on its
+    own source connection; the source never sees more than two of our COPYs. The replica equals the source and
+    the bookmark ends at the greatest key, although the chunks committed out of order. Then a later sync,
+    with new rows, copies only those."""
+    scratch = make_scratch(pg18)
+    scratch.sql("CREATE TABLE wide (id int PRIMARY KEY, pad text);"
+                "INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 240000) g")  # fmt: skip
+    scratch = dataclasses.replace(scratch, config=dataclasses.replace(
+        scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=2)))  # fmt: skip
+    table = scratch.one({"name": "public.wide", "method": "key_based", "replication_key": "id"})
+    edges = list(range(30001, 240000, 30000))
+    chunks = [KeyRange("id", upper=edges[0], include_nulls=True)]
+    chunks += [KeyRange("id", lo, hi) for lo, hi in zip(edges, edges[1:], strict=False)]
+    chunks.append(KeyRange("id", lower=edges[-1]))
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        conn = psycopg2.connect(**pg18.dsn(scratch.source_db))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                            "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()")  # fmt: skip
+                seen.append(cur.fetchone()[0])
+                time.sleep(0.005)
+        conn.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    dest = scratch.destination()
+    try:
+        with scratch.session() as session:
+            result = sync_table(session, dest, table, chunks=chunks)
+    finally:
+        stop.set()
+        sampler.join()
+    assert len(result.steps) == len(chunks) and result.plan.historical
+    assert max(seen) == 2, f"concurrent COPYs seen: {sorted(set(seen))}"
+    assert dest.read_bookmark(table) == "240000"
+    assert dest.fetch_rows(table) == scratch.source_rows(table)
+    assert dest.primary_key_enforced(table)
+
+    scratch.sql("INSERT INTO wide SELECT g, 'new' FROM generate_series(240001, 240100) g")
+    with scratch.session() as session:
+        later = sync_table(session, dest, table, chunks=chunks, lookback=0)
+    assert not later.plan.historical and later.report.rows_inserted == 100
+    assert dest.fetch_rows(table) == scratch.source_rows(table)
+    dest.close()

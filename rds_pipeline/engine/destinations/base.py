@@ -16,6 +16,7 @@ bookmark where it was: no run moves the bookmark past a gap it did not copy.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,7 +57,8 @@ class Destination(Protocol):
     def reset(self, table: SelectedTable) -> None: ...
     def reconnect(self) -> None: ...
     def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
-             source_max: str | None) -> tuple[LoadingReport, LoadOutcome]: ...  # fmt: skip
+             source_max: str | None, turn: Callable[[], None] | None = None,
+             ) -> tuple[LoadingReport, LoadOutcome]: ...  # fmt: skip
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int: ...
     def duplicate_keys(self, table: SelectedTable) -> int: ...
     def primary_key_enforced(self, table: SelectedTable) -> bool: ...

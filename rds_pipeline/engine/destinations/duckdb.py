@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +295,8 @@ class DuckDBDestination:
         return f" WHERE {where}", params
 
     def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
-             source_max: str | None = None) -> tuple[LoadingReport, LoadOutcome]:  # fmt: skip
+             source_max: str | None = None, turn: Callable[[], None] | None = None,
+             ) -> tuple[LoadingReport, LoadOutcome]:  # fmt: skip
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
@@ -317,6 +319,8 @@ class DuckDBDestination:
             try:
                 warnings, created = self.ensure_table(table, as_text)
                 report.warnings = tuple(warnings)
+                if turn is not None:
+                    turn()
                 state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self._state()} "
                                                     "WHERE table_id = ?", [table.id]).fetchone()  # fmt: skip
                 before, covered = state or (None, None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
@@ -83,6 +85,15 @@ class PostgresDestination:
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextmanager
+    def fresh(self) -> Iterator[PostgresDestination]:
+        """Another connection to the same replica, for a chunk copied in parallel (the schema is prepared)."""
+        other = PostgresDestination(self.config, self.schema)
+        try:
+            yield other
+        finally:
+            other.close()
 
     # -- integration and state -----------------------------------------------------------------------------
     def prepare(self, config: IntegrationConfig) -> None:
@@ -242,8 +253,16 @@ class PostgresDestination:
         copy: CopyOut,
         batch_id: str,
         source_max: str | None = None,
+        turn: Callable[[], None] | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
-        """Load what ``copy`` streams; data and state commit together (the bookmark rule in ``base.py``)."""
+        """Load what ``copy`` streams; data and state commit together (the bookmark rule in ``base.py``).
+        ``turn``: called once the rows are in and before the state row is locked (chunks copied in parallel
+        wait there for the chunk before them, so each commit finds its bookmark contiguous)."""
+        def locked_state() -> tuple[str | None, str | None]:
+            if turn is not None:
+                turn()
+            return self._lock_state(cur, table)
+
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         target = self._target(table)
@@ -285,7 +304,7 @@ class PostgresDestination:
                     )
                     report.rows_inserted = cur.rowcount
                     self.add_primary_key(cur, table)
-                    outcome = self._bookmark(cur, table, target, key_range, *self._lock_state(cur, table),
+                    outcome = self._bookmark(cur, table, target, key_range, *locked_state(),
                                              source_max)  # fmt: skip
                 else:
                     stage = sql.Identifier("_rds_stage")
@@ -305,10 +324,10 @@ class PostgresDestination:
                     )
                     inserted, updated = self._merge(cur, table, stage, column_list)
                     report.rows_inserted, report.rows_updated = inserted, updated
-                    outcome = self._bookmark(cur, table, stage, key_range, *self._lock_state(cur, table),
+                    outcome = self._bookmark(cur, table, stage, key_range, *locked_state(),
                                              source_max)  # fmt: skip
                 if table.method == "full_table":  # no bookmark; the state row is still locked and updated
-                    before, _ = self._lock_state(cur, table)
+                    before, _ = locked_state()
                     outcome = LoadOutcome(before, before)
                 copy.join()
                 if copy.error is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -181,16 +182,66 @@ def sync_table(
             source_max.append(_source_max_key(session.connection(table.relation.database), table))
         return source_max[0]
 
-    steps = []
-    for step in plan.steps:
-        steps.append(_with_retries(table, session, destination, max_attempts, backoff_seconds,
-                                   lambda attempt, step=step: _copy_step(session, destination, table, step, attempt,
-                                                                         max_key),
-                                   pass_attempt=True))  # fmt: skip
+    def run_step(step: Step, on: SourceSession, into: Destination,
+                 turn: Callable[[], None] | None = None) -> StepResult:  # fmt: skip
+        return _with_retries(table, on, into, max_attempts, backoff_seconds,
+                             lambda attempt: _copy_step(on, into, table, step, attempt, max_key, turn),
+                             pass_attempt=True)  # fmt: skip
+
+    parallel = min(session.config.parallel_chunks, len(plan.steps) - 1)
+    if plan.historical and parallel > 1 and destination.kind == "postgres":
+        if table.method == "key_based":
+            max_key()  # read once, before the workers share it
+        steps = _in_parallel(plan.steps, parallel, session, destination, run_step)
+    else:
+        steps = [run_step(step, session, destination) for step in plan.steps]
     result = SyncResult(table, plan, steps)
     report = result.report
     table_done(table.id, report.rows_inserted, report.rows_updated, report.rows_deleted, report.seconds, plan.reason)
     return result
+
+
+def _in_parallel(steps: list[Step], parallel: int, session: SourceSession, destination: Destination,
+                 run_step: Callable[..., StepResult]) -> list[StepResult]:  # fmt: skip
+    """A history's chunks, ``parallel`` at a time. The first runs alone (it creates the table, and builds its key
+    once, after its rows); then each worker copies the next chunk on its own source and destination
+    connections. The copies overlap; the commits keep key order (a chunk whose rows are in waits for the
+    chunk before it), so each finds its bookmark contiguous and moves it. The first failure stops the workers
+    taking new chunks; the chunks already committed stay, and the next sync copies the rest."""
+    first = run_step(steps[0], session, destination)
+    pending = list(enumerate(steps[1:], start=1))
+    done: dict[int, StepResult] = {0: first}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    settled = [threading.Event() for _ in steps]  # set when a chunk committed or failed for good
+    settled[0].set()
+
+    def worker() -> None:
+        with SourceSession(session.config) as own, destination.fresh() as into:
+            while True:
+                with lock:
+                    if errors or not pending:
+                        return
+                    index, step = pending.pop(0)
+                try:
+                    result = run_step(step, own, into, settled[index - 1].wait)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other workers stop
+                    with lock:
+                        errors.append(exc)
+                    return
+                finally:
+                    settled[index].set()  # a failed chunk releases the next too (its bookmark then stays put)
+                with lock:
+                    done[index] = result
+
+    threads = [threading.Thread(target=worker, name=f"rds-chunk-{n}", daemon=True) for n in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [done[i] for i in range(len(steps))]
 
 
 def _with_retries(table: SelectedTable, session: SourceSession, destination: Destination, max_attempts: int,
@@ -275,7 +326,8 @@ def binary_copy(destination: Destination, table: SelectedTable) -> tuple[bool, s
 
 
 def _copy_step(session: SourceSession, destination: Destination, table: SelectedTable, step: Step,
-               attempt: int, max_key: Callable[[], str | None]) -> StepResult:  # fmt: skip
+               attempt: int, max_key: Callable[[], str | None],
+               turn: Callable[[], None] | None = None) -> StepResult:  # fmt: skip
     conn = session.connection(table.relation.database)
     in_recovery = source_in_recovery(conn)
     key_range = resolve_start(conn, table, step)
@@ -297,7 +349,7 @@ def _copy_step(session: SourceSession, destination: Destination, table: Selected
                    expected_rows=table.relation.row_estimate if whole else None)  # fmt: skip
     batch_id = uuid.uuid4().hex
     try:
-        report, outcome = destination.load(table, key_range, copy, batch_id, source_max)
+        report, outcome = destination.load(table, key_range, copy, batch_id, source_max, turn)
     except BaseException as exc:
         session.abandon(stuck=copy.stuck)  # bounded; ends the source backend if it is still there
         if isinstance(copy.error, psycopg2.Error) and isinstance(exc, Exception):
