@@ -15,7 +15,7 @@ import pytest
 
 from rds_pipeline.engine.destinations.base import IntegrationRenamed, LoadError
 from rds_pipeline.engine.replication.extract import KeyRange
-from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.engine.replication.sync import binary_copy, sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.local_postgres import LocalPostgres
@@ -601,6 +601,10 @@ def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostg
         sampler.join()
     assert len(result.steps) == len(chunks) and result.plan.historical
     assert max(seen) == 2, f"concurrent COPYs seen: {sorted(set(seen))}"
+    assert {s.extraction.parameters["format"] for s in result.steps} == {"binary"}
+    # copy_format: text forces text; auto moves text through an SSH tunnel (binary is more bytes)
+    assert binary_copy(dest, table, "text") == (False, "text (copy_format: text)")
+    assert binary_copy(dest, table, "auto", tunnelled=True) == (False, "text (through the SSH tunnel: fewer bytes)")
     assert dest.read_bookmark(table) == "240000"
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     assert dest.primary_key_enforced(table)

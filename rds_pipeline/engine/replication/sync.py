@@ -316,11 +316,14 @@ def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) 
     return value
 
 
-def binary_copy(destination: Destination, table: SelectedTable) -> tuple[bool, str]:
+def binary_copy(destination: Destination, table: SelectedTable, wanted: str = "auto",
+                tunnelled: bool = False) -> tuple[bool, str]:  # fmt: skip
     """Whether the rows move as binary COPY (PostgreSQL to PostgreSQL, every column of a type whose binary
-    form is exact there), and the format as the extraction log shows it."""
+    form is exact there, and ``source.copy_format`` allows it), and the format as the extraction log shows it."""
     if destination.kind != "postgres":
         return False, "csv" if destination.copy_csv else "text"
+    if wanted == "text" or (wanted == "auto" and tunnelled):
+        return False, "text (copy_format: text)" if wanted == "text" else "text (through the SSH tunnel: fewer bytes)"
     refusal = binary_refusal(table.columns)
     return (True, "binary") if refusal is None else (False, f"text ({refusal})")
 
@@ -332,7 +335,7 @@ def _copy_step(session: SourceSession, destination: Destination, table: Selected
     in_recovery = source_in_recovery(conn)
     key_range = resolve_start(conn, table, step)
     source_max = max_key() if table.method == "key_based" and key_range.upper is not None else None
-    binary, copy_format = binary_copy(destination, table)
+    binary, copy_format = binary_copy(destination, table, session.config.copy_format, session.config.ssh is not None)
     query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
                          binary=binary)  # fmt: skip
     extraction = ExtractionLog(

@@ -71,7 +71,7 @@ def snapshot_tables(config: SourceConfig, destination: Destination, tables: list
                 part = (ranges or {}).get(table.id)
                 try:
                     pieces = [part] if part is not None else (chunks or {}).get(table.id) or [KeyRange()]
-                    result.rows[table.id] = sum(_copy(source, destination, table, snapshot, r) for r in pieces)
+                    result.rows[table.id] = sum(_copy(source, destination, table, snapshot, r, config) for r in pieces)
                 except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
                     result.failed[table.id] = exc
                     if source.closed or source.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
@@ -97,12 +97,12 @@ def temporary_slot_name(slot: str) -> str:
 
 
 def _copy(source: psycopg2.extensions.connection, destination: Destination, table: SelectedTable,
-          snapshot: SlotSnapshot, key_range: KeyRange) -> int:  # fmt: skip
+          snapshot: SlotSnapshot, key_range: KeyRange, config: SourceConfig) -> int:  # fmt: skip
     """One range (or the whole table), replaced in the destination; the source transaction (the snapshot)
     stays open for the next one."""
     from rds_pipeline.engine.replication.sync import binary_copy
 
-    binary, copy_format = binary_copy(destination, table)
+    binary, copy_format = binary_copy(destination, table, config.copy_format, config.ssh is not None)
     query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
                          binary=binary)  # fmt: skip
     extraction = ExtractionLog(table=table.id, query=query.as_string(source), started_at=dt.datetime.now(dt.UTC),
