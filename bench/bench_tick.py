@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.bench_tick --tables 500 --rows 1000
 
 Side by side in one run on one embedded PostgreSQL 18 (source and destination databases on the same server):
-- ``rds-pipeline sync`` (process wall time: start, definitions, the run in process, the report);
+- ``rds-pipeline sync`` (process wall time: start, definitions, the run in process, the report), its run
+  recorded in the shipped dagster.yaml's instance (storage in PostgreSQL);
 - the sync_all run launched out of process with the multiprocess executor and the ``rds_source`` pool
   limited to 2 slots (what the daemon does with a schedule tick);
 - the reference: for each table, ``psql -c "COPY … TO STDOUT" | psql -c "COPY … FROM STDIN"`` in a shell loop.
@@ -60,7 +61,8 @@ def setup(base: Path, tables: int, rows: int) -> tuple[LocalPostgres, Path]:
         "tables": [f"public.t{i:04d}" for i in range(tables)]}, sort_keys=False))  # fmt: skip
     home = base / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 2\ntelemetry:\n  enabled: false\n")
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")  # as shipped
+    server.psql("CREATE DATABASE dagster")
     return server, project / "rds_pipeline.yaml"
 
 
@@ -74,7 +76,9 @@ def run(tables: int = 500, rows: int = 1000) -> dict[str, object]:
     base.chmod(0o755)
     server, config = setup(base, tables, rows)
     env = {**os.environ, "RDS_PIPELINE_CONFIG": str(config), "DAGSTER_HOME": str(base / "dagster_home"),
-           "PGPASSWORD": server.password}  # fmt: skip
+           "PGPASSWORD": server.password, "DAGSTER_PG_HOST": server.host, "DAGSTER_PG_PORT": str(server.port),
+           "DAGSTER_PG_USER": server.superuser, "DAGSTER_PG_PASSWORD": server.password,
+           "DAGSTER_PG_DB": "dagster"}  # fmt: skip
     cli = str(Path(sys.executable).with_name("rds-pipeline"))
     try:
         subprocess.run([cli, "discover", "--config", str(config)], env=env, check=True, capture_output=True)
