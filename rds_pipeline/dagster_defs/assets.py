@@ -23,7 +23,7 @@ from rds_pipeline.dagster_defs.log_based import CHECK_SLOT, emit_stream, slot_po
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import range_for_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, TableAsset
+from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, TableAsset
 from rds_pipeline.dagster_defs.translator import POOL, SOURCE_GROUP, key_part, source_key_for
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.replication.plan import Request
@@ -111,8 +111,8 @@ def source_specs(catalog: Catalog, selection: list[SelectedTable]) -> list[dg.As
 
 def check_specs(asset: TableAsset) -> list[dg.AssetCheckSpec]:
     if asset.table.method == "log_based":
-        return [dg.AssetCheckSpec(CHECK_COLUMNS, asset=asset.key, description="Destination columns match the catalog"),
-                dg.AssetCheckSpec(CHECK_PRIMARY_KEY, asset=asset.key, description="The primary key is unique"),
+        return [dg.AssetCheckSpec(CHECK_REPLICA, asset=asset.key, description="The replica matches the source: its "
+                                  "columns match the catalog, its primary key is unique"),
                 dg.AssetCheckSpec(CHECK_SLOT, asset=asset.key, description="The slot's retained WAL and lag are "
                                   "within the thresholds of `log_based:`")]  # fmt: skip
     return [dg.AssetCheckSpec(name, asset=asset.key, description=text) for name, text in check_names(asset)]

@@ -18,7 +18,13 @@ import dagster as dg
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys, window_starts
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, CHECK_ROW_COUNT, TableAsset
+from rds_pipeline.dagster_defs.tables import (
+    CHECK_REPLICA,
+    PART_COLUMNS,
+    PART_PRIMARY_KEY,
+    PART_ROW_COUNT,
+    TableAsset,
+)
 from rds_pipeline.engine.destinations.base import LoadError
 from rds_pipeline.engine.errors import ConnectionProblem, RdsPipelineError
 from rds_pipeline.engine.replication.plan import Request
@@ -26,6 +32,7 @@ from rds_pipeline.engine.replication.sync import SyncResult, sync_table
 from rds_pipeline.engine.replication.verify import (
     CheckOutcome,
     columns_check,
+    combined,
     primary_key_check,
     row_count_check,
 )
@@ -71,12 +78,12 @@ def run_table(asset: TableAsset, request: Request, source: RdsSourceResource, de
 
 
 def check_names(asset: TableAsset) -> list[tuple[str, str]]:
-    names = [(CHECK_COLUMNS, "Destination columns match the catalog")]
+    parts = ["its columns match the catalog"]
     if asset.table.primary_key:
-        names.append((CHECK_PRIMARY_KEY, "The primary key is unique"))
+        parts.append("its primary key is unique")
     if asset.table.method == "full_table":
-        names.append((CHECK_ROW_COUNT, "Destination rows equal source rows"))
-    return names
+        parts.append("its rows equal the rows copied from the source")
+    return [(CHECK_REPLICA, f"The replica matches the source: {', '.join(parts)}")]
 
 
 def materialization_metadata(result: SyncResult) -> dict[str, Any]:
@@ -105,20 +112,23 @@ def materialization_metadata(result: SyncResult) -> dict[str, Any]:
 
 def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource, dest: Any,
                 result: SyncResult) -> Iterator[tuple[str, CheckOutcome]]:  # fmt: skip
+    if CHECK_REPLICA not in selected:
+        return
     table = asset.table
-    if CHECK_COLUMNS in selected:
-        yield CHECK_COLUMNS, columns_check(dest.column_names(table), table)
-    if CHECK_PRIMARY_KEY in selected and table.primary_key:
+    parts = [(PART_COLUMNS, columns_check(dest.column_names(table), table))]
+    if table.primary_key:
         enforced = dest.primary_key_enforced(table)  # a catalog lookup instead of a scan of the replica
-        yield CHECK_PRIMARY_KEY, primary_key_check(0 if enforced else dest.duplicate_keys(table), table, enforced)
-    if CHECK_ROW_COUNT in selected and table.method == "full_table":
+        parts.append((PART_PRIMARY_KEY, primary_key_check(0 if enforced else dest.duplicate_keys(table), table,
+                                                          enforced)))  # fmt: skip
+    if table.method == "full_table":
         # the rows this sync's COPY read from the source (its command tag, under the copy's snapshot) against the
         # destination's rows in the same range: catches rows lost or doubled on the way without scanning
         # production again; a table the sync created needs no count either: it holds what its COPY stored
         key_range = result.key_range
         stored = result.rows_at_commit
-        yield CHECK_ROW_COUNT, row_count_check(result.rows, dest.count_rows(table, key_range) if stored is None
-                                               else stored, key_range, "copied from the source by this sync")  # fmt: skip
+        parts.append((PART_ROW_COUNT, row_count_check(result.rows, dest.count_rows(table, key_range) if stored is None
+                                                      else stored, key_range, "copied from the source by this sync")))  # fmt: skip
+    yield CHECK_REPLICA, combined(parts)
 
 
 def describe_failure(asset: TableAsset, exc: BaseException) -> TableFailure:

@@ -22,12 +22,12 @@ from rds_pipeline.dagster_defs.execute import TableFailure, TableRun, partition_
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
-from rds_pipeline.dagster_defs.tables import CHECK_COLUMNS, CHECK_PRIMARY_KEY, TableAsset
+from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, PART_COLUMNS, PART_PRIMARY_KEY, TableAsset
 from rds_pipeline.dagster_defs.translator import key_part
 from rds_pipeline.engine.config import IntegrationConfig, LogBasedConfig
 from rds_pipeline.engine.destinations.base import LoadingReport
 from rds_pipeline.engine.replication.extract import KeyRange
-from rds_pipeline.engine.replication.verify import CheckOutcome, columns_check, primary_key_check
+from rds_pipeline.engine.replication.verify import CheckOutcome, columns_check, combined, primary_key_check
 
 if TYPE_CHECKING:  # the log-based flow loads only when a slot is read
     from rds_pipeline.engine.replication.cdc.flow import LogBasedResult
@@ -69,8 +69,9 @@ def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSou
             partitions = [k for k in all_keys if _in_range(asset, k, all_keys, ranges[table_id])]
         else:
             partitions = all_keys[-1:]
-        outcomes = [(CHECK_COLUMNS, columns_check(dest.column_names(asset.table), asset.table)),
-                    (CHECK_PRIMARY_KEY, primary_key_check(0, asset.table, dest.primary_key_enforced(asset.table)))]  # fmt: skip
+        outcomes = [(CHECK_REPLICA, combined([
+            (PART_COLUMNS, columns_check(dest.column_names(asset.table), asset.table)),
+            (PART_PRIMARY_KEY, primary_key_check(0, asset.table, dest.primary_key_enforced(asset.table)))]))]  # fmt: skip
         outcomes.append((CHECK_SLOT, slot_check(result, config.log_based)))
         runs.append(TableRun(asset, None, partitions, table_metadata(result, table_id), outcomes))  # type: ignore[arg-type]
     return StreamRun(result, runs, dict(result.failures))

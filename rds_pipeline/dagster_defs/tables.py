@@ -13,9 +13,9 @@ from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.frequency import Frequency, parse_frequency
 from rds_pipeline.engine.selection import SelectedTable
 
-CHECK_PRIMARY_KEY = "primary_key_unique"
-CHECK_COLUMNS = "columns_match_catalog"
-CHECK_ROW_COUNT = "row_count_matches_source"
+# one check per table, in parts: columns (against the catalog), primary_key (unique), row_count (full table)
+CHECK_REPLICA = "replica_matches_source"
+PART_COLUMNS, PART_PRIMARY_KEY, PART_ROW_COUNT = "columns", "primary_key", "row_count"
 
 
 @dataclass(frozen=True)

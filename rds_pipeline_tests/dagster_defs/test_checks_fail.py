@@ -8,7 +8,13 @@ import dagster as dg
 
 from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.replication.sync import sync_table
-from rds_pipeline.engine.replication.verify import columns_check, primary_key_check, row_count_check, source_count
+from rds_pipeline.engine.replication.verify import (
+    columns_check,
+    combined,
+    primary_key_check,
+    row_count_check,
+    source_count,
+)
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import key
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
@@ -45,6 +51,14 @@ def test_checks_fail_on_a_damaged_replica(pg18: LocalPostgres) -> None:
         scratch.sql("ALTER TABLE test_replica.t DROP COLUMN v", scratch.dest_db)
         outcome = columns_check(dest.column_names(table), table)
         assert not outcome.passed and outcome.metadata["missing_columns"] == "v"
+
+        # the table's one check: any failing part fails it, named first, each part's figures kept
+        whole = combined([("columns", outcome), ("primary_key", primary_key_check(dest.duplicate_keys(table), table)),
+                          ("row_count", row_count_check(5, 5, everything))])  # fmt: skip
+        assert not whole.passed and whole.metadata["failed"] == "columns, primary_key"
+        assert whole.description.startswith("FAILED columns: missing ['v']") and "row_count: 5 rows" in whole.description
+        assert whole.metadata["primary_key/duplicate_keys"] == 1 and whole.metadata["columns/missing_columns"] == "v"
+        assert combined([("row_count", row_count_check(5, 5, everything))]).passed
     dest.close()
 
 
@@ -67,7 +81,7 @@ def test_freshness_follows_the_schedule(pg18: LocalPostgres, tmp_path: Path) -> 
 
 def test_row_count_check_catches_rows_lost_in_the_destination(pg18: LocalPostgres, tmp_path: Path,
                                                               instance: dg.DagsterInstance) -> None:  # fmt: skip
-    """row_count_matches_source compares the rows this sync's COPY read with the destination's rows in the range
+    """replica_matches_source's row_count part compares the rows this sync's COPY read with the destination's rows in the range
     (no second scan of production): a destination that drops a row on the way fails it."""
     from rds_pipeline_tests.dagster_defs.project import make_project
 
@@ -83,7 +97,7 @@ def test_row_count_check_catches_rows_lost_in_the_destination(pg18: LocalPostgre
     def row_count() -> dg.AssetCheckEvaluation:
         result = dg.materialize(assets, selection=[key("t")], partition_key="all", instance=instance,
                                 resources=defs.resources, raise_on_error=False)  # fmt: skip
-        return next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_count_matches_source")
+        return next(e for e in result.get_asset_check_evaluations() if e.check_name == "replica_matches_source")
 
     assert row_count().passed
     # the destination silently drops one row on insert (a trigger someone added)
@@ -92,4 +106,6 @@ def test_row_count_check_catches_rows_lost_in_the_destination(pg18: LocalPostgre
               "dagster_test.t FOR EACH ROW EXECUTE FUNCTION dagster_test.drop_seven()", "checks_dest")  # fmt: skip
     failed = row_count()
     assert not failed.passed
-    assert failed.description.startswith("99 rows in the destination, 100 copied from the source by this sync")
+    assert failed.description.startswith("FAILED row_count: 99 rows in the destination, 100 copied from the source "
+                                         "by this sync")  # the failing part first
+    assert failed.metadata["failed"].value == "row_count"

@@ -68,10 +68,11 @@ def test_each_partition_kind_materializes_its_range(project: Project, instance: 
     assert event.metadata["dagster/row_count"].value == 24 and event.metadata["rows_inserted"].value == 24
     # a middle window of a table never synced: copied, but the bookmark waits for the earlier keys (a gap)
     assert "ts" in event.metadata["query"].value and event.metadata["bookmark"].value == ""
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"columns_match_catalog": True, "primary_key_unique": True}
-    [unique] = [e for e in result.get_asset_check_evaluations() if e.check_name == "primary_key_unique"]
-    assert unique.metadata["enforced_by"].value == "PRIMARY KEY constraint"  # DuckDB's constraint: no scan
+    [check] = result.get_asset_check_evaluations()  # one check per table, in parts
+    assert (check.check_name, check.passed) == ("replica_matches_source", True)
+    assert check.metadata["failed"].value == "none" and check.metadata["primary_key/duplicate_keys"].value == 0
+    assert "primary_key/enforced_by" not in check.metadata  # a DuckDB replica has no key index: it was scanned
+    assert check.description.startswith("columns: ") and "; primary_key: 0 duplicated" in check.description
 
     # integer key ranges: the sensor adds them as max(key) grows, then one range materializes
     sensor = defs.get_sensor_def("rds_key_range_sensor")
@@ -89,9 +90,9 @@ def test_each_partition_kind_materializes_its_range(project: Project, instance: 
     assert chunk_keys == ["..1001", "1001..2001", "2001.."]
     result = materialize(project, instance, "chunky", "1001..2001")
     assert replica_ids(project, "chunky") == list(range(1001, 2001))
-    checks = {e.check_name: (e.passed, e.metadata["source_rows"].value) for e in result.get_asset_check_evaluations()
-              if e.check_name == "row_count_matches_source"}  # fmt: skip
-    assert checks == {"row_count_matches_source": (True, 1000)}
+    checks = {e.check_name: (e.passed, e.metadata["row_count/source_rows"].value)
+              for e in result.get_asset_check_evaluations()}  # fmt: skip
+    assert checks == {"replica_matches_source": (True, 1000)}
 
     # a view: one partition
     assert materialize(project, instance, "recent", "all").success
@@ -148,17 +149,20 @@ def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instan
     # every covered window shows (a day that starts while the run goes is covered too: hence >=)
     assert instance.get_materialized_partitions(key("events")) >= set(keys)
     assert instance.get_materialized_partitions(key("chunky")) == {"..1001", "1001..2001", "2001.."}
-    checks = {(e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-    assert checks[("chunky", "row_count_matches_source")] and checks[("events", "primary_key_unique")]
-    assert checks[("recent", "columns_match_catalog")] and len(checks) == 9
+    checks = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
+    assert all(e.passed and e.check_name == "replica_matches_source" for e in checks.values()) and len(checks) == 4
+    assert "row_count/destination_rows" in checks["chunky"].metadata
+    assert "primary_key/duplicate_keys" in checks["events"].metadata
+    assert checks["recent"].metadata["columns/missing_columns"].value == "none"
     # the same table materialized from the UI gets the same checks and the same metadata keys
     ui = materialize(project, instance, "chunky", "1001..2001")
     tick_meta = {e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata
                  for e in result.get_asset_materialization_events() if e.asset_key == key("chunky")}  # fmt: skip
     ui_meta = ui.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert set(tick_meta["2001.."]) == set(ui_meta)
-    assert {e.check_name for e in ui.get_asset_check_evaluations()} == {
-        "columns_match_catalog", "primary_key_unique", "row_count_matches_source"}  # fmt: skip
+    [ui_check] = ui.get_asset_check_evaluations()
+    assert ui_check.check_name == "replica_matches_source"
+    assert set(ui_check.metadata) == set(checks["chunky"].metadata)  # the same parts, whoever triggers it
 
 
 def test_new_data_sensor_asks_only_for_tables_with_new_rows(project: Project, instance: dg.DagsterInstance) -> None:
@@ -193,7 +197,7 @@ def test_drift_sensor_fails_the_column_check(project: Project, instance: dg.Dags
     evaluations = {e.asset_key.path[-1]: e for e in result.asset_events}
     assert evaluations["chunky"].passed is False
     assert "column 'added_later' (integer) added" in evaluations["chunky"].metadata["drift"].value
-    assert evaluations["events"].passed is True
+    assert "events" not in evaluations  # no drift: the next sync evaluates its check whole
 
 
 def test_reset_job_resets_then_rematerializes(project: Project, instance: dg.DagsterInstance) -> None:

@@ -19,6 +19,17 @@ class CheckOutcome:
     metadata: dict[str, object]
 
 
+def combined(parts: list[tuple[str, CheckOutcome]]) -> CheckOutcome:
+    """One check per table: it passes when every part does. The description names each part, failing ones
+    first; the metadata keeps each part's figures under ``<part>/``. (One check event per table instead of
+    one per part: Dagster writes each event on its own, and at 1,000 tables per tick that is most of the run.)"""
+    ordered = [p for p in parts if not p[1].passed] + [p for p in parts if p[1].passed]
+    description = "; ".join(f"{'FAILED ' if not o.passed else ''}{name}: {o.description}" for name, o in ordered)
+    metadata: dict[str, object] = {f"{name}/{key}": value for name, o in parts for key, value in o.metadata.items()}
+    metadata["failed"] = ", ".join(name for name, o in parts if not o.passed) or "none"
+    return CheckOutcome(all(o.passed for _, o in parts), description, metadata)
+
+
 def source_count(conn: psycopg2.extensions.connection, table: SelectedTable, key_range: KeyRange) -> int:
     query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.relation.schema, table.relation.name))
     predicate = key_range.predicate()
