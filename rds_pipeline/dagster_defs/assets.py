@@ -19,6 +19,13 @@ from rds_pipeline.dagster_defs.execute import (
     partition_keys,
     run_table,
 )
+from rds_pipeline.dagster_defs.identity import (
+    column_lineage,
+    replica_table_name,
+    replica_uri,
+    source_table_name,
+    source_uri,
+)
 from rds_pipeline.dagster_defs.log_based import CHECK_SLOT, emit_stream, slot_pool, stream, stream_failures
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import range_for_keys
@@ -61,8 +68,10 @@ def replica_spec(asset: TableAsset, config: IntegrationConfig) -> dg.AssetSpec:
         ),
         metadata={
             "dagster/column_schema": _column_schema(relation, table.column_names),
-            "dagster/table_name": dest_table,
+            "dagster/table_name": replica_table_name(config, table),
             "dagster/relation_identifier": dest_table,
+            "dagster/uri": replica_uri(config, table),
+            "dagster/column_lineage": column_lineage(table, source_key_for(relation)),
             "rds_pipeline/source": relation.id,
             "rds_pipeline/replication_method": table.method,
             "rds_pipeline/replication_key": table.replication_key or "",
@@ -70,11 +79,12 @@ def replica_spec(asset: TableAsset, config: IntegrationConfig) -> dg.AssetSpec:
             "rds_pipeline/partitioning": asset.plan.kind,
             "rds_pipeline/schedule": f"{asset.frequency.description} ({asset.frequency.timezone})",
         },
-        tags={"rds_pipeline/method": table.method},
+        owners=list(table.owners if table.owners is not None else config.owners),
+        tags={**config.tags, **table.tags, "rds_pipeline/method": table.method},
     )
 
 
-def source_specs(catalog: Catalog, selection: list[SelectedTable]) -> list[dg.AssetSpec]:
+def source_specs(catalog: Catalog, selection: list[SelectedTable], config: IntegrationConfig) -> list[dg.AssetSpec]:
     """External assets for every selected relation and, transitively, every relation a selected view reads."""
     by_id = catalog.by_id()
     wanted: list[str] = [t.id for t in selection]
@@ -99,7 +109,8 @@ def source_specs(catalog: Catalog, selection: list[SelectedTable]) -> list[dg.As
                 kinds={"postgres"},
                 metadata={
                     "dagster/column_schema": _column_schema(relation),
-                    "dagster/table_name": f"{relation.schema}.{relation.name}",
+                    "dagster/table_name": source_table_name(relation),
+                    "dagster/uri": source_uri(config, relation),
                     "rds_pipeline/source": relation.id,
                     "rds_pipeline/row_estimate": relation.row_estimate if relation.row_estimate is not None else -1,
                     "rds_pipeline/size_bytes": relation.size_bytes if relation.size_bytes is not None else -1,

@@ -52,7 +52,7 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     jobs = build_op_jobs(assets, slot_pool(config))
     sync_all = next(job for job in jobs if job.name == SYNC_ALL)
     return dg.Definitions(
-        assets=[*source_specs(catalog, selection), *build_replica_assets(config, assets), build_usage_asset(assets)],
+        assets=[*source_specs(catalog, selection, config), *build_replica_assets(config, assets), build_usage_asset(assets)],
         jobs=jobs,
         schedules=build_schedules(assets, sync_all),
         sensors=build_sensors(assets, sync_all, catalog),

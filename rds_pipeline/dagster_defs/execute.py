@@ -123,7 +123,8 @@ def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource
     if table.method == "full_table":
         # the rows this sync's COPY read from the source (its command tag, under the copy's snapshot) against the
         # destination's rows in the same range: catches rows lost or doubled on the way without scanning
-        # production again; a table the sync created needs no count either: it holds what its COPY stored
+        # production again; nor the replica: each load emptied its range and filled it in one transaction, so
+        # the range holds what that COPY stored (counted after any trigger)
         key_range = result.key_range
         stored = result.rows_at_commit
         parts.append((PART_ROW_COUNT, row_count_check(result.rows, dest.count_rows(table, key_range) if stored is None

@@ -18,6 +18,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from rds_pipeline.engine.ownership import parse_owners, parse_tags
 from rds_pipeline.engine.secrets import Secret
 
 CONFIG_ENV_VAR = "RDS_PIPELINE_CONFIG"
@@ -130,6 +131,8 @@ class IntegrationConfig:
     allow_integration_rename: bool = False
     schedule: Any = None  # raw; parsed by engine.frequency.parse_frequency
     log_based: LogBasedConfig = field(default_factory=LogBasedConfig)
+    owners: tuple[str, ...] = ()  # every replica's owners (a table's own `owners:` replaces them)
+    tags: dict[str, str] = field(default_factory=dict)  # every replica's tags (a table's own `tags:` add to them)
 
     @property
     def source_key(self) -> str:
@@ -366,7 +369,7 @@ class _Reader:
             "",
             data,
             ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule",
-             "log_based"),
+             "log_based", "owners", "tags"),
         )
         if top is None:
             return None
@@ -399,6 +402,8 @@ class _Reader:
             allow_integration_rename=allow_rename,
             schedule=schedule,
             log_based=self.log_based(top.get("log_based")),
+            owners=parse_owners(top.get("owners"), "owners", self.problems) or (),
+            tags=parse_tags(top.get("tags"), "tags", self.problems),
         )
 
     def log_based(self, raw: Any) -> LogBasedConfig:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rds_pipeline.engine.naming import MAX_IDENTIFIER, destination_table_name
+from rds_pipeline.engine.ownership import parse_owners, parse_tags
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
 METHODS = ("full_table", "key_based", "log_based")
 LOG_KINDS = ("table", "partitioned_table")
 ENTRY_KEYS = ("name", "database", "schema", "table", "method", "replication_key", "columns", "primary_key",
-              "destination_table", "schedule", "granularity", "chunk_rows", "lookback")  # fmt: skip
+              "destination_table", "schedule", "granularity", "chunk_rows", "lookback", "owners", "tags")  # fmt: skip
 GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
 DEFAULT_CHUNK_ROWS = 1_000_000
 _UNORDERED_TYPES = {"json", "jsonb", "xml", "tsvector", "tsquery", "point", "line", "lseg", "box", "path",
@@ -47,6 +48,8 @@ class SelectedTable:
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # rows per key-range partition
     lookback: str | int | None = None
     all_columns: bool = True  # no `columns:` list: a column added at the source is replicated too
+    owners: tuple[str, ...] | None = None  # None: the integration's `owners:`
+    tags: dict[str, str] = field(default_factory=dict)  # added to the integration's `tags:`
 
     @property
     def id(self) -> str:
@@ -246,9 +249,14 @@ def _resolve_entry(
         except FrequencyError as exc:
             problems.append(str(exc))
             return None
+    before = len(problems)
+    owners = parse_owners(entry.get("owners"), f"{label}.owners", problems)
+    tags = parse_tags(entry.get("tags"), f"{label}.tags", problems)
+    if len(problems) > before:
+        return None
     return SelectedTable(relation, method, str(key) if key else None, columns, primary_key, destination,
                          tuple(notices), entry.get("schedule"), granularity, chunk_rows,
-                         entry.get("lookback"), wanted is None)  # fmt: skip
+                         entry.get("lookback"), wanted is None, owners, tags)  # fmt: skip
 
 
 def _unknown_column(label: str, name: str, relation: Relation) -> str:

@@ -48,7 +48,22 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
     assert payment.partitions_def.get_first_partition_key() == minimum  # the discovered minimum's month
     assert payment.group_name == "public" and payment.kinds == {"duckdb"}
     spec = payment.to_asset_spec()
-    assert spec.metadata["dagster/table_name"] == "dagster_test.payment"
+    # table identity: fully qualified, a URI without credentials, and 1:1 column lineage to the source
+    destination_file = Path(config["destination"]["path"])
+    assert spec.metadata["dagster/table_name"] == f"{destination_file.stem}.dagster_test.payment"
+    replica_file = (project.path.parent / destination_file).resolve()
+    assert spec.metadata["dagster/uri"] == f"duckdb://{replica_file}?table=dagster_test.payment"
+    lineage = spec.metadata["dagster/column_lineage"]
+    source = dg.AssetKey(["source", "pagila", "public", "payment"])
+    assert set(lineage.deps_by_column) == {c.name for c in spec.metadata["dagster/column_schema"].columns}
+    assert lineage.deps_by_column["amount"] == [dg.TableColumnDep(asset_key=source, column_name="amount")]
+    view = graph.get(dg.AssetKey(["dagster_test", "actor_info"])).to_asset_spec().metadata["dagster/column_lineage"]
+    assert view.deps_by_column["film_info"] == [
+        dg.TableColumnDep(asset_key=dg.AssetKey(["source", "pagila", "public", "actor_info"]), column_name="film_info")]
+    source_meta = graph.get(source).to_asset_spec().metadata
+    assert source_meta["dagster/table_name"] == "pagila.public.payment"
+    assert source_meta["dagster/uri"] == f"postgresql://{pg18.host}:{config['source']['port']}/pagila?table=public.payment"
+    assert pg18.password not in str(source_meta) + str(spec.metadata)
     assert spec.metadata["rds_pipeline/replication_method"] == "key_based"
     assert spec.metadata["rds_pipeline/replication_key"] == "payment_date"
     schema = spec.metadata["dagster/column_schema"]
@@ -96,3 +111,17 @@ def test_dagster_definitions_validate(pg18: LocalPostgres, tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_owners_and_tags_for_every_table_or_one(pg18: LocalPostgres, tmp_path: Path) -> None:
+    """`owners:` and `tags:` at the top apply to every replica; a table's own `owners:` replace them and its
+    `tags:` add to them."""
+    tables = [{"name": "public.film", "owners": ["team:catalog"], "tags": {"tier": "gold"}}, {"name": "public.actor"}]
+    project = make_project(pg18, tmp_path, tables, database="pagila", owners=["data@example.com"],
+                           tags={"domain": "rentals"})  # fmt: skip
+    graph = project.defs().resolve_asset_graph()
+    film = graph.get(dg.AssetKey(["dagster_test", "film"])).to_asset_spec()
+    actor = graph.get(dg.AssetKey(["dagster_test", "actor"])).to_asset_spec()
+    assert list(film.owners) == ["team:catalog"] and list(actor.owners) == ["data@example.com"]
+    assert film.tags["tier"] == "gold" and film.tags["domain"] == "rentals" and "tier" not in actor.tags
+    assert actor.tags["rds_pipeline/method"] == "full_table"

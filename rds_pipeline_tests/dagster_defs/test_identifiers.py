@@ -4,6 +4,7 @@ UI, sync from the CLI, run the checks, and read back exactly what the source hol
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 
 import dagster as dg
@@ -76,8 +77,16 @@ def test_any_identifier_through_the_whole_path(pg18: LocalPostgres, tmp_path: Pa
     assert key_part('Order "Items"').startswith("Order_Items_")  # readable
     for spec in graph.get_all_asset_keys():
         node = graph.get(spec)
+        meta = node.to_asset_spec().metadata
         if spec.path[0] == "dagster_test":
-            assert node.to_asset_spec().metadata["dagster/table_name"].startswith("dagster_test.")
+            assert meta["dagster/table_name"].startswith("replica.dagster_test.")
+            # the URI keeps any name intact (percent-encoded) and parses back to it
+            query = urllib.parse.urlsplit(meta["dagster/uri"]).query
+            schema_part, _, table_part = query.removeprefix("table=").partition(".")
+            assert urllib.parse.unquote(table_part) in {t.destination_table for t in project.selection()}
+            assert urllib.parse.unquote(schema_part) == "dagster_test" and " " not in meta["dagster/uri"]
+            assert set(meta["dagster/column_lineage"].deps_by_column) == {
+                c.name for c in meta["dagster/column_schema"].columns}
 
     # materialize every table from the UI (one partition each), with its checks
     with dg.instance_for_test() as instance:

@@ -166,3 +166,13 @@ def test_parallel_chunks_and_copy_format_are_checked(config_dir: Path) -> None:
                                                                   "  copy_format: csv\n"), config_dir))  # fmt: skip
     assert "source.parallel_chunks: 3 is out of range. Fix: use a value from 1 to 2" in found
     assert "source.copy_format: 'csv' is not one of auto, text, binary" in found
+
+
+def test_owners_and_tags_are_checked_before_dagster_sees_them(config_dir: Path) -> None:
+    text = VALID + 'owners: [data@example.com, "team:analytics", nobody]\ntags: {domain: sales, "dagster/kind": x, tier: "a b"}\n'
+    found = "\n".join(problems(text, config_dir))
+    assert "owners: 'nobody' is not an owner. Fix: use an email or team:<name>" in found
+    assert "tags.dagster/kind: the prefixes dagster/ and rds_pipeline/ are reserved" in found
+    assert "tags.tier: 'a b' is not a valid tag value" in found
+    good = load_config(write(config_dir, VALID + "owners: [data@example.com]\ntags: {domain: sales}\n"))
+    assert good.owners == ("data@example.com",) and good.tags == {"domain": "sales"}

@@ -204,3 +204,14 @@ def test_log_based_needs_a_table_with_a_key_in_the_configured_database(pagila_ca
     [table] = resolve_selection([{"name": "public.film", "method": "log_based", "primary_key": ["film_id"]}],
                                 keyless, "pagila")  # fmt: skip
     assert table.method == "log_based" and table.primary_key == ("film_id",)
+
+
+def test_a_tables_owners_and_tags_are_checked(pagila_catalog: Catalog) -> None:
+    found = problems([{"name": "public.film", "owners": ["someone"], "tags": {"tier": "gold"}}], pagila_catalog)
+    assert found == ["tables[0] (public.film).owners: 'someone' is not an owner. Fix: use an email or "
+                     "team:<name> (letters, digits, _ and -)"]
+    [film] = resolve_selection([{"name": "public.film", "owners": "team:catalog", "tags": {"tier": "gold"}}],
+                               pagila_catalog, "pagila")  # fmt: skip
+    assert film.owners == ("team:catalog",) and film.tags == {"tier": "gold"}
+    [actor] = resolve_selection(["public.actor"], pagila_catalog, "pagila")
+    assert actor.owners is None and actor.tags == {}  # the integration's apply

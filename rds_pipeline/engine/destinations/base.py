@@ -86,8 +86,9 @@ class LoadingReport:
     batch_id: str = ""
     committed_at: dt.datetime | None = None
     warnings: tuple[str, ...] = ()
-    # the replica's rows in the loaded range at commit, when known without scanning it: a table this load
-    # created holds exactly what its COPY stored (COPY's count, after any trigger); None means count them
+    # the replica's rows in the loaded range at commit, when known without scanning it: a full-table load
+    # empties its range and fills it in one transaction, so the range holds exactly what its COPY stored
+    # (COPY's count, after any trigger); None means count them
     rows_at_commit: int | None = None
 
     @property

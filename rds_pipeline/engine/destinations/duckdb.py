@@ -333,8 +333,7 @@ class DuckDBDestination:
                     report.rows_inserted = int(run(
                         c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
                            f"SELECT {converted}, now(), ? FROM {source}", [batch_id, name]).fetchone()[0])  # fmt: skip
-                    if created:
-                        report.rows_at_commit = report.rows_inserted
+                    report.rows_at_commit = report.rows_inserted  # the range was emptied in this transaction
                 else:
                     raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
                     run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
