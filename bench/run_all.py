@@ -624,6 +624,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = report["pg_to_pg"] + [r for r in report["pg_to_duckdb"] if r["name"] != "raw pipe (psql | psql)"]
     names = [r["name"] for r in rows]
@@ -637,7 +638,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     if "tick" in report:
         ratios[f"tick over {report['tick']['tables']:,} tables (vs psql loop)"] = report["tick"]["cli_ratio"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 0.45 * max(len(rows), len(ratios)) + 1.6))
-    ax.barh(names, values, color=["#888" if "pipe" in n else "#2a7" if "rds_pipeline" in n else "#c64" for n in names])
+    ax.barh(names, values, color=["#2a7" if n.startswith("rds") else "#888" if "pipe" in n else "#c64" for n in names])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:.0f}k"))
     ax.invert_yaxis()
     ax.set_xlabel(f"rows/s, full table, {report['rows']:,} rows (median)")
     ax.set_title("Full-table replication throughput")
