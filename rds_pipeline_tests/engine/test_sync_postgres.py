@@ -615,3 +615,38 @@ def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostg
     assert not later.plan.historical and later.report.rows_inserted == 100
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     dest.close()
+
+
+def test_a_chunk_that_fails_in_parallel_leaves_the_others_and_the_next_sync_finishes(pg18: LocalPostgres) -> None:
+    """Timeline: a history in parallel chunks where one chunk's rows cannot be read (a view dividing by zero on
+    one key). The sync fails naming the table; the chunks before it committed and the bookmark stops below
+    it; no backend is left on the source. The view is fixed; the next sync copies the rest, and the replica
+    equals the source."""
+    scratch = make_scratch(pg18)
+    scratch.sql("CREATE TABLE base (id int PRIMARY KEY, pad text);"
+                "INSERT INTO base SELECT g, md5(g::text) FROM generate_series(1, 80000) g;"
+                "CREATE VIEW v AS SELECT id, pad, 100 / (id - 50000) AS q FROM base")  # fmt: skip
+    scratch = dataclasses.replace(scratch, config=dataclasses.replace(
+        scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=2)))  # fmt: skip
+    table = scratch.one({"name": "public.v", "method": "key_based", "replication_key": "id", "primary_key": ["id"]})
+    edges = list(range(10001, 80000, 10000))
+    chunks = [KeyRange("id", upper=edges[0], include_nulls=True)]
+    chunks += [KeyRange("id", lo, hi) for lo, hi in zip(edges, edges[1:], strict=False)]
+    chunks.append(KeyRange("id", lower=edges[-1]))
+    dest = scratch.destination()
+    with scratch.session() as session, pytest.raises(LoadError, match=r"public\.v: .*division by zero"):
+        sync_table(session, dest, table, chunks=chunks, backoff_seconds=0.1)
+    bookmark = int(dest.read_bookmark(table))
+    assert 10000 <= bookmark < 50000  # contiguous chunks only: never past the failed one
+    copied = {row[0] for row in dest.fetch_rows(table)}
+    assert set(range(1, bookmark + 1)) <= {int(i) for i in copied} and "50000" not in copied
+    left = pg18.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                     "AND state <> 'idle'", scratch.source_db).strip()  # fmt: skip
+    assert left == "0"
+
+    scratch.sql("CREATE OR REPLACE VIEW v AS SELECT id, pad, 100 / greatest(abs(id - 50000), 1) AS q FROM base")
+    with scratch.session() as session:
+        sync_table(session, dest, table, chunks=chunks, lookback=0)
+    assert dest.read_bookmark(table) == "80000"
+    assert dest.fetch_rows(table) == scratch.source_rows(table)
+    dest.close()

@@ -217,22 +217,22 @@ def _in_parallel(steps: list[Step], parallel: int, session: SourceSession, desti
     settled[0].set()
 
     def worker() -> None:
-        with SourceSession(session.config) as own, destination.fresh() as into:
-            while True:
-                with lock:
-                    if errors or not pending:
-                        return
-                    index, step = pending.pop(0)
-                try:
-                    result = run_step(step, own, into, settled[index - 1].wait)
-                except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other workers stop
+        try:
+            with SourceSession(session.config) as own, destination.fresh() as into:
+                while True:
                     with lock:
-                        errors.append(exc)
-                    return
-                finally:
-                    settled[index].set()  # a failed chunk releases the next too (its bookmark then stays put)
-                with lock:
-                    done[index] = result
+                        if errors or not pending:
+                            return
+                        index, step = pending.pop(0)
+                    try:
+                        result = run_step(step, own, into, settled[index - 1].wait)
+                    finally:
+                        settled[index].set()  # a failed chunk releases the next too (its bookmark then stays put)
+                    with lock:
+                        done[index] = result
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other workers stop
+            with lock:
+                errors.append(exc)
 
     threads = [threading.Thread(target=worker, name=f"rds-chunk-{n}", daemon=True) for n in range(parallel)]
     for thread in threads:
