@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ DEMO_PASSWORD_ENV = "RDS_DEMO_PASSWORD"
 DEMO_PASSWORD = "rds-demo-local-only"
 DEMO_INTEGRATION = "Pagila Demo"
 REPO = Path(__file__).resolve().parents[1]
+DEV_STOP_SECONDS = 60  # `dagster dev` stops its webserver, daemon and code server within this
 # Two key-based tables exercise time windows and integer key ranges; the rest is full table.
 KEY_BASED = {
     "public.payment": {"method": "key_based", "replication_key": "payment_date", "granularity": "monthly"},
@@ -163,13 +165,32 @@ def run_demo(root: Path, keep_running: bool = False) -> int:
 
 
 def run_ui(root: Path, port: int = 3000) -> int:
-    """`make dev`: the same setup, then the Dagster UI (webserver and daemon) on http://127.0.0.1:<port>."""
+    """`make dev`: the same setup, then the Dagster UI (webserver and daemon) on http://127.0.0.1:<port>.
+    Ctrl-C or SIGTERM stops everything it started: `dagster dev` (which stops its webserver, daemon and code
+    server), then the embedded PostgreSQL. Each wait is bounded."""
     setup, env = prepare(root)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM takes the Ctrl-C path, so the cleanup below runs
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    dev: subprocess.Popen[bytes] | None = None
     print(f"Dagster UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.call([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO / "workspace.yaml"),
-                                "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **env}, cwd=REPO)  # fmt: skip
+        dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w",
+                                str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                               env={**os.environ, **env}, cwd=REPO)  # fmt: skip
+        return dev.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+        if dev is not None and dev.poll() is None:
+            dev.terminate()
+            try:
+                dev.wait(timeout=DEV_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                dev.kill()
+                dev.wait(timeout=10)
         setup.server.stop()
+        signal.signal(signal.SIGTERM, previous)
