@@ -31,7 +31,7 @@ from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import range_for_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, TableAsset
-from rds_pipeline.dagster_defs.translator import POOL, SOURCE_GROUP, key_part, source_key_for
+from rds_pipeline.dagster_defs.translator import POOL, RETRY_POLICY, SOURCE_GROUP, key_part, source_key_for
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.selection import SelectedTable
@@ -189,6 +189,7 @@ def stream_multi_asset(config: IntegrationConfig, members: list[TableAsset]) -> 
         check_specs=[spec for a in members for spec in check_specs(a)],
         can_subset=True,
         pool=slot_pool(config),
+        retry_policy=RETRY_POLICY,
         backfill_policy=dg.BackfillPolicy.single_run(),
         op_tags={"rds_pipeline/slot": config.slot_name},
     )
@@ -221,6 +222,7 @@ def _group_multi_asset(config: IntegrationConfig, group: str, members: list[Tabl
         check_specs=[spec for a in members for spec in check_specs(a)],
         can_subset=True,
         pool=POOL,
+        retry_policy=RETRY_POLICY,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31),
         op_tags={"rds_pipeline/group": group},
     )

@@ -16,7 +16,7 @@ from rds_pipeline.dagster_defs.log_based import emit_stream, stream, stream_fail
 from rds_pipeline.dagster_defs.partitions import integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import TableAsset
-from rds_pipeline.dagster_defs.translator import POOL, dynamic_partitions_name
+from rds_pipeline.dagster_defs.translator import POOL, RETRY_POLICY, dynamic_partitions_name
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.source.probe import probe_max_keys
 
@@ -127,7 +127,8 @@ def build_op_jobs(assets: list[TableAsset], slot_pool: str = POOL) -> list[dg.Jo
             relation = asset.table.relation
             if name in (asset.table.id, relation.qualified_name, asset.table.destination_table):
                 return asset
-        raise dg.Failure(f"{name} is not a selected table. Selected: {', '.join(sorted(by_id))}")
+        raise dg.Failure(f"{name} is not a selected table. Selected: {', '.join(sorted(by_id))}",
+                         allow_retries=False)  # a retry would not make it one
 
     @dg.op(name=PICK_OP, out={"buckets": dg.DynamicOut(list), "log_based": dg.Out(list, is_required=False)})
     def pick_tables(config: PickConfig) -> Iterator[dg.DynamicOutput | dg.Output]:
@@ -145,19 +146,19 @@ def build_op_jobs(assets: list[TableAsset], slot_pool: str = POOL) -> list[dg.Jo
         if streamed:
             yield dg.Output(streamed, output_name="log_based")
 
-    @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
+    @dg.op(pool=POOL, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                     rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
         sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
-    @dg.op(pool=slot_pool, out=dg.Out(dg.Nothing))
+    @dg.op(pool=slot_pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def stream_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                       rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Read the slot once for every log-based table (a table without a snapshot gets one first)."""
         sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
-    @dg.op(pool=POOL, out=dg.Out(dg.Nothing))
+    @dg.op(pool=POOL, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def reset_and_resync(context: dg.OpExecutionContext, config: ResetConfig, rds_source: RdsSourceResource,
                          rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Clear the bookmark and data, then bring the whole history back (chunked along the partitions)."""

@@ -20,6 +20,9 @@ from rds_pipeline.engine.source.catalog import Relation
 
 SOURCE_GROUP = "rds_source"
 POOL = "rds_source"
+# for what the engine did not absorb (it retries transient errors per range; a failed table is reported with
+# its fix and not retried): e.g. the destination down when the step starts
+RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 _VALID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -1,0 +1,130 @@
+"""A run killed with kill -9 does not stay STARTED: under `dagster dev` (webserver, daemon, code server) and the
+shipped dagster.yaml (storage in PostgreSQL, run monitoring on), the run ends FAILURE within the monitoring
+interval, and its source backend does not outlive it. The shipped ops and assets carry a RetryPolicy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from rds_pipeline.dagster_defs.launcher import PID_TAG
+from rds_pipeline.local_postgres import LocalPostgres, free_port
+from rds_pipeline_tests.dagster_defs.project import make_project
+from rds_pipeline_tests.test_webserver import graphql, launch
+
+REPO = Path(__file__).resolve().parents[1]
+# a view that takes about a minute to produce its rows: the run is still copying when it is killed
+SLOW_VIEW = ("CREATE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g "
+             "WHERE pg_sleep(0.02) IS NOT NULL")  # fmt: skip
+
+
+def _copying_process(server: LocalPostgres, database: str) -> int | None:
+    """The pid of the process whose connection runs our COPY on the source: the run's worker (found through
+    the backend's client port, /proc/net/tcp and the process's sockets)."""
+    port = server.psql("SELECT client_port FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                       "AND query LIKE 'COPY%' AND datname = current_database() LIMIT 1", database).strip()  # fmt: skip
+    if not port:
+        return None
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == int(port):  # local address of the client's end
+            inodes.add(fields[9])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+            except OSError:
+                continue
+            if any(f"socket:[{inode}]" in links for inode in inodes):
+                return int(entry.name)
+    return None
+
+
+def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Path) -> None:
+    project = make_project(pg18, tmp_path / "project", [{"name": "public.slow", "primary_key": ["id"]}],
+                           ddl=SLOW_VIEW)  # fmt: skip
+    defs = project.defs()
+    policies = [a.op.retry_policy for a in defs.assets
+                if isinstance(a, dg.AssetsDefinition) and a.op.name.startswith(("rds_sync_", "rds_stream_"))]
+    policies += [defs.resolve_job_def("sync_all").graph.node_named("sync_tables").definition.retry_policy]
+    assert policies and all(p is not None and p.max_retries >= 1 and p.backoff is not None for p in policies)
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monitoring = yaml.safe_load((home / "dagster.yaml").read_text())["run_monitoring"]
+    assert monitoring["enabled"] is True
+    pg18.psql("CREATE DATABASE dagster_monitoring")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "RDS_PIPELINE_CONFIG": str(project.path),
+           "DAGSTER_PG_HOST": pg18.host, "DAGSTER_PG_PORT": str(pg18.port), "DAGSTER_PG_USER": pg18.superuser,
+           "DAGSTER_PG_PASSWORD": pg18.password, "DAGSTER_PG_DB": "dagster_monitoring"}  # fmt: skip
+    port = free_port()
+    dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO / "workspace.yaml"),
+                            "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if graphql(port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")[
+                        "repositoriesOrError"].get("nodes"):  # fmt: skip
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "dagster dev did not come up"
+            time.sleep(1)
+        run_id = launch(port, "sync_all", tags={"dagster/max_retries": "0"})  # this run is not retried
+        deadline = time.monotonic() + 90
+        while _copying_process(pg18, project.database) is None:
+            assert time.monotonic() < deadline, "the run never started copying"
+            time.sleep(0.5)
+        tags = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }",
+                       {"id": run_id})["runOrError"]["tags"]  # fmt: skip
+        pid = int(next(t["value"] for t in tags if t["key"] == PID_TAG))  # the launcher's run process
+        assert _copying_process(pg18, project.database) in {pid, *_children(pid)}  # it (or its step) copies
+        os.killpg(pid, signal.SIGKILL)  # the run process and its step processes, as a container kill would
+        killed = time.monotonic()
+        status = ""
+        while time.monotonic() - killed < monitoring["poll_interval_seconds"] + 30:
+            status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+                             {"id": run_id})["runOrError"]["status"]  # fmt: skip
+            if status != "STARTED":
+                break
+            time.sleep(1)
+        assert status == "FAILURE", f"the killed run is {status} {time.monotonic() - killed:.0f} s later"
+        deadline = time.monotonic() + 30
+        while _copying(pg18, project.database) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _copying(pg18, project.database) == 0, "the killed run's COPY is still on the source"
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)
+        try:
+            dev.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found |= {int(entry.name), *_children(int(entry.name))}
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _copying(server: LocalPostgres, database: str) -> int:
+    return int(server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                           "AND query LIKE 'COPY%' AND datname = current_database()", database).strip())  # fmt: skip
