@@ -18,7 +18,7 @@ import yaml
 from rds_pipeline.dagster_defs.launcher import PID_TAG
 from rds_pipeline.local_postgres import LocalPostgres, free_port
 from rds_pipeline_tests.dagster_defs.project import make_project
-from rds_pipeline_tests.test_webserver import graphql, launch
+from rds_pipeline_tests.test_webserver import graphql, launch, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 # a view that takes about a minute to produce its rows: the run is still copying when it is killed
@@ -106,11 +106,7 @@ def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Pat
             time.sleep(0.5)
         assert _copying(pg18, project.database) == 0, "the killed run's COPY is still on the source"
     finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
+        stop_group(dev)
 
 
 def _children(pid: int) -> set[int]:

@@ -56,6 +56,15 @@ def wait(port: int, run_id: str, seconds: float = 180) -> str:
     return status
 
 
+def stop_group(process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    """Stop `dagster dev` (started in its own session) and everything under it; bounded, then killed."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
     from rds_pipeline.demo import prepare
 
@@ -114,9 +123,5 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
         replica.close()
         assert copied == int(setup.server.psql("SELECT count(*) FROM payment", "pagila").strip())
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
         setup.server.stop()
