@@ -252,7 +252,7 @@ class DuckDBDestination:
             columns = [f"{dq(c.name)} {wanted_type(c)}" for c in table.columns]
             columns += [f"{dq(EXTRACTED_AT)} TIMESTAMPTZ", f"{dq(BATCH_ID)} VARCHAR"]
             # no PRIMARY KEY: DuckDB keeps a key's ART index whole in memory (about 250 MB at 10M rows, past any
-            # memory_limit), and the upsert does not need it; primary_key_unique scans for duplicates instead
+            # memory_limit), and the upsert does not need it; the key part of the table's check scans instead
             run(self.conn, f"CREATE TABLE {target} ({', '.join(columns)})")
             return warnings, True
         for column in table.columns:
