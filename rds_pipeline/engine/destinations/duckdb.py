@@ -31,7 +31,7 @@ from rds_pipeline.engine.destinations.base import (
     rename_refusal,
 )
 from rds_pipeline.engine.destinations.types import duckdb_type
-from rds_pipeline.engine.quoting import quote_ident
+from rds_pipeline.engine.quoting import quote_ident, quote_literal
 from rds_pipeline.engine.replication.extract import CopyOut, KeyRange
 from rds_pipeline.engine.replication.plan import TableState
 from rds_pipeline.engine.selection import SelectedTable
@@ -125,7 +125,7 @@ class DuckDBDestination:
                 conn = duckdb.connect(str(self.path))
                 conn.execute("SET TimeZone = 'UTC'")
                 # bounded memory: DuckDB spills to disk past this instead of growing with the table
-                conn.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+                conn.execute("SET memory_limit = " + quote_literal(MEMORY_LIMIT))
                 conn.execute("SET preserve_insertion_order = false")
                 return conn
             except duckdb.IOException as exc:
