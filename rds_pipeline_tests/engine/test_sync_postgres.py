@@ -561,6 +561,19 @@ def test_a_first_load_waits_for_the_tables_creator_beyond_lock_timeout(pg18: Loc
     dest.close()
 
 
+def with_parallel_chunks(scratch: Scratch, parallel: int) -> Scratch:
+    return dataclasses.replace(scratch, config=dataclasses.replace(
+        scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=parallel)))  # fmt: skip
+
+
+def id_chunks(size: int, end: int) -> list[KeyRange]:
+    """Chunks of ``size`` ids up to ``end``, the first open below (with NULLs) and the last open above."""
+    edges = list(range(size + 1, end, size))
+    chunks = [KeyRange("id", upper=edges[0], include_nulls=True)]
+    chunks += [KeyRange("id", lo, hi) for lo, hi in zip(edges, edges[1:], strict=False)]
+    return [*chunks, KeyRange("id", lower=edges[-1])]
+
+
 def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostgres) -> None:
     """`parallel_chunks: 2`: after the first chunk (which creates the table), two chunks copy at once, each on its
     own source connection; the source never sees more than two of our COPYs. The replica equals the source and
@@ -571,13 +584,9 @@ def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostg
     scratch.sql("CREATE TABLE base (id int PRIMARY KEY, pad text);"
                 "INSERT INTO base SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 40000) g;"
                 "CREATE VIEW wide AS SELECT id, pad FROM base WHERE id % 5000 <> 1 OR pg_sleep(0.5) IS NOT NULL")  # fmt: skip
-    scratch = dataclasses.replace(scratch, config=dataclasses.replace(
-        scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=2)))  # fmt: skip
+    scratch = with_parallel_chunks(scratch, 2)
     table = scratch.one({"name": "public.wide", "method": "key_based", "replication_key": "id", "primary_key": ["id"]})
-    edges = list(range(5001, 40000, 5000))
-    chunks = [KeyRange("id", upper=edges[0], include_nulls=True)]
-    chunks += [KeyRange("id", lo, hi) for lo, hi in zip(edges, edges[1:], strict=False)]
-    chunks.append(KeyRange("id", lower=edges[-1]))
+    chunks = id_chunks(5000, 40000)
     seen: list[int] = []
     stop = threading.Event()
 
@@ -628,13 +637,9 @@ def test_a_chunk_that_fails_in_parallel_leaves_the_others_and_the_next_sync_fini
     scratch.sql("CREATE TABLE base (id int PRIMARY KEY, pad text);"
                 "INSERT INTO base SELECT g, md5(g::text) FROM generate_series(1, 80000) g;"
                 "CREATE VIEW v AS SELECT id, pad, 100 / (id - 50000) AS q FROM base")  # fmt: skip
-    scratch = dataclasses.replace(scratch, config=dataclasses.replace(
-        scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=2)))  # fmt: skip
+    scratch = with_parallel_chunks(scratch, 2)
     table = scratch.one({"name": "public.v", "method": "key_based", "replication_key": "id", "primary_key": ["id"]})
-    edges = list(range(10001, 80000, 10000))
-    chunks = [KeyRange("id", upper=edges[0], include_nulls=True)]
-    chunks += [KeyRange("id", lo, hi) for lo, hi in zip(edges, edges[1:], strict=False)]
-    chunks.append(KeyRange("id", lower=edges[-1]))
+    chunks = id_chunks(10000, 80000)
     dest = scratch.destination()
     with scratch.session() as session, pytest.raises(LoadError, match=r"public\.v: .*division by zero"):
         sync_table(session, dest, table, chunks=chunks, backoff_seconds=0.1)
