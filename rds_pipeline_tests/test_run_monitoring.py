@@ -5,10 +5,7 @@ interval, and its source backend does not outlive it. The shipped ops and assets
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +13,10 @@ import dagster as dg
 import yaml
 
 from rds_pipeline.dagster_defs.launcher import PID_TAG
-from rds_pipeline.local_postgres import LocalPostgres, free_port
+from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import make_project
-from rds_pipeline_tests.test_webserver import graphql, launch, stop_group
+from rds_pipeline_tests.dagster_dev import dagster_dev
+from rds_pipeline_tests.test_webserver import graphql, launch
 
 REPO = Path(__file__).resolve().parents[1]
 # a view that takes about a minute to produce its rows: the run is still copying when it is killed
@@ -58,30 +56,11 @@ def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Pat
     policies += [defs.resolve_job_def("sync_all").graph.node_named("sync_tables").definition.retry_policy]
     assert policies and all(p is not None and p.max_retries >= 1 and p.backoff is not None for p in policies)
 
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    monitoring = yaml.safe_load((home / "dagster.yaml").read_text())["run_monitoring"]
+    shipped = (REPO / "dagster.yaml").read_text()
+    monitoring = yaml.safe_load(shipped)["run_monitoring"]
     assert monitoring["enabled"] is True
-    pg18.psql("CREATE DATABASE dagster_monitoring")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RDS_PIPELINE_CONFIG": str(project.path),
-           "DAGSTER_PG_HOST": pg18.host, "DAGSTER_PG_PORT": str(pg18.port), "DAGSTER_PG_USER": pg18.superuser,
-           "DAGSTER_PG_PASSWORD": pg18.password, "DAGSTER_PG_DB": "dagster_monitoring"}  # fmt: skip
-    port = free_port()
-    dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO / "workspace.yaml"),
-                            "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if graphql(port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")[
-                        "repositoriesOrError"].get("nodes"):  # fmt: skip
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "dagster dev did not come up"
-            time.sleep(1)
+    with dagster_dev(pg18, project.path, tmp_path / "home", shipped) as dev:
+        port = dev.port
         run_id = launch(port, "sync_all", tags={"dagster/max_retries": "0"})  # this run is not retried
         deadline = time.monotonic() + 90
         while _copying_process(pg18, project.database) is None:
@@ -105,8 +84,6 @@ def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Pat
         while _copying(pg18, project.database) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _copying(pg18, project.database) == 0, "the killed run's COPY is still on the source"
-    finally:
-        stop_group(dev)
 
 
 def _children(pid: int) -> set[int]:

@@ -26,12 +26,13 @@ from rds_pipeline.dagster_defs.identity import (
     source_table_name,
     source_uri,
 )
-from rds_pipeline.dagster_defs.log_based import CHECK_SLOT, emit_stream, slot_pool, stream, stream_failures
+from rds_pipeline.dagster_defs.log_based import CHECK_SLOT, emit_stream, stream, stream_failures
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import range_for_keys
+from rds_pipeline.dagster_defs.pools import slot_step_pool, source_step_pool
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, TableAsset
-from rds_pipeline.dagster_defs.translator import POOL, RETRY_POLICY, SOURCE_GROUP, key_part, source_key_for
+from rds_pipeline.dagster_defs.translator import RETRY_POLICY, SOURCE_GROUP, key_part, source_key_for
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.selection import SelectedTable
@@ -188,7 +189,7 @@ def stream_multi_asset(config: IntegrationConfig, members: list[TableAsset]) -> 
         specs=[replica_spec(a, config) for a in members],
         check_specs=[spec for a in members for spec in check_specs(a)],
         can_subset=True,
-        pool=slot_pool(config),
+        pool=slot_step_pool(config),
         retry_policy=RETRY_POLICY,
         backfill_policy=dg.BackfillPolicy.single_run(),
         op_tags={"rds_pipeline/slot": config.slot_name},
@@ -221,7 +222,7 @@ def _group_multi_asset(config: IntegrationConfig, group: str, members: list[Tabl
         specs=[replica_spec(a, config) for a in members],
         check_specs=[spec for a in members for spec in check_specs(a)],
         can_subset=True,
-        pool=POOL,
+        pool=source_step_pool(config),
         retry_policy=RETRY_POLICY,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31),
         op_tags={"rds_pipeline/group": group},

@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 
 from rds_pipeline.dagster_defs.assets import build_replica_assets, source_specs
 from rds_pipeline.dagster_defs.jobs import SYNC_ALL, build_op_jobs
-from rds_pipeline.dagster_defs.log_based import slot_pool
+from rds_pipeline.dagster_defs.pools import slot_step_pool, source_step_pool
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.schedules import build_schedules
 from rds_pipeline.dagster_defs.sensors import build_sensors
@@ -49,7 +49,7 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
             config_path=str(path.resolve()), password=_env_var(dest_raw.get("password"))
         ),  # fmt: skip
     }
-    jobs = build_op_jobs(assets, slot_pool(config))
+    jobs = build_op_jobs(assets, source_step_pool(config), slot_step_pool(config))
     sync_all = next(job for job in jobs if job.name == SYNC_ALL)
     return dg.Definitions(
         assets=[*source_specs(catalog, selection, config), *build_replica_assets(config, assets), build_usage_asset(assets)],

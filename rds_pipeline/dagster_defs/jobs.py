@@ -117,8 +117,9 @@ def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], reques
         raise failure(failures, synced)
 
 
-def build_op_jobs(assets: list[TableAsset], slot_pool: str = POOL) -> list[dg.JobDefinition]:
-    """``slot_pool``: the pool of the step that reads the log-based tables' slot (one run at a time per slot)."""
+def build_op_jobs(assets: list[TableAsset], pool: str = POOL, slot_pool: str = POOL) -> list[dg.JobDefinition]:
+    """``pool``: the pool of the steps that copy tables (see ``pools.py``); ``slot_pool``: of the step that reads
+    the log-based tables' slot (one run at a time per slot)."""
     by_id = {a.table.id: a for a in assets}
     logged = [a for a in assets if a.table.method == "log_based"]
 
@@ -146,7 +147,7 @@ def build_op_jobs(assets: list[TableAsset], slot_pool: str = POOL) -> list[dg.Jo
         if streamed:
             yield dg.Output(streamed, output_name="log_based")
 
-    @dg.op(pool=POOL, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
+    @dg.op(pool=pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                     rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
@@ -158,7 +159,7 @@ def build_op_jobs(assets: list[TableAsset], slot_pool: str = POOL) -> list[dg.Jo
         """Read the slot once for every log-based table (a table without a snapshot gets one first)."""
         sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
-    @dg.op(pool=POOL, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
+    @dg.op(pool=pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def reset_and_resync(context: dg.OpExecutionContext, config: ResetConfig, rds_source: RdsSourceResource,
                          rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Clear the bookmark and data, then bring the whole history back (chunked along the partitions)."""

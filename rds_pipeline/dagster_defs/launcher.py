@@ -1,5 +1,5 @@
 """A run launcher for one machine that starts each run in its own process and tells run monitoring whether that
-process is still alive.
+process is still alive. Before a run starts, it gives the run's single-writer pools their limit of 1 (pools.py).
 
 Dagster's DefaultRunLauncher cannot report a run worker's health, so a run killed with kill -9 (or by the OOM
 killer) stays STARTED forever; the launchers that can (K8s, ECS, Docker) need a cluster. This one records the
@@ -20,6 +20,8 @@ import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+from rds_pipeline.dagster_defs.pools import ensure_single_writer_pools
 
 PID_TAG = "rds_pipeline/run_pid"
 
@@ -49,6 +51,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         origin = context.job_code_origin
         if origin is None:
             raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no code origin to start it from")
+        pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
+        ensure_single_writer_pools(self._instance, pools or ())  # a DuckDB file's writers, a slot's reader: one
         args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
                               set_exit_code_on_failure=True)  # fmt: skip
         # the code location's own Python (its packages), as `python -m dagster`: no PATH needed

@@ -4,8 +4,8 @@ the slot's position), so a run for any of them reads the slot once and records e
 - Partitions are the snapshot's key-range chunks (as for full-table tables). A stream run materializes the
   table's latest partition; a first sync (the snapshot) materializes them all; a backfill of other partitions
   copies just their range again under a fresh snapshot, then catches the stream up past it.
-- One run per slot at a time: the stream's steps use the slot's own pool (``rds_slot__<slot>``, limit 1 in
-  ``dagster.yaml``), and the engine also holds a lock on the slot in the destination.
+- One run per slot at a time: the stream's steps use the slot's own pool (``rds_slot__<slot>``, limit 1: see
+  ``pools.py``), and the engine also holds a lock on the slot in the destination.
 - Metadata per run: changes applied per kind, the LSN range, lag and retained WAL; the ``slot_lag`` check
   warns, then fails, on retained WAL and on how stale the replica was, with the thresholds of ``log_based:``.
 """
@@ -23,8 +23,7 @@ from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, PART_COLUMNS, PART_PRIMARY_KEY, TableAsset
-from rds_pipeline.dagster_defs.translator import key_part
-from rds_pipeline.engine.config import IntegrationConfig, LogBasedConfig
+from rds_pipeline.engine.config import LogBasedConfig
 from rds_pipeline.engine.destinations.base import LoadingReport
 from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.replication.verify import CheckOutcome, columns_check, combined, primary_key_check
@@ -33,10 +32,6 @@ if TYPE_CHECKING:  # the log-based flow loads only when a slot is read
     from rds_pipeline.engine.replication.cdc.flow import LogBasedResult
 
 CHECK_SLOT = "slot_lag"
-
-
-def slot_pool(config: IntegrationConfig) -> str:
-    return f"rds_slot__{key_part(config.slot_name)}"
 
 
 @dataclass

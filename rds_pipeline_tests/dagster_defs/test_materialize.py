@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from rds_pipeline.dagster_defs.pools import duckdb_pool
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.source.session import SourceSession
 from rds_pipeline.local_postgres import LocalPostgres
@@ -141,10 +142,10 @@ def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instan
     job = defs.resolve_job_def("sync_all")
     result = job.execute_in_process(run_config=request.run_config, instance=instance)
     assert result.success
-    # the tables went in two buckets, one step each, each step in a slot of the rds_source pool
+    # the tables went in two buckets, one step each, each step in a slot of the DuckDB file's writer pool
     steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert {"sync_tables[bucket_0]", "sync_tables[bucket_1]"} <= steps
-    assert job.graph.node_named("sync_tables").definition.pool == "rds_source"
+    assert job.graph.node_named("sync_tables").definition.pool == duckdb_pool(project.config)
     assert replica_ids(project, "events") == list(range(72)) and replica_ids(project, "chunky") == list(range(1, 3001))
     # every covered window shows (a day that starts while the run goes is covered too: hence >=)
     assert instance.get_materialized_partitions(key("events")) >= set(keys)
