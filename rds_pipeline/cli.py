@@ -245,6 +245,27 @@ def _sync(args: argparse.Namespace) -> int:
     return 0 if outcome.success else 1
 
 
+def _status(args: argparse.Namespace) -> int:
+    """Per table: method, last sync and its outcome, bookmark or LSN, rows, lag behind the source, next tick."""
+    import json
+
+    from rds_pipeline.dagster_defs.run import instance_for_cli
+    from rds_pipeline.dagster_defs.status import as_json, collect_status
+    from rds_pipeline.engine.report import format_status
+
+    config = load_config(args.config)
+    instance = instance_for_cli()
+    try:
+        rows = collect_status(config.path, instance)
+    finally:
+        instance.dispose()
+    if args.json:
+        print(json.dumps(as_json(rows), indent=2))
+    else:
+        print(format_status(as_json(rows)))
+    return 1 if any(r.outcome == "failed" for r in rows) else 0
+
+
 def _cdc(args: argparse.Namespace) -> int:
     """The slot and publication of log-based replication: every statement is printed as it runs."""
     from rds_pipeline.engine.replication.cdc import admin
@@ -334,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--table", action="append", help="only this table (repeatable)")
     sync.add_argument("--group", help="only this group (source schema)")
     sync.set_defaults(func=_sync)
+
+    status = sub.add_parser("status", parents=[common], help="where each table stands: last sync, outcome, "
+                            "bookmark or LSN, rows, lag behind the source, next tick")  # fmt: skip
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
 
     demo = sub.add_parser("demo", parents=[common], help="run the demo on an embedded PostgreSQL loaded with Pagila")
     demo.add_argument("--dir", default=".demo", help="demo working folder (default .demo)")

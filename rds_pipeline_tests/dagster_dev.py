@@ -59,9 +59,11 @@ def dagster_dev(server: LocalPostgres, config_path: Path, home: Path, dagster_ya
            "DAGSTER_PG_HOST": server.host, "DAGSTER_PG_PORT": str(server.port), "DAGSTER_PG_USER": server.superuser,
            "DAGSTER_PG_PASSWORD": server.password, "DAGSTER_PG_DB": database}  # fmt: skip
     port = free_port()
-    dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO / "workspace.yaml"),
-                            "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    log = home / "dagster_dev.log"
+    with open(log, "wb") as output:
+        dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w",
+                                str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=REPO,
+                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -71,9 +73,10 @@ def dagster_dev(server: LocalPostgres, config_path: Path, home: Path, dagster_ya
                     break
             except OSError:
                 pass
-            assert dev.poll() is None, "dagster dev exited"
+            assert dev.poll() is None, f"dagster dev exited: {log.read_text(errors='replace')[-3000:]}"
             assert time.monotonic() < deadline, "dagster dev did not come up"
             time.sleep(1)
         yield DagsterDev(port, home, env)
     finally:
-        stop_group(dev)
+        if dev.poll() is None:
+            stop_group(dev)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from rds_pipeline.dagster_defs.automation import automation_condition
 from rds_pipeline.dagster_defs.execute import (
     TableFailure,
     check_names,
@@ -80,6 +81,7 @@ def replica_spec(asset: TableAsset, config: IntegrationConfig) -> dg.AssetSpec:
             "rds_pipeline/partitioning": asset.plan.kind,
             "rds_pipeline/schedule": f"{asset.frequency.description} ({asset.frequency.timezone})",
         },
+        automation_condition=automation_condition(asset) if config.automation == "declarative" else None,
         owners=list(table.owners if table.owners is not None else config.owners),
         tags={**config.tags, **table.tags, "rds_pipeline/method": table.method},
     )

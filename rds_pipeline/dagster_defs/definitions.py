@@ -10,6 +10,7 @@ import dagster as dg
 from ruamel.yaml import YAML
 
 from rds_pipeline.dagster_defs.assets import build_replica_assets, source_specs
+from rds_pipeline.dagster_defs.automation import automation_sensor
 from rds_pipeline.dagster_defs.jobs import SYNC_ALL, build_op_jobs
 from rds_pipeline.dagster_defs.pools import slot_step_pool, source_step_pool
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
@@ -54,8 +55,9 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[*source_specs(catalog, selection, config), *build_replica_assets(config, assets), build_usage_asset(assets)],
         jobs=jobs,
-        schedules=build_schedules(assets, sync_all),
-        sensors=build_sensors(assets, sync_all, catalog),
+        schedules=build_schedules(assets, sync_all) if config.automation == "schedules" else [],
+        sensors=[*build_sensors(assets, sync_all, catalog),
+                 *([automation_sensor(assets)] if config.automation == "declarative" and assets else [])],
         resources=resources,
     )
 

@@ -101,6 +101,7 @@ class DestinationConfig:
 
 
 DELETE_MODES = ("hard", "soft")
+AUTOMATIONS = ("schedules", "declarative")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class IntegrationConfig:
     log_based: LogBasedConfig = field(default_factory=LogBasedConfig)
     owners: tuple[str, ...] = ()  # every replica's owners (a table's own `owners:` replaces them)
     tags: dict[str, str] = field(default_factory=dict)  # every replica's tags (a table's own `tags:` add to them)
+    automation: str = "schedules"  # schedules: one run per tick for its tables; declarative: automation conditions
 
     @property
     def source_key(self) -> str:
@@ -369,7 +371,7 @@ class _Reader:
             "",
             data,
             ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule",
-             "log_based", "owners", "tags"),
+             "log_based", "owners", "tags", "automation"),
         )
         if top is None:
             return None
@@ -404,6 +406,7 @@ class _Reader:
             log_based=self.log_based(top.get("log_based")),
             owners=parse_owners(top.get("owners"), "owners", self.problems) or (),
             tags=parse_tags(top.get("tags"), "tags", self.problems),
+            automation=self.choice("", top, "automation", "schedules", AUTOMATIONS),
         )
 
     def log_based(self, raw: Any) -> LogBasedConfig:

@@ -42,3 +42,38 @@ def format_loading_report(rows: Iterable[dict[str, Any]]) -> str:
         if index == 0 or index == len(table) - 2:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_status(rows: Iterable[dict[str, Any]]) -> str:
+    """``rds-pipeline status`` as a table (rows are TableStatus as dicts); each failure's error below it."""
+    rows = list(rows)
+    header = ("table", "method", "last sync (UTC)", "outcome", "bookmark / LSN", "rows", "lag", "next tick (UTC)")
+    body = [
+        (
+            str(r["table"]),
+            str(r["method"]).replace("_", "-"),
+            (r["last_sync"] or "never")[:19].replace("T", " "),
+            str(r["outcome"]),
+            _short(r["position"] or ("-" if r["method"] == "full_table" else "none")),
+            f"{r['rows_loaded']:,}" if r["rows_loaded"] is not None else "-",
+            str(r["lag"]),
+            (r["next_tick"] or "")[:16].replace("T", " "),
+        )
+        for r in rows
+    ]
+    table = [header, *body]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    automation = sorted({str(r["automation"]) for r in rows})
+    if automation:
+        lines.append("")
+        lines.extend(f"ticks: {a}" for a in automation)
+    for r in rows:
+        if r["error"]:
+            lines.append(f"FAILED {r['table']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 32) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -11,6 +11,7 @@ import dagster as dg
 import psycopg2
 
 from rds_pipeline.dagster_defs.run import run_sync
+from rds_pipeline.dagster_defs.status import collect_status
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import Project, key, make_project
 
@@ -68,6 +69,14 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(key("t"), "slot_lag")])  # fmt: skip
     assert checks[dg.AssetCheckKey(key("t"), "slot_lag")].status.value == "SUCCEEDED"
+    # status: the LSN the destination applied, and the WAL behind it once the source moves on
+    standing = {r.table.rsplit(".", 1)[-1]: r for r in collect_status(project.path, instance)}
+    assert standing["t"].position == meta["lsn_end"].value and standing["t"].outcome == "ok"
+    project.sql("INSERT INTO t SELECT g, 'pending' FROM generate_series(7000, 7999) g")
+    pending = {r.table.rsplit(".", 1)[-1]: r for r in collect_status(project.path, instance)}["t"]
+    assert pending.position == standing["t"].position and pending.lag_unit == "bytes"
+    assert pending.lag_amount > 30_000 and pending.lag.endswith("of WAL")  # 1,000 rows not yet applied
+    assert run_sync(project.path, instance=instance, quiet=True).success
 
     # the replica's first range damaged by hand: a backfill of that partition copies it again, and the changes
     # made meanwhile stream in after it

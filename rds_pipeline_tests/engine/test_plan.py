@@ -48,9 +48,16 @@ def test_the_latest_window_reaches_back_to_the_bookmark() -> None:
 def test_an_older_window_is_copied_as_asked() -> None:
     [step] = plan_sync(KEY_BASED, SYNCED, Request.range(DAYS[0]), DAYS).steps
     assert step.key_range == DAYS[0] and step.reach_back_to is None
-    # without a usable bookmark even the latest window is only itself: the bookmark waits for the history
-    plan = plan_sync(KEY_BASED, TableState(True, None), Request.range(DAYS[-1]), DAYS)
-    assert [s.key_range for s in plan.steps] == [DAYS[-1]] and plan.notes
+    # without a usable bookmark an older window is only itself: the bookmark waits for the history
+    plan = plan_sync(KEY_BASED, TableState(True, None), Request.range(DAYS[0]), DAYS)
+    assert [s.key_range for s in plan.steps] == [DAYS[0]] and plan.notes
+
+
+def test_the_latest_window_without_a_bookmark_brings_the_history() -> None:
+    """What declarative automation asks for is only the latest window: it must never leave the history out."""
+    for state in (TableState(True, None), TableState(False, "2026-11-02 10:00:00+00")):
+        plan = plan_sync(KEY_BASED, state, Request.range(DAYS[-1]), DAYS)
+        assert plan.historical and [s.key_range for s in plan.steps] == DAYS
 
 
 def test_everything_ignores_the_bookmark() -> None:

@@ -109,9 +109,10 @@ class DuckDBDestination:
     copy_csv = True
     array_as_json = True
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
         self.path = path
         self.schema = schema
+        self.lock_wait_seconds = lock_wait_seconds
         self.conn = self._connect()
         # qualify every name with the file's catalog: a schema named like the file would be ambiguous
         self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
@@ -119,7 +120,7 @@ class DuckDBDestination:
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Open the file, waiting while another process holds DuckDB's single-writer lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        deadline = time.monotonic() + self.lock_wait_seconds
         while True:
             try:
                 conn = duckdb.connect(str(self.path))
@@ -204,6 +205,10 @@ class DuckDBDestination:
         rows = run(self.conn, f"SELECT table_id, destination_table, bookmark FROM {self._state()}").fetchall()
         return {table_id: bookmark if self._table_exists(self.schema, name) else None
                 for table_id, name, bookmark in rows}  # fmt: skip
+
+    def read_sync_times(self) -> dict[str, dt.datetime]:
+        """When each table's state last moved: its last committed load."""
+        return dict(run(self.conn, f"SELECT table_id, updated_at FROM {self._state()}").fetchall())
 
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")

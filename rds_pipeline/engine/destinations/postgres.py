@@ -169,6 +169,12 @@ class PostgresDestination:
                         .format(self._state()), (self.schema,))  # fmt: skip
             return dict(cur.fetchall())
 
+    def read_sync_times(self) -> dict[str, dt.datetime]:
+        """When each table's state last moved: its last committed load (data and state commit together)."""
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT table_id, updated_at FROM {}").format(self._state()))
+            return dict(cur.fetchall())
+
     def reset(self, table: SelectedTable) -> None:
         """Forget the bookmark and drop the data, so the next sync is a full historical sync."""
         with self.conn, self.conn.cursor() as cur:

@@ -10,7 +10,7 @@ into the key ranges to copy. The rules:
 - Catch-up (tick, sensor, CLI): key-based tables copy from ``bookmark - lookback`` to the end, however long
   the outage was; full-table tables copy everything (chunk by chunk).
 - One window, key range or chunk: that range. The latest (open-ended) window reaches back to the bookmark,
-  so a run of "today" after an outage still closes the gap.
+  so a run of "today" after an outage still closes the gap; with no bookmark it brings the history.
 - Everything: the whole table.
 
 Whether a copied range may move the bookmark is decided by the loader inside the destination transaction
@@ -117,15 +117,19 @@ def _plan_key_based(table: SelectedTable, state: TableState, request: Request, c
     key = table.replication_key
     if request.kind == RequestKind.EVERYTHING:
         return _history(chunks, key, "everything was asked for")
-    if request.kind == RequestKind.CATCH_UP:
+    if request.kind == RequestKind.CATCH_UP or request.latest:
+        # the latest (open-ended) window is a catch-up too: it reaches back to the bookmark, or without one
+        # brings the history, so automation that asks only for it never leaves a gap (automation.py)
+        what = "catch-up" if request.kind == RequestKind.CATCH_UP else "the latest window"
         if not state.table_exists:
-            return _history(chunks, key, "the destination table is missing: historical sync")
+            return _history(chunks, key, f"{what}: the destination table is missing: historical sync")
         if state.bookmark is None:
-            return _history(chunks, key, "no bookmark yet: historical sync")
+            return _history(chunks, key, f"{what}: no bookmark yet: historical sync")
+    if request.kind == RequestKind.CATCH_UP:
         step = Step(KeyRange(key, include_nulls=True), reach_back_to=state.bookmark, lookback=table.lookback)
         return Plan([step], False, f"catch-up from the bookmark {state.bookmark} (minus the lookback) to the end")
     wanted = request.key_range
-    if request.latest and state.usable:
+    if request.latest:
         return Plan([Step(wanted, reach_back_to=state.bookmark, lookback=table.lookback)], False,
                     "the latest window, reaching back to the bookmark")  # fmt: skip
     notes = []
