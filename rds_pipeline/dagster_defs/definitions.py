@@ -31,10 +31,12 @@ def _env_var(raw: object) -> dg.EnvVar | None:
     return dg.EnvVar(match.group(1)) if match else None
 
 
-def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
+def build_definitions(config_path: str | Path | None = None, catalog_path: Path | None = None) -> dg.Definitions:
+    """Every definition of one integration, for both entry points: ``rds_pipeline/definitions.py`` (the catalog
+    file) and ``RdsReplicationComponent`` (its state, the same catalog)."""
     path = find_config_path(config_path)
     config = load_config(path)
-    catalog = Catalog.load(config.catalog_path)
+    catalog = Catalog.load(catalog_path or config.catalog_path)
     selection = resolve_selection(config.tables, catalog, config.source.database)
     assets = table_assets(config, selection)
     raw = YAML(typ="safe").load(quote_env_refs(path.read_text(encoding="utf-8"))) or {}
