@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo dev test lint bench faults cdc bench-cdc clean
+.PHONY: demo dev test lint bench faults cdc bench-cdc screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rds_pipeline needs Python 3.11 or newer; set PYTHON=/path/to/python3.11")'
@@ -23,7 +23,7 @@ dev: $(STAMP)
 	$(BIN)/rds-pipeline demo --ui
 
 test: $(STAMP)
-	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench
+	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench tools
 	$(BIN)/pytest
 
 # Faults injected mid-copy into a 1.5M-row sync (source through a real sshd, destination on another server);
@@ -48,8 +48,13 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	SLING_DISABLE_TELEMETRY=true $(BIN)/python -m bench.run_all
 
+# The Dagster UI on the Pagila demo, in Debian's headless Chromium (apt-get install chromium chromium-driver):
+# writes docs/screenshots/*.png, which the README embeds.
+screenshots: $(STAMP)
+	$(BIN)/python -m tools.screenshots
+
 lint: $(STAMP)
-	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench
+	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench tools
 
 clean:
 	rm -rf $(VENV) .demo .dagster_home

@@ -122,6 +122,37 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
         copied = replica.execute("SELECT count(*) FROM pagila_demo.payment").fetchone()[0]
         replica.close()
         assert copied == int(setup.server.psql("SELECT count(*) FROM payment", "pagila").strip())
+        ui_shows_replicas_and_their_lineage(port, len(node["partitionKeys"]))
     finally:
         stop_group(process)
         setup.server.stop()
+
+
+def ui_shows_replicas_and_their_lineage(port: int, payment_windows: int) -> None:
+    """The UI itself, in Chromium: the graph draws the replicas (materialized) downstream of their source
+    assets, a replicated view's source downstream of its base tables, and the partitions page the windows."""
+    from selenium.webdriver.common.by import By
+
+    from rds_pipeline_tests.chromium import available, body_text, chromium, open_page
+
+    assert available(), "Debian's chromium and chromium-driver are needed (.ci/run installs them)"
+    base = f"http://127.0.0.1:{port}"
+
+    def nodes(driver, name: str) -> list:  # noqa: ANN001 - graph nodes labelled exactly ``name``
+        return driver.find_elements(By.XPATH, f"//*[local-name()='foreignObject']//*[normalize-space(text())='{name}']")
+
+    with chromium() as driver:
+        open_page(driver, f"{base}/assets/pagila_demo/actor_info?view=lineage&lineageScope=upstream&lineageDepth=2",
+                  lambda d: nodes(d, "film_category"), "the view's upstream lineage")  # fmt: skip
+        assert "Join the Dagster community" not in body_text(driver)  # the first-visit dialog was dismissed
+        assert len(nodes(driver, "actor_info")) == 2  # the replica and its source view
+        for table in ("actor", "category", "film", "film_actor", "film_category"):  # the view's base tables
+            assert len(nodes(driver, table)) == 1, table
+        groups = {e.text.strip() for e in driver.find_elements(By.XPATH, "//*[local-name()='foreignObject']//*[normalize-space(text())]")}
+        assert {"rds_source", "public"} <= groups
+        edges = driver.find_elements(By.CSS_SELECTOR, "svg path")
+        assert len(edges) >= 6, f"{len(edges)} edges drawn"  # five base tables into the view, the view into its replica
+
+        open_page(driver, f"{base}/assets/pagila_demo/payment?view=partitions", lambda d: "Materialized (" in body_text(d),
+                  "the partitions")  # fmt: skip
+        assert f"Materialized ({payment_windows})" in body_text(driver)
