@@ -18,9 +18,7 @@ from typing import Annotated
 import dagster as dg
 import yaml
 from dagster.components import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
-from dagster.components.component.state_backed_component import StateBackedComponent
-from dagster.components.scaffold.scaffold import Scaffolder, ScaffoldRequest, scaffold_with
-from dagster.components.utils.defs_state import DefsStateManagementType
+from dagster_shared.serdes.objects.models.defs_state_info import DefsStateManagementType
 
 from rds_pipeline.dagster_defs.definitions import build_definitions
 
@@ -34,10 +32,10 @@ def _no_refresh_on_load() -> DefsStateConfigArgs:
     return DefsStateConfigArgs(management_type=DefsStateManagementType.LOCAL_FILESYSTEM, refresh_if_dev=False)
 
 
-class RdsReplicationScaffolder(Scaffolder):
+class RdsReplicationScaffolder(dg.Scaffolder):
     """Writes ``defs.yaml`` pointing at ``rds_pipeline.yaml``, and a commented ``rds_pipeline.yaml`` to fill in."""
 
-    def scaffold(self, request: ScaffoldRequest) -> None:
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
         request.target_path.mkdir(parents=True, exist_ok=True)
         config = request.target_path / "rds_pipeline.yaml"
         if not config.exists():
@@ -48,9 +46,9 @@ class RdsReplicationScaffolder(Scaffolder):
         )
 
 
-@scaffold_with(RdsReplicationScaffolder)
+@dg.scaffold_with(RdsReplicationScaffolder)
 @dataclass
-class RdsReplicationComponent(StateBackedComponent, dg.Resolvable):
+class RdsReplicationComponent(dg.StateBackedComponent, dg.Resolvable):
     """Replicates PostgreSQL (Amazon RDS or any 12+) tables into PostgreSQL or DuckDB: one partitioned asset per
     selected table, with lineage from the source, checks, schedules or declarative automation, and sensors.
 

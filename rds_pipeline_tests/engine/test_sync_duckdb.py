@@ -258,3 +258,30 @@ def test_a_duckdb_replica_has_no_key_index_and_a_duplicate_is_still_caught(pg18:
     failed = primary_key_check(dest.duplicate_keys(table), table)
     assert not failed.passed and failed.metadata["duplicate_keys"] == 1
     dest.close()
+
+
+def test_a_duckdb_file_held_by_another_process_waits_then_names_the_fix(tmp_path: Path) -> None:
+    """DuckDB allows one writer process: while another holds the file, opening waits (bounded), then fails with
+    the file named and the fix; once it lets go, the same open works."""
+    import subprocess
+    import sys
+    import time
+
+    from rds_pipeline.engine.destinations.duckdb import DestinationBusy
+
+    path = tmp_path / "busy.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(120)", str(path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(DestinationBusy, match=r"busy\.duckdb is held by another process .* Fix: let the run"):
+            DuckDBDestination(path, "s", lock_wait_seconds=2)
+        assert 2 <= time.monotonic() - started < 10  # it waited, and no longer than asked
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    destination = DuckDBDestination(path, "s", lock_wait_seconds=2)
+    assert destination.conn.execute("SELECT 1").fetchone() == (1,)
+    destination.close()

@@ -31,6 +31,7 @@ from rds_pipeline.engine.destinations.base import (
     rename_refusal,
 )
 from rds_pipeline.engine.destinations.types import duckdb_type
+from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.quoting import quote_ident, quote_literal
 from rds_pipeline.engine.replication.extract import CopyOut, KeyRange
 from rds_pipeline.engine.replication.plan import TableState
@@ -39,6 +40,12 @@ from rds_pipeline.engine.source.catalog import Column
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 120
+
+
+class DestinationBusy(RdsPipelineError):
+    """Another process kept the DuckDB file's single-writer lock past the wait."""
+
+
 # DuckDB spills past this; with no key index to hold, a 10M-row load stays near 200 MB of resident memory
 MEMORY_LIMIT = "128MB"
 
@@ -130,8 +137,14 @@ class DuckDBDestination:
                 conn.execute("SET preserve_insertion_order = false")
                 return conn
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" not in str(exc).lower():
                     raise
+                if time.monotonic() > deadline:
+                    raise DestinationBusy(
+                        f"the DuckDB file {self.path} is held by another process (DuckDB allows one writer), "
+                        f"still after {self.lock_wait_seconds:.0f} s. Fix: let the run writing it finish (Dagster's "
+                        "runs into one file wait in its pool), or close the program that has it open, then retry"
+                    ) from exc
                 time.sleep(0.5)
 
     def reconnect(self) -> None:
