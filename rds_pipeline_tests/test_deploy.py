@@ -21,7 +21,7 @@ from rds_pipeline_tests.dagster_dev import REPO, dagster_dev
 from rds_pipeline_tests.test_webserver import graphql
 
 VALUES = REPO / "deploy" / "helm" / "values.yaml"
-ROWS = 400_000
+ROWS = 200_000
 LIMIT = 1  # the test's pool limit, set as a user would (`dagster instance concurrency set`): fewer slots than runs
 
 

@@ -1,6 +1,7 @@
 """A run killed with kill -9 does not stay STARTED: under `dagster dev` (webserver, daemon, code server) and the
 shipped dagster.yaml (storage in PostgreSQL, run monitoring on), the run ends FAILURE within the monitoring
-interval, and its source backend does not outlive it. The shipped ops and assets carry a RetryPolicy."""
+interval, its source backend does not outlive it, its pool slot comes back, and the next run succeeds. The
+shipped ops and assets carry a RetryPolicy."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rds_pipeline.dagster_defs.launcher import PID_TAG
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import make_project
 from rds_pipeline_tests.dagster_dev import dagster_dev
-from rds_pipeline_tests.test_webserver import graphql, launch
+from rds_pipeline_tests.test_webserver import graphql, launch, wait
 
 REPO = Path(__file__).resolve().parents[1]
 # a view that takes about a minute to produce its rows: the run is still copying when it is killed
@@ -84,6 +85,19 @@ def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Pat
         while _copying(pg18, project.database) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _copying(pg18, project.database) == 0, "the killed run's COPY is still on the source"
+        # its slot in the DuckDB file's pool (limit 1) comes back, so the next run is not blocked for good
+        instance = dev.instance()
+        try:
+            deadline = time.monotonic() + monitoring["free_slots_after_run_end_seconds"] + \
+                monitoring["poll_interval_seconds"] + 30  # fmt: skip
+            while run_id in instance.event_log_storage.get_concurrency_run_ids():
+                assert time.monotonic() < deadline, "the killed run still holds its pool slot"
+                time.sleep(1)
+        finally:
+            instance.dispose()
+        pg18.psql("CREATE OR REPLACE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30) g",
+                  project.database)  # fmt: skip
+        assert wait(port, launch(port, "sync_all")) == "SUCCESS"  # the next run gets the slot and catches up
 
 
 def _children(pid: int) -> set[int]:
