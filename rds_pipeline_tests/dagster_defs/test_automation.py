@@ -66,6 +66,12 @@ def test_declarative_automation_catches_up_after_missed_ticks(pg18: LocalPostgre
     # three hourly ticks missed (a daemon that was down, a late start): one request, not three
     late = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor, evaluation_time=now)
     asked = requested(late)
+    # what the daemon stores between evaluations (the cursor, each evaluation) round-trips through serdes
+    from dagster._serdes import deserialize_value, serialize_value
+
+    assert deserialize_value(serialize_value(late.cursor)) == late.cursor
+    for evaluation in late.results:
+        assert serialize_value(evaluation.serializable_evaluation)
     ev_last = _pdef(defs, key("ev")).get_last_partition_key()
     seq_keys = instance.get_dynamic_partitions(add.partitions_def_name)
     assert asked["ev"] == {ev_last} and asked["seq"] == {seq_keys[-1]}
