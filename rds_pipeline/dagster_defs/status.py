@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.event_api import EventLogRecord
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
 from dagster._utils.schedules import get_next_cron_tick
 
@@ -53,11 +54,13 @@ def collect_status(config_path: str | Path | None, instance: dg.DagsterInstance)
     finally:
         destination.close()
     failures = _latest_failures(instance)
+    latest = {r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+              for r in instance.get_asset_records([a.key for a in assets])}  # one query for every table  # fmt: skip
     states = _instigator_states(instance)
     now = dt.datetime.now(dt.UTC)
     found = []
     for asset in assets:
-        success, rows = _last_success(instance, asset.key)
+        success, rows = _last_success(instance, asset.key, latest.get(asset.key))
         failed = failures.get(asset.table.id)
         if failed and (success is None or failed[0] > success):
             outcome, error = "failed", failed[1]
@@ -86,17 +89,23 @@ def _row(asset: TableAsset, standing: TableStanding, outcome: str, error: str | 
     )  # fmt: skip
 
 
-def _last_success(instance: dg.DagsterInstance, key: dg.AssetKey) -> tuple[float | None, int | None]:
-    """The newest materialization's time, and the rows of the newest one that counted them (a catch-up records
-    the other windows it covered without counts)."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=20, ascending=False).records
-    if not records:
+def _last_success(instance: dg.DagsterInstance, key: dg.AssetKey,
+                  newest: EventLogRecord | None) -> tuple[float | None, int | None]:  # fmt: skip
+    """The newest materialization's time, and the rows of the newest one that counted them: usually the newest
+    itself; a catch-up also records the other windows it covered, without counts (then a second look)."""
+    if newest is None:
         return None, None
-    for record in records:
-        meta = record.asset_materialization.metadata if record.asset_materialization else {}
-        if "rows_inserted" in meta and "dagster/row_count" in meta:
-            return records[0].timestamp, int(meta["dagster/row_count"].value)  # type: ignore[arg-type]
-    return records[0].timestamp, None
+    if _rows(newest) is not None:
+        return newest.timestamp, _rows(newest)
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=20, ascending=False).records
+    return newest.timestamp, next((r for r in map(_rows, records) if r is not None), None)
+
+
+def _rows(record: EventLogRecord) -> int | None:
+    meta = record.asset_materialization.metadata if record.asset_materialization else {}
+    if "rows_inserted" in meta and "dagster/row_count" in meta:
+        return int(meta["dagster/row_count"].value)  # type: ignore[arg-type]
+    return None
 
 
 def _latest_failures(instance: dg.DagsterInstance) -> dict[str, tuple[float, str]]:
