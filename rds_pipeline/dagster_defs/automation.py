@@ -56,7 +56,8 @@ def automation_condition(asset: TableAsset) -> dg.AutomationCondition:
 
 
 def automation_sensor(assets: list[TableAsset]) -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the replicas' conditions; running from the start, as schedules are."""
+    """Evaluates the replicas' conditions. It runs from the start (schedules start stopped): choosing
+    `automation: declarative` is the opt-in."""
     return dg.AutomationConditionSensorDefinition(
         SENSOR,
         target=dg.AssetSelection.assets(*[a.key for a in assets]),
