@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import psycopg2
 import yaml
 
@@ -50,12 +51,13 @@ def instance_yaml(values: dict[str, Any]) -> str:
 
 
 class ActivitySampler(threading.Thread):
-    """Samples our COPYs on the source, and the runs in progress, until stopped."""
+    """Samples our active queries on the source (COPYs and a step's other reads), and the runs queued or in
+    progress, until stopped."""
 
     def __init__(self, server: LocalPostgres, database: str, port: int) -> None:
         super().__init__(daemon=True)
         self.server, self.database, self.port = server, database, port
-        self.copies: list[int] = []
+        self.queries: list[int] = []  # ours active on the source, per sample
         self.runs_in_progress: list[int] = []  # queued or started
         self.stop = threading.Event()
 
@@ -64,8 +66,8 @@ class ActivitySampler(threading.Thread):
         query = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
                  "AND state = 'active' AND datname = current_database()")  # fmt: skip
         while not self.stop.is_set():
-            self.copies.append(int(self.server.psql(query, self.database).strip()))
-            if len(self.copies) % 5 == 0:
+            self.queries.append(int(self.server.psql(query, self.database).strip()))
+            if len(self.queries) % 5 == 0:
                 runs = graphql(self.port, '{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) '
                                           '{ ... on Runs { results '
                                           '{ runId } } } }')["runsOrError"]["results"]  # fmt: skip
@@ -105,11 +107,11 @@ def test_helm_values_run_a_40_partition_backfill_within_the_pool(pg18: LocalPost
             {"p": {"assetSelection": [key], "allPartitions": True}})["launchPartitionBackfill"]  # fmt: skip
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         deadline = time.monotonic() + 120
-        while not sampler.runs_in_progress or sampler.runs_in_progress[-1] < 2 or not any(sampler.copies):
+        while not sampler.runs_in_progress or sampler.runs_in_progress[-1] < 2 or not any(sampler.queries):
             assert time.monotonic() < deadline, "the backfill's two runs were never submitted together"
             time.sleep(0.5)
         time.sleep(3)  # the second run's step has had time to reach the source, were the pool not holding it
-        held = list(sampler.copies)
+        held = list(sampler.queries)
         holder.rollback()
         holder.close()
         status, deadline = "", time.monotonic() + 300
@@ -128,7 +130,7 @@ def test_helm_values_run_a_40_partition_backfill_within_the_pool(pg18: LocalPost
             records = instance.get_run_records()
             runs = [r.dagster_run for r in records]
             spans = sorted((r.create_timestamp.timestamp(), r.end_time) for r in records)
-            materialized = instance.get_materialized_partitions(__import__("dagster").AssetKey(key["path"]))
+            materialized = instance.get_materialized_partitions(dg.AssetKey(key["path"]))
             limit = instance.event_log_storage.get_concurrency_info("rds_source").slot_count
         finally:
             instance.dispose()
@@ -138,7 +140,7 @@ def test_helm_values_run_a_40_partition_backfill_within_the_pool(pg18: LocalPost
     replica = pg18.psql("SELECT count(*), sum(hashtext(id || v || n)) FROM dagster_test.big", "deploy_dst")
     assert replica == source and source.startswith(str(ROWS))
     assert limit == LIMIT
-    assert max(sampler.copies) == LIMIT, f"queries at once: max {max(sampler.copies)} (pool limit {LIMIT})"
+    assert max(sampler.queries) == LIMIT, f"queries at once: max {max(sampler.queries)} (pool limit {LIMIT})"
     assert max(held) == LIMIT, f"while the first run waited on the lock: {max(held)} of our queries at once"
     assert any(spans[i][1] > spans[i + 1][0] for i in range(len(spans) - 1)), (
         f"no run was waiting while another ran, so the pool was not what held the queries down: {spans}")

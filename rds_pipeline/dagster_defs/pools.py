@@ -50,10 +50,6 @@ def slot_step_pool(config: IntegrationConfig) -> str:
     return duckdb_pool(config) or slot_pool(config)
 
 
-def single_pools(config: IntegrationConfig) -> set[str]:
-    return {pool for pool in (duckdb_pool(config), slot_pool(config)) if pool}
-
-
 def ensure_single_writer_pools(instance: dg.DagsterInstance, pools: Iterable[str]) -> list[str]:
     """Give each single-writer pool that has no limit yet a limit of 1 (a limit the user set is kept); returns
     the pools it set."""

@@ -13,8 +13,7 @@ import dagster as dg
 
 from rds_pipeline.dagster_defs.definitions import build_definitions
 from rds_pipeline.dagster_defs.jobs import PICK_OP, SYNC_ALL
-from rds_pipeline.dagster_defs.pools import ensure_single_writer_pools, single_pools
-from rds_pipeline.engine.config import find_config_path, load_config
+from rds_pipeline.dagster_defs.pools import ensure_single_writer_pools
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def run_sync(config_path: str | Path | None, tables: list[str] | None = None, gr
     defs = build_definitions(config_path)
     job = defs.resolve_job_def(SYNC_ALL)
     instance = instance or instance_for_cli()
-    ensure_single_writer_pools(instance, single_pools(load_config(find_config_path(config_path))))
+    ensure_single_writer_pools(instance, {node.definition.pool for node in job.graph.nodes if node.definition.pool})
     result = job.execute_in_process(
         run_config={"ops": {PICK_OP: {"config": {"group": group, "tables": tables or [],
                                                   **({"parallel": parallel} if parallel else {})}}},

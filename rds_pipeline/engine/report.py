@@ -6,6 +6,17 @@ from collections.abc import Iterable
 from typing import Any
 
 
+def format_size(value: float | None) -> str:
+    """Bytes for a person: ``n/a``, ``512 B``, ``3.1 MB`` (WAL lag, retained WAL, ...)."""
+    if value is None:
+        return "n/a"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
 def format_loading_report(rows: Iterable[dict[str, Any]]) -> str:
     """``rows`` are LoadingReport.as_dict() (optionally merged with the extraction log)."""
     rows = list(rows)

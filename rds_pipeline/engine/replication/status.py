@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
 from rds_pipeline.engine.source.probe import probe_max_keys
@@ -81,7 +82,7 @@ def standings(config: IntegrationConfig, selection: list[SelectedTable], destina
 
 def _wal_lag(lag_bytes: object) -> tuple[str, float]:
     amount = float(lag_bytes or 0)
-    return (UP_TO_DATE if amount <= 0 else f"{_size(amount)} of WAL"), max(amount, 0.0)
+    return (UP_TO_DATE if amount <= 0 else f"{format_size(amount)} of WAL"), max(amount, 0.0)
 
 
 def _key_lag(table: SelectedTable, bookmark: str | None, max_key: str | None,
@@ -120,11 +121,3 @@ def _duration(seconds: float) -> str:
     if hours < 48:
         return f"{hours} h {minutes} min"
     return f"{hours // 24} days"
-
-
-def _size(amount: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if amount < 1024:
-            return f"{amount:,.0f} {unit}" if unit == "bytes" else f"{amount:,.1f} {unit}"
-        amount /= 1024
-    return f"{amount:,.1f} TB"

@@ -25,6 +25,7 @@ from rds_pipeline.engine.replication.cdc.setup import (
     run_or_ask_admin,
 )
 from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
+from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
 
@@ -78,9 +79,9 @@ def status(config: IntegrationConfig, selection: list[SelectedTable],
         yield f"slot {config.slot_name}: missing (the first sync creates it; or `rds-pipeline cdc setup`)"
     else:
         reader = f"read by PID {found.active_pid}" if found.active else "idle"
-        yield (f"slot {config.slot_name}: {reader}; confirmed {found.confirmed_flush_lsn}; lag {_size(found.lag_bytes)}; "
-               f"retained WAL {_size(found.retained_bytes)}; wal_status {found.wal_status}; safe_wal_size "
-               f"{_size(found.safe_wal_size) if found.safe_wal_size is not None else 'unlimited'} "
+        yield (f"slot {config.slot_name}: {reader}; confirmed {found.confirmed_flush_lsn}; lag {format_size(found.lag_bytes)}; "
+               f"retained WAL {format_size(found.retained_bytes)}; wal_status {found.wal_status}; safe_wal_size "
+               f"{format_size(found.safe_wal_size) if found.safe_wal_size is not None else 'unlimited'} "
                f"(max_slot_wal_keep_size {keep})")  # fmt: skip
     if destination is not None:
         lsn, age = _destination_position(destination, config.slot_name)
@@ -121,16 +122,6 @@ def drop(config: IntegrationConfig, destination: Destination | None, *,
         forgotten = applier(destination).forget_slot(destination, config.slot_name)
         yield (f"-- destination: stream state of {config.slot_name} forgotten; {forgotten} table(s) will be copied "
                "again from a new snapshot at the next sync")  # fmt: skip
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "n/a"
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(value) < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024  # type: ignore[assignment]
-    return str(value)
 
 
 @contextlib.contextmanager
