@@ -230,9 +230,23 @@ def _sync(args: argparse.Namespace) -> int:
     if args.table:
         _pick(_load_selection(config)[1], args.table)  # clear errors for unknown tables, before Dagster starts
     from rds_pipeline.engine.progress import console_progress
+    from rds_pipeline.stop import graceful_stop
 
-    with console_progress(args.verbose):
-        outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose)
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    with graceful_stop() as stop:
+        try:
+            with console_progress(args.verbose):
+                outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose,
+                                   report=say, stop=stop)  # fmt: skip
+        except KeyboardInterrupt:
+            outcome = None  # stopped before the run started: nothing was written
+    if outcome is None or stop.signum is not None:
+        run = f"run {outcome.run_id[:8]}" if outcome else "no run had started"
+        print(f"Stopped by {stop.name} ({run}): what was committed stays, and the next sync goes on from the "
+              "destination's state.", file=sys.stderr)  # fmt: skip
+        return stop.exit_code if stop.signum else 130
     print(format_loading_report(outcome.rows))
     if outcome.failures or outcome.errors:
         print(f"\n{len(outcome.failures)} table(s) FAILED (the others were synced):", file=sys.stderr)
@@ -388,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RdsPipelineError, FileNotFoundError, KeyError) as exc:
         print(f"Error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C (or, within a sync, SIGTERM) outside a run: nothing to clean
+        print(f"\nStopped by {exc.args[0] if exc.args else 'Ctrl-C'}.", file=sys.stderr)
+        return 143 if exc.args and exc.args[0] == "SIGTERM" else 130
 
 
 def entry() -> None:

@@ -102,6 +102,7 @@ class DestinationConfig:
 
 DELETE_MODES = ("hard", "soft")
 AUTOMATIONS = ("schedules", "declarative")
+DEFAULT_POOL_WAIT_SECONDS = 3600  # a run waits this long for a pool slot another live run holds, then fails
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class IntegrationConfig:
     owners: tuple[str, ...] = ()  # every replica's owners (a table's own `owners:` replaces them)
     tags: dict[str, str] = field(default_factory=dict)  # every replica's tags (a table's own `tags:` add to them)
     automation: str = "schedules"  # schedules: one run per tick for its tables; declarative: automation conditions
+    pool_wait_seconds: int = DEFAULT_POOL_WAIT_SECONDS  # the longest wait for a pool slot (a live run holds it)
 
     @property
     def source_key(self) -> str:
@@ -371,7 +373,7 @@ class _Reader:
             "",
             data,
             ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule",
-             "log_based", "owners", "tags", "automation"),
+             "log_based", "owners", "tags", "automation", "pool_wait_seconds"),
         )
         if top is None:
             return None
@@ -407,6 +409,7 @@ class _Reader:
             owners=parse_owners(top.get("owners"), "owners", self.problems) or (),
             tags=parse_tags(top.get("tags"), "tags", self.problems),
             automation=self.choice("", top, "automation", "schedules", AUTOMATIONS),
+            pool_wait_seconds=self.integer("", top, "pool_wait_seconds", DEFAULT_POOL_WAIT_SECONDS, 1, 7 * 24 * 3600),
         )
 
     def log_based(self, raw: Any) -> LogBasedConfig:

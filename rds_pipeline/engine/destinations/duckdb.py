@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
@@ -121,6 +122,7 @@ class DuckDBDestination:
         self.schema = schema
         self.lock_wait_seconds = lock_wait_seconds
         self.conn = self._connect()
+        self._stop_handle = interrupts.register("duckdb", lambda: self.conn.interrupt())  # a stop request ends a statement
         # qualify every name with the file's catalog: a schema named like the file would be ambiguous
         self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
 
@@ -152,6 +154,7 @@ class DuckDBDestination:
         self.conn = self._connect()
 
     def close(self) -> None:
+        interrupts.unregister(self._stop_handle)
         self.conn.close()
 
     def _target(self, table: SelectedTable) -> str:

@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import DestinationConfig, IntegrationConfig
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
@@ -57,6 +58,8 @@ class PostgresDestination:
         self.config = config
         self.schema = schema
         self.conn = self._connect()
+        # a stop request cancels our statement (its transaction rolls back); libpq's wait is out of Python's reach
+        self._stop_handle = interrupts.register("destination", lambda: self.conn.cancel())
 
     def _connect(self) -> psycopg2.extensions.connection:
         config = self.config
@@ -84,6 +87,7 @@ class PostgresDestination:
         self.conn = self._connect()
 
     def close(self) -> None:
+        interrupts.unregister(self._stop_handle)
         self.conn.close()
 
     @contextmanager

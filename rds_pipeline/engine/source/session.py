@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import psycopg2
 import psycopg2.extensions
 
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.replication.extract import CANCEL_WAIT_SECONDS, apply_session_settings, bounded
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
@@ -33,6 +34,7 @@ class SourceSession:
         self._conn: psycopg2.extensions.connection | None = None
         self._database: str | None = None
         self._backend_pid: int | None = None
+        self._stop_handle: int | None = None
 
     def connection(self, database: str | None = None) -> psycopg2.extensions.connection:
         database = database or self.config.database
@@ -47,6 +49,8 @@ class SourceSession:
             self._database = database
             self._backend_pid = self._conn.get_backend_pid()
             apply_session_settings(self._conn)
+            if self._stop_handle is None:
+                self._stop_handle = interrupts.register("source", self.stop)
         return self._conn
 
     def end_transaction(self) -> None:
@@ -95,6 +99,22 @@ class SourceSession:
             log.warning("could not reconnect to end the abandoned source backend %s: %s", pid, exc)
             return False
 
+    def stop(self) -> None:
+        """Asked to stop (Ctrl-C, SIGTERM) while our statement may be running: end our backend from a fresh
+        connection, so nothing of ours stays on the source; the call waiting on it then returns with an error.
+        Called from another thread: it never touches the session's own connection."""
+        pid, database = self._backend_pid, self._database
+        if self._conn is None or pid is None:
+            return
+        other = connect_source(self.config, self._tunnel, database=database)
+        try:
+            other.autocommit = True
+            with other.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s "
+                            "AND application_name = 'rds_pipeline' AND usename = current_user", (pid,))  # fmt: skip
+        finally:
+            other.close()
+
     def reset(self) -> None:
         self._close_conn()
         if self._tunnel is not None and not self._tunnel.is_active:
@@ -110,6 +130,8 @@ class SourceSession:
         self._conn = None
 
     def close(self) -> None:
+        interrupts.unregister(self._stop_handle)
+        self._stop_handle = None
         self._close_conn()
         if self._tunnel is not None:
             self._tunnel.close()
