@@ -260,23 +260,33 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Per table: method, last sync and its outcome, bookmark or LSN, rows, lag behind the source, next tick."""
+    """Per table: method, last sync and its outcome, bookmark or LSN, rows, lag behind the source, next tick; then
+    the runs that hold or wait for a pool slot, whose process is gone, or that a cleaning marked failed."""
     import json
 
     from rds_pipeline.dagster_defs.run import instance_for_cli
+    from rds_pipeline.dagster_defs.run_standing import collect_runs, runs_as_json
     from rds_pipeline.dagster_defs.status import as_json, collect_status
-    from rds_pipeline.engine.report import format_status
+    from rds_pipeline.engine.report import format_runs, format_status
 
     config = load_config(args.config)
     instance = instance_for_cli()
     try:
-        rows = collect_status(config.path, instance)
+        runs = runs_as_json(collect_runs(instance))
+        try:
+            rows = collect_status(config.path, instance)
+        except RdsPipelineError:
+            if not args.json and runs:  # a DuckDB file a run is writing: the runs say which
+                print(format_runs(runs))
+            raise
     finally:
         instance.dispose()
     if args.json:
-        print(json.dumps(as_json(rows), indent=2))
+        print(json.dumps({"tables": as_json(rows), "runs": runs}, indent=2))
     else:
         print(format_status(as_json(rows)))
+        if runs:
+            print("\n" + format_runs(runs))
     return 1 if any(r.outcome == "failed" for r in rows) else 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from rds_pipeline.dagster_defs.launcher import PID_TAG
+from rds_pipeline.dagster_defs.run_process import PID_TAG
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import make_project
 from rds_pipeline_tests.dagster_dev import dagster_dev

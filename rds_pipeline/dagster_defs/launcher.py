@@ -1,5 +1,7 @@
 """A run launcher for one machine that starts each run in its own process and tells run monitoring whether that
-process is still alive. Before a run starts, it gives the run's single-writer pools their limit of 1 (pools.py).
+process is still alive. Before a run starts, it cleans the runs whose process is gone (stale_runs.py: the
+daemon's run monitoring would, but only every poll interval, and only where a daemon runs) and gives the run's
+single-writer pools their limit of 1 (pools.py).
 
 Dagster's DefaultRunLauncher cannot report a run worker's health, so a run killed with kill -9 (or by the OOM
 killer) stays STARTED forever; the launchers that can (K8s, ECS, Docker) need a cluster. This one records the
@@ -9,6 +11,7 @@ that process is gone without having finished the run.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -22,8 +25,10 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
 from rds_pipeline.dagster_defs.pools import ensure_single_writer_pools
+from rds_pipeline.dagster_defs.run_process import RunProcess
+from rds_pipeline.dagster_defs.stale_runs import clean_stale_runs
 
-PID_TAG = "rds_pipeline/run_pid"
+log = logging.getLogger(__name__)
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -51,6 +56,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         origin = context.job_code_origin
         if origin is None:
             raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no code origin to start it from")
+        for cleaned in clean_stale_runs(self._instance, by=f"the launch of run {run.run_id[:8]}"):
+            log.warning(cleaned.line())
         pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
         ensure_single_writer_pools(self._instance, pools or ())  # a DuckDB file's writers, a slot's reader: one
         args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
@@ -59,15 +66,15 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         python = origin.repository_origin.executable_path or sys.executable
         command = [python, "-m", "dagster", "api", "execute_run", serialize_value(args)]
         process = subprocess.Popen(command, start_new_session=True)  # its own group: a Ctrl-C here is not its
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid)})
+        self._instance.add_run_tags(run.run_id, RunProcess.of(process.pid).tags())
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
-        pid = _pid(run.tags if run else {})
-        if run is None or pid is None or not _alive(pid, run_id):
+        process = RunProcess.from_tags(run.tags) if run else None
+        if run is None or process is None or process.state() != "alive":
             return False
         self._instance.report_run_canceling(run)
-        os.kill(pid, signal.SIGTERM)  # the run worker stops its steps and reports the run canceled
+        os.kill(process.pid, signal.SIGTERM)  # the run worker stops its steps and reports the run canceled
         return True
 
     @property
@@ -75,41 +82,14 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        pid = _pid(run.tags)
-        if pid is None:
+        process = RunProcess.from_tags(run.tags)
+        if process is None:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no run process recorded")
-        if _alive(pid, run.run_id):
-            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run process {pid} exited without finishing the run "
-                                    "(killed, or out of memory)", run_worker_id=str(pid))  # fmt: skip
+        state = process.state()
+        if state == "alive":
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(process.pid))
+        if state == "elsewhere":
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"the run process runs on {process.host}")
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run process ({process.describe()}) exited without "
+                                    "finishing the run (killed, or out of memory)", run_worker_id=str(process.pid))  # fmt: skip
 
-
-def _pid(tags: Mapping[str, str]) -> int | None:
-    value = tags.get(PID_TAG)
-    return int(value) if value and value.isdigit() else None
-
-
-def _alive(pid: int, run_id: str) -> bool:
-    """Whether the run's process still runs: a zombie (ended, not yet reaped by its parent) has ended (we reap
-    our own), and a pid the system reused for another command is not the run's."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child: another process launched it
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as status:
-            state = next((line.split()[1] for line in status if line.startswith("State:")), "")
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if run_id.encode() not in cmdline.read():
-                return False
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc (macOS): ask the kernel
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return state != "Z"

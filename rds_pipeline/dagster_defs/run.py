@@ -59,7 +59,7 @@ def run_sync(config_path: str | Path | None, tables: list[str] | None = None, gr
     job = defs.resolve_job_def(SYNC_ALL)
     instance = instance or instance_for_cli()
     run_id, process = make_new_run_id(), RunProcess.of()
-    cleaned = [c.message for c in clean_stale_runs(instance, by=f"run {run_id[:8]} ({process.describe()})")]
+    cleaned = [c.line() for c in clean_stale_runs(instance, by=f"run {run_id[:8]} ({process.describe()})")]
     for message in cleaned:
         (report or log.warning)(message)
     ensure_single_writer_pools(instance, {node.definition.pool for node in job.graph.nodes if node.definition.pool})

@@ -61,7 +61,10 @@ class BoundedConcurrencyContext(InstanceConcurrencyContext):
             self._pending_timeouts[step_key] = min(self._pending_timeouts[step_key], time.time() + CHECK_SECONDS)
         if now - self._last_clean >= CHECK_SECONDS:
             self._last_clean = now
-            if clean_stale_runs(self._instance, by=f"run {self._run_id[:8]}"):
+            cleaned = clean_stale_runs(self._instance, by=f"run {self._run_id[:8]}")
+            for run in cleaned:
+                self._report(run.line())
+            if cleaned:
                 self._pending_timeouts[step_key] = 0.0  # a slot may be free now: look again at once
         if now - self._last_report >= REPORT_SECONDS or now == since:
             self._last_report = now

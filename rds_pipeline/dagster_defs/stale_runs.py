@@ -31,11 +31,16 @@ class CleanedRun:
     process: str  # RunProcess.describe(), or "" for a run that had already ended
     message: str
 
+    def line(self) -> str:
+        """For a person watching another run: which run, and what was done."""
+        return self.message if self.message.startswith("freed") else f"run {self.run_id[:8]}: {self.message}"
+
 
 def clean_stale_runs(instance: dg.DagsterInstance, by: str = "") -> list[CleanedRun]:
     """Fail the unfinished runs whose process is gone and free their slots; free the slots of ended runs.
-    ``by`` says who cleans (e.g. ``run 1a2b3c4d``), for the message. Never raises: a cleaning that fails
-    must not stop the run that asked for it (the wait that follows says what holds the slot)."""
+    ``by`` says who cleans (e.g. ``run 1a2b3c4d``), for the message; the caller reports what was cleaned.
+    Never raises: a cleaning that fails must not stop the run that asked for it (the wait that follows says
+    what holds the slot)."""
     try:
         return _clean(instance, by)
     except Exception as exc:  # noqa: BLE001 - best effort, reported
@@ -50,6 +55,9 @@ def _clean(instance: dg.DagsterInstance, by: str) -> list[CleanedRun]:
         process = RunProcess.from_tags(run.tags)
         if process is None or process.state() != "gone":
             continue
+        latest = instance.get_run_by_id(run.run_id)  # another run may have cleaned it meanwhile
+        if latest is None or latest.is_finished or CLEANED_TAG in latest.tags:
+            continue
         now = dt.datetime.now().astimezone()
         message = (f"rds_pipeline: this run's process ({process.describe()}) is gone: it was killed (kill -9, out "
                    "of memory) or the machine restarted, before the run ended. Marked failed and its pool slots "
@@ -59,7 +67,6 @@ def _clean(instance: dg.DagsterInstance, by: str) -> list[CleanedRun]:
         instance.report_run_failed(run, message)
         if storage.supports_global_concurrency_limits:
             storage.free_concurrency_slots_for_run(run.run_id)
-        log.warning("run %s: %s", run.run_id[:8], message)
         cleaned.append(CleanedRun(run.run_id, process.describe(), message))
     if storage.supports_global_concurrency_limits:
         cleaned.extend(_free_slots_of_ended_runs(instance))
@@ -103,8 +110,9 @@ class Holder:
                           "elsewhere": f"on {self.process.host}"}[state])  # fmt: skip
         else:
             parts.append("process not recorded")
-        if self.since is not None:
-            parts.append(f"since {self.since.astimezone():%H:%M}")
+        if self.since is not None:  # the storage's clock: UTC, without a zone
+            since = self.since if self.since.tzinfo else self.since.replace(tzinfo=dt.UTC)
+            parts.append(f"since {since.astimezone():%H:%M}")
         return f"run {self.run_id[:8]} ({', '.join(parts)})"
 
 

@@ -86,5 +86,16 @@ def format_status(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_runs(runs: Iterable[dict[str, Any]]) -> str:
+    """The runs part of ``rds-pipeline status`` (RunStanding as dicts): one line each, or nothing."""
+    lines = []
+    for r in runs:
+        process = f" ({r['process']})" if r["process"] else ""
+        since = f" since {r['since'][:19].replace('T', ' ')} UTC" if r["since"] and r["state"] == "waiting" else ""
+        when = f" at {r['since'][:19].replace('T', ' ')}" if r["since"] and r["state"] == "cleaned" else ""
+        lines.append(f"  run {r['run_id'][:8]}{process} {r['status']}, {r['state']}{since}{when}: {r['detail']}".rstrip(": "))
+    return "\n".join(["runs:", *lines]) if lines else ""
+
+
 def _short(text: str, width: int = 32) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -43,7 +43,7 @@ def status(project: Project, capsys: pytest.CaptureFixture[str], *extra: str) ->
 
 
 def by_table(text: str) -> dict[str, dict]:
-    return {row["table"].rsplit(".", 1)[-1]: row for row in json.loads(text)}
+    return {row["table"].rsplit(".", 1)[-1]: row for row in json.loads(text)["tables"]}
 
 
 def test_status_over_a_tables_life(pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance,
