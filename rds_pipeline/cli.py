@@ -232,14 +232,11 @@ def _sync(args: argparse.Namespace) -> int:
     from rds_pipeline.engine.progress import console_progress
     from rds_pipeline.stop import graceful_stop
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     with graceful_stop() as stop:
         try:
             with console_progress(args.verbose):
                 outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose,
-                                   report=say, stop=stop)  # fmt: skip
+                                   report=stop.say, stop=stop)  # fmt: skip
         except KeyboardInterrupt:
             outcome = None  # stopped before the run started: nothing was written
     if outcome is None or stop.signum is not None:

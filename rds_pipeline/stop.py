@@ -28,7 +28,7 @@ from rds_pipeline.engine import interrupts
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CANCEL_AFTER_SECONDS = 1.5
 DEADLINE_SECONDS = 7.0
-LAST_WORDS_SECONDS = 1.0
+LAST_WORDS_SECONDS = 1.5
 
 
 @dataclass
@@ -36,6 +36,7 @@ class StopState:
     """What the command was asked: ``signum`` is the first stop signal received, if any."""
 
     signum: int | None = None
+    terminal: int | None = None  # the command's own stderr, kept from before Dagster captures the process's output
     on_stop: list[Callable[[], object]] = field(default_factory=list)  # run at the first signal, in a thread
     on_exit: list[Callable[[], object]] = field(default_factory=list)  # run at a forced exit, bounded
 
@@ -46,6 +47,14 @@ class StopState:
     @property
     def name(self) -> str:
         return _name(self.signum) if self.signum else "a stop request"
+
+    def say(self, text: str) -> None:
+        """A line for the person at the terminal, even while Dagster captures stderr into its log files (its
+        mirror of them is in our process group, so a Ctrl-C ends it too)."""
+        try:
+            os.write(self.terminal if self.terminal is not None else 2, (text + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
 
 
 def _name(signum: int) -> str:
@@ -60,6 +69,7 @@ def graceful_stop(cancel_after: float = CANCEL_AFTER_SECONDS, deadline: float = 
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
+    state.terminal = os.dup(2)
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(_name(signum))
@@ -83,6 +93,9 @@ def graceful_stop(cancel_after: float = CANCEL_AFTER_SECONDS, deadline: float = 
         watchdog.join(1.0)
         os.close(write_fd)
         os.close(read_fd)
+        os.close(state.terminal)
+        state.terminal = None
+        interrupts.clear_stop()
 
 
 def _watch(read_fd: int, state: StopState, done: threading.Event, cancel_after: float, deadline: float) -> None:
@@ -101,12 +114,13 @@ def _watch(read_fd: int, state: StopState, done: threading.Event, cancel_after: 
                 continue
             if first_at is None:
                 first_at, state.signum = time.monotonic(), signum
-                _say(f"\n{_name(signum)}: stopping (the run ends without committing what it has not finished); "
+                interrupts.request_stop()  # no range, retry or table starts from now on
+                state.say(f"\n{_name(signum)}: stopping (the run ends without committing what it has not finished); "
                      f"{_name(signum)} again to quit at once")  # fmt: skip
                 for action in state.on_stop:
                     threading.Thread(target=_quietly, args=(action,), name="rds-stop", daemon=True).start()
             else:
-                _say(f"{_name(signum)} again: quitting now")
+                state.say(f"{_name(signum)} again: quitting now")
                 _exit_now(state)
         if first_at is None:
             continue
@@ -115,21 +129,24 @@ def _watch(read_fd: int, state: StopState, done: threading.Event, cancel_after: 
             cancelled = True
             interrupts.cancel_all(2.0)  # the waits in C: the main thread's call returns with an error
         if elapsed >= deadline:
-            _say(f"still running {deadline:.0f} s after {_name(state.signum or signal.SIGINT)}: quitting now")
+            state.say(f"still running {deadline:.0f} s after {_name(state.signum or signal.SIGINT)}: quitting now")
             _exit_now(state)
 
 
 def _exit_now(state: StopState) -> None:
     """End the process: our source backends and the run's record first, within LAST_WORDS_SECONDS."""
     started = time.monotonic()
-    interrupts.cancel_all(LAST_WORDS_SECONDS / 2)
+    interrupts.cancel_all(1.0)
     for action in state.on_exit:
         left = LAST_WORDS_SECONDS - (time.monotonic() - started)
         thread = threading.Thread(target=_quietly, args=(action,), daemon=True)
         thread.start()
         thread.join(max(0.05, left))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(state.exit_code)
 
 
@@ -139,9 +156,3 @@ def _quietly(action: Callable[[], object]) -> None:
     except Exception:  # noqa: BLE001, S110 - last words: the next run cleans what is left (stale_runs.py)
         pass
 
-
-def _say(text: str) -> None:
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass

@@ -201,7 +201,8 @@ def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[
         ddl="CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
             "generate_series(1, 400000) g; ANALYZE",
         destination={"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                     "password": server.password, "database": "killed_log_dest"})  # fmt: skip
+                     "password": server.password, "database": "killed_log_dest"},
+        log_based={"slot": "killed_log", "publication": "killed_log"})  # fmt: skip
     cli = make_cli(server, project.path, tmp_path / "home", "shipped")
     pool = slot_pool(project.config)
     process = cli.start("sync")
@@ -227,3 +228,4 @@ def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[
         cur.execute("SELECT count(*), count(*) FILTER (WHERE v = 'changed'), max(id) FROM dagster_test.t")
         assert cur.fetchone() == (399_901, 100, 500_000)
     conn.close()
+    assert cli.run("cdc", "drop").returncode == 0  # no slot left to hold the shared server's WAL

@@ -19,6 +19,7 @@ from rds_pipeline.dagster_defs.execute import (
     failure,
     partition_keys,
     run_table,
+    stops_without_retry,
 )
 from rds_pipeline.dagster_defs.identity import (
     column_lineage,
@@ -34,6 +35,7 @@ from rds_pipeline.dagster_defs.pools import slot_step_pool, source_step_pool
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, TableAsset
 from rds_pipeline.dagster_defs.translator import RETRY_POLICY, SOURCE_GROUP, key_part, source_key_for
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.selection import SelectedTable
@@ -207,7 +209,8 @@ def stream_multi_asset(config: IntegrationConfig, members: list[TableAsset]) -> 
                 first, last = context.partition_key_range.start, context.partition_key_range.end
                 if asset.plan.kind != "whole" and (first, last) != (keys[-1], keys[-1]):
                     ranges[asset.table.id] = range_for_keys(asset.plan, first, last, keys)  # copy them again
-        run = stream(members, ranges, rds_source, rds_destination, context.instance)
+        with stops_without_retry():
+            run = stream(members, ranges, rds_source, rds_destination, context.instance)
         yield from emit_stream(context, run, {a.key for a in selected})
         failures = stream_failures(context, run)
         if failures:
@@ -234,14 +237,16 @@ def _group_multi_asset(config: IntegrationConfig, group: str, members: list[Tabl
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         failures: list[TableFailure] = []
         synced = 0
-        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-            asset = by_key[key]
-            try:
-                yield from materialize_table(context, asset, rds_source, rds_destination)
-                synced += 1
-            except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
-                failures.append(describe_failure(asset, exc))
-                context.log.error(f"FAILED {failures[-1].line()}")
+        with stops_without_retry():
+            for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+                asset = by_key[key]
+                try:
+                    yield from materialize_table(context, asset, rds_source, rds_destination)
+                    synced += 1
+                except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
+                    interrupts.checkpoint()  # unless it was a stop request's doing: then no other table starts
+                    failures.append(describe_failure(asset, exc))
+                    context.log.error(f"FAILED {failures[-1].line()}")
         if failures:
             raise failure(failures, synced)
 

@@ -10,10 +10,12 @@ fix, and the caller goes on with the next table.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys, window_starts
@@ -25,6 +27,7 @@ from rds_pipeline.dagster_defs.tables import (
     PART_ROW_COUNT,
     TableAsset,
 )
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.destinations.base import LoadError
 from rds_pipeline.engine.errors import ConnectionProblem, RdsPipelineError
 from rds_pipeline.engine.replication.plan import Request
@@ -130,6 +133,18 @@ def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource
         parts.append((PART_ROW_COUNT, row_count_check(result.rows, dest.count_rows(table, key_range) if stored is None
                                                       else stored, key_range, "copied from the source by this sync")))  # fmt: skip
     yield CHECK_REPLICA, combined(parts)
+
+
+@contextmanager
+def stops_without_retry() -> Iterator[None]:
+    """A stop request (Ctrl-C, SIGTERM, a terminated run) ends the step as failed, never retried: Dagster's
+    RetryPolicy would retry an interrupted step like any failure, and copy the range again after the stop."""
+    try:
+        interrupts.checkpoint()
+        yield
+    except (interrupts.Stopped, DagsterExecutionInterruptedError):
+        raise dg.Failure(description="stopped (Ctrl-C, SIGTERM or a terminated run): the range in flight was rolled "
+                         "back; the next sync goes on from the state in the destination", allow_retries=False) from None
 
 
 def describe_failure(asset: TableAsset, exc: BaseException) -> TableFailure:

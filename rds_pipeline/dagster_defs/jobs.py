@@ -11,12 +11,20 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.execute import TableFailure, describe_failure, failure, log_run, run_table
+from rds_pipeline.dagster_defs.execute import (
+    TableFailure,
+    describe_failure,
+    failure,
+    log_run,
+    run_table,
+    stops_without_retry,
+)
 from rds_pipeline.dagster_defs.log_based import emit_stream, stream, stream_failures
 from rds_pipeline.dagster_defs.partitions import integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import TableAsset
 from rds_pipeline.dagster_defs.translator import POOL, RETRY_POLICY, dynamic_partitions_name
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.source.probe import probe_max_keys
 
@@ -90,6 +98,7 @@ def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], reques
             failures.extend(stream_failures(context, run))
             synced += len(run.runs)
         except Exception as exc:  # noqa: BLE001 - the slot's failure stops its tables, not the others
+            interrupts.checkpoint()  # unless it was a stop request's doing
             for asset in logged:
                 failures.append(describe_failure(asset, exc))
             context.log.error(f"FAILED {failures[-1].line()}")
@@ -104,6 +113,7 @@ def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], reques
         try:
             run = run_table(asset, request, source, destination, context.instance)
         except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
+            interrupts.checkpoint()  # unless it was a stop request's doing: then no other table starts
             failures.append(describe_failure(asset, exc))
             context.log.error(f"FAILED {failures[-1].line()}")
             continue
@@ -151,22 +161,27 @@ def build_op_jobs(assets: list[TableAsset], pool: str = POOL, slot_pool: str = P
     def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                     rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
-        sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
+        with stops_without_retry():
+            sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination,
+                        logged)
 
     @dg.op(pool=slot_pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def stream_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
                       rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Read the slot once for every log-based table (a table without a snapshot gets one first)."""
-        sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
+        with stops_without_retry():
+            sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination,
+                        logged)
 
     @dg.op(pool=pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
     def reset_and_resync(context: dg.OpExecutionContext, config: ResetConfig, rds_source: RdsSourceResource,
                          rds_destination: RdsDestinationResource) -> None:  # fmt: skip
         """Clear the bookmark and data, then bring the whole history back (chunked along the partitions)."""
         asset = find(config.table)
-        rds_destination.get().reset(asset.table)
-        context.log.info(f"{asset.table.id}: bookmark cleared and destination table dropped")
-        sync_assets(context, [asset], Request.catch_up(), rds_source, rds_destination, logged)
+        with stops_without_retry():
+            rds_destination.get().reset(asset.table)
+            context.log.info(f"{asset.table.id}: bookmark cleared and destination table dropped")
+            sync_assets(context, [asset], Request.catch_up(), rds_source, rds_destination, logged)
 
     @dg.job(name=SYNC_ALL, description="Catch every selected table up (what a schedule tick does).")
     def sync_all() -> None:

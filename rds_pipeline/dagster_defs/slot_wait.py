@@ -23,6 +23,7 @@ from dagster._core.executor import in_process
 from dagster._utils.interrupts import check_captured_interrupt
 
 from rds_pipeline.dagster_defs.stale_runs import clean_stale_runs, slot_holders
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.errors import RdsPipelineError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class BoundedConcurrencyContext(InstanceConcurrencyContext):
         self._last_clean = 0.0
 
     def claim(self, concurrency_key: str, step_key: str, step_priority: int = 0) -> bool:
-        if check_captured_interrupt():  # Ctrl-C or SIGTERM while waiting: stop here, the claim is withdrawn
+        if check_captured_interrupt() or interrupts.stop_requested():  # stop here: the claim is withdrawn
             raise DagsterExecutionInterruptedError()
         if super().claim(concurrency_key, step_key, step_priority):
             self._since.pop(step_key, None)

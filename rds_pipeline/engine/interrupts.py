@@ -19,6 +19,32 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
+_stop = threading.Event()
+
+
+class Stopped(BaseException):  # noqa: N818 - like KeyboardInterrupt: not an Exception, so no handler swallows it
+    """A stop was requested (Ctrl-C, SIGTERM): raised at the engine's checkpoints, never retried."""
+
+
+def request_stop() -> None:
+    """From then on, every checkpoint raises Stopped: no new range, retry or table starts."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def checkpoint() -> None:
+    """Raise Stopped if a stop was requested: where work may start (a range, a retry, a table, a batch)."""
+    if _stop.is_set():
+        raise Stopped("a stop was requested (Ctrl-C or SIGTERM)")
+
+
+def clear_stop() -> None:
+    """For a process that goes on after a stopped run (tests, a long-lived caller)."""
+    _stop.clear()
+
 _waits: dict[int, tuple[str, Callable[[], object]]] = {}
 _ids = itertools.count()
 

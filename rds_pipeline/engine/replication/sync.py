@@ -21,6 +21,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.destinations.base import Destination, LoadError, LoadingReport
 from rds_pipeline.engine.destinations.types import binary_refusal, postgres_type
 from rds_pipeline.engine.errors import ConnectionProblem
@@ -250,9 +251,12 @@ def _with_retries(table: SelectedTable, session: SourceSession, destination: Des
     attempt = 0
     while True:
         attempt += 1
+        interrupts.checkpoint()  # a stop request starts no attempt (an error it caused is not retried)
         try:
             return action(attempt) if pass_attempt else action()
         except psycopg2.Error as exc:
+            if interrupts.stop_requested():  # the stop cancelled it (or ended its backend): stop, do not retry
+                raise interrupts.Stopped(f"{table.id}: stopped; nothing of the range in flight was committed") from exc
             message = _permanent_message(table, exc)
             if message:
                 raise LoadError(message) from None
@@ -264,6 +268,8 @@ def _with_retries(table: SelectedTable, session: SourceSession, destination: Des
                                 "sync again (nothing was committed for the failed range)") from exc  # fmt: skip
             error: BaseException = exc
         except ConnectionProblem as exc:
+            if interrupts.stop_requested():
+                raise interrupts.Stopped(f"{table.id}: stopped") from exc
             if not is_transient(exc) or attempt >= max_attempts:
                 raise
             error = exc

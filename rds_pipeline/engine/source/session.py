@@ -34,6 +34,7 @@ class SourceSession:
         self._conn: psycopg2.extensions.connection | None = None
         self._database: str | None = None
         self._backend_pid: int | None = None
+        self._live: set[int] = set()  # our backends that may still run a statement (an abandoned one too)
         self._stop_handle: int | None = None
 
     def connection(self, database: str | None = None) -> psycopg2.extensions.connection:
@@ -48,6 +49,7 @@ class SourceSession:
             self._conn = connect_source(self.config, self._tunnel, database=database)
             self._database = database
             self._backend_pid = self._conn.get_backend_pid()
+            self._live.add(self._backend_pid)
             apply_session_settings(self._conn)
             if self._stop_handle is None:
                 self._stop_handle = interrupts.register("source", self.stop)
@@ -70,10 +72,10 @@ class SourceSession:
         if stuck and self._tunnel is not None:
             bounded(self._tunnel.close, CANCEL_WAIT_SECONDS, "rds-close-tunnel")
             self._tunnel = None
-        if stuck and pid is not None:
-            self.terminate_backend(pid, database)
-        if conn is not None and not conn.closed:
-            bounded(conn.close, CANCEL_WAIT_SECONDS, "rds-close-source")
+        if stuck and pid is not None and self.terminate_backend(pid, database):
+            self._live.discard(pid)
+        if conn is not None and not conn.closed and bounded(conn.close, CANCEL_WAIT_SECONDS, "rds-close-source"):
+            self._live.discard(pid)  # type: ignore[arg-type]
         if not stuck:
             self.reset()
 
@@ -100,18 +102,18 @@ class SourceSession:
             return False
 
     def stop(self) -> None:
-        """Asked to stop (Ctrl-C, SIGTERM) while our statement may be running: end our backend from a fresh
-        connection, so nothing of ours stays on the source; the call waiting on it then returns with an error.
+        """Asked to stop (Ctrl-C, SIGTERM) while our statements may be running: end our backends from a fresh
+        connection, so nothing of ours stays on the source; a call waiting on one then returns with an error.
         Called from another thread: it never touches the session's own connection."""
-        pid, database = self._backend_pid, self._database
-        if self._conn is None or pid is None:
+        pids = sorted(self._live)
+        if not pids:
             return
-        other = connect_source(self.config, self._tunnel, database=database)
+        other = connect_source(self.config, self._tunnel, database=self._database)
         try:
             other.autocommit = True
             with other.cursor() as cur:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s "
-                            "AND application_name = 'rds_pipeline' AND usename = current_user", (pid,))  # fmt: skip
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s) "
+                            "AND application_name = 'rds_pipeline' AND usename = current_user", (pids,))  # fmt: skip
         finally:
             other.close()
 
@@ -127,6 +129,7 @@ class SourceSession:
                 self._conn.close()
             except psycopg2.Error:
                 pass
+            self._live.discard(self._backend_pid)  # type: ignore[arg-type]
         self._conn = None
 
     def close(self) -> None:
