@@ -23,6 +23,8 @@ from rds_pipeline.dagster_defs.stale_runs import CLEANED_TAG
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.cli_runs import INSTANCES, Cli, kill_9, make_cli, source_backends, wait_for
 from rds_pipeline_tests.dagster_defs.project import Project, make_project
+from rds_pipeline_tests.dagster_dev import dagster_dev
+from rds_pipeline_tests.test_webserver import launch, wait
 
 ROWS = 3000
 # about a minute to produce its rows: a sync is still copying when it is killed
@@ -229,3 +231,34 @@ def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[
         assert cur.fetchone() == (399_901, 100, 500_000)
     conn.close()
     assert cli.run("cdc", "drop").returncode == 0  # no slot left to hold the shared server's WAL
+
+
+def test_a_killed_launched_run_on_the_default_instance_is_cleaned_by_the_next(pg18: LocalPostgres,
+                                                                              tmp_path: Path) -> None:  # fmt: skip
+    """Dagster's default instance under `dagster dev` (no dagster.yaml): its default run launcher cannot report a
+    run's health to run monitoring, and nothing frees a killed run's pool slots. The next launched run frees them
+    (our executor: after failing the run itself if it is still STARTED), takes the DuckDB file's pool and
+    succeeds."""
+    project = slow_project(pg18, tmp_path / "project", "duckdb")
+    with dagster_dev(pg18, project.path, tmp_path / "home", "") as dev:
+        killed = launch(dev.port, "sync_all")
+        wait_for(lambda: source_backends(pg18, project.database, "COPY%"), 120, "the launched run never copied")
+        instance = dev.instance()
+        try:
+            process = RunProcess.from_tags(instance.get_run_by_id(killed).tags)  # recorded by the run itself
+            assert process is not None and process.state() == "alive"
+            worker = psutil.Process(process.pid)
+            for child in [*worker.children(recursive=True), worker]:  # the run worker and its step process
+                child.kill()
+            wait_for(lambda: not source_backends(pg18, project.database), 30, "the killed run's backend stayed")
+            # the code server may see its run worker die and fail the run; nothing gives its slot back
+            pool = duckdb_pool(project.config)
+            assert killed in instance.event_log_storage.get_concurrency_info(pool).active_run_ids
+            project.sql(FAST_VIEW)
+            assert wait(dev.port, launch(dev.port, "sync_all"), 120) == "SUCCESS"
+            run = instance.get_run_by_id(killed)
+            assert run.status.value == "FAILURE"  # by the code server, or else by the next run (CLEANED_TAG)
+            assert killed not in instance.event_log_storage.get_concurrency_run_ids()
+        finally:
+            instance.dispose()
+    assert replica_rows(project) == ROWS

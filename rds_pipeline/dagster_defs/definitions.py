@@ -11,6 +11,7 @@ from ruamel.yaml import YAML
 
 from rds_pipeline.dagster_defs.assets import build_replica_assets, source_specs
 from rds_pipeline.dagster_defs.automation import automation_sensor
+from rds_pipeline.dagster_defs.executor import recovering_executor
 from rds_pipeline.dagster_defs.jobs import SYNC_ALL, build_op_jobs
 from rds_pipeline.dagster_defs.pools import slot_step_pool, source_step_pool
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
@@ -61,6 +62,7 @@ def build_definitions(config_path: str | Path | None = None, catalog_path: Path 
         sensors=[*build_sensors(assets, sync_all, catalog),
                  *([automation_sensor(assets)] if config.automation == "declarative" and assets else [])],
         resources=resources,
+        executor=recovering_executor,  # a run first cleans the runs killed without a trace (executor.py)
     )
 
 

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
@@ -40,14 +41,15 @@ class PoolWaitTimeout(RdsPipelineError):
 class BoundedConcurrencyContext(InstanceConcurrencyContext):
     """Dagster's claims, with a bound, reports, a stop on signals and sleeps between checks."""
 
-    def __init__(self, instance: dg.DagsterInstance, dagster_run: dg.DagsterRun, bound_seconds: float,
+    def __init__(self, instance: dg.DagsterInstance, dagster_run: dg.DagsterRun, bound_seconds: float | None,
                  report: Callable[[str], None]) -> None:  # fmt: skip
         super().__init__(instance, dagster_run)
-        self._bound = bound_seconds
+        self._bound = bound_seconds  # None: wait as long as it takes (a launched run: the UI shows it waiting)
         self._report = report
         self._since: dict[str, float] = {}
         self._last_report = 0.0
         self._last_clean = 0.0
+        self._last_pause = 0.0
 
     def claim(self, concurrency_key: str, step_key: str, step_priority: int = 0) -> bool:
         if check_captured_interrupt() or interrupts.stop_requested():  # stop here: the claim is withdrawn
@@ -70,7 +72,8 @@ class BoundedConcurrencyContext(InstanceConcurrencyContext):
         if now - self._last_report >= REPORT_SECONDS or now == since:
             self._last_report = now
             self._report(self.describe_wait(concurrency_key, now - since))
-        if now - since > self._bound:
+        self._pause(now)
+        if self._bound is not None and now - since > self._bound:
             holders = ", ".join(h.describe() for h in slot_holders(self._instance, concurrency_key)) or "no run"
             raise PoolWaitTimeout(
                 f"waited {now - since:.0f} s (pool_wait_seconds) for a slot of pool {concurrency_key}, held by "
@@ -79,10 +82,17 @@ class BoundedConcurrencyContext(InstanceConcurrencyContext):
             )
         return False
 
+    def _pause(self, now: float) -> None:
+        """Dagster's multiprocess executor asks for its slots in a loop with no sleep at all: pause here, at most
+        once per round of its loop (the other blocked steps of the round do not pause again)."""
+        if now - self._last_pause >= SLEEP_SECONDS:
+            time.sleep(SLEEP_SECONDS / 2)
+            self._last_pause = time.monotonic()
+
     def describe_wait(self, pool: str, waited: float) -> str:
         holders = ", ".join(h.describe() for h in slot_holders(self._instance, pool)) or "a run that just ended"
-        return (f"waiting for pool {pool} held by {holders}: {waited:.0f} s of {self._bound:.0f} s "
-                "(pool_wait_seconds); Ctrl-C stops")  # fmt: skip
+        bound = f" of {self._bound:.0f} s (pool_wait_seconds); Ctrl-C stops" if self._bound is not None else ""
+        return f"waiting for pool {pool} held by {holders}: {waited:.0f} s{bound}"
 
     def interval_to_next_pending_claim_check(self) -> float:
         """How long the executor may sleep: until the next check, at most SLEEP_SECONDS (a stop request is
@@ -95,16 +105,18 @@ class BoundedConcurrencyContext(InstanceConcurrencyContext):
 
 
 @contextmanager
-def bounded_slot_waits(bound_seconds: float, report: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Runs executed in process within this block wait for their slots through BoundedConcurrencyContext."""
+def bounded_slot_waits(bound_seconds: float | None, report: Callable[[str], None] | None = None,
+                       executor_module: ModuleType = in_process) -> Iterator[None]:  # fmt: skip
+    """Runs executed within this block by ``executor_module``'s executor (in process by default; the
+    multiprocess one for launched runs) wait for their slots through BoundedConcurrencyContext."""
     say = report or log.warning
 
     def make(instance: dg.DagsterInstance, dagster_run: dg.DagsterRun) -> BoundedConcurrencyContext:
         return BoundedConcurrencyContext(instance, dagster_run, bound_seconds, say)
 
-    original = in_process.InstanceConcurrencyContext
-    in_process.InstanceConcurrencyContext = make  # type: ignore[misc,assignment]
+    original = executor_module.InstanceConcurrencyContext
+    executor_module.InstanceConcurrencyContext = make  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        in_process.InstanceConcurrencyContext = original  # type: ignore[misc]
+        executor_module.InstanceConcurrencyContext = original  # type: ignore[attr-defined]

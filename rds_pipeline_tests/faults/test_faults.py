@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import psycopg2
@@ -25,6 +26,7 @@ from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.engine.source.session import SourceSession
+from rds_pipeline_tests.cli_runs import Cli, kill_9, make_cli
 from rds_pipeline_tests.faults.conftest import SOURCE_DB, FaultLab
 from rds_pipeline_tests.faults.harness import (
     FINISH_SECONDS,
@@ -234,3 +236,73 @@ def test_a_lock_held_on_the_destination_is_a_bounded_wait(fault_lab: FaultLab) -
     result.backend_left = backend_left(fault_lab.source)
     result.survived = equal and not result.backend_left
     assert result.survived, result
+
+
+def _cli_project(lab: FaultLab, tmp_path: Path) -> tuple[Cli, str]:
+    """``public.big`` in a project on disk, and `rds-pipeline` against the shipped dagster.yaml (its storage on
+    the destination server) with no daemon running. The rds_source pool is given one slot, so one dead run's
+    slot would block every later run."""
+    config = lab.config()
+    dest_db = config.destination.database or ""
+    raw = {**_raw(lab, dest_db), "tables": [{"name": "public.big"}]}
+    path = tmp_path / "rds_pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    discover(config.source, databases=[SOURCE_DB]).save(tmp_path / "rds_pipeline_catalog.json")
+    cli = make_cli(lab.destination, path, tmp_path / "home", "shipped")
+    instance = cli.instance()
+    try:
+        instance.event_log_storage.set_concurrency_slots("rds_source", 1)
+    finally:
+        instance.dispose()
+    return cli, dest_db
+
+
+def _rerun(result: FaultResult, lab: FaultLab, cli: Cli, dest_db: str, injected_at: float) -> None:
+    done = cli.run("sync", timeout=FINISH_SECONDS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result.recover_seconds = time.monotonic() - injected_at
+    equal = compare(result, lab.source, SOURCE_DB, lab.destination, dest_db, "big", "fault_lab.big")
+    result.backend_left = backend_left(lab.source)
+    result.survived = equal and not result.backend_left and not any(
+        r.status.value in ("STARTED", "STARTING") for r in cli.runs())  # fmt: skip
+    assert result.survived, result
+
+
+@pytest.mark.parametrize("reboot", [False, True], ids=["kill", "reboot"])
+def test_kill_9_of_the_cli_then_a_rerun_without_a_daemon(fault_lab: FaultLab, tmp_path: Path, reboot: bool) -> None:
+    """`rds-pipeline sync` killed with kill -9 mid-copy (with a reboot: then the servers restarted too); the next
+    `rds-pipeline sync` cleans the dead run and finishes, with no daemon."""
+    cli, dest_db = _cli_project(fault_lab, tmp_path)
+    result = FaultResult("reboot (sync killed, servers restarted), then a re-run" if reboot else
+                         "kill -9 of `rds-pipeline sync`, re-run without a daemon")  # fmt: skip
+    RESULTS.append(result)
+    process = cli.start("sync")
+    wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)
+    injected_at = time.monotonic()
+    kill_9(process)
+    result.injected = process.returncode == -signal.SIGKILL
+    if reboot:
+        for server in (fault_lab.source, fault_lab.destination):
+            server.run("pg_ctl", "-D", str(server.data_dir), "-m", "immediate", "-w", "-t", "60", "restart", "-l",
+                       str(server.base_dir / "server.log"))  # fmt: skip
+    _rerun(result, fault_lab, cli, dest_db, injected_at)
+
+
+def test_ctrl_c_mid_copy_then_a_rerun(fault_lab: FaultLab, tmp_path: Path) -> None:
+    """Ctrl-C stops the copy within 10 s (exit 130), leaves nothing half-committed nor running on the source,
+    and the next sync finishes."""
+    cli, dest_db = _cli_project(fault_lab, tmp_path)
+    result = FaultResult("Ctrl-C mid-copy, then a re-run")
+    RESULTS.append(result)
+    process = cli.start("sync")
+    wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)
+    injected_at = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        kill_9(process)
+    result.injected = process.returncode == 130
+    assert result.injected, f"exit code {process.returncode} {time.monotonic() - injected_at:.1f} s after Ctrl-C"
+    assert not backend_left(fault_lab.source)
+    _rerun(result, fault_lab, cli, dest_db, injected_at)
