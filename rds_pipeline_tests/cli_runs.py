@@ -47,16 +47,7 @@ class Cli:
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
     def instance(self) -> dg.DagsterInstance:
-        saved = {k: os.environ.get(k) for k in self.env if k.startswith("DAGSTER_PG_")}
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("DAGSTER_PG_")})
-        try:
-            return dg.DagsterInstance.from_config(str(self.home))
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        return open_instance(self.home, self.env)
 
     def runs(self) -> list[dg.DagsterRun]:
         instance = self.instance()
@@ -64,6 +55,20 @@ class Cli:
             return list(instance.get_runs())
         finally:
             instance.dispose()
+
+
+def open_instance(home: Path, env: dict[str, str]) -> dg.DagsterInstance:
+    """The instance in ``home``, opened in the test process with ``env``'s DAGSTER_PG_* (its storage)."""
+    saved = {k: os.environ.get(k) for k in env if k.startswith("DAGSTER_PG_")}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")})
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def make_cli(server: LocalPostgres, config: Path, home: Path, kind: str) -> Cli:

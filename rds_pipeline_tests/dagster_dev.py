@@ -28,16 +28,9 @@ class DagsterDev:
 
     def instance(self) -> dg.DagsterInstance:
         """The same instance, opened in the test process (for its event log and pools)."""
-        saved = {k: os.environ.get(k) for k in self.env if k.startswith("DAGSTER_PG_")}
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("DAGSTER_PG_")})
-        try:
-            return dg.DagsterInstance.from_config(str(self.home))
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        from rds_pipeline_tests.cli_runs import open_instance
+
+        return open_instance(self.home, self.env)
 
     def cli(self, *args: str) -> str:
         """`dagster <args>` against this instance."""

@@ -8,7 +8,6 @@ process of a later boot); and a live run holding the slot, which the next run wa
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -139,9 +138,12 @@ def test_after_a_reboot_the_next_sync_runs_by_itself(pg18: LocalPostgres, tmp_pa
     pg18.wait_ready()
     instance = cli.instance()
     try:
-        alive = psutil.Process(os.getpid())  # a live process, as after the reboot another one has the old pid
-        instance.add_run_tags(killed, {PID_TAG: str(alive.pid), STARTED_TAG: f"{alive.create_time():.2f}",
-                                       BOOT_TAG: str(int(psutil.boot_time()) - 86_400)})  # fmt: skip
+        alive = RunProcess.of()  # a live process, as after the reboot another one has the old pid
+        assert alive.state() == "alive"
+        # the same pid and boot, started at another time: another process (a pid reused within one boot)
+        assert RunProcess(alive.host, alive.boot, alive.pid, "ticks:1").state() == "gone"
+        instance.add_run_tags(killed, {PID_TAG: str(alive.pid), STARTED_TAG: alive.started,
+                                       BOOT_TAG: "an-earlier-boot"})  # fmt: skip
         assert RunProcess.from_tags(instance.get_run_by_id(killed).tags).state() == "gone"
     finally:
         instance.dispose()

@@ -1,8 +1,9 @@
 """Which process runs a run, recorded on the run as tags, so that any later process can tell whether it still runs.
 
 A pid alone is not enough: after a restart, or on a busy machine, the system hands the same pid to another
-process. The host, the machine's boot time and the process's own start time make a reused pid (or a pid of an
-earlier boot) a different process. A run on another host is never judged from here: run monitoring (in the
+process. The host, the boot (Linux's boot_id) and the process's own start time (clock ticks since boot) make a
+reused pid, or a pid of an earlier boot, a different process; neither moves when the wall clock is stepped, so
+a live run is never taken for a dead one. A run on another host is never judged from here: run monitoring (in the
 daemon, through the run launcher) is what ends it.
 """
 
@@ -13,6 +14,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import psutil
@@ -26,13 +28,34 @@ ProcessState = Literal["alive", "gone", "elsewhere"]
 
 
 def _boot() -> str:
-    return f"{psutil.boot_time():.0f}"
+    """This boot: Linux's boot_id (the boot time moves when the wall clock is stepped; boot_id never does)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return f"{psutil.boot_time():.0f}"
 
 
 def _started(pid: int) -> str | None:
+    """When ``pid`` started: in clock ticks since boot on Linux (fixed for the process's life, whatever the wall
+    clock does), else its creation time."""
     try:
-        return f"{psutil.Process(pid).create_time():.2f}"
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+        return f"ticks:{fields[19]}"  # field 22, starttime
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        try:
+            return f"{psutil.Process(pid).create_time():.2f}"
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+
+
+def _wall_time(started: str) -> dt.datetime | None:
+    try:
+        if started.startswith("ticks:"):
+            return dt.datetime.fromtimestamp(psutil.boot_time() + int(started[6:]) / os.sysconf("SC_CLK_TCK"))
+        return dt.datetime.fromtimestamp(float(started))
+    except (ValueError, OSError):
         return None
 
 
@@ -70,20 +93,19 @@ class RunProcess:
             return "gone"
         _reap(self.pid)
         try:
-            process = psutil.Process(self.pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
+            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
                 return "gone"
-            started = f"{process.create_time():.2f}"
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return "gone"
         except psutil.AccessDenied:
             return "alive"  # it exists and is not ours to look at: never judge it gone
-        return "alive" if started == self.started else "gone"
+        started = _started(self.pid)
+        return "gone" if started is None or started != self.started else "alive"
 
     def describe(self) -> str:
         """``pid 4242 on host-a, started 12:01:07``"""
-        when = dt.datetime.fromtimestamp(float(self.started)).strftime("%H:%M:%S") if self.started else "?"
-        return f"pid {self.pid} on {self.host}, started {when}"
+        when = _wall_time(self.started)
+        return f"pid {self.pid} on {self.host}, started {when:%H:%M:%S}" if when else f"pid {self.pid} on {self.host}"
 
 
 def _reap(pid: int) -> None:
