@@ -72,6 +72,7 @@ def graceful_stop(cancel_after: float = CANCEL_AFTER_SECONDS, deadline: float = 
     state.terminal = os.dup(2)
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        state.signum = state.signum or signum  # the watchdog, woken by the same signal, may not have run yet
         raise KeyboardInterrupt(_name(signum))
 
     read_fd, write_fd = os.pipe()
@@ -113,7 +114,7 @@ def _watch(read_fd: int, state: StopState, done: threading.Event, cancel_after: 
             if signum not in SIGNALS:
                 continue
             if first_at is None:
-                first_at, state.signum = time.monotonic(), signum
+                first_at, state.signum = time.monotonic(), state.signum or signum
                 interrupts.request_stop()  # no range, retry or table starts from now on
                 state.say(f"\n{_name(signum)}: stopping (the run ends without committing what it has not finished); "
                      f"{_name(signum)} again to quit at once")  # fmt: skip

@@ -108,6 +108,8 @@ def test_kill_9_mid_copy_then_the_next_sync_recovers_without_a_daemon(pg18: Loca
     assert_cleaned(cli, killed)
     assert replica_rows(project) == ROWS
     assert source_backends(pg18, project.database) == 0
+    status = cli.run("status").stdout  # the cleaned run, and who cleaned it
+    assert f"run {killed[:8]} (pid " in status and "FAILURE, cleaned at " in status and "slots freed by run " in status
 
 
 @pytest.mark.parametrize(("destination", "kind"), [("duckdb", "default"), ("postgres", "shipped")])

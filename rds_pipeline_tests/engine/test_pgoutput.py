@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import itertools
 import json
 import struct
 from collections.abc import Iterator
@@ -183,12 +184,16 @@ def test_bad_bytes_fail_clearly() -> None:
 
 
 def test_a_live_capture_has_the_golden_shape(logical_servers: list[LocalPostgres]) -> None:
-    """Today's servers still send what the golden files hold: the same messages in the same order."""
+    """Today's servers still send what the golden files hold: the same messages in the same order. A run of one
+    kind counts once: where a streamed transaction is cut into chunks, and how many of an aborted
+    subtransaction's changes were streamed before its abort, follow the server's memory accounting, which
+    minor releases change (PostgreSQL 15.20 cuts at 272 inserts where 15.18 cut at 282)."""
     for server in logical_servers:
         version = server_version(server)
         protocol, streaming = (4, "parallel") if version >= 16 else (3, "on")
         server.psql("CREATE DATABASE live_capture")
         live = capture(server, "live_capture", protocol, streaming)
         golden = load(f"pg{version}_v{protocol}_{streaming}.json.gz")
-        shapes = [[type(m).__name__ for _, m in decoded(f)] for f in (golden, {**golden, "messages": live})]
+        shapes = [[kind for kind, _ in itertools.groupby(type(m).__name__ for _, m in decoded(f))]
+                  for f in (golden, {**golden, "messages": live})]  # fmt: skip
         assert shapes[0] == shapes[1], f"PostgreSQL {version}"
