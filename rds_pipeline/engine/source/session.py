@@ -80,17 +80,14 @@ class SourceSession:
             self.reset()
 
     def terminate_backend(self, pid: int, database: str | None = None) -> bool:
-        """End our own backend ``pid`` if it is still there. Bounded by the connect and statement timeouts."""
+        """End our own backend ``pid`` if it is still there; True once it is gone (ended now, or before).
+        Bounded by the connect and statement timeouts."""
         try:
             conn = self.connection(database)
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s "
-                            "AND application_name = 'rds_pipeline' AND usename = current_user", (pid,))  # fmt: skip
-                ended = bool(cur.fetchone())
-            conn.rollback()
-            if ended:
+            if _end_backends(conn, [pid]):
                 log.warning("terminated the abandoned source backend %s", pid)
-            return ended
+            conn.rollback()
+            return True
         except (psycopg2.Error, OSError) as exc:
             log.warning("could not check the abandoned source backend %s (%s); a DBA can end it with "
                         "SELECT pg_terminate_backend(%s)", pid, str(exc).strip().splitlines()[0] if str(exc).strip()
@@ -105,15 +102,13 @@ class SourceSession:
         """Asked to stop (Ctrl-C, SIGTERM) while our statements may be running: end our backends from a fresh
         connection, so nothing of ours stays on the source; a call waiting on one then returns with an error.
         Called from another thread: it never touches the session's own connection."""
-        pids = sorted(self._live)
+        pids = list(self._live.copy())  # a copy: the session's own thread may change the set meanwhile
         if not pids:
             return
         other = connect_source(self.config, self._tunnel, database=self._database)
         try:
             other.autocommit = True
-            with other.cursor() as cur:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s) "
-                            "AND application_name = 'rds_pipeline' AND usename = current_user", (pids,))  # fmt: skip
+            _end_backends(other, pids)
         finally:
             other.close()
 
@@ -145,3 +140,11 @@ class SourceSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _end_backends(conn: psycopg2.extensions.connection, pids: list[int]) -> int:
+    """End those of ``pids`` that are still ours (rds_pipeline, this user); returns how many were there."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = ANY(%s) "
+                    "AND application_name = 'rds_pipeline' AND usename = current_user", (pids,))  # fmt: skip
+        return int(cur.fetchone()[0])
