@@ -1,7 +1,6 @@
 """A run launcher for one machine that starts each run in its own process and tells run monitoring whether that
-process is still alive. Before a run starts, it cleans the runs whose process is gone (stale_runs.py: the
-daemon's run monitoring would, but only every poll interval, and only where a daemon runs) and gives the run's
-single-writer pools their limit of 1 (pools.py).
+process is still alive. Before a run starts, it gives the run's single-writer pools their limit of 1 (pools.py).
+The run itself then cleans the runs whose process is gone, before it claims a slot (executor.py).
 
 Dagster's DefaultRunLauncher cannot report a run worker's health, so a run killed with kill -9 (or by the OOM
 killer) stays STARTED forever; the launchers that can (K8s, ECS, Docker) need a cluster. This one records the
@@ -11,7 +10,6 @@ that process is gone without having finished the run.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -26,9 +24,6 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_
 
 from rds_pipeline.dagster_defs.pools import ensure_single_writer_pools
 from rds_pipeline.dagster_defs.run_process import RunProcess
-from rds_pipeline.dagster_defs.stale_runs import clean_stale_runs
-
-log = logging.getLogger(__name__)
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -56,8 +51,6 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         origin = context.job_code_origin
         if origin is None:
             raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no code origin to start it from")
-        for cleaned in clean_stale_runs(self._instance, by=f"the launch of run {run.run_id[:8]}"):
-            log.warning(cleaned.line())
         pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
         ensure_single_writer_pools(self._instance, pools or ())  # a DuckDB file's writers, a slot's reader: one
         args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
