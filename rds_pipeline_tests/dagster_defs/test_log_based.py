@@ -88,6 +88,18 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
                             resources=defs.resources)  # fmt: skip
     assert result.success
     assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
+    # the backfill leaves the table's log-based state as it was: the next sync streams, it copies nothing again
+    with psycopg2.connect(**server.dsn("dg_log_dest")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT replication_key, bookmark IS NOT NULL FROM dagster_test._rds_pipeline_state "
+                    "WHERE table_id LIKE '%.public.t'")  # fmt: skip
+        assert cur.fetchall() == [(f"slot:{project.config.slot_name}", True)]
+    conn.close()
+    project.sql("UPDATE t SET v = 'after backfill' WHERE id = 2")
+    after = run_sync(project.path, instance=instance, quiet=True)
+    assert after.success
+    latest = materializations(instance, "t")[0].metadata
+    assert (latest["plan"].value, latest["snapshot_rows"].value, latest["rows_updated"].value) == ("stream", 0, 1)
+    assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
 
     # a reset: the table is copied again from a new snapshot; f, the full-table one, is untouched by the stream
     project.sql("INSERT INTO t VALUES (6000, 'after reset')")

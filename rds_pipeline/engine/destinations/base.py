@@ -33,6 +33,9 @@ META_SCHEMA = "rds_pipeline_meta"
 EXTRACTED_AT = "_rds_extracted_at"
 BATCH_ID = "_rds_batch_id"
 METADATA_COLUMNS = (EXTRACTED_AT, BATCH_ID)
+# methods whose load replaces the range's rows (the others merge them by key); a log-based table's state row is
+# written by its change applier (the snapshot's LSN), never by a load
+REPLACING = ("full_table", "log_based")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from rds_pipeline.engine.destinations.base import (
     EXTRACTED_AT,
     META_SCHEMA,
     REGISTRY,
+    REPLACING,
     STATE_TABLE,
     LoadingReport,
     LoadOutcome,
@@ -342,12 +343,14 @@ class DuckDBDestination:
                 report.warnings = tuple(warnings)
                 if turn is not None:
                     turn()
+                if created:  # a new table voids any old state row: the data it described is gone
+                    run(c, f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
                 state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self._state()} "
                                                     "WHERE table_id = ?", [table.id]).fetchone()  # fmt: skip
                 before, covered = state or (None, None)
                 outcome = LoadOutcome(before, before)
                 key = table.replication_key
-                if table.method == "full_table":
+                if table.method in REPLACING:
                     # straight from the file into the table: no stage (it would hold the whole copy once more)
                     where, params = self._predicate(table, key_range)
                     report.rows_deleted = int(run(c, f"DELETE FROM {target}{where}", params).fetchone()[0])
@@ -360,9 +363,10 @@ class DuckDBDestination:
                     run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
                     outcome = self._bookmark(table, key_range, before, covered, source_max)
-                run(c, f"INSERT OR REPLACE INTO {self._state()} (table_id, destination_table, replication_key, "
-                       "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
-                    [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to])  # fmt: skip
+                if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
+                    run(c, f"INSERT OR REPLACE INTO {self._state()} (table_id, destination_table, replication_key, "
+                           "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
+                        [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to])  # fmt: skip
                 c.execute("DROP TABLE IF EXISTS _rds_stage")
                 c.execute("COMMIT")
             except BaseException:

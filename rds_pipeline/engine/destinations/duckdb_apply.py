@@ -117,10 +117,15 @@ def forget_table(destination: DuckDBDestination, slot: str, table_id: str) -> No
 
 def forget_slot(destination: DuckDBDestination, slot: str) -> int:
     _ensure_slots(destination)
-    run(destination.conn, f"DELETE FROM {_slots(destination)} WHERE slot = ?", [slot])
-    count = run(destination.conn, f"SELECT count(*) FROM {destination._state()} WHERE replication_key = ?",
-                [SLOT_MARK + slot]).fetchone()[0]  # fmt: skip
-    run(destination.conn, f"DELETE FROM {destination._state()} WHERE replication_key = ?", [SLOT_MARK + slot])
+    destination.conn.execute("BEGIN TRANSACTION")
+    try:
+        run(destination.conn, f"DELETE FROM {_slots(destination)} WHERE slot = ?", [slot])
+        count = run(destination.conn, f"DELETE FROM {destination._state()} WHERE replication_key = ?",
+                    [SLOT_MARK + slot]).fetchone()[0]  # fmt: skip
+        destination.conn.execute("COMMIT")
+    except BaseException:
+        destination.conn.execute("ROLLBACK")
+        raise
     return int(count)
 
 
@@ -252,11 +257,11 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
             exprs.append(f"CAST(c{len(key_at)} AS TIMESTAMPTZ) AS _rds_at")
             _stage(destination, "_rds_deleted", key_rows, exprs, path)
             if soft_deletes:
-                run(c, f"UPDATE {target} t SET {dq(DELETED_AT)} = s._rds_at FROM _rds_deleted s WHERE {keys} "
-                       f"AND t.{dq(DELETED_AT)} IS NULL")  # fmt: skip
+                deleted = run(c, f"UPDATE {target} t SET {dq(DELETED_AT)} = s._rds_at FROM _rds_deleted s WHERE {keys} "
+                                 f"AND t.{dq(DELETED_AT)} IS NULL")  # fmt: skip
             else:
                 deleted = run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_deleted s WHERE {keys})")
-                report.deleted[table.id] = report.deleted.get(table.id, 0) + int(deleted.fetchone()[0])
+            report.deleted[table.id] = report.deleted.get(table.id, 0) + int(deleted.fetchone()[0])
             c.execute("DROP TABLE _rds_deleted")
         if not upserts:
             return

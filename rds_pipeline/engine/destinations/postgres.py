@@ -26,6 +26,7 @@ from rds_pipeline.engine.destinations.base import (
     EXTRACTED_AT,
     META_SCHEMA,
     REGISTRY,
+    REPLACING,
     STATE_TABLE,
     LoadingReport,
     LoadOutcome,
@@ -288,7 +289,7 @@ class PostgresDestination:
                 copy.start()
                 # created in this transaction: FREEZE writes the rows frozen (no hint-bit rewrite on first read)
                 into = _format(copy, freeze=created)
-                if table.method == "full_table":
+                if table.method in REPLACING:
                     predicate = key_range.predicate()
                     delete = sql.SQL("DELETE FROM {}").format(target)
                     if predicate is not None:
@@ -338,22 +339,23 @@ class PostgresDestination:
                     report.rows_inserted, report.rows_updated = inserted, updated
                     outcome = self._bookmark(cur, table, stage, key_range, *locked_state(),
                                              source_max)  # fmt: skip
-                if table.method == "full_table":  # no bookmark; the state row is still locked and updated
+                if table.method in REPLACING:  # no bookmark; the state row is still locked (and updated below)
                     before, _ = locked_state()
                     outcome = LoadOutcome(before, before)
                 copy.join()
                 if copy.error is not None:
                     raise copy.error
-                cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, covered_to, "
-                        "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
-                        "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
-                        "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
-                    ).format(self._state()),
-                    (table.id, table.destination_table, table.replication_key, outcome.bookmark_after,
-                     outcome.covered_to if table.method == "key_based" else None),
-                )  # fmt: skip
+                if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
+                        cur.execute(
+                        sql.SQL(
+                            "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, covered_to, "
+                            "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
+                            "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
+                            "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
+                        ).format(self._state()),
+                        (table.id, table.destination_table, table.replication_key, outcome.bookmark_after,
+                         outcome.covered_to if table.method == "key_based" else None),
+                    )  # fmt: skip
             self.conn.commit()  # data, metadata and bookmark move together, or not at all
         except BaseException:
             copy.abort()

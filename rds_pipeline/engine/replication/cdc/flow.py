@@ -91,8 +91,6 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
         _snapshot(connect, destination, usable, result, chunks or {})
         streamed = [t for t in usable if t.id not in result.failures]
         result.stream = _stream(connect, destination, streamed, result)
-        for table_id, changes in result.stream.evolved.items():
-            result.evolved.setdefault(table_id, []).extend(changes)
         wanted = {t.id: r for t, r in ((t, (ranges or {}).get(t.id)) for t in streamed) if r is not None}
         if wanted:  # copy the ranges under a fresh snapshot, then catch up past it: the ranges converge
             copied = snapshot_tables(config.source, destination, [t for t in streamed if t.id in wanted],
@@ -102,8 +100,10 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
                 result.failures[table_id] = f"re-copying its range failed: {_first_line(exc)}. Fix: run it again"
             for table_id, rows in copied.rows.items():
                 result.snapshots[table_id] = rows
-            more = _stream(connect, destination, [t for t in streamed if t.id not in result.failures], result)
-            _merge_stream(result.stream, more)
+            result.stream.extend(_stream(connect, destination, [t for t in streamed if t.id not in result.failures],
+                                         result))  # fmt: skip
+        for table_id, changes in result.stream.evolved.items():
+            result.evolved.setdefault(table_id, []).extend(changes)
         with connect() as conn:
             result.status = slot_status(conn, result.slot)
     finally:
@@ -321,17 +321,3 @@ def _stream(connect: _Connector, destination: Destination, tables: list[Selected
                                              "copies the table again; if it fails the same way, run "
                                              "`rds-pipeline discover` and check its columns")  # fmt: skip
             live = [t for t in live if t.id != exc.table_id]
-
-
-def _merge_stream(into: StreamResult | None, more: StreamResult) -> None:
-    if into is None:
-        return
-    into.end_lsn = more.end_lsn or into.end_lsn
-    into.transactions += more.transactions
-    into.batches += more.batches
-    for kind, count in more.counts.items():
-        into.counts[kind] += count
-    for table_id, counts in more.per_table.items():
-        mine = into.per_table.setdefault(table_id, {})
-        for kind, count in counts.items():
-            mine[kind] = mine.get(kind, 0) + count

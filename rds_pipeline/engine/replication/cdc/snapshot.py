@@ -14,7 +14,6 @@ Python rows) and commits on its own, so memory stays flat and a failure loses on
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import secrets
 import uuid
@@ -108,10 +107,5 @@ def _copy(source: psycopg2.extensions.connection, destination: Destination, tabl
     extraction = ExtractionLog(table=table.id, query=query.as_string(source), started_at=dt.datetime.now(dt.UTC),
                                parameters={"snapshot": snapshot.snapshot_name, "format": copy_format})  # fmt: skip
     copy = CopyOut(source, query, table.id, extraction, binary=binary)
-    report, _ = destination.load(_as_full_table(table), key_range, copy, uuid.uuid4().hex)
+    report, _ = destination.load(table, key_range, copy, uuid.uuid4().hex)
     return report.rows_inserted
-
-
-def _as_full_table(table: SelectedTable) -> SelectedTable:
-    """The snapshot replaces the table's rows (or the range's), as a full-table load does."""
-    return dataclasses.replace(table, method="full_table", replication_key=None)

@@ -63,6 +63,23 @@ class StreamResult:
     counts: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0})
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)  # table id -> changes applied per kind
 
+    def extend(self, more: StreamResult) -> None:
+        """Add a later catch-up of the same run (after a backfill's copy) to this one: every count, and the end."""
+        self.end_lsn = more.end_lsn or self.end_lsn
+        self.target_lsn = more.target_lsn
+        self.transactions += more.transactions
+        self.skipped += more.skipped
+        self.batches += more.batches
+        self.partial_flushes += more.partial_flushes
+        for table_id, changes in more.evolved.items():
+            self.evolved.setdefault(table_id, []).extend(changes)
+        for kind, count in more.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + count
+        for table_id, counts in more.per_table.items():
+            mine = self.per_table.setdefault(table_id, {})
+            for kind, count in counts.items():
+                mine[kind] = mine.get(kind, 0) + count
+
 
 def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[str, str], SelectedTable],
              slot: str, publication: str, *, max_batch_changes: int = 50_000, timeout_seconds: float = 600.0,
