@@ -89,7 +89,7 @@ ENGINE = """
 import dataclasses, json, sys, time
 from rds_pipeline.engine.config import load_config
 from rds_pipeline.engine.destinations.factory import open_destination
-from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog

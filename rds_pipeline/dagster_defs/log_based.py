@@ -20,12 +20,12 @@ import dagster as dg
 
 from rds_pipeline.dagster_defs.execute import TableFailure, TableRun, partition_keys
 from rds_pipeline.dagster_defs.materializations import record_partitions
-from rds_pipeline.dagster_defs.partitions import chunk_ranges
+from rds_pipeline.dagster_defs.partitions import chunk_ranges, range_for_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import CHECK_REPLICA, PART_COLUMNS, PART_PRIMARY_KEY, TableAsset
 from rds_pipeline.engine.config import LogBasedConfig
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.base import LoadingReport
-from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.replication.verify import CheckOutcome, columns_check, combined, primary_key_check
 
 if TYPE_CHECKING:  # the log-based flow loads only when a slot is read
@@ -61,7 +61,7 @@ def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSou
         if table_id in result.snapshots and table_id not in ranges:
             partitions = all_keys  # a whole snapshot: every partition holds its rows
         elif table_id in ranges:
-            partitions = [k for k in all_keys if _in_range(asset, k, all_keys, ranges[table_id])]
+            partitions = [k for k in all_keys if ranges[table_id].contains(range_for_keys(asset.plan, k, k, all_keys))]
         else:
             partitions = all_keys[-1:]
         outcomes = [(CHECK_REPLICA, combined([
@@ -70,16 +70,6 @@ def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSou
         outcomes.append((CHECK_SLOT, slot_check(result, config.log_based)))
         runs.append(TableRun(asset, None, partitions, table_metadata(result, table_id), outcomes))  # type: ignore[arg-type]
     return StreamRun(result, runs, dict(result.failures))
-
-
-def _in_range(asset: TableAsset, key: str, keys: list[str], wanted: KeyRange) -> bool:
-    from rds_pipeline.dagster_defs.partitions import range_for_keys
-
-    part = range_for_keys(asset.plan, key, key, keys)
-    low = wanted.lower if wanted.lower is not None else float("-inf")
-    high = wanted.upper if wanted.upper is not None else float("inf")
-    return (part.lower if part.lower is not None else float("-inf")) >= low and \
-        (part.upper if part.upper is not None else float("inf")) <= high
 
 
 def table_metadata(result: LogBasedResult, table_id: str) -> dict[str, Any]:

@@ -11,17 +11,14 @@
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import math
-import re
 from dataclasses import dataclass
 
 import dagster as dg
 
 from rds_pipeline.dagster_defs.translator import dynamic_partitions_name
-from rds_pipeline.engine.replication.extract import KeyRange
-from rds_pipeline.engine.replication.plan import MAX_HISTORY_CHUNKS
+from rds_pipeline.engine.core.ranges import MAX_HISTORY_CHUNKS, KeyRange, coalesced_spans, covered_span
 from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable, chunkable_key
 
 WHOLE = "all"
@@ -161,32 +158,10 @@ def range_for_keys(plan: PartitionPlan, first_key: str, last_key: str, keys: lis
 
 def chunk_ranges(plan: PartitionPlan, keys: list[str], limit: int = MAX_HISTORY_CHUNKS) -> list[KeyRange]:
     """The table's partitioning as key ranges in key order, for the planner to chunk a history or a
-    full-table sync along. Neighbouring partitions are merged so there are at most ``limit``."""
+    full-table sync along. Neighbouring partitions are merged (the engine's spans) so there are at most ``limit``."""
     if plan.kind == "whole" or len(keys) <= 1:
         return []
-    per = -(-len(keys) // limit)
-    return [range_for_keys(plan, keys[i], keys[min(i + per, len(keys)) - 1], keys) for i in range(0, len(keys), per)]
-
-
-_TEXT_TIME = re.compile(r"^(\d{4,})-(\d\d)-(\d\d)(?:[ T](\d\d):(\d\d)(?::(\d\d(?:\.\d+)?))?)?([+-]\d\d(?::?\d\d)?)?$")
-
-
-def _parse_key_time(text: str) -> dt.datetime | None:
-    """PostgreSQL's ISO text of a date or timestamp (the sessions use UTC) as an aware datetime; None for
-    values outside Python's range (BC, ±infinity, year > 9999)."""
-    match = _TEXT_TIME.match(text.strip())
-    if not match or len(match.group(1)) > 4:
-        return None
-    year, month, day, hour, minute, second, offset = match.groups()
-    seconds = float(second or 0)
-    value = dt.datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(seconds),
-                        int(round((seconds % 1) * 1_000_000)) % 1_000_000, tzinfo=dt.UTC)  # fmt: skip
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        digits = offset[1:].replace(":", "")
-        delta = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
-        value -= sign * delta
-    return value
+    return [range_for_keys(plan, keys[a], keys[b], keys) for a, b in coalesced_spans(len(keys), limit)]
 
 
 def window_starts(plan: PartitionPlan, keys: list[str]) -> list[dt.datetime]:
@@ -198,27 +173,11 @@ def window_starts(plan: PartitionPlan, keys: list[str]) -> list[dt.datetime]:
 
 def covered_keys(plan: PartitionPlan, keys: list[str], key_range: KeyRange,
                  starts: list[dt.datetime] | None = None) -> list[str]:  # fmt: skip
-    """The partitions a copied range reached: those from the one holding its start to the one holding its
-    end. After a committed copy from the bookmark onwards, each of them holds all its rows."""
-    if not keys:
-        return []
-    if plan.kind == "whole" or (key_range.lower is None and key_range.upper is None):
+    """The partitions a copied range reached (the engine's ``covered_span`` over the partitions' starts)."""
+    if plan.kind == "whole":
         return list(keys)
-    start, end = 0, len(keys)
     if plan.kind == "time":
-        starts = starts if starts is not None else window_starts(plan, keys)
-        low = _parse_key_time(str(key_range.lower)) if key_range.lower is not None else None
-        high = _parse_key_time(str(key_range.upper)) if key_range.upper is not None else None
-        if low is not None:
-            start = max(0, bisect.bisect_right(starts, low) - 1)
-        if high is not None:
-            end = max(start + 1, bisect.bisect_left(starts, high))
-        return keys[start:end]
-    lows = [range_bounds(k)[0] for k in keys]
-    if key_range.lower is not None:
-        start = max(0, max((i for i, low in enumerate(lows) if low is None or low <= int(key_range.lower)),
-                           default=0))  # fmt: skip
-    if key_range.upper is not None:
-        end = max(start + 1, next((i for i, low in enumerate(lows) if low is not None and low >= int(key_range.upper)),
-                                  len(keys)))  # fmt: skip
-    return keys[start:end]
+        first, end = covered_span(starts if starts is not None else window_starts(plan, keys), key_range)
+    else:
+        first, end = covered_span([range_bounds(k)[0] for k in keys], key_range)
+    return keys[first:end]

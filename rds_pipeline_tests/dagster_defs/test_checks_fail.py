@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.replication.verify import (
     columns_check,

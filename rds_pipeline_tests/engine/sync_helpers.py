@@ -12,8 +12,8 @@ import psycopg2
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import IntegrationConfig, parse_config
+from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.replication.extract import apply_session_settings
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection
 from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.engine.source.session import SourceSession

@@ -6,10 +6,11 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
+from rds_pipeline.engine.core.changes import ChangeBatch
+from rds_pipeline.engine.core.messages import Begin, Commit, lsn_text
 from rds_pipeline.engine.destinations.base import LoadError
 from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, apply_batch
-from rds_pipeline.engine.replication.cdc.batch import ChangeBatch
-from rds_pipeline.engine.replication.cdc.pgoutput import Begin, Commit, PgOutputDecoder, lsn_text
+from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 

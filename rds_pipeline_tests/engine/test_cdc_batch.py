@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from rds_pipeline.engine.replication.cdc.batch import DELETE, UPSERT, BatchError, ChangeBatch
-from rds_pipeline.engine.replication.cdc.pgoutput import (
+from rds_pipeline.engine.core.changes import DELETE, UPSERT, BatchError, ChangeBatch
+from rds_pipeline.engine.core.messages import (
     UNCHANGED,
     Begin,
     Commit,
     Delete,
     Insert,
-    PgOutputDecoder,
     Relation,
     RelationColumn,
     Truncate,
     Update,
 )
+from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline_tests.engine.test_pgoutput import load
 
 T = Relation(None, 1, "public", "t", "d", (RelationColumn("id", 23, -1, True), RelationColumn("v", 25, -1, False),

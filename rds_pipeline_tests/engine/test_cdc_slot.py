@@ -6,7 +6,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.replication.cdc.pgoutput import Delete, Insert, PgOutputDecoder, Relation
+from rds_pipeline.engine.core.messages import Delete, Insert, Relation
+from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.engine.replication.cdc.slot import (
     create_publication,
     create_slot,

@@ -13,18 +13,16 @@ from typing import Any
 
 import pytest
 
-from rds_pipeline.engine.replication.cdc.pgoutput import (
+from rds_pipeline.engine.core.messages import (
     UNCHANGED,
     Begin,
     BeginPrepare,
     Commit,
     CommitPrepared,
-    DecodeError,
     Delete,
     Insert,
     LogicalMessage,
     Origin,
-    PgOutputDecoder,
     Prepare,
     Relation,
     RollbackPrepared,
@@ -38,6 +36,7 @@ from rds_pipeline.engine.replication.cdc.pgoutput import (
     lsn_text,
     timestamp,
 )
+from rds_pipeline.engine.replication.cdc.pgoutput import DecodeError, PgOutputDecoder
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.pgoutput_capture import BIG, FIXTURES, STREAMED_ROWS, capture, server_version
 

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from rds_pipeline.engine.replication.extract import KeyRange
-from rds_pipeline.engine.replication.plan import MAX_HISTORY_CHUNKS, Request, TableState, coalesce_chunks, plan_sync
+import datetime as dt
+
+from rds_pipeline.engine.core.ranges import (
+    MAX_HISTORY_CHUNKS,
+    KeyRange,
+    coalesce_chunks,
+    coalesced_spans,
+    covered_span,
+    parse_key_time,
+)
+from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.replication.plan import Request, plan_sync
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column, Relation
 
@@ -79,7 +89,28 @@ def test_a_long_history_is_at_most_max_chunks_on_partition_edges() -> None:
     ranges = [KeyRange("id", lower=None if i == 0 else edges[i], upper=None if i == 199 else edges[i + 1])
               for i in range(200)]  # fmt: skip
     merged = coalesce_chunks(ranges)
-    assert len(merged) <= MAX_HISTORY_CHUNKS
-    assert merged[0].lower is None and merged[-1].upper is None
-    assert all(a.upper == b.lower for a, b in zip(merged, merged[1:], strict=False))  # no gap, no overlap
-    assert {m.lower for m in merged[1:]} <= set(edges)
+    assert MAX_HISTORY_CHUNKS == 64 and len(merged) == 50  # 4 partitions per chunk: ceil(200 / 64)
+    # exactly: every 4th partition edge, the first open below (with NULLs as the first partition was), the last
+    # open above, no gap and no overlap
+    expected = [KeyRange("id", lower=None if k == 0 else edges[4 * k], upper=None if k == 49 else edges[4 * k + 4])
+                for k in range(50)]  # fmt: skip
+    assert merged == expected
+    assert coalesce_chunks(ranges[:64]) == ranges[:64]  # at the limit: untouched
+    assert coalesced_spans(5, 2) == [(0, 2), (3, 4)] and coalesced_spans(0) == []
+
+
+def test_covered_span_of_integer_and_time_windows() -> None:
+    lows = [None, 1001, 2001, 3001]  # the first window is open below
+    assert covered_span(lows, KeyRange("id")) == (0, 4)
+    assert covered_span(lows, KeyRange("id", lower=1500)) == (1, 4)
+    assert covered_span(lows, KeyRange("id", lower=500, upper=2001)) == (0, 2)
+    assert covered_span(lows, KeyRange("id", lower=2001, upper=2500)) == (2, 3)
+    assert covered_span(lows, KeyRange("id", lower=5000)) == (3, 4)  # past the last start: the open last window
+    starts = [dt.datetime(2024, m, 1, tzinfo=dt.UTC) for m in (1, 2, 3)]
+    assert covered_span(starts, KeyRange("t", lower="2024-02-15 10:00:00+00")) == (1, 3)
+    assert covered_span(starts, KeyRange("t", lower="2023-01-01", upper="2024-02-01")) == (0, 1)
+    assert covered_span(starts, KeyRange("t", lower="2024-01-31 23:30:00-01")) == (1, 3)  # 00:30 UTC in February
+    assert covered_span(starts, KeyRange("t", lower="infinity")) == (0, 3)  # outside Python's range: unbounded
+    assert parse_key_time("2024-02-01 00:00:00.5+05:30") == dt.datetime(2024, 1, 31, 18, 30, 0, 500000, tzinfo=dt.UTC)
+    assert KeyRange("id", 1000, 2000).contains(KeyRange("id", 1200, 2000))
+    assert not KeyRange("id", 1000, 2000).contains(KeyRange("id", 1200, None))

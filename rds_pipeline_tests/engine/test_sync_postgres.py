@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.base import IntegrationRenamed, LoadError
-from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.replication.sync import binary_copy, sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog

@@ -24,8 +24,9 @@ from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.errors import RdsPipelineError
 
 if TYPE_CHECKING:
-    from rds_pipeline.engine.replication.extract import CopyOut, KeyRange
-    from rds_pipeline.engine.replication.plan import TableState
+    from rds_pipeline.engine.core.copy_out import CopyOut
+    from rds_pipeline.engine.core.ranges import KeyRange
+    from rds_pipeline.engine.core.state import TableState
     from rds_pipeline.engine.selection import SelectedTable
 
 STATE_TABLE = "_rds_pipeline_state"

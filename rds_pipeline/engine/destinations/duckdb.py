@@ -20,6 +20,9 @@ import duckdb
 
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.core.copy_out import CopyOut
+from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.state import TableState
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
@@ -35,8 +38,6 @@ from rds_pipeline.engine.destinations.base import (
 from rds_pipeline.engine.destinations.types import duckdb_type
 from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.quoting import quote_ident, quote_literal
-from rds_pipeline.engine.replication.extract import CopyOut, KeyRange
-from rds_pipeline.engine.replication.plan import TableState
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
 

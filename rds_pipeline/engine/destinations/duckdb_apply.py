@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
+from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, LoadError
 from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, convert, csv_source, dq, run
 from rds_pipeline.engine.destinations.postgres_apply import (
@@ -27,8 +29,6 @@ from rds_pipeline.engine.destinations.postgres_apply import (
     ApplyReport,
     TableApplyError,
 )
-from rds_pipeline.engine.replication.cdc.batch import DELETE, ChangeBatch, RowChange
-from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
 

@@ -21,6 +21,10 @@ from psycopg2 import sql
 
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import DestinationConfig, IntegrationConfig
+from rds_pipeline.engine.core.copy_out import CopyOut
+from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.session_settings import apply_session_settings
+from rds_pipeline.engine.core.state import TableState
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
@@ -35,8 +39,6 @@ from rds_pipeline.engine.destinations.base import (
 )
 from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.quoting import quote_ident
-from rds_pipeline.engine.replication.extract import CopyOut, KeyRange, apply_session_settings
-from rds_pipeline.engine.replication.plan import TableState
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import libpq_params
 

@@ -21,12 +21,12 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
+from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, STATE_TABLE, LoadError
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
 from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.quoting import quote_ident
-from rds_pipeline.engine.replication.cdc.batch import DELETE, ChangeBatch, RowChange
-from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.selection import SelectedTable
 
 SLOTS_TABLE = "_rds_pipeline_slots"

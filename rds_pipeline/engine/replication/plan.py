@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rds_pipeline.engine.replication.extract import KeyRange
+from rds_pipeline.engine.core.ranges import KeyRange, coalesce_chunks
+from rds_pipeline.engine.core.state import TableState
 from rds_pipeline.engine.selection import SelectedTable
-
-MAX_HISTORY_CHUNKS = 64  # a history over 29,000 daily windows is still at most this many queries
 
 
 class RequestKind(StrEnum):
@@ -51,20 +50,6 @@ class Request:
     @classmethod
     def range(cls, key_range: KeyRange) -> Request:
         return cls(RequestKind.RANGE, key_range, latest=key_range.upper is None)
-
-
-@dataclass(frozen=True)
-class TableState:
-    """What the destination holds for one table: its bookmark, and whether its table exists at all."""
-
-    table_exists: bool
-    bookmark: str | None = None
-    covered_to: str | None = None  # every key below this was copied (ranges contiguous with the bookmark)
-
-    @property
-    def usable(self) -> bool:
-        """A bookmark counts only while the data it describes is there."""
-        return self.table_exists and self.bookmark is not None
 
 
 @dataclass(frozen=True)
@@ -98,19 +83,6 @@ def _history(chunks: list[KeyRange], column: str | None, reason: str) -> Plan:
     if len(chunks) <= 1:
         return Plan([Step(KeyRange(column, include_nulls=column is not None))], True, reason)
     return Plan([Step(r) for r in coalesce_chunks(chunks)], True, reason)
-
-
-def coalesce_chunks(chunks: list[KeyRange], limit: int = MAX_HISTORY_CHUNKS) -> list[KeyRange]:
-    """Merge neighbouring chunks so there are at most ``limit``; boundaries stay on partition edges."""
-    if len(chunks) <= limit:
-        return list(chunks)
-    per = -(-len(chunks) // limit)
-    merged = []
-    for start in range(0, len(chunks), per):
-        group = chunks[start : start + per]
-        merged.append(KeyRange(group[0].column, lower=group[0].lower, upper=group[-1].upper,
-                               include_nulls=group[0].include_nulls))  # fmt: skip
-    return merged
 
 
 def _plan_key_based(table: SelectedTable, state: TableState, request: Request, chunks: list[KeyRange]) -> Plan:

@@ -22,17 +22,13 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine import interrupts
+from rds_pipeline.engine.core.copy_out import CopyOut, ExtractionLog, source_in_recovery
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.base import Destination, LoadError, LoadingReport
 from rds_pipeline.engine.destinations.types import binary_refusal, postgres_type
 from rds_pipeline.engine.errors import ConnectionProblem
 from rds_pipeline.engine.progress import table_done
-from rds_pipeline.engine.replication.extract import (
-    CopyOut,
-    ExtractionLog,
-    KeyRange,
-    select_query,
-    source_in_recovery,
-)
+from rds_pipeline.engine.replication.extract import select_query
 from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.session import SourceSession

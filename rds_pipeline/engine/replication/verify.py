@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.base import METADATA_COLUMNS
-from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.selection import SelectedTable
 
 

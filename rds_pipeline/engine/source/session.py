@@ -16,7 +16,8 @@ import psycopg2.extensions
 
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.replication.extract import CANCEL_WAIT_SECONDS, apply_session_settings, bounded
+from rds_pipeline.engine.core.copy_out import CANCEL_WAIT_SECONDS, bounded
+from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened

@@ -15,8 +15,8 @@ import dataclasses
 
 import psycopg2.extensions
 
+from rds_pipeline.engine.core.messages import Relation
 from rds_pipeline.engine.quoting import quote_ident
-from rds_pipeline.engine.replication.cdc.pgoutput import Relation
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
 

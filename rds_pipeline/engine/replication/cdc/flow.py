@@ -30,6 +30,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.destinations.postgres_apply import TableApplyError
@@ -40,7 +41,6 @@ from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_public
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
 from rds_pipeline.engine.replication.cdc.snapshot import snapshot_tables, temporary_slot_name
 from rds_pipeline.engine.replication.cdc.stream import GapDetected, StreamResult, catch_up
-from rds_pipeline.engine.replication.extract import KeyRange
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 

@@ -24,16 +24,13 @@ from typing import TYPE_CHECKING
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.core.copy_out import CopyOut, ExtractionLog
+from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.replication.cdc.slot import SlotSnapshot, create_slot, replication_connection, use_snapshot
-from rds_pipeline.engine.replication.extract import (
-    CopyOut,
-    ExtractionLog,
-    KeyRange,
-    apply_session_settings,
-    select_query,
-)
+from rds_pipeline.engine.replication.extract import select_query
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source
 

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.core.changes import ChangeBatch, Layout
+from rds_pipeline.engine.core.messages import Begin, Commit, Relation, lsn_text
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.errors import RdsPipelineError
-from rds_pipeline.engine.replication.cdc.batch import ChangeBatch, Layout
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
-from rds_pipeline.engine.replication.cdc.pgoutput import Begin, Commit, PgOutputDecoder, Relation, lsn_text
+from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.engine.replication.cdc.slot import replication_connection
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source

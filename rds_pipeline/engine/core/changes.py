@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from rds_pipeline.engine.replication.cdc.pgoutput import UNCHANGED, Delete, Insert, Relation, Truncate, Update, Value
+from rds_pipeline.engine.core.messages import UNCHANGED, Delete, Insert, Relation, Truncate, Update, Value
 
 T = TypeVar("T")
 UPSERT = "upsert"
