@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from rds_pipeline.engine.config import ConfigError, load_config
-from rds_pipeline.engine.errors import ConnectionProblem, RdsPipelineError
-from rds_pipeline.engine.selection import SelectionError
+from rds_pipeline.engine.config import load_config
+from rds_pipeline.engine.errors import ConfigError, ConnectionProblem, RdsPipelineError, SelectionError
 
 
 def _test_connection(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.destinations.postgres_apply import SLOTS_TABLE
+from rds_pipeline.engine.destinations.base import SLOTS_TABLE
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.cli_runs import Cli, kill_9, make_cli, source_backends, wait_for
 from rds_pipeline_tests.dagster_defs.project import Project, make_project

@@ -28,8 +28,7 @@ from rds_pipeline.dagster_defs.tables import (
     TableAsset,
 )
 from rds_pipeline.engine import interrupts
-from rds_pipeline.engine.destinations.base import LoadError
-from rds_pipeline.engine.errors import ConnectionProblem, RdsPipelineError
+from rds_pipeline.engine.errors import ConnectionProblem, LoadError, RdsPipelineError
 from rds_pipeline.engine.replication.plan import Request
 from rds_pipeline.engine.replication.sync import SyncResult, sync_table
 from rds_pipeline.engine.replication.verify import (

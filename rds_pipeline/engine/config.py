@@ -18,6 +18,10 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from rds_pipeline.engine.errors import ConfigError, FrequencyError
+from rds_pipeline.engine.frequency import parse_frequency
+from rds_pipeline.engine.naming import slot_name as default_slot_name
+from rds_pipeline.engine.naming import snake_case
 from rds_pipeline.engine.ownership import parse_owners, parse_tags
 from rds_pipeline.engine.secrets import Secret
 
@@ -30,17 +34,6 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _BARE_ENV_REF = re.compile(r"(:[ \t]+)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\"'\n]*)?\})(?=[ \t]*(?:[,}\]]|#|$))", re.M)
 _HOST_WITH_PORT = re.compile(r"^(?P<host>[^:\[\]/]+):(?P<port>\d+)$")
 _REQUIRED = object()
-
-
-class ConfigError(ValueError):
-    """Raised when the config is invalid; ``problems`` holds one ``key: what is wrong. Fix: …`` per line."""
-
-    def __init__(self, problems: list[str], path: Path | None = None) -> None:
-        self.problems = problems
-        self.path = path
-        where = f" in {path}" if path else ""
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"rds_pipeline config has {len(problems)} problem(s){where}:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -159,15 +152,12 @@ class IntegrationConfig:
 
     @property
     def destination_schema(self) -> str:
-        from rds_pipeline.engine.naming import snake_case
 
         return snake_case(self.integration_name)
 
     @property
     def slot_name(self) -> str:
-        from rds_pipeline.engine.naming import slot_name
-
-        return self.log_based.slot or slot_name(self.destination_schema)
+        return self.log_based.slot or default_slot_name(self.destination_schema)
 
     @property
     def publication_name(self) -> str:
@@ -391,7 +381,6 @@ class _Reader:
             return None
         allow_rename = self.boolean("", top, "allow_integration_rename", False)
         schedule = top.get("schedule")
-        from rds_pipeline.engine.frequency import FrequencyError, parse_frequency
 
         try:
             parse_frequency(schedule)

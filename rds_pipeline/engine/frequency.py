@@ -12,14 +12,12 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
+from rds_pipeline.engine.errors import FrequencyError
+
 INTERVALS = {"30min": 30, "1h": 60, "6h": 360, "12h": 720, "24h": 1440}
 DEFAULT_SCHEDULE = "1h"
 _FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*"
 _CRON = re.compile(rf"{_FIELD}(\s+{_FIELD}){{4}}")
-
-
-class FrequencyError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from rds_pipeline.engine.errors import FrequencyError, SelectionError
+from rds_pipeline.engine.frequency import parse_frequency
 from rds_pipeline.engine.naming import MAX_IDENTIFIER, destination_table_name
 from rds_pipeline.engine.ownership import parse_owners, parse_tags
 from rds_pipeline.engine.quoting import quote_ident
@@ -24,14 +26,6 @@ GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
 DEFAULT_CHUNK_ROWS = 1_000_000
 _UNORDERED_TYPES = {"json", "jsonb", "xml", "tsvector", "tsquery", "point", "line", "lseg", "box", "path",
                     "polygon", "circle", "bytea", "txid_snapshot", "pg_snapshot"}  # fmt: skip
-
-
-class SelectionError(ValueError):
-    """The selection does not match the catalog; ``problems`` names each table or column and the fix."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"{len(problems)} problem(s) in `tables:`:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -242,7 +236,6 @@ def _resolve_entry(
         problems.append(f"{label}.chunk_rows: expected a whole number of at least 1000, got {chunk_rows!r}")
         return None
     if entry.get("schedule") is not None:
-        from rds_pipeline.engine.frequency import FrequencyError, parse_frequency
 
         try:
             parse_frequency(entry["schedule"], key=f"{label}.schedule")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rds_pipeline.dagster_defs.automation import SENSOR
-from rds_pipeline.engine.config import ConfigError
+from rds_pipeline.engine.errors import ConfigError
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import Project, key, make_project
 from rds_pipeline_tests.dagster_defs.test_timeline import materialize, replica_rows, source_rows

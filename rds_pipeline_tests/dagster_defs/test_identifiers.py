@@ -13,7 +13,7 @@ import pytest
 from rds_pipeline.cli import main as cli
 from rds_pipeline.dagster_defs.run import run_sync
 from rds_pipeline.dagster_defs.translator import key_part
-from rds_pipeline.engine.selection import SelectionError
+from rds_pipeline.engine.errors import SelectionError
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import make_project
 

@@ -47,7 +47,7 @@ def test_binary_copy_is_exact_across_versions(direction: str, request: pytest.Fi
     assert binary_refusal((by_name["e_arr"],)) == "column e_arr (mood[]) becomes text[] in the destination"
     assert binary_refusal((by_name["ir"],)) == "column ir is of type int4range (range): it moves as text"
     for table in (exact, whole):
-        copied = rows_as_text(target, f"bin_{scratch.dest_db}", dest._target(table), table.column_names, ("id",))
+        copied = rows_as_text(target, f"bin_{scratch.dest_db}", dest.target(table), table.column_names, ("id",))
         assert copied == scratch.source_rows(table), table.destination_table
     assert binary.report.rows_inserted == 5
     dest.close()

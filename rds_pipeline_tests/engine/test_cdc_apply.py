@@ -8,8 +8,7 @@ import pytest
 
 from rds_pipeline.engine.core.changes import ChangeBatch
 from rds_pipeline.engine.core.messages import Begin, Commit, lsn_text
-from rds_pipeline.engine.destinations.base import LoadError
-from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, apply_batch
+from rds_pipeline.engine.errors import LoadError
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
@@ -57,9 +56,9 @@ def test_changes_apply_exactly_with_their_lsn(logical_servers: list[LocalPostgre
                 "UPDATE t SET v = 'changed' WHERE id = 2; UPDATE t SET id = 30 WHERE id = 3;"
                 "DELETE FROM t WHERE id = 4; INSERT INTO t VALUES (4, 'again', 'small')")  # fmt: skip
     batch = changes(server, scratch.source_db, slot)
-    report = apply_batch(dest, tables, batch, slot)
+    report = dest.changes().apply_batch(tables, batch, slot)
     assert dest.fetch_rows(table) == scratch.source_rows(table)
-    assert applied_lsn(dest, slot) == report.lsn == lsn_text(batch.end_lsn)  # type: ignore[arg-type]
+    assert dest.changes().applied_lsn(slot) == report.lsn == lsn_text(batch.end_lsn)  # type: ignore[arg-type]
 
     # batch 2: updates whose large values only the destination holds (one also moving its key), a TRUNCATE
     # between other changes, an insert and an update of one key in one batch
@@ -68,23 +67,23 @@ def test_changes_apply_exactly_with_their_lsn(logical_servers: list[LocalPostgre
     pending = [c for s in before_truncate.segments for rows in s.changes.values() for c in rows.values()]
     assert any(c.moved_from for c in pending)  # 30 -> 31: its large value is under 30 in the destination
     assert any(not c.complete and not c.moved_from for c in pending)  # 1: the destination keeps its value
-    apply_batch(dest, tables, before_truncate, slot)
+    dest.changes().apply_batch(tables, before_truncate, slot)
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     scratch.sql(f"INSERT INTO t VALUES (9, 'gone', 'x'); TRUNCATE t; INSERT INTO t SELECT id, 'new', {BIG} "
                 "FROM generate_series(7, 8) id; UPDATE t SET v = 'newer' WHERE id = 8")  # fmt: skip
     batch = changes(server, scratch.source_db, slot)
     assert len(batch.segments) == 2
-    apply_batch(dest, tables, batch, slot)
+    dest.changes().apply_batch(tables, batch, slot)
     assert dest.fetch_rows(table) == scratch.source_rows(table)
-    apply_batch(dest, tables, batch, slot)  # applied twice (a crash before the slot was told): the same rows
+    dest.changes().apply_batch(tables, batch, slot)  # applied twice (a crash before the slot was told): the same rows
     assert dest.fetch_rows(table) == scratch.source_rows(table)
 
     # a replica missing a row that the stream updates with an unchanged large value: refused, nothing written
     scratch.sql("DELETE FROM test_replica.t WHERE id = 7", scratch.dest_db)
     scratch.sql("UPDATE t SET v = 'needs the row' WHERE id = 7")
-    lsn = applied_lsn(dest, slot)
+    lsn = dest.changes().applied_lsn(slot)
     with pytest.raises(LoadError, match="re-snapshot"):
-        apply_batch(dest, tables, changes(server, scratch.source_db, slot), slot)
-    assert applied_lsn(dest, slot) == lsn
+        dest.changes().apply_batch(tables, changes(server, scratch.source_db, slot), slot)
+    assert dest.changes().applied_lsn(slot) == lsn
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rds_pipeline.engine.core.changes import DELETE, UPSERT, BatchError, ChangeBatch
+from rds_pipeline.engine.core.changes import DELETE, UPSERT, ChangeBatch
 from rds_pipeline.engine.core.messages import (
     UNCHANGED,
     Begin,
@@ -17,6 +17,7 @@ from rds_pipeline.engine.core.messages import (
     Truncate,
     Update,
 )
+from rds_pipeline.engine.errors import BatchError
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline_tests.engine.test_pgoutput import load
 

@@ -20,7 +20,7 @@ from rds_pipeline_tests.engine.test_sync_postgres import ZOO_DDL
 def same(scratch: Scratch, dest, name: str, key: str = "id") -> None:  # noqa: ANN001
     """The replica equals the source on the source's current columns (re-discovered)."""
     table = scratch.one({"name": f"public.{name}"})
-    copied = rows_as_text(scratch.server, scratch.dest_db, dest._target(table), table.column_names, (key,))
+    copied = rows_as_text(scratch.server, scratch.dest_db, dest.target(table), table.column_names, (key,))
     assert copied == scratch.source_rows(table)
 
 

@@ -11,10 +11,9 @@ import threading
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, forget_slot, snapshot_lsns
+from rds_pipeline.engine.errors import GapDetected
 from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 from rds_pipeline.engine.replication.cdc.slot import slot_status
-from rds_pipeline.engine.replication.cdc.stream import GapDetected
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import Scratch, make_scratch
 
@@ -99,7 +98,7 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
 
     # 4. u deselected: its snapshot is forgotten (the slot moves past its changes); added back: copied again
     sync_log_based(scratch.config, dest, [t])
-    assert u.id not in snapshot_lsns(dest, slot)
+    assert u.id not in dest.changes().snapshot_lsns(slot)
     scratch.sql("INSERT INTO u VALUES (2, 'while away', 'z')")
     back = sync_log_based(scratch.config, dest, [t, u])
     assert u.id in back.snapshots
@@ -123,14 +122,14 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")
     with pytest.raises(GapDetected, match="cdc drop"):
         sync_log_based(scratch.config, dest, [t, u, nokey])
-    forget_slot(dest, slot)
+    dest.changes().forget_slot(slot)
     scratch.sql("DELETE FROM t WHERE id < 1000")
     again = sync_log_based(scratch.config, dest, [t, u, nokey])
     assert set(again.snapshots) == {t.id, u.id, nokey.id}
     equal(scratch, dest, t, u, nokey)
     with psycopg2.connect(**server.dsn(scratch.source_db)) as conn:
         status = slot_status(conn, slot)
-        assert status is not None and not status.active and applied_lsn(dest, slot) == status.confirmed_flush_lsn
+        assert status is not None and not status.active and dest.changes().applied_lsn(slot) == status.confirmed_flush_lsn
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")
 

@@ -11,10 +11,10 @@ import psycopg2
 import pytest
 
 from rds_pipeline.dagster_defs.log_based import slot_check
+from rds_pipeline.engine.errors import GapDetected, SlotBusy
 from rds_pipeline.engine.replication.cdc import admin
-from rds_pipeline.engine.replication.cdc.flow import LogBasedResult, SlotBusy, sync_log_based
+from rds_pipeline.engine.replication.cdc.flow import LogBasedResult, sync_log_based
 from rds_pipeline.engine.replication.cdc.slot import replication_connection, slot_status
-from rds_pipeline.engine.replication.cdc.stream import GapDetected
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 

@@ -9,7 +9,6 @@ import threading
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.destinations.postgres_apply import applied_lsn
 from rds_pipeline.engine.replication.cdc.slot import create_publication
 from rds_pipeline.engine.replication.cdc.snapshot import snapshot_tables
 from rds_pipeline.engine.replication.cdc.stream import catch_up
@@ -53,7 +52,7 @@ def test_snapshot_then_stream_under_a_concurrent_writer(logical_servers: list[Lo
     try:
         slot = f"handoff_{scratch.source_db}"
         snapshot = snapshot_tables(scratch.config.source, dest, [table], slot)
-        assert snapshot.rows[table.id] >= 100_000 - 5_000 and applied_lsn(dest, slot) == snapshot.consistent_point
+        assert snapshot.rows[table.id] >= 100_000 - 5_000 and dest.changes().applied_lsn(slot) == snapshot.consistent_point
         first = catch_up(scratch.config.source, dest, {("public", "h"): table}, slot, "handoff_pub")
         assert first.transactions > 0  # the writer's changes during the snapshot came through the slot
     finally:

@@ -15,7 +15,6 @@ import textwrap
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.destinations.postgres_apply import applied_lsn, was_reading
 from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 from rds_pipeline.engine.replication.cdc.slot import slot_status
 from rds_pipeline.engine.replication.cdc.stream import lsn_int
@@ -86,18 +85,18 @@ def test_kill_9_around_the_destination_commit(logical_servers: list[LocalPostgre
     child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw), moment], capture_output=True, text=True,
                            timeout=120)  # fmt: skip
     assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
-    held = applied_lsn(dest, scratch.config.slot_name)
+    held = dest.changes().applied_lsn(scratch.config.slot_name)
     with psycopg2.connect(**server.dsn(scratch.source_db)) as conn:
         status = slot_status(conn, scratch.config.slot_name)
     assert status is not None and held is not None
     if lsn_int(status.confirmed_flush_lsn) > lsn_int(held):  # type: ignore[arg-type]
-        assert was_reading(dest, scratch.config.slot_name)  # the interrupted run is on record
+        assert dest.changes().was_reading(scratch.config.slot_name)  # the interrupted run is on record
     with dest.conn, dest.conn.cursor() as cur:
         cur.execute(f'SELECT count(*) FROM "{dest.schema}".k')
         partial = cur.fetchone()[0]
     assert 100 < partial < 5100  # the kill came mid-stream: some batches in, not all
     again = sync_log_based(scratch.config, dest, [table])  # no false gap: the run resumes
-    assert not again.failures and not was_reading(dest, scratch.config.slot_name)
+    assert not again.failures and not dest.changes().was_reading(scratch.config.slot_name)
     assert dest.fetch_rows(table) == scratch.source_rows(table)  # nothing lost, nothing doubled
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.destinations.postgres_apply import SLOTS_TABLE, applied_lsn, apply_batch
+from rds_pipeline.engine.destinations.base import SLOTS_TABLE
+from rds_pipeline.engine.errors import GapDetected
 from rds_pipeline.engine.replication.cdc import stream
 from rds_pipeline.engine.replication.cdc.slot import (
     create_publication,
@@ -14,7 +15,7 @@ from rds_pipeline.engine.replication.cdc.slot import (
     replication_connection,
     slot_status,
 )
-from rds_pipeline.engine.replication.cdc.stream import GapDetected, catch_up, lsn_int
+from rds_pipeline.engine.replication.cdc.stream import catch_up, lsn_int
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 
@@ -41,7 +42,7 @@ def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], mo
     # three transactions: the one on the unpublished table sends nothing
     assert first.transactions == 3 and first.counts["insert"] == 500 and first.counts["delete"] == 10
     status = slot_status(psycopg2.connect(**server.dsn(scratch.source_db)), slot)
-    assert status is not None and status.confirmed_flush_lsn == first.end_lsn == applied_lsn(dest, slot)
+    assert status is not None and status.confirmed_flush_lsn == first.end_lsn == dest.changes().applied_lsn(slot)
 
     # nothing new (only writes to an unpublished table): the run reaches its target and stops
     scratch.sql("INSERT INTO other SELECT generate_series(1, 100)")
@@ -55,7 +56,7 @@ def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], mo
         pass
 
     def apply_then_die(self, cur, batch, result, partial=False):  # noqa: ANN001, ANN202 - the real apply, then a crash
-        apply_batch(self.destination, self.tables, batch, self.slot)
+        self.destination.changes().apply_batch(self.tables, batch, self.slot)
         raise Crash
 
     with monkeypatch.context() as patch, pytest.raises(Crash):
@@ -63,14 +64,14 @@ def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], mo
         catch_up(scratch.config.source, dest, tables, slot, "stream_pub")
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     unconfirmed = slot_status(psycopg2.connect(**server.dsn(scratch.source_db)), slot)
-    crashed = applied_lsn(dest, slot)  # the batch's LSN: committed in the destination, never told to the server
+    crashed = dest.changes().applied_lsn(slot)  # the batch's LSN: committed in the destination, never told to the server
     assert unconfirmed is not None and lsn_int(unconfirmed.confirmed_flush_lsn) < lsn_int(crashed)  # type: ignore[arg-type]
     again = catch_up(scratch.config.source, dest, tables, slot, "stream_pub")
     # resumed from the destination's LSN: the transaction is not applied twice (the server does not resend what
     # starts before the requested position; anything it does resend is skipped by its LSN)
     assert again.transactions == 0 and dest.fetch_rows(table) == scratch.source_rows(table)
     confirmed = slot_status(psycopg2.connect(**server.dsn(scratch.source_db)), slot).confirmed_flush_lsn  # type: ignore[union-attr]
-    assert confirmed == applied_lsn(dest, slot) == again.end_lsn  # and now the server is told
+    assert confirmed == dest.changes().applied_lsn(slot) == again.end_lsn  # and now the server is told
     # a slot ahead of the destination (the destination's LSN rewound): changes were lost; refused loudly
     scratch.sql(f"UPDATE test_replica.{SLOTS_TABLE} SET lsn = '0/1'", scratch.dest_db)
     with pytest.raises(GapDetected, match="cdc drop"):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rds_pipeline.engine.config import CONFIG_ENV_VAR, ConfigError, load_config, parse_config
+from rds_pipeline.engine.config import CONFIG_ENV_VAR, load_config, parse_config
+from rds_pipeline.engine.errors import ConfigError
 from rds_pipeline.engine.secrets import Secret
 
 VALID = """

@@ -36,7 +36,8 @@ from rds_pipeline.engine.core.messages import (
     lsn_text,
     timestamp,
 )
-from rds_pipeline.engine.replication.cdc.pgoutput import DecodeError, PgOutputDecoder
+from rds_pipeline.engine.errors import DecodeError
+from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.pgoutput_capture import BIG, FIXTURES, STREAMED_ROWS, capture, server_version
 

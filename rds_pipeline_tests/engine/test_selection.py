@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rds_pipeline.engine.errors import SelectionError
 from rds_pipeline.engine.naming import snake_case
-from rds_pipeline.engine.selection import SelectionError, resolve_selection
+from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.selection_edit import edit_selection
 from rds_pipeline.engine.source.catalog import Catalog
 

@@ -61,7 +61,7 @@ def duck_text(dest: DuckDBDestination, table: SelectedTable) -> list[tuple[Any, 
         for c in table.columns
     ]
     order = ", ".join(f"CAST({dq(c)} AS VARCHAR)" for c in table.primary_key or table.column_names)
-    return run(dest.conn, f"SELECT {', '.join(exprs)} FROM {dest._target(table)} ORDER BY {order}").fetchall()
+    return run(dest.conn, f"SELECT {', '.join(exprs)} FROM {dest.target(table)} ORDER BY {order}").fetchall()
 
 
 def same(pg: str | None, duck: str | None, kind: str) -> bool:
@@ -255,7 +255,7 @@ def test_a_duckdb_replica_has_no_key_index_and_a_duplicate_is_still_caught(pg18:
     assert again.report.rows_inserted == 0 and again.report.rows_updated >= 10 and dest.row_count(table) == 500
     assert not dest.primary_key_enforced(table)
     assert primary_key_check(dest.duplicate_keys(table), table).passed
-    run(dest.conn, f"INSERT INTO {dest._target(table)} (id, v) VALUES (7, 'twin')")
+    run(dest.conn, f"INSERT INTO {dest.target(table)} (id, v) VALUES (7, 'twin')")
     failed = primary_key_check(dest.duplicate_keys(table), table)
     assert not failed.passed and failed.metadata["duplicate_keys"] == 1
     dest.close()
@@ -268,7 +268,7 @@ def test_a_duckdb_file_held_by_another_process_waits_then_names_the_fix(tmp_path
     import sys
     import time
 
-    from rds_pipeline.engine.destinations.duckdb import DestinationBusy
+    from rds_pipeline.engine.errors import DestinationBusy
 
     path = tmp_path / "busy.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "

@@ -14,8 +14,9 @@ import psycopg2
 import pytest
 
 from rds_pipeline.engine.core.ranges import KeyRange
-from rds_pipeline.engine.destinations.base import IntegrationRenamed, LoadError
-from rds_pipeline.engine.replication.sync import binary_copy, sync_table
+from rds_pipeline.engine.errors import IntegrationRenamed, LoadError
+from rds_pipeline.engine.replication.extract import binary_copy
+from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.local_postgres import LocalPostgres
@@ -77,7 +78,7 @@ def test_type_zoo_round_trips_exactly(server_name: str, request: pytest.FixtureR
     with scratch.session() as session:
         result = sync_table(session, dest, table)
     assert result.report.rows_inserted == 5 and result.extraction.rows == 5
-    copied = rows_as_text(pg18, scratch.dest_db, dest._target(table), table.column_names, ("id",))
+    copied = rows_as_text(pg18, scratch.dest_db, dest.target(table), table.column_names, ("id",))
     assert copied == scratch.source_rows(table)
     assert copied[1][table.column_names.index("num")] == "NaN"
     assert copied[2][table.column_names.index("dt")] == "0044-03-15 BC"
@@ -109,7 +110,7 @@ def test_pagila_every_table_and_view_round_trips(pg18: LocalPostgres, pagila_cat
             result = sync_table(session, dest, table)
             src = rows_as_text(pg18, "pagila", __import__("psycopg2").sql.Identifier(table.relation.schema,
                                table.relation.name), table.column_names, table.primary_key or table.column_names)  # fmt: skip
-            got = rows_as_text(pg18, scratch.dest_db, dest._target(table), table.column_names,
+            got = rows_as_text(pg18, scratch.dest_db, dest.target(table), table.column_names,
                                table.primary_key or table.column_names)  # fmt: skip
             assert got == src, table.id
             assert result.report.rows_inserted == len(src)
@@ -217,7 +218,7 @@ def test_schema_evolution(pg18: LocalPostgres) -> None:
         "column added (timestamp with time zone) added to test_replica.evo",
         "column gone is no longer replicated; kept in the destination, NULL in new rows",
     )
-    rows = rows_as_text(pg18, scratch.dest_db, dest._target(table), ("id", "n", "added", "gone"), ("id",))
+    rows = rows_as_text(pg18, scratch.dest_db, dest.target(table), ("id", "n", "added", "gone"), ("id",))
     assert rows == [("1", "5", "2024-05-01 00:00:00+00", None), ("2", "9000000000", "2024-05-01 00:00:00+00", None)]
     dest.close()
 
@@ -402,9 +403,9 @@ def test_a_rename_is_refused_and_a_second_integration_loads_beside(pg18: LocalPo
 
 
 def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rds_pipeline.engine.replication import extract
+    from rds_pipeline.engine.core import copy_out
 
-    monkeypatch.setattr(extract, "PROGRESS_SECONDS", 0.0)  # every chunk counts as "10 s later"
+    monkeypatch.setattr(copy_out, "PROGRESS_SECONDS", 0.0)  # every chunk counts as "10 s later"
     scratch = make_scratch(pg18)
     scratch.sql(
         "CREATE TABLE p (id int PRIMARY KEY, pad text); INSERT INTO p SELECT g, repeat('x', 500) "

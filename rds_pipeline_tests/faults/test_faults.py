@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from rds_pipeline.dagster_defs.run import run_sync
-from rds_pipeline.engine.destinations.base import LoadError
 from rds_pipeline.engine.destinations.factory import open_destination
+from rds_pipeline.engine.errors import LoadError
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.discovery import discover

@@ -25,14 +25,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from rds_pipeline.engine.core.messages import UNCHANGED, Delete, Insert, Relation, Truncate, Update, Value
+from rds_pipeline.engine.errors import BatchError
 
 T = TypeVar("T")
 UPSERT = "upsert"
 DELETE = "delete"
-
-
-class BatchError(ValueError):
-    """A change the batch cannot place: a table without a key, or a change before its Relation message."""
 
 
 @dataclass(frozen=True)

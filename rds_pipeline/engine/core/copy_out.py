@@ -21,6 +21,7 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.errors import CopyStalled
 from rds_pipeline.engine.progress import copying
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ class ExtractionLog:
             "source_in_recovery": self.source_in_recovery,
             "null_key_rows": self.null_key_rows,
         }
-
-
-class CopyStalled(TimeoutError):
-    """The source sent no bytes for ``stall_seconds``: the COPY is cancelled, and the range retried."""
 
 
 class PipeReader:

@@ -1,4 +1,9 @@
-"""What every destination shares: the protocol, the loading report, the bookmark rule, the registry rule, errors.
+"""The contract every destination keeps, split by phase as PeerDB splits its connectors: **state** (what was
+replicated), the **loader** (ranges in, the bookmark rule) and the **change applier** (batches in, the slot's
+LSN in the same transaction). The engine speaks only these Protocols: it never checks which destination it
+has, never reaches for a connection, never calls a private method. ``PostgresDestination`` and
+``DuckDBDestination`` implement them, each checked by mypy (the ``_conforms`` assignments in their modules) and
+by the contract tests over both (``rds_pipeline_tests/engine/test_destination_contract.py``).
 
 The bookmark rule (each destination applies it inside the load's transaction, after locking the table's state
 row, so concurrent runs serialize and nothing is decided from a stale read):
@@ -17,17 +22,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
-from rds_pipeline.engine.errors import RdsPipelineError
-
-if TYPE_CHECKING:
-    from rds_pipeline.engine.core.copy_out import CopyOut
-    from rds_pipeline.engine.core.ranges import KeyRange
-    from rds_pipeline.engine.core.state import TableState
-    from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.core.changes import ChangeBatch
+from rds_pipeline.engine.core.copy_out import CopyOut
+from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.errors import IntegrationRenamed
+from rds_pipeline.engine.selection import SelectedTable
 
 STATE_TABLE = "_rds_pipeline_state"
 META_SCHEMA = "rds_pipeline_meta"
@@ -37,6 +44,11 @@ METADATA_COLUMNS = (EXTRACTED_AT, BATCH_ID)
 # methods whose load replaces the range's rows (the others merge them by key); a log-based table's state row is
 # written by its change applier (the snapshot's LSN), never by a load
 REPLACING = ("full_table", "log_based")
+SLOTS_TABLE = "_rds_pipeline_slots"  # one row per slot: the LSN up to which the destination holds its changes
+DELETED_AT = "_rds_deleted_at"  # soft deletes: when the source deleted the row
+SLOT_MARK = "slot:"  # replication_key of a log-based table's state row: "slot:<name>"
+
+SourceConnect = Callable[[], psycopg2.extensions.connection]
 
 
 @dataclass(frozen=True)
@@ -50,33 +62,153 @@ class LoadOutcome:
     covered_to: str | None = None
 
 
-class Destination(Protocol):
-    kind: str
-    copy_csv: bool
-    array_as_json: bool
+@dataclass
+class ApplyReport:
+    """What one applied batch changed, per table id; ``lsn``: the slot position committed with it."""
 
-    def prepare(self, config: IntegrationConfig) -> None: ...
-    def table_state(self, table: SelectedTable) -> TableState: ...
-    def read_bookmarks(self) -> dict[str, str | None]: ...
-    def read_sync_times(self) -> dict[str, dt.datetime]: ...
-    def reset(self, table: SelectedTable) -> None: ...
-    def reconnect(self) -> None: ...
+    upserted: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)  # hard deletes, or rows marked deleted (soft)
+    truncated: list[str] = field(default_factory=list)
+    lsn: str | None = None
+
+
+class StateStore(Protocol):
+    """What has been replicated, per table, kept in the destination itself."""
+
+    def prepare(self, config: IntegrationConfig) -> None:
+        """Create the schema, the state table and the integration registry if missing, and refuse a renamed
+        integration (``IntegrationRenamed``). Idempotent; commits on its own."""
+
+    def table_state(self, table: SelectedTable) -> TableState:
+        """The table's bookmark and ``covered_to``, and whether its table exists (a bookmark without its table
+        does not count). Read-only."""
+
+    def read_bookmarks(self) -> dict[str, str | None]:
+        """Every table's bookmark (or a log-based table's snapshot LSN), by table id. Read-only."""
+
+    def read_sync_times(self) -> dict[str, dt.datetime]:
+        """When each table's state last moved, by table id. Read-only."""
+
+    def reset(self, table: SelectedTable) -> None:
+        """Drop the table and its state row, in one transaction: the next sync starts it over. Idempotent."""
+
+
+class Loader(Protocol):
+    """Ranges in: each load commits the range's rows and the table's state together, or nothing."""
+
+    copy_csv: bool  # reads the source's COPY as CSV (else PostgreSQL's text format)
+    array_as_json: bool  # wants arrays as JSON (its type system has no PostgreSQL arrays)
+    accepts_binary_copy: bool  # can take PostgreSQL's binary COPY straight from the source
+    parallel_loads: bool  # separate connections (``fresh()``) may load chunks of one table at once
+
     def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
-             source_max: str | None, turn: Callable[[], None] | None = None,
-             ) -> tuple[LoadingReport, LoadOutcome]: ...  # fmt: skip
-    def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int: ...
-    def duplicate_keys(self, table: SelectedTable) -> int: ...
-    def primary_key_enforced(self, table: SelectedTable) -> bool: ...
-    def column_names(self, table: SelectedTable) -> list[str]: ...
-    def close(self) -> None: ...
+             source_max: str | None = None, turn: Callable[[], None] | None = None,
+             ) -> tuple[LoadingReport, LoadOutcome]:  # fmt: skip
+        """Load what ``copy`` streams for ``key_range``, in one transaction with the state row.
+
+        - full_table and log_based replace the range's rows (``REPLACING``); key_based merges them by key.
+        - key_based moves the bookmark by the rule above; full_table records its state without one; a log-based
+          table's state is left to its change applier (the snapshot's LSN).
+        - Atomic: on any error the range and the state are as they were, and ``copy`` is aborted.
+        - Idempotent: loading the same range again leaves the same rows (replaced, or merged by key).
+        - ``turn``: called after the rows are in and before the state row is locked (parallel chunks wait there
+          for the chunk before them, so each commit finds its bookmark contiguous)."""
+        ...
+
+    def fresh(self) -> AbstractContextManager[Destination]:
+        """A second connection to the same destination, closed on exit (parallel chunks)."""
+        ...
+
+    def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
+        """Rows the replica holds in ``key_range``. Read-only."""
+        ...
+
+    def duplicate_keys(self, table: SelectedTable) -> int:
+        """Primary-key values held more than once. Read-only."""
+        ...
+
+    def primary_key_enforced(self, table: SelectedTable) -> bool:
+        """Whether the replica's primary key is declared (and so enforced). Read-only."""
+        ...
+
+    def column_names(self, table: SelectedTable) -> list[str]:
+        """The replica's columns, in order. Read-only."""
+        ...
+
+    def reconnect(self) -> None:
+        """Replace a broken connection (after a network fault): nothing uncommitted survives it."""
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
 
 
-class LoadError(RdsPipelineError):
-    """A load failed permanently for one table (named in the message)."""
+class ChangeApplier(Protocol):
+    """Batches in: the rows a batch changes and the slot's LSN commit together, so after any crash the
+    destination holds a batch with its LSN, or neither, and the reader resumes from the LSN it holds."""
+
+    def lock_slot(self, slot: str) -> None:
+        """Hold the slot for this run (one reader per slot), waiting up to the destination's lock timeout; raises
+        ``SlotBusy`` with the fix. A lock dies with its session, so a killed run never holds one."""
+
+    def unlock_slot(self, slot: str) -> None:
+        """Release ``lock_slot``. Idempotent; a closed session holds nothing."""
+
+    def applied_lsn(self, slot: str) -> str | None:
+        """The LSN up to which the destination holds the slot's changes (None: nothing applied yet). Read-only."""
+        ...
+
+    def record_lsn(self, slot: str, lsn: str) -> None:
+        """Move the slot's LSN forward to ``lsn`` (never back), in its own transaction: the stream reached it with
+        nothing to apply before it. Idempotent."""
+
+    def mark_reading(self, slot: str, reading: bool) -> None:
+        """Say a run is reading the slot (set before it starts, cleared when it ends cleanly). Idempotent."""
+
+    def was_reading(self, slot: str) -> bool:
+        """Whether the last run on the slot stopped before it ended cleanly. Read-only."""
+        ...
+
+    def snapshot_lsns(self, slot: str) -> dict[str, str]:
+        """Per log-based table of ``slot`` whose destination table exists: the LSN of the snapshot it was
+        copied at (its changes apply from transactions committed at or after it). Read-only."""
+        ...
+
+    def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
+        """The table holds its rows as of ``lsn``: write its state row under the slot, in one statement.
+        Idempotent (the row is replaced)."""
+
+    def forget_table(self, slot: str, table_id: str) -> None:
+        """Void the table's snapshot: the next sync copies it again. One statement; idempotent."""
+
+    def forget_slot(self, slot: str) -> int:
+        """Forget the slot's position and every table's snapshot under it, in one transaction (after the slot
+        was dropped). Returns how many tables will be copied again. Idempotent (then 0)."""
+        ...
+
+    def slot_age_seconds(self, slot: str) -> int | None:
+        """Seconds since the slot's position last moved in the destination (None: never). Read-only."""
+        ...
+
+    def apply_batch(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch, slot: str,
+                    soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+        """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move
+        the slot's LSN to ``batch.end_lsn``, in one transaction. In order: the last operation per key,
+        deletes before upserts, each TRUNCATE in its place, an UNCHANGED (TOASTed) value keeps the replica's,
+        a key change carries its UNCHANGED values from the old key; soft deletes set ``_rds_deleted_at``
+        instead of deleting (an upsert clears it). Atomic; a table's failure raises ``TableApplyError`` naming
+        it, after the rollback. Idempotent only through the LSN: the stream never re-sends an applied batch.
+        ``source``: a connection to the source, for conversions only it can make (DuckDB's arrays)."""
+        ...
 
 
-class IntegrationRenamed(RdsPipelineError):
-    """integration_name changed after data was loaded: the old schema would be orphaned."""
+class Destination(StateStore, Loader, Protocol):
+    """A destination: its state, its loader and its change applier."""
+
+    kind: str  # for messages and metadata only: the engine never branches on it
+
+    def changes(self) -> ChangeApplier:
+        """The destination's change applier (log-based replication), on the same connection."""
+        ...
 
 
 @dataclass

@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,17 @@ from rds_pipeline.engine.destinations.base import (
     REGISTRY,
     REPLACING,
     STATE_TABLE,
+    Destination,
     LoadingReport,
     LoadOutcome,
     overlap,
     rename_refusal,
 )
+from rds_pipeline.engine.destinations.duckdb_apply import DuckDBApplier
+from rds_pipeline.engine.destinations.duckdb_sql import convert, csv_source, dq, run
 from rds_pipeline.engine.destinations.types import duckdb_type
-from rds_pipeline.engine.errors import RdsPipelineError
-from rds_pipeline.engine.quoting import quote_ident, quote_literal
+from rds_pipeline.engine.errors import DestinationBusy
+from rds_pipeline.engine.quoting import quote_literal
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
 
@@ -45,62 +49,8 @@ log = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 120
 
 
-class DestinationBusy(RdsPipelineError):
-    """Another process kept the DuckDB file's single-writer lock past the wait."""
-
-
 # DuckDB spills past this; with no key index to hold, a 10M-row load stays near 200 MB of resident memory
 MEMORY_LIMIT = "128MB"
-
-
-dq = quote_ident  # DuckDB has no psycopg2.sql; identifiers follow PostgreSQL's double-quote rule
-
-
-def run(conn: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
-    """The one place DuckDB SQL is executed. DuckDB has no psycopg2.sql: identifiers in ``query`` must come
-    from ``dq()`` (or be constants), and every value goes in ``params``."""
-    return conn.execute(query, params or [])
-
-
-def _bc_aware(expr: str, target: str) -> str:
-    """DuckDB silently reads '0044-03-15 BC' as year 44 AD; rebuild BC dates and timestamps explicitly
-    (PostgreSQL's year N BC is DuckDB's year 1 - N)."""
-    if target == "DATE":
-        bc = (f"make_date(1 - CAST(split_part({expr}, '-', 1) AS INTEGER), CAST(split_part({expr}, '-', 2) AS INTEGER),"
-              f" CAST(left(split_part({expr}, '-', 3), 2) AS INTEGER))")  # fmt: skip
-    elif target == "TIMESTAMP":
-        bc = (f"make_timestamp(1 - CAST(split_part({expr}, '-', 1) AS BIGINT), CAST(split_part({expr}, '-', 2) AS BIGINT),"
-              f" CAST(left(split_part({expr}, '-', 3), 2) AS BIGINT), CAST(substr({expr}, 12, 2) AS BIGINT),"
-              f" CAST(substr({expr}, 15, 2) AS BIGINT), CAST(regexp_extract({expr}, ':(\\d+(\\.\\d+)?) BC$', 1) AS DOUBLE))")  # fmt: skip
-    else:
-        return f"CAST({expr} AS {target})"
-    return f"CASE WHEN {expr} LIKE '% BC' THEN {bc} ELSE CAST({expr} AS {target}) END"
-
-
-def convert(expr: str, column: Column) -> str:
-    """SQL turning PostgreSQL's CSV text for ``column`` into its DuckDB type."""
-    target = duckdb_type(column)
-    base = column.base_type if column.kind == "domain" and column.base_type else column.type
-    if base.startswith("character(") or base == "character":
-        return f"rtrim({expr}, ' ')"  # char(n) padding is insignificant in PostgreSQL (its ::text drops it too)
-    if target == "VARCHAR":
-        return expr
-    if target == "BLOB":
-        return f"from_hex(substr({expr}, 3))"  # PostgreSQL's hex format: \\x0a0b…
-    if target == "TIMESTAMPTZ":
-        # the session's TimeZone is UTC, so a BC value reads '3004-10-19 18:23:54.123456+00 BC': drop the
-        # offset, rebuild the BC timestamp, and read it as UTC
-        plain = f"regexp_replace({expr}, '[+-]\\d\\d(:\\d\\d)* BC$', ' BC')"
-        return f"CASE WHEN {expr} LIKE '% BC' THEN CAST({_bc_aware(plain, 'TIMESTAMP')} AS TIMESTAMPTZ) ELSE CAST({expr} AS TIMESTAMPTZ) END"
-    return _bc_aware(expr, target)
-
-
-def csv_source(width: int) -> str:
-    """``read_csv`` of a CSV file (the ``?`` parameter) of PostgreSQL's CSV text: ``width`` VARCHAR columns c0…,
-    empty unquoted = NULL, nothing guessed."""
-    columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
-    return (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
-            "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
 
 
 _ALIASES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "TIMETZ": "TIME WITH TIME ZONE", "FLOAT": "FLOAT",
@@ -115,9 +65,21 @@ def _canonical(type_name: str) -> str:
 
 
 class DuckDBDestination:
+    """``Destination`` (``base.py``) in a DuckDB file: rows through a CSV spool, one writer at a time."""
+
     kind = "duckdb"
     copy_csv = True
     array_as_json = True
+    accepts_binary_copy = False
+    parallel_loads = False  # one writer per file: chunks load one after another
+
+    def changes(self) -> DuckDBApplier:
+        return DuckDBApplier(self)
+
+    @contextmanager
+    def fresh(self) -> Iterator[DuckDBDestination]:
+        """This same connection: a DuckDB file takes one writer (``parallel_loads`` is False)."""
+        yield self
 
     def __init__(self, path: Path, schema: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
         self.path = path
@@ -159,10 +121,10 @@ class DuckDBDestination:
         interrupts.unregister(self._stop_handle)
         self.conn.close()
 
-    def _target(self, table: SelectedTable) -> str:
+    def target(self, table: SelectedTable) -> str:
         return f"{dq(self.catalog)}.{dq(self.schema)}.{dq(table.destination_table)}"
 
-    def _state(self) -> str:
+    def state_table(self) -> str:
         return f"{dq(self.catalog)}.{dq(self.schema)}.{dq(STATE_TABLE)}"
 
     # -- integration and state -----------------------------------------------------------------------------
@@ -187,9 +149,9 @@ class DuckDBDestination:
             run(c, f"INSERT OR REPLACE INTO {meta}.{dq(REGISTRY)} VALUES (?, ?, ?)",
                 [self.schema, config.integration_name, config.source_key])  # fmt: skip
             run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(self.catalog)}.{dq(self.schema)}")
-            run(c, f"CREATE TABLE IF NOT EXISTS {self._state()} (table_id VARCHAR PRIMARY KEY, destination_table "
+            run(c, f"CREATE TABLE IF NOT EXISTS {self.state_table()} (table_id VARCHAR PRIMARY KEY, destination_table "
                       "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)")  # fmt: skip
-            run(c, f"ALTER TABLE {self._state()} ADD COLUMN IF NOT EXISTS covered_to VARCHAR")
+            run(c, f"ALTER TABLE {self.state_table()} ADD COLUMN IF NOT EXISTS covered_to VARCHAR")
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -211,7 +173,7 @@ class DuckDBDestination:
     def table_state(self, table: SelectedTable) -> TableState:
         if not self._exists(table):
             return TableState(False)
-        row = run(self.conn, f"SELECT bookmark, covered_to FROM {self._state()} WHERE table_id = ?",
+        row = run(self.conn, f"SELECT bookmark, covered_to FROM {self.state_table()} WHERE table_id = ?",
                   [table.id]).fetchone()  # fmt: skip
         return TableState(True, *(row or (None, None)))
 
@@ -220,29 +182,29 @@ class DuckDBDestination:
 
     def read_bookmarks(self) -> dict[str, str | None]:
         """Every table's bookmark; none for a table whose destination table is gone (its state is void)."""
-        rows = run(self.conn, f"SELECT table_id, destination_table, bookmark FROM {self._state()}").fetchall()
+        rows = run(self.conn, f"SELECT table_id, destination_table, bookmark FROM {self.state_table()}").fetchall()
         return {table_id: bookmark if self._table_exists(self.schema, name) else None
                 for table_id, name, bookmark in rows}  # fmt: skip
 
     def read_sync_times(self) -> dict[str, dt.datetime]:
         """When each table's state last moved: its last committed load."""
-        return dict(run(self.conn, f"SELECT table_id, updated_at FROM {self._state()}").fetchall())
+        return dict(run(self.conn, f"SELECT table_id, updated_at FROM {self.state_table()}").fetchall())
 
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")
-        run(self.conn, f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
-        run(self.conn, f"DROP TABLE IF EXISTS {self._target(table)}")
+        run(self.conn, f"DELETE FROM {self.state_table()} WHERE table_id = ?", [table.id])
+        run(self.conn, f"DROP TABLE IF EXISTS {self.target(table)}")
         self.conn.execute("COMMIT")
 
     def row_count(self, table: SelectedTable) -> int:
-        return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}").fetchone()[0])
+        return int(run(self.conn, f"SELECT count(*) FROM {self.target(table)}").fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
     def _existing_types(self, table: SelectedTable) -> dict[str, str]:
         return dict(self.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
                                       "AND schema_name = ? AND table_name = ?", [self.catalog, self.schema, table.destination_table]).fetchall())  # fmt: skip
 
-    def _decimals_as_text(self, table: SelectedTable, source: str, csv_path: str) -> set[str]:
+    def decimals_as_text(self, table: SelectedTable, source: str, csv_path: str) -> set[str]:
         """numeric(p,s) columns that must be VARCHAR: DECIMAL cannot hold NaN (PostgreSQL's numeric can). Decided
         from the data: a column already widened to VARCHAR stays so, and one whose rows hold NaN is widened."""
         decimals = [(i, c.name) for i, c in enumerate(table.columns) if duckdb_type(c).startswith("DECIMAL")]
@@ -266,7 +228,7 @@ class DuckDBDestination:
                 [self.catalog, self.schema, table.destination_table],
             ).fetchall()
         }
-        target = self._target(table)
+        target = self.target(table)
         warnings: list[str] = []
         def wanted_type(column: Column) -> str:
             return "VARCHAR" if column.name in as_text else duckdb_type(column)
@@ -332,11 +294,11 @@ class DuckDBDestination:
             if copy.error is not None:
                 raise copy.error
             source = csv_source(len(table.columns))
-            as_text = self._decimals_as_text(table, source, name)
+            as_text = self.decimals_as_text(table, source, name)
             converted = ", ".join(f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
                                   for i, c in enumerate(table.columns))  # fmt: skip
             col_list = ", ".join(dq(c.name) for c in table.columns)
-            target = self._target(table)
+            target = self.target(table)
             c = self.conn
             c.execute("BEGIN TRANSACTION")
             try:
@@ -345,8 +307,8 @@ class DuckDBDestination:
                 if turn is not None:
                     turn()
                 if created:  # a new table voids any old state row: the data it described is gone
-                    run(c, f"DELETE FROM {self._state()} WHERE table_id = ?", [table.id])
-                state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self._state()} "
+                    run(c, f"DELETE FROM {self.state_table()} WHERE table_id = ?", [table.id])
+                state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self.state_table()} "
                                                     "WHERE table_id = ?", [table.id]).fetchone()  # fmt: skip
                 before, covered = state or (None, None)
                 outcome = LoadOutcome(before, before)
@@ -365,7 +327,7 @@ class DuckDBDestination:
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
                     outcome = self._bookmark(table, key_range, before, covered, source_max)
                 if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
-                    run(c, f"INSERT OR REPLACE INTO {self._state()} (table_id, destination_table, replication_key, "
+                    run(c, f"INSERT OR REPLACE INTO {self.state_table()} (table_id, destination_table, replication_key, "
                            "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
                         [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to])  # fmt: skip
                 c.execute("DROP TABLE IF EXISTS _rds_stage")
@@ -383,7 +345,7 @@ class DuckDBDestination:
         return report, outcome
 
     def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
-        c, target = self.conn, self._target(table)
+        c, target = self.conn, self.target(table)
         total = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
         if not table.primary_key:
             run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
@@ -436,7 +398,7 @@ class DuckDBDestination:
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
         where, params = self._predicate(table, key_range)
-        return int(run(self.conn, f"SELECT count(*) FROM {self._target(table)}{where}", params).fetchone()[0])
+        return int(run(self.conn, f"SELECT count(*) FROM {self.target(table)}{where}", params).fetchone()[0])
 
     def primary_key_enforced(self, table: SelectedTable) -> bool:
         """Whether the replica has a PRIMARY KEY constraint on exactly the table's key columns."""
@@ -447,7 +409,7 @@ class DuckDBDestination:
 
     def duplicate_keys(self, table: SelectedTable) -> int:
         keys = ", ".join(dq(k) for k in table.primary_key)
-        query = f"SELECT count(*) FROM (SELECT 1 FROM {self._target(table)} GROUP BY {keys} HAVING count(*) > 1)"
+        query = f"SELECT count(*) FROM (SELECT 1 FROM {self.target(table)} GROUP BY {keys} HAVING count(*) > 1)"
         return int(run(self.conn, query).fetchone()[0])
 
     def column_names(self, table: SelectedTable) -> list[str]:
@@ -459,4 +421,7 @@ class DuckDBDestination:
     def fetch_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:
         order = ", ".join(dq(c) for c in (table.primary_key or table.column_names))
         cols = ", ".join(dq(c) for c in table.column_names)
-        return run(self.conn, f"SELECT {cols} FROM {self._target(table)} ORDER BY {order}").fetchall()
+        return run(self.conn, f"SELECT {cols} FROM {self.target(table)} ORDER BY {order}").fetchall()
+
+
+_conforms: type[Destination] = DuckDBDestination  # mypy checks the class against the contract

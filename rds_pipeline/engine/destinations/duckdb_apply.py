@@ -12,27 +12,31 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
-from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, LoadError
-from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, convert, csv_source, dq, run
-from rds_pipeline.engine.destinations.postgres_apply import (
+from rds_pipeline.engine.destinations.base import (
+    BATCH_ID,
     DELETED_AT,
+    EXTRACTED_AT,
     SLOT_MARK,
     SLOTS_TABLE,
     ApplyReport,
-    TableApplyError,
+    SourceConnect,
 )
+from rds_pipeline.engine.destinations.duckdb_sql import convert, csv_source, dq, run
+from rds_pipeline.engine.destinations.types import BUILTIN_TYPES, bare_type
+from rds_pipeline.engine.errors import LoadError, TableApplyError
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
 
-SourceConnect = Callable[[], psycopg2.extensions.connection]
+if TYPE_CHECKING:  # the destination imports its applier
+    from rds_pipeline.engine.destinations.duckdb import DuckDBDestination
+
 
 
 def _slots(destination: DuckDBDestination) -> str:
@@ -42,18 +46,6 @@ def _slots(destination: DuckDBDestination) -> str:
 def _ensure_slots(destination: DuckDBDestination) -> None:
     run(destination.conn, f"CREATE TABLE IF NOT EXISTS {_slots(destination)} (slot VARCHAR PRIMARY KEY, lsn VARCHAR "
                           "NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), reading BOOLEAN NOT NULL DEFAULT false)")  # fmt: skip
-
-
-def mark_reading(destination: DuckDBDestination, slot: str, reading: bool) -> None:
-    """See ``postgres_apply.mark_reading``."""
-    _ensure_slots(destination)
-    run(destination.conn, f"UPDATE {_slots(destination)} SET reading = ? WHERE slot = ?", [reading, slot])
-
-
-def was_reading(destination: DuckDBDestination, slot: str) -> bool:
-    _ensure_slots(destination)
-    row = run(destination.conn, f"SELECT reading FROM {_slots(destination)} WHERE slot = ?", [slot]).fetchone()
-    return bool(row and row[0])
 
 
 def _write_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
@@ -71,97 +63,6 @@ def _write_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
 def _lsn(text: str) -> int:
     high, _, low = text.partition("/")
     return (int(high, 16) << 32) + int(low, 16)
-
-
-def applied_lsn(destination: DuckDBDestination, slot: str) -> str | None:
-    _ensure_slots(destination)
-    row = run(destination.conn, f"SELECT lsn FROM {_slots(destination)} WHERE slot = ?", [slot]).fetchone()
-    return row[0] if row else None
-
-
-def slot_age_seconds(destination: DuckDBDestination, slot: str) -> int | None:
-    _ensure_slots(destination)
-    row = run(destination.conn, f"SELECT CAST(epoch(now() - updated_at) AS BIGINT) FROM {_slots(destination)} "
-                                "WHERE slot = ?", [slot]).fetchone()  # fmt: skip
-    return row[0] if row else None
-
-
-def record_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
-    destination.conn.execute("BEGIN TRANSACTION")
-    try:
-        _write_lsn(destination, slot, lsn)
-        destination.conn.execute("COMMIT")
-    except BaseException:
-        destination.conn.execute("ROLLBACK")
-        raise
-
-
-def snapshot_lsns(destination: DuckDBDestination, slot: str) -> dict[str, str]:
-    rows = run(destination.conn, f"SELECT s.table_id, s.bookmark, s.destination_table FROM {destination._state()} s "
-                                 "WHERE s.replication_key = ? AND s.bookmark IS NOT NULL", [SLOT_MARK + slot]).fetchall()  # fmt: skip
-    existing = {r[0] for r in run(destination.conn, "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-                                  "AND schema_name = ?", [destination.catalog, destination.schema]).fetchall()}  # fmt: skip
-    return {table_id: lsn for table_id, lsn, name in rows if name in existing}
-
-
-def record_snapshot(destination: DuckDBDestination, table: SelectedTable, slot: str, lsn: str) -> None:
-    run(destination.conn, f"INSERT OR REPLACE INTO {destination._state()} (table_id, destination_table, replication_key, "
-                          "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
-        [table.id, table.destination_table, SLOT_MARK + slot, lsn])  # fmt: skip
-
-
-def forget_table(destination: DuckDBDestination, slot: str, table_id: str) -> None:
-    run(destination.conn, f"DELETE FROM {destination._state()} WHERE table_id = ? AND replication_key = ?",
-        [table_id, SLOT_MARK + slot])  # fmt: skip
-
-
-def forget_slot(destination: DuckDBDestination, slot: str) -> int:
-    _ensure_slots(destination)
-    destination.conn.execute("BEGIN TRANSACTION")
-    try:
-        run(destination.conn, f"DELETE FROM {_slots(destination)} WHERE slot = ?", [slot])
-        count = run(destination.conn, f"DELETE FROM {destination._state()} WHERE replication_key = ?",
-                    [SLOT_MARK + slot]).fetchone()[0]  # fmt: skip
-        destination.conn.execute("COMMIT")
-    except BaseException:
-        destination.conn.execute("ROLLBACK")
-        raise
-    return int(count)
-
-
-def apply_batch(destination: DuckDBDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
-                slot: str, soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
-    """Apply ``batch`` and move the slot's LSN to ``batch.end_lsn``, in one DuckDB transaction."""
-    report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
-    c = destination.conn
-    arrays = _ArrayJson(source)
-    c.execute("BEGIN TRANSACTION")
-    try:
-        for table, changes in batch.in_order(tables):
-            if changes is None:  # a TRUNCATE, in its place
-                target = destination._target(table)
-                if soft_deletes:
-                    _soft_column(destination, table)
-                    run(c, f"UPDATE {target} SET {dq(DELETED_AT)} = now() WHERE {dq(DELETED_AT)} IS NULL")
-                else:
-                    run(c, f"DELETE FROM {target}")
-                report.truncated.append(table.id)
-                continue
-            try:
-                _apply_table(destination, table, changes, report, soft_deletes, arrays, report.lsn or "")
-            except LoadError as exc:
-                raise TableApplyError(table.id, str(exc)) from exc
-            except Exception as exc:  # noqa: BLE001 - DuckDB's errors name no table: name it
-                raise TableApplyError(table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
-        if report.lsn is not None:
-            _write_lsn(destination, slot, report.lsn)
-        c.execute("COMMIT")
-    except BaseException:
-        c.execute("ROLLBACK")
-        raise
-    finally:
-        arrays.close()
-    return report
 
 
 class _ArrayJson:
@@ -189,13 +90,11 @@ class _ArrayJson:
 
 def _array_type(column: Column) -> str:
     """The array's type as the source knows it (enum and domain arrays included: to_json reads their text)."""
-    from rds_pipeline.engine.destinations.types import BUILTIN_TYPES, _bare
-
-    return column.type if _bare(column.type) in BUILTIN_TYPES else "text[]"
+    return column.type if bare_type(column.type) in BUILTIN_TYPES else "text[]"
 
 
 def _soft_column(destination: DuckDBDestination, table: SelectedTable) -> None:
-    run(destination.conn, f"ALTER TABLE {destination._target(table)} ADD COLUMN IF NOT EXISTS {dq(DELETED_AT)} TIMESTAMPTZ")
+    run(destination.conn, f"ALTER TABLE {destination.target(table)} ADD COLUMN IF NOT EXISTS {dq(DELETED_AT)} TIMESTAMPTZ")
 
 
 def _csv_field(value: Value) -> str:
@@ -223,7 +122,7 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
                  soft_deletes: bool, arrays: _ArrayJson, batch_id: str) -> None:  # fmt: skip
     if not table.primary_key:
         raise LoadError("log-based apply needs a primary key in the destination. Fix: `primary_key:` in the selection")
-    c, target = destination.conn, destination._target(table)
+    c, target = destination.conn, destination.target(table)
     columns = list(table.columns)
     names = [col.name for col in columns]
     key_at = [names.index(k) for k in table.primary_key]
@@ -241,7 +140,7 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
         as_text: set[str] = set()
         if rows:  # numeric columns holding NaN become VARCHAR, decided as the loader decides
             _write_csv(rows, path)
-            as_text = destination._decimals_as_text(table, csv_source(len(columns)), path)
+            as_text = destination.decimals_as_text(table, csv_source(len(columns)), path)
         if soft_deletes:
             _soft_column(destination, table)
         destination.ensure_table(table, as_text)
@@ -301,3 +200,108 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
 
 def _time(microseconds: int | None) -> str | None:
     return None if microseconds is None else timestamp(microseconds).isoformat()
+
+
+class DuckDBApplier:
+    """``ChangeApplier`` (``base.py``) for DuckDB, on the destination's connection."""
+
+    def __init__(self, destination: DuckDBDestination) -> None:
+        self.destination = destination
+
+    def lock_slot(self, slot: str) -> None:
+        """A DuckDB file has one writing process at a time: opening it already waited for any other run."""
+
+    def unlock_slot(self, slot: str) -> None:
+        """Nothing to release: the file's lock goes with the connection."""
+
+    def mark_reading(self, slot: str, reading: bool) -> None:
+        _ensure_slots(self.destination)
+        run(self.destination.conn, f"UPDATE {_slots(self.destination)} SET reading = ? WHERE slot = ?", [reading, slot])
+
+    def was_reading(self, slot: str) -> bool:
+        _ensure_slots(self.destination)
+        row = run(self.destination.conn, f"SELECT reading FROM {_slots(self.destination)} WHERE slot = ?", [slot]).fetchone()
+        return bool(row and row[0])
+
+    def applied_lsn(self, slot: str) -> str | None:
+        _ensure_slots(self.destination)
+        row = run(self.destination.conn, f"SELECT lsn FROM {_slots(self.destination)} WHERE slot = ?", [slot]).fetchone()
+        return row[0] if row else None
+
+    def slot_age_seconds(self, slot: str) -> int | None:
+        _ensure_slots(self.destination)
+        row = run(self.destination.conn, f"SELECT CAST(epoch(now() - updated_at) AS BIGINT) FROM {_slots(self.destination)} "
+                                    "WHERE slot = ?", [slot]).fetchone()  # fmt: skip
+        return row[0] if row else None
+
+    def record_lsn(self, slot: str, lsn: str) -> None:
+        self.destination.conn.execute("BEGIN TRANSACTION")
+        try:
+            _write_lsn(self.destination, slot, lsn)
+            self.destination.conn.execute("COMMIT")
+        except BaseException:
+            self.destination.conn.execute("ROLLBACK")
+            raise
+
+    def snapshot_lsns(self, slot: str) -> dict[str, str]:
+        rows = run(self.destination.conn, f"SELECT s.table_id, s.bookmark, s.destination_table FROM {self.destination.state_table()} s "
+                                     "WHERE s.replication_key = ? AND s.bookmark IS NOT NULL", [SLOT_MARK + slot]).fetchall()  # fmt: skip
+        existing = {r[0] for r in run(self.destination.conn, "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
+                                      "AND schema_name = ?", [self.destination.catalog, self.destination.schema]).fetchall()}  # fmt: skip
+        return {table_id: lsn for table_id, lsn, name in rows if name in existing}
+
+    def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
+        run(self.destination.conn, f"INSERT OR REPLACE INTO {self.destination.state_table()} (table_id, destination_table, replication_key, "
+                              "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
+            [table.id, table.destination_table, SLOT_MARK + slot, lsn])  # fmt: skip
+
+    def forget_table(self, slot: str, table_id: str) -> None:
+        run(self.destination.conn, f"DELETE FROM {self.destination.state_table()} WHERE table_id = ? AND replication_key = ?",
+            [table_id, SLOT_MARK + slot])  # fmt: skip
+
+    def forget_slot(self, slot: str) -> int:
+        _ensure_slots(self.destination)
+        self.destination.conn.execute("BEGIN TRANSACTION")
+        try:
+            run(self.destination.conn, f"DELETE FROM {_slots(self.destination)} WHERE slot = ?", [slot])
+            count = run(self.destination.conn, f"DELETE FROM {self.destination.state_table()} WHERE replication_key = ?",
+                        [SLOT_MARK + slot]).fetchone()[0]  # fmt: skip
+            self.destination.conn.execute("COMMIT")
+        except BaseException:
+            self.destination.conn.execute("ROLLBACK")
+            raise
+        return int(count)
+
+    def apply_batch(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
+                    slot: str, soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+        """Apply ``batch`` and move the slot's LSN to ``batch.end_lsn``, in one DuckDB transaction."""
+        report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
+        c = self.destination.conn
+        arrays = _ArrayJson(source)
+        c.execute("BEGIN TRANSACTION")
+        try:
+            for table, changes in batch.in_order(tables):
+                if changes is None:  # a TRUNCATE, in its place
+                    target = self.destination.target(table)
+                    if soft_deletes:
+                        _soft_column(self.destination, table)
+                        run(c, f"UPDATE {target} SET {dq(DELETED_AT)} = now() WHERE {dq(DELETED_AT)} IS NULL")
+                    else:
+                        run(c, f"DELETE FROM {target}")
+                    report.truncated.append(table.id)
+                    continue
+                try:
+                    _apply_table(self.destination, table, changes, report, soft_deletes, arrays, report.lsn or "")
+                except LoadError as exc:
+                    raise TableApplyError(table.id, str(exc)) from exc
+                except Exception as exc:  # noqa: BLE001 - DuckDB's errors name no table: name it
+                    raise TableApplyError(table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+            if report.lsn is not None:
+                _write_lsn(self.destination, slot, report.lsn)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        finally:
+            arrays.close()
+        return report

@@ -32,11 +32,13 @@ from rds_pipeline.engine.destinations.base import (
     REGISTRY,
     REPLACING,
     STATE_TABLE,
+    Destination,
     LoadingReport,
     LoadOutcome,
     overlap,
     rename_refusal,
 )
+from rds_pipeline.engine.destinations.postgres_apply import PostgresApplier
 from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
@@ -53,9 +55,13 @@ def _format(copy: CopyOut, freeze: bool = False) -> sql.Composable:
 
 
 class PostgresDestination:
+    """``Destination`` (``base.py``) on a PostgreSQL database: rows by COPY into the integration's schema."""
+
     kind = "postgres"
     copy_csv = False
     array_as_json = False
+    accepts_binary_copy = True
+    parallel_loads = True
 
     def __init__(self, config: DestinationConfig, schema: str) -> None:
         self.config = config
@@ -92,6 +98,9 @@ class PostgresDestination:
     def close(self) -> None:
         interrupts.unregister(self._stop_handle)
         self.conn.close()
+
+    def changes(self) -> PostgresApplier:
+        return PostgresApplier(self)
 
     @contextmanager
     def fresh(self) -> Iterator[PostgresDestination]:
@@ -137,9 +146,9 @@ class PostgresDestination:
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (table_id text PRIMARY KEY, destination_table text NOT NULL, "
                     "replication_key text, bookmark text, updated_at timestamptz NOT NULL DEFAULT now())"
-                ).format(self._state())
+                ).format(self.state_table())
             )
-            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS covered_to text").format(self._state()))
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS covered_to text").format(self.state_table()))
 
     def _loaded_tables(self, cur: psycopg2.extensions.cursor, schema: str) -> list[str]:
         """The source tables another integration's schema holds data of (its state rows)."""
@@ -149,17 +158,17 @@ class PostgresDestination:
         cur.execute(sql.SQL("SELECT table_id FROM {}").format(sql.Identifier(schema, STATE_TABLE)))
         return [r[0] for r in cur.fetchall()]
 
-    def _state(self) -> sql.Identifier:
+    def state_table(self) -> sql.Identifier:
         return sql.Identifier(self.schema, STATE_TABLE)
 
-    def _target(self, table: SelectedTable) -> sql.Identifier:
+    def target(self, table: SelectedTable) -> sql.Identifier:
         return sql.Identifier(self.schema, table.destination_table)
 
     def table_state(self, table: SelectedTable) -> TableState:
         with self.conn, self.conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT to_regclass(%s) IS NOT NULL, (SELECT bookmark FROM {s} WHERE table_id = %s), "
-                        "(SELECT covered_to FROM {s} WHERE table_id = %s)").format(s=self._state()),
+                        "(SELECT covered_to FROM {s} WHERE table_id = %s)").format(s=self.state_table()),
                 (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}", table.id, table.id),
             )  # fmt: skip
             exists, bookmark, covered_to = cur.fetchone()
@@ -173,24 +182,24 @@ class PostgresDestination:
         with self.conn, self.conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT table_id, CASE WHEN to_regclass(quote_ident(%s) || '.' || "
                                 "quote_ident(destination_table)) IS NOT NULL THEN bookmark END FROM {}")
-                        .format(self._state()), (self.schema,))  # fmt: skip
+                        .format(self.state_table()), (self.schema,))  # fmt: skip
             return dict(cur.fetchall())
 
     def read_sync_times(self) -> dict[str, dt.datetime]:
         """When each table's state last moved: its last committed load (data and state commit together)."""
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT table_id, updated_at FROM {}").format(self._state()))
+            cur.execute(sql.SQL("SELECT table_id, updated_at FROM {}").format(self.state_table()))
             return dict(cur.fetchall())
 
     def reset(self, table: SelectedTable) -> None:
         """Forget the bookmark and drop the data, so the next sync is a full historical sync."""
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._target(table)))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.state_table()), (table.id,))
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.target(table)))
 
     def row_count(self, table: SelectedTable) -> int:
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(self._target(table)))
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(self.target(table)))
             return int(cur.fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
@@ -206,7 +215,7 @@ class PostgresDestination:
             (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}",),
         )
         existing = {name: (kind, notnull) for name, kind, notnull in cur.fetchall()}
-        target = self._target(table)
+        target = self.target(table)
         warnings: list[str] = []
         if not existing:
             columns = [
@@ -278,14 +287,14 @@ class PostgresDestination:
 
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
-        target = self._target(table)
+        target = self.target(table)
         column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
         try:
             with self.conn.cursor() as cur:
                 created = self._claim_creation(cur, table)
                 warnings, _ = self.ensure_table(cur, table, key_later=created)
                 if created:  # a new table voids any old state row: the data it described is gone
-                    cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.state_table()), (table.id,))
                 report.warnings = tuple(warnings)
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
                 copy.start()
@@ -354,7 +363,7 @@ class PostgresDestination:
                             "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
                             "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
                             "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
-                        ).format(self._state()),
+                        ).format(self.state_table()),
                         (table.id, table.destination_table, table.replication_key, outcome.bookmark_after,
                          outcome.covered_to if table.method == "key_based" else None),
                     )  # fmt: skip
@@ -403,9 +412,9 @@ class PostgresDestination:
         """The primary key of a table created with ``key_later``, built once over the loaded rows."""
         if table.primary_key:
             cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                self._target(table), sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))  # fmt: skip
+                self.target(table), sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))  # fmt: skip
 
-    def _create_if_missing(self, table: SelectedTable) -> bool:
+    def create_if_missing(self, table: SelectedTable) -> bool:
         """Create a missing table in its own short transaction, one creator at a time (concurrent first loads
         would otherwise race in the catalog). A new table voids any old state row: the data it described is
         gone. True when this call created it."""
@@ -416,22 +425,22 @@ class PostgresDestination:
             if not cur.fetchone()[1]:
                 return False
             self.ensure_table(cur, table)
-            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self._state()), (table.id,))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.state_table()), (table.id,))
             return True
 
     def _lock_state(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> tuple[str | None, str | None]:
         """Lock the table's state row and read it, after the copy (so concurrent runs of one table serialize
         only for the bookmark, not for their copies)."""
         cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table) VALUES (%s, %s) ON CONFLICT DO NOTHING")
-                    .format(self._state()), (table.id, table.destination_table))  # fmt: skip
-        cur.execute(sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self._state()),
+                    .format(self.state_table()), (table.id, table.destination_table))  # fmt: skip
+        cur.execute(sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self.state_table()),
                     (table.id,))  # fmt: skip
         bookmark, covered = cur.fetchone()
         return bookmark, covered
 
     def _merge(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
                column_list: sql.Composable) -> tuple[int, int]:  # fmt: skip
-        target = self._target(table)
+        target = self.target(table)
         if not table.primary_key:
             cur.execute(
                 sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, column_list, column_list, stage)
@@ -480,7 +489,7 @@ class PostgresDestination:
         return LoadOutcome(before, bookmark, int(nulls), bool(contiguous) and bookmark != before, covered_to)
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
-        query = sql.SQL("SELECT count(*) FROM {}").format(self._target(table))
+        query = sql.SQL("SELECT count(*) FROM {}").format(self.target(table))
         predicate = key_range.predicate()
         if predicate is not None:
             query = sql.SQL("{} WHERE {}").format(query, predicate)
@@ -505,7 +514,7 @@ class PostgresDestination:
         with self.conn, self.conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY {} HAVING count(*) > 1) d").format(
-                    self._target(table), keys
+                    self.target(table), keys
                 )
             )
             return int(cur.fetchone()[0])
@@ -526,8 +535,11 @@ class PostgresDestination:
             cur.execute(
                 sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
                     sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in table.column_names),
-                    self._target(table),
+                    self.target(table),
                     sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in order),
                 )
             )
             return cur.fetchall()
+
+
+_conforms: type[Destination] = PostgresDestination  # mypy checks the class against the contract

@@ -15,40 +15,33 @@ transactions committed at or after it). No row, or no destination table: the tab
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import zlib
+from typing import TYPE_CHECKING
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
-from rds_pipeline.engine.destinations.base import BATCH_ID, EXTRACTED_AT, STATE_TABLE, LoadError
-from rds_pipeline.engine.destinations.postgres import PostgresDestination
+from rds_pipeline.engine.destinations.base import (
+    BATCH_ID,
+    DELETED_AT,
+    EXTRACTED_AT,
+    SLOT_MARK,
+    SLOTS_TABLE,
+    STATE_TABLE,
+    ApplyReport,
+    SourceConnect,
+)
 from rds_pipeline.engine.destinations.types import postgres_type
+from rds_pipeline.engine.errors import LoadError, SlotBusy, TableApplyError
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 
-SLOTS_TABLE = "_rds_pipeline_slots"
-DELETED_AT = "_rds_deleted_at"
-SLOT_MARK = "slot:"  # replication_key of a log-based table's state row: "slot:<name>"
-
-
-class TableApplyError(LoadError):
-    """One table's changes could not be applied (the whole batch rolled back); names the table."""
-
-    def __init__(self, table_id: str, message: str) -> None:
-        self.table_id = table_id
-        super().__init__(message if message.startswith(table_id) else f"{table_id}: {message}")
-
-
-@dataclass
-class ApplyReport:
-    upserted: dict[str, int] = field(default_factory=dict)
-    deleted: dict[str, int] = field(default_factory=dict)
-    truncated: list[str] = field(default_factory=list)
-    lsn: str | None = None
-
+if TYPE_CHECKING:  # the destination imports its applier
+    from rds_pipeline.engine.destinations.postgres import PostgresDestination
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -81,43 +74,12 @@ def _rows(lines: list[list[str]]) -> io.StringIO:
     return io.StringIO("".join("\t".join(line) + "\n" for line in lines))
 
 
-def applied_lsn(destination: PostgresDestination, slot: str) -> str | None:
-    """The LSN up to which the destination holds the slot's changes (None: nothing applied yet)."""
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                    (f"{quote_ident(destination.schema)}.{quote_ident(SLOTS_TABLE)}",))  # fmt: skip
-        if not cur.fetchone()[0]:
-            return None
-        cur.execute(sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(sql.Identifier(destination.schema, SLOTS_TABLE)),
-                    (slot,))  # fmt: skip
-        row = cur.fetchone()
-    return row[0] if row else None
-
-
 def _slots_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination) -> sql.Identifier:
     state = sql.Identifier(destination.schema, SLOTS_TABLE)
     cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
                         "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS reading boolean NOT NULL DEFAULT false").format(state))
     return state
-
-
-def mark_reading(destination: PostgresDestination, slot: str, reading: bool) -> None:
-    """A run is reading the slot (set before it starts, cleared when it ended cleanly): after a run that
-    stopped mid-stream, the slot may have confirmed WAL that held nothing for us (psycopg2 moves its confirmed
-    position to a keepalive's WAL end while every message it received is confirmed)."""
-    with destination.conn, destination.conn.cursor() as cur:
-        state = _slots_table(cur, destination)
-        cur.execute(sql.SQL("UPDATE {} SET reading = %s WHERE slot = %s").format(state), (reading, slot))
-
-
-def was_reading(destination: PostgresDestination, slot: str) -> bool:
-    """Whether the last run on the slot stopped before it ended cleanly."""
-    with destination.conn, destination.conn.cursor() as cur:
-        state = _slots_table(cur, destination)
-        cur.execute(sql.SQL("SELECT reading FROM {} WHERE slot = %s").format(state), (slot,))
-        row = cur.fetchone()
-    return bool(row and row[0])
 
 
 def _write_lsn(cur: psycopg2.extensions.cursor, destination: PostgresDestination, slot: str, lsn: str) -> None:
@@ -128,126 +90,13 @@ def _write_lsn(cur: psycopg2.extensions.cursor, destination: PostgresDestination
                 .format(s=state), {"slot": slot, "lsn": lsn})  # fmt: skip
 
 
-def record_lsn(destination: PostgresDestination, slot: str, lsn: str) -> None:
-    """Record that the stream reached ``lsn`` with nothing left to apply (the server sent nothing for our
-    tables before it)."""
-    with destination.conn, destination.conn.cursor() as cur:
-        _write_lsn(cur, destination, slot, lsn)
-
-
-def snapshot_lsns(destination: PostgresDestination, slot: str) -> dict[str, str]:
-    """Per log-based table of ``slot`` whose destination table exists: the LSN of the snapshot it was copied at."""
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                    (f"{quote_ident(destination.schema)}.{quote_ident(STATE_TABLE)}",))  # fmt: skip
-        if not cur.fetchone()[0]:
-            return {}
-        cur.execute(sql.SQL("SELECT table_id, bookmark FROM {} WHERE replication_key = %s AND bookmark IS NOT NULL "
-                            "AND to_regclass(quote_ident(%s) || '.' || quote_ident(destination_table)) IS NOT NULL")
-                    .format(sql.Identifier(destination.schema, STATE_TABLE)),
-                    (SLOT_MARK + slot, destination.schema))  # fmt: skip
-        return dict(cur.fetchall())
-
-
-def record_snapshot(destination: PostgresDestination, table: SelectedTable, slot: str, lsn: str) -> None:
-    """The table holds its rows as of ``lsn``: the stream applies its changes from there on."""
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table, replication_key, bookmark) VALUES "
-                            "(%s, %s, %s, %s) ON CONFLICT (table_id) DO UPDATE SET destination_table = "
-                            "EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
-                            "bookmark = EXCLUDED.bookmark, covered_to = NULL, updated_at = now()")
-                    .format(sql.Identifier(destination.schema, STATE_TABLE)),
-                    (table.id, table.destination_table, SLOT_MARK + slot, lsn))  # fmt: skip
-
-
-def forget_slot(destination: PostgresDestination, slot: str) -> int:
-    """Forget the slot's position and every table's snapshot under it (after the slot was dropped): the next
-    sync snapshots the tables again. Returns how many tables will be snapshotted again."""
-    with destination.conn, destination.conn.cursor() as cur:
-        forgotten = 0
-        for table, column in ((SLOTS_TABLE, "slot"), (STATE_TABLE, "replication_key")):
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(destination.schema)}.{quote_ident(table)}",))
-            if cur.fetchone()[0]:
-                cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                    sql.Identifier(destination.schema, table), sql.Identifier(column)),
-                    (slot if table == SLOTS_TABLE else SLOT_MARK + slot,))  # fmt: skip
-                forgotten = cur.rowcount if table == STATE_TABLE else forgotten
-        return forgotten
-
-
-def forget_table(destination: PostgresDestination, slot: str, table_id: str) -> None:
-    """The table's snapshot is void (its changes will not be applied): the next sync copies it again."""
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
-            sql.Identifier(destination.schema, STATE_TABLE)), (table_id, SLOT_MARK + slot))  # fmt: skip
-
-
-def slot_age_seconds(destination: PostgresDestination, slot: str) -> int | None:
-    """Seconds since the slot's position last moved in the destination (None: never)."""
-    if applied_lsn(destination, slot) is None:
-        return None
-    with destination.conn, destination.conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
-            sql.Identifier(destination.schema, SLOTS_TABLE)), (slot,))  # fmt: skip
-        return cur.fetchone()[0]
-
-
-def apply_batch(destination: PostgresDestination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
-                slot: str, soft_deletes: bool = False, source: object = None) -> ApplyReport:  # fmt: skip
-    """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move the
-    slot's LSN to ``batch.end_lsn``, all in one destination transaction."""
-    report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
-    conn = destination.conn
-    try:
-        touched = {(r.namespace, r.name) for segment in batch.segments for oid in segment.changes
-                   if (r := batch.relations.get(oid)) is not None}  # fmt: skip
-        enforced = {}
-        for name, table in tables.items():
-            destination._create_if_missing(table)
-            if name in touched:  # ON CONFLICT needs the replica's primary key (checked before the transaction)
-                enforced[table.id] = destination.primary_key_enforced(table)
-        with conn.cursor() as cur:
-            if report.lsn is not None:
-                cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (f"lsn:{report.lsn}",))
-            for table in tables.values():
-                destination.ensure_table(cur, table)
-                if soft_deletes:
-                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
-                        destination._target(table), sql.Identifier(DELETED_AT)))  # fmt: skip
-            for table, changes in batch.in_order(tables):
-                if changes is None:  # a TRUNCATE, in its place
-                    target = destination._target(table)
-                    if soft_deletes:
-                        cur.execute(sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
-                            target, d=sql.Identifier(DELETED_AT)))  # fmt: skip
-                    else:
-                        cur.execute(sql.SQL("TRUNCATE {}").format(target))
-                    report.truncated.append(table.id)
-                    continue
-                try:
-                    _apply_table(cur, destination, table, changes, report, soft_deletes,
-                                 enforced.get(table.id, False))  # fmt: skip
-                except (psycopg2.Error, LoadError) as exc:
-                    if isinstance(exc, psycopg2.OperationalError) or conn.closed:
-                        raise  # the connection, not the table: the caller retries
-                    raise TableApplyError(table.id, str(exc).strip().splitlines()[0]) from exc
-            if report.lsn is not None:
-                _write_lsn(cur, destination, slot, report.lsn)
-        conn.commit()  # the rows and the LSN, together
-    except BaseException:
-        if not conn.closed:
-            conn.rollback()
-        raise
-    return report
-
-
 def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination, table: SelectedTable,
                  changes: list[RowChange], report: ApplyReport, soft_deletes: bool = False,
                  enforced: bool = False) -> None:  # fmt: skip
     if not table.primary_key:
         raise LoadError(f"{table.id}: log-based apply needs a primary key in the destination. Fix: give the table "
                         "a primary key at the source, or `primary_key:` in the selection")  # fmt: skip
-    target = destination._target(table)
+    target = destination.target(table)
     names = list(table.column_names)
     key_index = [names.index(k) for k in table.primary_key]
     # primary-key columns are never NULL: plain equality, so the replica's key index serves every join
@@ -364,3 +213,170 @@ def _fill_from_old_key(cur: psycopg2.extensions.cursor, table: SelectedTable, ta
 
 def _commit_time(microseconds: int | None) -> str:
     return "\\N" if microseconds is None else timestamp(microseconds).isoformat()
+
+
+class PostgresApplier:
+    """``ChangeApplier`` (``base.py``) for PostgreSQL, on the destination's connection."""
+
+    def __init__(self, destination: PostgresDestination) -> None:
+        self.destination = destination
+
+    def lock_slot(self, slot: str) -> None:
+        conn = self.destination.conn
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(slot),))
+            conn.commit()
+        except psycopg2.errors.LockNotAvailable:
+            conn.rollback()
+            raise SlotBusy(f"slot {slot!r}: another run is reading it and did not finish within the destination's "
+                           "lock_timeout. Fix: wait for that run (Dagster runs it one at a time per slot), or raise "
+                           "destination.lock_timeout_seconds") from None  # fmt: skip
+
+    def unlock_slot(self, slot: str) -> None:
+        conn = self.destination.conn
+        if conn.closed:
+            return  # a closed session holds no lock
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(slot),))
+        conn.commit()
+
+    def applied_lsn(self, slot: str) -> str | None:
+        """The LSN up to which the self.destination holds the slot's changes (None: nothing applied yet)."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOTS_TABLE)}",))  # fmt: skip
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute(sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(sql.Identifier(self.destination.schema, SLOTS_TABLE)),
+                        (slot,))  # fmt: skip
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def mark_reading(self, slot: str, reading: bool) -> None:
+        """A run is reading the slot (set before it starts, cleared when it ended cleanly): after a run that
+        stopped mid-stream, the slot may have confirmed WAL that held nothing for us (psycopg2 moves its confirmed
+        position to a keepalive's WAL end while every message it received is confirmed)."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            state = _slots_table(cur, self.destination)
+            cur.execute(sql.SQL("UPDATE {} SET reading = %s WHERE slot = %s").format(state), (reading, slot))
+
+    def was_reading(self, slot: str) -> bool:
+        """Whether the last run on the slot stopped before it ended cleanly."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            state = _slots_table(cur, self.destination)
+            cur.execute(sql.SQL("SELECT reading FROM {} WHERE slot = %s").format(state), (slot,))
+            row = cur.fetchone()
+        return bool(row and row[0])
+
+    def record_lsn(self, slot: str, lsn: str) -> None:
+        """Record that the stream reached ``lsn`` with nothing left to apply (the server sent nothing for our
+        tables before it)."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            _write_lsn(cur, self.destination, slot, lsn)
+
+    def snapshot_lsns(self, slot: str) -> dict[str, str]:
+        """Per log-based table of ``slot`` whose self.destination table exists: the LSN of the snapshot it was copied at."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (f"{quote_ident(self.destination.schema)}.{quote_ident(STATE_TABLE)}",))  # fmt: skip
+            if not cur.fetchone()[0]:
+                return {}
+            cur.execute(sql.SQL("SELECT table_id, bookmark FROM {} WHERE replication_key = %s AND bookmark IS NOT NULL "
+                                "AND to_regclass(quote_ident(%s) || '.' || quote_ident(destination_table)) IS NOT NULL")
+                        .format(sql.Identifier(self.destination.schema, STATE_TABLE)),
+                        (SLOT_MARK + slot, self.destination.schema))  # fmt: skip
+            return dict(cur.fetchall())
+
+    def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
+        """The table holds its rows as of ``lsn``: the stream applies its changes from there on."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table, replication_key, bookmark) VALUES "
+                                "(%s, %s, %s, %s) ON CONFLICT (table_id) DO UPDATE SET destination_table = "
+                                "EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
+                                "bookmark = EXCLUDED.bookmark, covered_to = NULL, updated_at = now()")
+                        .format(sql.Identifier(self.destination.schema, STATE_TABLE)),
+                        (table.id, table.destination_table, SLOT_MARK + slot, lsn))  # fmt: skip
+
+    def forget_slot(self, slot: str) -> int:
+        """Forget the slot's position and every table's snapshot under it (after the slot was dropped): the next
+        sync snapshots the tables again. Returns how many tables will be snapshotted again."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            forgotten = 0
+            for table, column in ((SLOTS_TABLE, "slot"), (STATE_TABLE, "replication_key")):
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(self.destination.schema)}.{quote_ident(table)}",))
+                if cur.fetchone()[0]:
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                        sql.Identifier(self.destination.schema, table), sql.Identifier(column)),
+                        (slot if table == SLOTS_TABLE else SLOT_MARK + slot,))  # fmt: skip
+                    forgotten = cur.rowcount if table == STATE_TABLE else forgotten
+            return forgotten
+
+    def forget_table(self, slot: str, table_id: str) -> None:
+        """The table's snapshot is void (its changes will not be applied): the next sync copies it again."""
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
+                sql.Identifier(self.destination.schema, STATE_TABLE)), (table_id, SLOT_MARK + slot))  # fmt: skip
+
+    def slot_age_seconds(self, slot: str) -> int | None:
+        """Seconds since the slot's position last moved in the self.destination (None: never)."""
+        if self.applied_lsn(slot) is None:
+            return None
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
+                sql.Identifier(self.destination.schema, SLOTS_TABLE)), (slot,))  # fmt: skip
+            return cur.fetchone()[0]
+
+    def apply_batch(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
+                    slot: str, soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+        """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move the
+        slot's LSN to ``batch.end_lsn``, all in one self.destination transaction."""
+        report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
+        conn = self.destination.conn
+        try:
+            touched = {(r.namespace, r.name) for segment in batch.segments for oid in segment.changes
+                       if (r := batch.relations.get(oid)) is not None}  # fmt: skip
+            enforced = {}
+            for name, table in tables.items():
+                self.destination.create_if_missing(table)
+                if name in touched:  # ON CONFLICT needs the replica's primary key (checked before the transaction)
+                    enforced[table.id] = self.destination.primary_key_enforced(table)
+            with conn.cursor() as cur:
+                if report.lsn is not None:
+                    cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (f"lsn:{report.lsn}",))
+                for table in tables.values():
+                    self.destination.ensure_table(cur, table)
+                    if soft_deletes:
+                        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
+                            self.destination.target(table), sql.Identifier(DELETED_AT)))  # fmt: skip
+                for table, changes in batch.in_order(tables):
+                    if changes is None:  # a TRUNCATE, in its place
+                        target = self.destination.target(table)
+                        if soft_deletes:
+                            cur.execute(sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
+                                target, d=sql.Identifier(DELETED_AT)))  # fmt: skip
+                        else:
+                            cur.execute(sql.SQL("TRUNCATE {}").format(target))
+                        report.truncated.append(table.id)
+                        continue
+                    try:
+                        _apply_table(cur, self.destination, table, changes, report, soft_deletes,
+                                     enforced.get(table.id, False))  # fmt: skip
+                    except (psycopg2.Error, LoadError) as exc:
+                        if isinstance(exc, psycopg2.OperationalError) or conn.closed:
+                            raise  # the connection, not the table: the caller retries
+                        raise TableApplyError(table.id, str(exc).strip().splitlines()[0]) from exc
+                if report.lsn is not None:
+                    _write_lsn(cur, self.destination, slot, report.lsn)
+            conn.commit()  # the rows and the LSN, together
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        return report
+
+
+def _lock_key(slot: str) -> int:
+    """The advisory lock's key for ``slot`` (a session lock: it dies with a killed run's connection)."""
+    return zlib.crc32(f"rds_pipeline slot {slot}".encode()) - 2**31

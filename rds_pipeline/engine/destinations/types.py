@@ -25,7 +25,7 @@ BUILTIN_TYPES = {
 }  # fmt: skip
 
 
-def _bare(type_name: str) -> str:
+def bare_type(type_name: str) -> str:
     """``numeric(5,2)`` -> ``numeric``; ``timestamp(3) with time zone`` -> ``timestamp with time zone``."""
     import re
 
@@ -38,13 +38,13 @@ def postgres_type(column: Column) -> str:
         return "text"
     if column.kind == "domain":
         base = column.base_type or "text"
-        return base if _bare(base) in BUILTIN_TYPES else "text"
+        return base if bare_type(base) in BUILTIN_TYPES else "text"
     if column.kind == "array":
         element = column.base_type or "text"
-        if _bare(column.type) in BUILTIN_TYPES:
+        if bare_type(column.type) in BUILTIN_TYPES:
             return column.type
         return "text[]" if element else "text"
-    if _bare(column.type) in BUILTIN_TYPES:
+    if bare_type(column.type) in BUILTIN_TYPES:
         return column.type
     return "text"
 
@@ -77,7 +77,7 @@ def duckdb_type(column: Column) -> str:
     if column.kind == "array":
         return "JSON"
     base = column.base_type if column.kind == "domain" and column.base_type else column.type
-    bare = _bare(base)
+    bare = bare_type(base)
     if bare == "numeric":
         import re
 
@@ -114,8 +114,8 @@ def binary_refusal(columns: tuple[Column, ...]) -> str | None:
         declared = column.base_type if column.kind == "domain" and column.base_type else column.type
         if postgres_type(column) != declared:
             return f"column {column.name} ({column.type}) becomes {postgres_type(column)} in the destination"
-        if _bare(declared) not in BINARY_STABLE_TYPES:
+        if bare_type(declared) not in BINARY_STABLE_TYPES:
             return f"column {column.name} is of type {column.type}, whose binary form may differ between servers"
-        if column.kind == "array" and _bare(column.base_type or "") not in BINARY_STABLE_TYPES:
+        if column.kind == "array" and bare_type(column.base_type or "") not in BINARY_STABLE_TYPES:
             return f"column {column.name} is an array of {column.base_type}"
     return None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from psycopg2 import sql
 
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.destinations.types import binary_refusal
 from rds_pipeline.engine.selection import SelectedTable
 
 
@@ -26,3 +28,15 @@ def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
         select = sql.SQL("{} WHERE {}").format(select, predicate)
     options = sql.SQL(" WITH (FORMAT csv)") if csv else sql.SQL(" WITH (FORMAT binary)") if binary else sql.SQL("")
     return sql.SQL("COPY ({}) TO STDOUT{}").format(select, options)
+
+
+def binary_copy(destination: Destination, table: SelectedTable, wanted: str = "auto",
+                tunnelled: bool = False) -> tuple[bool, str]:  # fmt: skip
+    """Whether the rows move as binary COPY (PostgreSQL to PostgreSQL, every column of a type whose binary
+    form is exact there, and ``source.copy_format`` allows it), and the format as the extraction log shows it."""
+    if not destination.accepts_binary_copy:
+        return False, "csv" if destination.copy_csv else "text"
+    if wanted == "text" or (wanted == "auto" and tunnelled):
+        return False, "text (copy_format: text)" if wanted == "text" else "text (through the SSH tunnel: fewer bytes)"
+    refusal = binary_refusal(table.columns)
+    return (True, "binary") if refusal is None else (False, f"text ({refusal})")

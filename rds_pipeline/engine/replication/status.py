@@ -38,9 +38,8 @@ def standings(config: IntegrationConfig, selection: list[SelectedTable], destina
     applied_lsn = None
     logged = [t for t in selection if t.method == "log_based"]
     if logged:
-        from rds_pipeline.engine.destinations.log_apply import applier
-
-        applied_lsn = applier(destination).applied_lsn(destination, config.slot_name)
+        
+        applied_lsn = destination.changes().applied_lsn(config.slot_name)
     probes, wal, problem = {}, None, None
     keyed = [t for t in selection if t.method == "key_based" and t.replication_key]
     databases = sorted({t.relation.database for t in keyed} - {config.source.database})

@@ -24,11 +24,11 @@ from psycopg2 import sql
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.core.copy_out import CopyOut, ExtractionLog, source_in_recovery
 from rds_pipeline.engine.core.ranges import KeyRange
-from rds_pipeline.engine.destinations.base import Destination, LoadError, LoadingReport
-from rds_pipeline.engine.destinations.types import binary_refusal, postgres_type
-from rds_pipeline.engine.errors import ConnectionProblem
+from rds_pipeline.engine.destinations.base import Destination, LoadingReport
+from rds_pipeline.engine.destinations.types import postgres_type
+from rds_pipeline.engine.errors import ConnectionProblem, LoadError
 from rds_pipeline.engine.progress import table_done
-from rds_pipeline.engine.replication.extract import select_query
+from rds_pipeline.engine.replication.extract import binary_copy, select_query
 from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.session import SourceSession
@@ -186,7 +186,7 @@ def sync_table(
                              pass_attempt=True)  # fmt: skip
 
     parallel = min(session.config.parallel_chunks, len(plan.steps) - 1)
-    if plan.historical and parallel > 1 and destination.kind == "postgres":
+    if plan.historical and parallel > 1 and destination.parallel_loads:
         if table.method == "key_based":
             max_key()  # read once, before the workers share it
         steps = _in_parallel(plan.steps, parallel, session, destination, run_step)
@@ -316,18 +316,6 @@ def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) 
         value = cur.fetchone()[0]
     conn.commit()
     return value
-
-
-def binary_copy(destination: Destination, table: SelectedTable, wanted: str = "auto",
-                tunnelled: bool = False) -> tuple[bool, str]:  # fmt: skip
-    """Whether the rows move as binary COPY (PostgreSQL to PostgreSQL, every column of a type whose binary
-    form is exact there, and ``source.copy_format`` allows it), and the format as the extraction log shows it."""
-    if destination.kind != "postgres":
-        return False, "csv" if destination.copy_csv else "text"
-    if wanted == "text" or (wanted == "auto" and tunnelled):
-        return False, "text (copy_format: text)" if wanted == "text" else "text (through the SSH tunnel: fewer bytes)"
-    refusal = binary_refusal(table.columns)
-    return (True, "binary") if refusal is None else (False, f"text ({refusal})")
 
 
 def _copy_step(session: SourceSession, destination: Destination, table: SelectedTable, step: Step,

@@ -14,6 +14,7 @@ from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 from rds_pipeline.engine.source.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
 from rds_pipeline.engine.source.discovery import discover_database
+from rds_pipeline.engine.source.logical import IDENTITIES, readiness
 
 # A deliberately pessimistic read rate for a production source, to size statement_timeout.
 ASSUMED_READ_BYTES_PER_SECOND = 20 * 1024 * 1024
@@ -156,8 +157,6 @@ def check_database(
 def log_based_findings(conn: psycopg2.extensions.connection, config: IntegrationConfig,
                        tables: list[SelectedTable], user: str) -> list[Finding]:  # fmt: skip
     """wal_level, the replication right, each table's replica identity, and a bound on the WAL a slot holds."""
-    from rds_pipeline.engine.replication.cdc.setup import IDENTITIES, readiness
-
     ready = readiness(conn, tables)
     problems = {subject: (what, fix) for subject, what, fix in ready.problems(tables, user)}
     findings = []

@@ -15,19 +15,18 @@ from psycopg2 import sql
 
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.destinations.base import Destination
-from rds_pipeline.engine.destinations.log_apply import applier
-from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.destinations.factory import open_destination
+from rds_pipeline.engine.errors import RdsPipelineError, SetupNeeded
 from rds_pipeline.engine.replication.cdc.setup import (
-    SetupNeeded,
     ensure_publication,
     publication_tables,
-    readiness,
     run_or_ask_admin,
 )
 from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
 from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
+from rds_pipeline.engine.source.logical import readiness
 
 
 def log_based(selection: list[SelectedTable]) -> list[SelectedTable]:
@@ -87,17 +86,17 @@ def status(config: IntegrationConfig, selection: list[SelectedTable],
         lsn, age = _destination_position(destination, config.slot_name)
         yield (f"destination: changes applied up to {lsn}, {age}" if lsn else
                "destination: nothing applied yet")  # fmt: skip
-        snapshots = applier(destination).snapshot_lsns(destination, config.slot_name)
+        snapshots = destination.changes().snapshot_lsns(config.slot_name)
         for table in tables:
             at = snapshots.get(table.id)
             yield f"  {table.id}: " + (f"streaming (snapshot at {at})" if at else "needs a snapshot (next sync)")
 
 
 def _destination_position(destination: Destination, slot: str) -> tuple[str | None, str]:
-    lsn = applier(destination).applied_lsn(destination, slot)
+    lsn = destination.changes().applied_lsn(slot)
     if lsn is None:
         return None, ""
-    seconds = applier(destination).slot_age_seconds(destination, slot) or 0
+    seconds = destination.changes().slot_age_seconds(slot) or 0
     return lsn, f"last moved {seconds // 60} min {seconds % 60} s ago"
 
 
@@ -119,7 +118,7 @@ def drop(config: IntegrationConfig, destination: Destination | None, *,
         if not statements:
             yield f"-- no slot {config.slot_name} and no publication {config.publication_name} on the source"
     if destination is not None:
-        forgotten = applier(destination).forget_slot(destination, config.slot_name)
+        forgotten = destination.changes().forget_slot(config.slot_name)
         yield (f"-- destination: stream state of {config.slot_name} forgotten; {forgotten} table(s) will be copied "
                "again from a new snapshot at the next sync")  # fmt: skip
 
@@ -127,7 +126,6 @@ def drop(config: IntegrationConfig, destination: Destination | None, *,
 @contextlib.contextmanager
 def destination_of(config: IntegrationConfig) -> Iterator[Destination]:
     """The configured destination, where the stream's state lives."""
-    from rds_pipeline.engine.destinations.factory import open_destination
 
     destination = open_destination(config)
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,27 +31,22 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.base import Destination
-from rds_pipeline.engine.destinations.log_apply import applier
-from rds_pipeline.engine.destinations.postgres_apply import TableApplyError
-from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.errors import GapDetected, SetupNeeded, SlotBusy, TableApplyError
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
-from rds_pipeline.engine.replication.cdc.setup import SetupNeeded, ensure_publication, readiness
+from rds_pipeline.engine.replication.cdc.setup import ensure_publication
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
 from rds_pipeline.engine.replication.cdc.snapshot import snapshot_tables, temporary_slot_name
-from rds_pipeline.engine.replication.cdc.stream import GapDetected, StreamResult, catch_up
+from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
+from rds_pipeline.engine.source.logical import readiness
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
     from rds_pipeline.engine.source.tunnel import SshTunnel
 
 HEARTBEAT_PREFIX = "rds_pipeline_heartbeat"
 RESYNC_FIX = "run `rds-pipeline cdc drop`, then sync again: every log-based table is copied again from a new snapshot"
-
-
-class SlotBusy(RdsPipelineError):
-    """Another client is reading the slot."""
 
 
 @dataclass
@@ -81,7 +75,8 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
     to split a table's snapshot; ``ranges``: key ranges to copy again (a backfill), consistently with the stream."""
     started = time.monotonic()
     result = LogBasedResult(config.slot_name, config.publication_name)
-    _lock_slot(destination, result.slot)
+    applier = destination.changes()
+    applier.lock_slot(result.slot)
     tunnel = None
     try:
         tunnel = open_tunnel(config.source)
@@ -109,7 +104,7 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
     finally:
         if tunnel is not None:
             tunnel.close()
-        _unlock_slot(destination, result.slot)
+        applier.unlock_slot(result.slot)
     result.seconds = time.monotonic() - started
     for table in tables:
         if table.id not in result.failures:
@@ -133,35 +128,6 @@ class _Connector:
             yield conn
         finally:
             conn.close()
-
-
-def _lock_slot(destination: Destination, slot: str) -> None:
-    """One run per slot: wait (up to the destination's lock_timeout) for a run already reading it. (A DuckDB
-    file has one writing process at a time: opening it already waited.)"""
-    if destination.kind != "postgres":
-        return
-    try:
-        with destination.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(slot),))
-        destination.conn.commit()
-    except psycopg2.errors.LockNotAvailable:
-        destination.conn.rollback()
-        raise SlotBusy(f"slot {slot!r}: another run is reading it and did not finish within the destination's "
-                       "lock_timeout. Fix: wait for that run (Dagster runs it one at a time per slot), or raise "
-                       "destination.lock_timeout_seconds") from None  # fmt: skip
-
-
-def _unlock_slot(destination: Destination, slot: str) -> None:
-    if destination.kind != "postgres" or destination.conn.closed:
-        return  # a closed session holds no lock
-    destination.conn.rollback()
-    with destination.conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(slot),))
-    destination.conn.commit()
-
-
-def _lock_key(slot: str) -> int:
-    return zlib.crc32(f"rds_pipeline slot {slot}".encode()) - 2**31
 
 
 def _first_line(exc: BaseException) -> str:
@@ -218,8 +184,8 @@ def _forget_others(destination: Destination, slot: str, usable: list[SelectedTab
     """A table whose changes this run will not apply (deselected, or refused) must not keep its snapshot: the
     slot moves past its changes, so if it comes back it needs a new copy."""
     keep = {t.id for t in usable}
-    for table_id in set(applier(destination).snapshot_lsns(destination, slot)) - keep:
-        applier(destination).forget_table(destination, slot, table_id)
+    for table_id in set(destination.changes().snapshot_lsns(slot)) - keep:
+        destination.changes().forget_table(slot, table_id)
 
 
 def _snapshot(connect: _Connector, destination: Destination, usable: list[SelectedTable],
@@ -234,7 +200,7 @@ def _snapshot(connect: _Connector, destination: Destination, usable: list[Select
                             "WHERE pid = %s", (status.active_pid,))  # fmt: skip
                 lag = cur.fetchone()
             conn.rollback()
-    applied = applier(destination).applied_lsn(destination, result.slot)
+    applied = destination.changes().applied_lsn(result.slot)
     if status is None:
         if applied is not None:
             raise GapDetected(f"slot {result.slot!r} is gone from the source (dropped, or removed by the server), but "
@@ -252,8 +218,8 @@ def _snapshot(connect: _Connector, destination: Destination, usable: list[Select
         _take_over(connect, result.slot, status, lag[1] if lag else None)
     if applied is None:  # the slot was made by `cdc setup`: every table gets its own snapshot, after its position
         assert status.confirmed_flush_lsn is not None
-        applier(destination).record_lsn(destination, result.slot, status.confirmed_flush_lsn)
-    known = applier(destination).snapshot_lsns(destination, result.slot)
+        destination.changes().record_lsn(result.slot, status.confirmed_flush_lsn)
+    known = destination.changes().snapshot_lsns(result.slot)
     missing = [t for t in usable if t.id not in known]
     if missing:
         _take(result, snapshot_tables(config.source, destination, missing, temporary_slot_name(result.slot),
@@ -304,7 +270,7 @@ def _released(connect: _Connector, slot: str, seconds: float) -> bool:
 def _stream(connect: _Connector, destination: Destination, tables: list[SelectedTable],
             result: LogBasedResult) -> StreamResult:  # fmt: skip
     config = connect.config
-    since_by_id = applier(destination).snapshot_lsns(destination, result.slot)
+    since_by_id = destination.changes().snapshot_lsns(result.slot)
     live = [t for t in tables if t.id in since_by_id]
     while True:
         by_name = {(t.relation.schema, t.relation.name): t for t in live}
@@ -316,7 +282,7 @@ def _stream(connect: _Connector, destination: Destination, tables: list[Selected
         except TableApplyError as exc:
             # that table's changes cannot be applied: drop it from this run (its snapshot forgotten, so the
             # next run copies it again) and stream the others from where the destination is
-            applier(destination).forget_table(destination, result.slot, exc.table_id)
+            destination.changes().forget_table(result.slot, exc.table_id)
             result.failures[exc.table_id] = (f"{str(exc).removeprefix(exc.table_id + ': ')}. Fix: the next sync "
                                              "copies the table again; if it fails the same way, run "
                                              "`rds-pipeline discover` and check its columns")  # fmt: skip

@@ -38,11 +38,7 @@ from rds_pipeline.engine.core.messages import (
     Update,
     Value,
 )
-
-
-class DecodeError(ValueError):
-    """Bytes that are not a pgoutput message of the expected protocol version."""
-
+from rds_pipeline.engine.errors import DecodeError
 
 _I8 = struct.Struct("!b")
 _U8 = struct.Struct("!B")

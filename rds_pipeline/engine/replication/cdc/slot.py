@@ -17,6 +17,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.core.session_settings import SESSION_SETTINGS
 from rds_pipeline.engine.source.connection import connect_source
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
@@ -66,7 +67,6 @@ def replication_connection(config: SourceConfig, tunnel: SshTunnel | None = None
                            database: str | None = None) -> psycopg2.extras.LogicalReplicationConnection:  # fmt: skip
     """A walsender connection whose session settings make pgoutput's text values exact and unambiguous (UTC,
     ISO dates, full float digits), as on the COPY path: they are set at startup, before any value is sent."""
-    from rds_pipeline.engine.core.session_settings import SESSION_SETTINGS
 
     settings = {name: value.replace(" ", "") for name, value in SESSION_SETTINGS.items()}
     return connect_source(config, tunnel, database,  # type: ignore[return-value]

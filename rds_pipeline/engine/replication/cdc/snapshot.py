@@ -28,9 +28,8 @@ from rds_pipeline.engine.core.copy_out import CopyOut, ExtractionLog
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.destinations.base import Destination
-from rds_pipeline.engine.destinations.log_apply import applier
 from rds_pipeline.engine.replication.cdc.slot import SlotSnapshot, create_slot, replication_connection, use_snapshot
-from rds_pipeline.engine.replication.extract import select_query
+from rds_pipeline.engine.replication.extract import binary_copy, select_query
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source
 
@@ -76,7 +75,7 @@ def snapshot_tables(config: SourceConfig, destination: Destination, tables: list
                         break
                     continue
                 if part is None:
-                    applier(destination).record_snapshot(destination, table, main_slot or slot, snapshot.consistent_point)
+                    destination.changes().record_snapshot(table, main_slot or slot, snapshot.consistent_point)
                 if on_table is not None:
                     on_table(table.id, result.rows[table.id])
         finally:
@@ -84,7 +83,7 @@ def snapshot_tables(config: SourceConfig, destination: Destination, tables: list
     finally:
         replication.close()  # a temporary slot goes with its connection
     if not temporary:
-        applier(destination).record_lsn(destination, slot, snapshot.consistent_point)
+        destination.changes().record_lsn(slot, snapshot.consistent_point)
     return result
 
 
@@ -96,8 +95,6 @@ def _copy(source: psycopg2.extensions.connection, destination: Destination, tabl
           snapshot: SlotSnapshot, key_range: KeyRange, config: SourceConfig) -> int:  # fmt: skip
     """One range (or the whole table), replaced in the destination; the source transaction (the snapshot)
     stays open for the next one."""
-    from rds_pipeline.engine.replication.sync import binary_copy
-
     binary, copy_format = binary_copy(destination, table, config.copy_format, config.ssh is not None)
     query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
                          binary=binary)  # fmt: skip

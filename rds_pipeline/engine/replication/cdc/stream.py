@@ -21,9 +21,8 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.core.changes import ChangeBatch, Layout
 from rds_pipeline.engine.core.messages import Begin, Commit, Relation, lsn_text
-from rds_pipeline.engine.destinations.base import Destination
-from rds_pipeline.engine.destinations.log_apply import applier
-from rds_pipeline.engine.errors import RdsPipelineError
+from rds_pipeline.engine.destinations.base import ApplyReport, Destination, SourceConnect
+from rds_pipeline.engine.errors import GapDetected, RdsPipelineError
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.engine.replication.cdc.slot import replication_connection
@@ -37,13 +36,10 @@ PROTOCOL_VERSION = 1
 WAIT_SECONDS = 1.0  # one bounded wait for the server between two reads
 
 
-def apply_batch(destination: Destination, *args: Any, **kwargs: Any) -> Any:
-    """The destination's own apply (PostgreSQL or DuckDB): rows and the slot's LSN in one transaction."""
-    return applier(destination).apply_batch(destination, *args, **kwargs)
-
-
-class GapDetected(RdsPipelineError):
-    """The slot confirmed changes the destination does not hold: they are gone from the log."""
+def apply_batch(destination: Destination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch, slot: str,
+                soft_deletes: bool, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+    """The destination's own apply: rows and the slot's LSN in one transaction (a seam the kill tests cut)."""
+    return destination.changes().apply_batch(tables, batch, slot, soft_deletes, source)
 
 
 def lsn_int(text: str) -> int:
@@ -95,9 +91,9 @@ def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[
         target_text, confirmed = cur.fetchone()
     if confirmed is None:
         raise RdsPipelineError(f"replication slot {slot!r} does not exist. Fix: run `rds-pipeline cdc setup`")
-    state = applier(destination)
-    applied = state.applied_lsn(destination, slot)
-    interrupted = applied is not None and state.was_reading(destination, slot)
+    state = destination.changes()
+    applied = state.applied_lsn(slot)
+    interrupted = applied is not None and state.was_reading(slot)
     if applied is not None and lsn_int(confirmed) > lsn_int(applied) and not interrupted:
         # (after a run that stopped mid-stream, a slot ahead of the destination is psycopg2's safe advance past
         # WAL that held nothing for us; the server resends every transaction committed after it)
@@ -107,7 +103,7 @@ def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[
     result = StreamResult(applied, applied, target_text)
     target, done = lsn_int(target_text), lsn_int(applied) if applied else 0
     if applied is not None:
-        state.mark_reading(destination, slot, True)
+        state.mark_reading(slot, True)
     replication = replication_connection(config, tunnel)
     try:
         cur = replication.cursor()
@@ -212,9 +208,9 @@ class _Reader:
         # confirmed (psycopg2 PR #913); the server had sent all it decoded up to there, so recording the same
         # position in the destination keeps the two in step (and the gap check above meaningful)
         reached = max(cur.wal_end, done, batch.end_lsn or 0)
-        applier(self.destination).record_lsn(self.destination, self.slot, lsn_text(reached))
+        self.destination.changes().record_lsn(self.slot, lsn_text(reached))
         cur.send_feedback(flush_lsn=reached, force=True, reply=True)  # recorded first, then confirmed
-        applier(self.destination).mark_reading(self.destination, self.slot, False)  # a clean end
+        self.destination.changes().mark_reading(self.slot, False)  # a clean end
         _await_reply(cur)
         result.end_lsn = lsn_text(reached)
 
