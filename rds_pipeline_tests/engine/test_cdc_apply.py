@@ -30,8 +30,8 @@ def changes(server: LocalPostgres, database: str, slot: str) -> ChangeBatch:
     decoder, batch, current = PgOutputDecoder(1), ChangeBatch(), []
     for data in rows:
         message = decoder.decode(data)
-        if isinstance(message, Begin):
-            current = []
+        if isinstance(message, Begin):  # as the stream does: deletes carry their transaction's commit time
+            current, batch.commit_time = [], message.commit_time
         elif isinstance(message, Commit):
             batch.add_transaction(current, message.end_lsn)
         else:

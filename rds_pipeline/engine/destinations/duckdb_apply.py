@@ -150,13 +150,28 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
             return f"c{i}" if column.name in as_text else convert(f"c{i}", column)
 
         keys = " AND ".join(f"t.{dq(k)} = s.{dq(k)}" for k in table.primary_key)
+        # the upserts staged first: a key change's UNCHANGED values are read from its old row before the deletes
+        if upserts:
+            staged = [[*row, "".join("1" if v is UNCHANGED else "0" for v in ch.values),
+                       *(ch.moved_from or [None] * len(key_at))] for row, ch in zip(rows, upserts, strict=True)]  # fmt: skip
+            exprs = [f"{converted(i, col)} AS {dq(col.name)}" for i, col in enumerate(columns)]
+            exprs.append(f"c{len(columns)} AS _rds_u")
+            exprs += [f"{converted(len(columns) + 1 + j, columns[i])} AS _rds_old{j}" for j, i in enumerate(key_at)]
+            _stage(destination, "_rds_changed", staged, exprs, path)
+            # a key change that left TOASTed values: they are under the old key, whose row is still there unless a
+            # re-snapshot already holds the new key (then the new key's current values are kept, as in PostgreSQL)
+            old_keys = " AND ".join(f"t.{dq(k)} = s._rds_old{j}" for j, k in enumerate(table.primary_key))
+            moved = any(ch.moved_from is not None for ch in upserts)
+            for i, name in enumerate(names if moved else []):
+                run(c, f"UPDATE _rds_changed s SET {dq(name)} = t.{dq(name)}, _rds_u = overlay(s._rds_u PLACING '0' FROM {i + 1}) "
+                       f"FROM {target} t WHERE {old_keys} AND substr(s._rds_u, {i + 1}, 1) = '1' AND s._rds_old0 IS NOT NULL")  # fmt: skip
         if deletes:
             key_rows: list[list[Value]] = [[*ch.values, _time(ch.at)] for ch in deletes]
             exprs = [f"{converted(j, columns[i])} AS {dq(names[i])}" for j, i in enumerate(key_at)]
             exprs.append(f"CAST(c{len(key_at)} AS TIMESTAMPTZ) AS _rds_at")
             _stage(destination, "_rds_deleted", key_rows, exprs, path)
             if soft_deletes:
-                deleted = run(c, f"UPDATE {target} t SET {dq(DELETED_AT)} = s._rds_at FROM _rds_deleted s WHERE {keys} "
+                deleted = run(c, f"UPDATE {target} t SET {dq(DELETED_AT)} = coalesce(s._rds_at, now()) FROM _rds_deleted s WHERE {keys} "
                                  f"AND t.{dq(DELETED_AT)} IS NULL")  # fmt: skip
             else:
                 deleted = run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_deleted s WHERE {keys})")
@@ -164,19 +179,6 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
             c.execute("DROP TABLE _rds_deleted")
         if not upserts:
             return
-        staged = [[*row, "".join("1" if v is UNCHANGED else "0" for v in ch.values),
-                   *(ch.moved_from or [None] * len(key_at))] for row, ch in zip(rows, upserts, strict=True)]  # fmt: skip
-        exprs = [f"{converted(i, col)} AS {dq(col.name)}" for i, col in enumerate(columns)]
-        exprs.append(f"c{len(columns)} AS _rds_u")
-        exprs += [f"{converted(len(columns) + 1 + j, columns[i])} AS _rds_old{j}" for j, i in enumerate(key_at)]
-        _stage(destination, "_rds_changed", staged, exprs, path)
-        # a key change that left TOASTed values: they are under the old key, whose row is still there unless a
-        # re-snapshot already holds the new key (then the new key's current values are kept, as in PostgreSQL)
-        old_keys = " AND ".join(f"t.{dq(k)} = s._rds_old{j}" for j, k in enumerate(table.primary_key))
-        moved = any(ch.moved_from is not None for ch in upserts)
-        for i, name in enumerate(names if moved else []):
-            run(c, f"UPDATE _rds_changed s SET {dq(name)} = t.{dq(name)}, _rds_u = overlay(s._rds_u PLACING '0' FROM {i + 1}) "
-                   f"FROM {target} t WHERE {old_keys} AND substr(s._rds_u, {i + 1}, 1) = '1' AND s._rds_old0 IS NOT NULL")  # fmt: skip
         missing = run(c, f"SELECT count(*) FROM _rds_changed s WHERE s._rds_u LIKE '%1%' AND NOT EXISTS "
                          f"(SELECT 1 FROM {target} t WHERE {keys})").fetchone()[0]  # fmt: skip
         if missing:

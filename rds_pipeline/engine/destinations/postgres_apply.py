@@ -117,7 +117,7 @@ def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
             _rows([[*(_copy_text(v) for v in c.values), _commit_time(c.at)] for c in deletes]))  # fmt: skip
         cur.execute("ANALYZE _rds_deleted")
         if soft_deletes:
-            cur.execute(sql.SQL("UPDATE {} t SET {d} = s._rds_at FROM _rds_deleted s WHERE {k} AND t.{d} IS NULL")
+            cur.execute(sql.SQL("UPDATE {} t SET {d} = coalesce(s._rds_at, now()) FROM _rds_deleted s WHERE {k} AND t.{d} IS NULL")
                         .format(target, d=sql.Identifier(DELETED_AT), k=keys))  # fmt: skip
         else:
             cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
