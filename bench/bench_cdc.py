@@ -32,9 +32,17 @@ from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.local_postgres import LocalPostgres, embedded_bin_dir
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = {"wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10", "fsync": "off",
-            "synchronous_commit": "off", "full_page_writes": "off", "max_wal_size": "4GB",
-            "logical_decoding_work_mem": "64MB", "shared_buffers": "512MB"}  # fmt: skip
+SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "10",
+    "max_wal_senders": "10",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_wal_size": "4GB",
+    "logical_decoding_work_mem": "64MB",
+    "shared_buffers": "512MB",
+}
 DDL = "CREATE TABLE c (id bigint PRIMARY KEY, n int, v text, at timestamptz NOT NULL DEFAULT clock_timestamp())"
 FINGERPRINT = "SELECT count(*), coalesce(sum(hashtext(id::text || '|' || coalesce(n::text, '') || '|' || coalesce(v, ''))), 0) FROM {t}"
 
@@ -62,14 +70,20 @@ def workload(server: LocalPostgres, rows: int, changes: int, per_transaction: in
         for done in range(0, changes, per_transaction):
             inserts, updates, deletes = int(per_transaction * 0.6), int(per_transaction * 0.3), per_transaction // 10
             cur.execute("BEGIN")
-            cur.execute("INSERT INTO c (id, n, v) SELECT g, g %% 1000, 'inserted ' || g FROM generate_series(%s, %s) g",
-                        (next_key, next_key + inserts - 1))  # fmt: skip
+            cur.execute(
+                "INSERT INTO c (id, n, v) SELECT g, g %% 1000, 'inserted ' || g FROM generate_series(%s, %s) g",
+                (next_key, next_key + inserts - 1),
+            )
             next_key += inserts
             start = (done * 7919) % max(1, rows - updates - deletes) + low
-            cur.execute("UPDATE c SET n = n + 1, v = v || '+', at = clock_timestamp() WHERE id BETWEEN %s AND %s",
-                        (start, start + updates - 1))  # fmt: skip
-            cur.execute("DELETE FROM c WHERE id IN (SELECT id FROM c WHERE id > %s ORDER BY id LIMIT %s)",
-                        (start + updates, deletes))  # fmt: skip
+            cur.execute(
+                "UPDATE c SET n = n + 1, v = v || '+', at = clock_timestamp() WHERE id BETWEEN %s AND %s",
+                (start, start + updates - 1),
+            )
+            cur.execute(
+                "DELETE FROM c WHERE id IN (SELECT id FROM c WHERE id > %s ORDER BY id LIMIT %s)",
+                (start + updates, deletes),
+            )
             cur.execute("COMMIT")
     conn.close()
     return time.monotonic() - started
@@ -83,8 +97,9 @@ def native(server: LocalPostgres, target: str) -> float:
         started = time.monotonic()
         cur.execute("ALTER SUBSCRIPTION native ENABLE")
         while True:
-            cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'native'",
-                        (end,))  # fmt: skip
+            cur.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'native'", (end,)
+            )
             # confirmed means applied (and flushed) by the subscriber; then check the data
             if cur.fetchone()[0] and scalar(server, "dst_native", FINGERPRINT.format(t="c")) == target:
                 break
@@ -95,9 +110,14 @@ def native(server: LocalPostgres, target: str) -> float:
 
 def config(server: LocalPostgres, database: str, name: str) -> Any:
     creds = {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password}
-    return parse_config({"integration_name": name, "source": {**creds, "database": "src"},
-                         "destination": {"type": "postgres", **creds, "database": database},
-                         "log_based": {"slot": name, "publication": "bench_pub", "heartbeat": False}})  # fmt: skip
+    return parse_config(
+        {
+            "integration_name": name,
+            "source": {**creds, "database": "src"},
+            "destination": {"type": "postgres", **creds, "database": database},
+            "log_based": {"slot": name, "publication": "bench_pub", "heartbeat": False},
+        }
+    )
 
 
 def ours(server: LocalPostgres, cfg: Any, table: Any, target: Any) -> tuple[float, dict[str, int]]:
@@ -123,8 +143,10 @@ def lag_under_writer(server: LocalPostgres, cfg: Any, table: Any, rate: int, sec
         with conn.cursor() as cur:
             while not stop.is_set():
                 tick = time.monotonic()
-                cur.execute("INSERT INTO c (id, n, v) SELECT g, 0, 'steady' FROM generate_series(%s, %s) g",
-                            (key, key + rate // 10 - 1))  # fmt: skip
+                cur.execute(
+                    "INSERT INTO c (id, n, v) SELECT g, 0, 'steady' FROM generate_series(%s, %s) g",
+                    (key, key + rate // 10 - 1),
+                )
                 key += rate // 10
                 time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
         conn.close()
@@ -143,7 +165,11 @@ def lag_under_writer(server: LocalPostgres, cfg: Any, table: Any, rate: int, sec
     deadline = time.monotonic() + seconds
     time.sleep(2)
     while time.monotonic() < deadline:
-        age = scalar(server, "dst_ours", f'SELECT extract(epoch FROM clock_timestamp() - max(at)) FROM "{cfg.destination_schema}".c WHERE v = \'steady\'')
+        age = scalar(
+            server,
+            "dst_ours",
+            f"SELECT extract(epoch FROM clock_timestamp() - max(at)) FROM \"{cfg.destination_schema}\".c WHERE v = 'steady'",
+        )
         if age is not None:
             samples.append(float(age))
         time.sleep(0.5)
@@ -151,8 +177,12 @@ def lag_under_writer(server: LocalPostgres, cfg: Any, table: Any, rate: int, sec
     for thread in threads:
         thread.join(120)
     ordered = sorted(samples)
-    return {"samples": len(samples), "p50": statistics.median(ordered),
-            "p95": ordered[int(0.95 * (len(ordered) - 1))], "max": ordered[-1]}  # fmt: skip
+    return {
+        "samples": len(samples),
+        "p50": statistics.median(ordered),
+        "p95": ordered[int(0.95 * (len(ordered) - 1))],
+        "max": ordered[-1],
+    }
 
 
 def decoder_speed() -> float:
@@ -179,8 +209,11 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
     try:
         for database in ("src", "dst_native", "dst_ours", "dst_key"):
             server.psql(f"CREATE DATABASE {database}")
-        server.psql(DDL + f"; INSERT INTO c (id, n, v) SELECT g, g % 1000, 'row ' || g FROM generate_series(1, {rows}) g;"
-                    " CREATE PUBLICATION bench_pub FOR TABLE c; ANALYZE c", "src")  # fmt: skip
+        server.psql(
+            DDL + f"; INSERT INTO c (id, n, v) SELECT g, g % 1000, 'row ' || g FROM generate_series(1, {rows}) g;"
+            " CREATE PUBLICATION bench_pub FOR TABLE c; ANALYZE c",
+            "src",
+        )
         server.psql(DDL, "dst_native")
         dump = scalar(server, "src", "SELECT count(*) FROM c")
         assert dump == rows
@@ -199,16 +232,35 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
         sync_log_based(cfg, dest, [table])  # the snapshot: our slot and our copy of the 1M rows
         dest.close()
         server.psql("SELECT pg_create_logical_replication_slot('native', 'pgoutput')", "src")
-        server.psql(f"CREATE SUBSCRIPTION native CONNECTION 'host={server.host} port={server.port} dbname=src "
-                    f"user={server.superuser} password={server.password}' PUBLICATION bench_pub WITH "
-                    "(create_slot = false, slot_name = native, copy_data = false, enabled = false)", "dst_native")  # fmt: skip
-        key_cfg = parse_config({"integration_name": "bench key", "source":
-                                {"host": server.host, "port": server.port, "user": server.superuser,
-                                 "password": server.password, "database": "src"},
-                                "destination": {"type": "postgres", "host": server.host, "port": server.port,
-                                                "user": server.superuser, "password": server.password,
-                                                "database": "dst_key"}})  # fmt: skip
-        [keyed] = resolve_selection([{"name": "public.c", "method": "key_based", "replication_key": "at"}], catalog, "src")
+        server.psql(
+            f"CREATE SUBSCRIPTION native CONNECTION 'host={server.host} port={server.port} dbname=src "
+            f"user={server.superuser} password={server.password}' PUBLICATION bench_pub WITH "
+            "(create_slot = false, slot_name = native, copy_data = false, enabled = false)",
+            "dst_native",
+        )
+        key_cfg = parse_config(
+            {
+                "integration_name": "bench key",
+                "source": {
+                    "host": server.host,
+                    "port": server.port,
+                    "user": server.superuser,
+                    "password": server.password,
+                    "database": "src",
+                },
+                "destination": {
+                    "type": "postgres",
+                    "host": server.host,
+                    "port": server.port,
+                    "user": server.superuser,
+                    "password": server.password,
+                    "database": "dst_key",
+                },
+            }
+        )
+        [keyed] = resolve_selection(
+            [{"name": "public.c", "method": "key_based", "replication_key": "at"}], catalog, "src"
+        )
         from rds_pipeline.engine.replication.sync import sync_table
         from rds_pipeline.engine.source.session import SourceSession
 
@@ -231,41 +283,57 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
         server.psql("DROP SUBSCRIPTION native", "dst_native")
     finally:
         server.stop()
-    return {"rows": rows, "changes": changes, "workload_seconds": round(written, 2), "native_seconds": round(native_seconds, 2),
-            "ours_seconds": round(our_seconds, 2), "ratio": round(native_seconds / our_seconds, 3), "applied": applied,
-            "key_based_seconds": round(key_seconds, 2), "key_based_rows_not_deleted": kept, "lag": lag,
-            "decoder_messages_per_second": round(decoder_speed()), "machine": machine(), "rate": rate,
-            "lag_seconds": seconds}  # fmt: skip
+    return {
+        "rows": rows,
+        "changes": changes,
+        "workload_seconds": round(written, 2),
+        "native_seconds": round(native_seconds, 2),
+        "ours_seconds": round(our_seconds, 2),
+        "ratio": round(native_seconds / our_seconds, 3),
+        "applied": applied,
+        "key_based_seconds": round(key_seconds, 2),
+        "key_based_rows_not_deleted": kept,
+        "lag": lag,
+        "decoder_messages_per_second": round(decoder_speed()),
+        "machine": machine(),
+        "rate": rate,
+        "lag_seconds": seconds,
+    }
 
 
 def report(result: dict[str, Any]) -> str:
     lag = result["lag"]
     applied = result["applied"]
-    return "\n".join([
-        "## Log-based replication (CDC)",
-        "",
-        f"{result['changes']:,} changes (60% inserts, 30% updates, 10% deletes, 1,000 per transaction) over a "
-        f"{result['rows']:,}-row table, written in {result['workload_seconds']} s; each consumer then applies the same "
-        "WAL, timed from its start until the destination equals the source (same rows, by hash).",
-        "",
-        "| consumer | seconds | changes/s | ratio to the native subscriber |",
-        "| --- | ---: | ---: | ---: |",
-        f"| PostgreSQL's own logical replication (`CREATE SUBSCRIPTION`) | {result['native_seconds']} | "
-        f"{result['changes'] / result['native_seconds']:,.0f} | 1.0 |",
-        f"| rds_pipeline log-based (engine) | {result['ours_seconds']} | {result['changes'] / result['ours_seconds']:,.0f} | "
-        f"{result['ratio']} |",
-        f"| rds_pipeline key-based on the same changes | {result['key_based_seconds']} | n/a | "
-        f"{round(result['native_seconds'] / result['key_based_seconds'], 3)} (but {result['key_based_rows_not_deleted']:,} "
-        "deleted rows are still in its replica: only the log carries deletes) |",
-        "",
-        f"Applied by rds_pipeline: {applied}. Under a steady writer of {result['rate']:,} changes/s for "
-        f"{result['lag_seconds']} s with syncs back to back, the replica's lag (age of its newest change, sampled every "
-        f"0.5 s, {lag['samples']} samples) was p50 {lag['p50']:.2f} s, p95 {lag['p95']:.2f} s, max {lag['max']:.2f} s. "
-        f"The pgoutput decoder reads {result['decoder_messages_per_second']:,} messages/s (pure Python, a captured "
-        "PostgreSQL 18 stream).",
-        "",
-        f"Machine: {result['machine']}.",
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                "## Log-based replication (CDC)",
+                "",
+                f"{result['changes']:,} changes (60% inserts, 30% updates, 10% deletes, 1,000 per transaction) over a "
+                f"{result['rows']:,}-row table, written in {result['workload_seconds']} s; each consumer then applies the same "
+                "WAL, timed from its start until the destination equals the source (same rows, by hash).",
+                "",
+                "| consumer | seconds | changes/s | ratio to the native subscriber |",
+                "| --- | ---: | ---: | ---: |",
+                f"| PostgreSQL's own logical replication (`CREATE SUBSCRIPTION`) | {result['native_seconds']} | "
+                f"{result['changes'] / result['native_seconds']:,.0f} | 1.0 |",
+                f"| rds_pipeline log-based (engine) | {result['ours_seconds']} | {result['changes'] / result['ours_seconds']:,.0f} | "
+                f"{result['ratio']} |",
+                f"| rds_pipeline key-based on the same changes | {result['key_based_seconds']} | n/a | "
+                f"{round(result['native_seconds'] / result['key_based_seconds'], 3)} (but {result['key_based_rows_not_deleted']:,} "
+                "deleted rows are still in its replica: only the log carries deletes) |",
+                "",
+                f"Applied by rds_pipeline: {applied}. Under a steady writer of {result['rate']:,} changes/s for "
+                f"{result['lag_seconds']} s with syncs back to back, the replica's lag (age of its newest change, sampled every "
+                f"0.5 s, {lag['samples']} samples) was p50 {lag['p50']:.2f} s, p95 {lag['p95']:.2f} s, max {lag['max']:.2f} s. "
+                f"The pgoutput decoder reads {result['decoder_messages_per_second']:,} messages/s (pure Python, a captured "
+                "PostgreSQL 18 stream).",
+                "",
+                f"Machine: {result['machine']}.",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main() -> None:

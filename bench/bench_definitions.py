@@ -22,22 +22,50 @@ import yaml
 
 from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
-COLUMNS = (("id", "bigint", "N"), ("n", "integer", "N"), ("amount", "numeric(12,2)", "N"), ("body", "text", "S"),
-           ("code", "character varying(32)", "S"), ("tags", "text[]", "A"), ("doc", "jsonb", "U"),
-           ("created", "timestamp with time zone", "D"), ("local_ts", "timestamp without time zone", "D"),
-           ("flag", "boolean", "B"))  # fmt: skip
+COLUMNS = (
+    ("id", "bigint", "N"),
+    ("n", "integer", "N"),
+    ("amount", "numeric(12,2)", "N"),
+    ("body", "text", "S"),
+    ("code", "character varying(32)", "S"),
+    ("tags", "text[]", "A"),
+    ("doc", "jsonb", "U"),
+    ("created", "timestamp with time zone", "D"),
+    ("local_ts", "timestamp without time zone", "D"),
+    ("flag", "boolean", "B"),
+)
 
 
 def write_project(directory: Path, tables: int) -> Path:
     relations, entries = [], []
     for i in range(tables):
         schema, name = f"s{i % 20:02d}", f"t{i:05d}"
-        columns = tuple(Column(c, t, c != "id", kind="array" if cat == "A" else "base", category=cat,
-                               base_type="text" if cat == "A" else None) for c, t, cat in COLUMNS)  # fmt: skip
-        relations.append(Relation("bench", schema, name, "table", columns, primary_key=("id",),
-                                  replication_key_candidates=("id", "created"), indexed_columns=("id",),
-                                  row_estimate=5_000_000, size_bytes=10**9,
-                                  key_stats=(("id", "1", "5000000"), ("created", "2024-01-01 00:00:00+00", "2024-12-31 00:00:00+00"))))  # fmt: skip
+        columns = tuple(
+            Column(
+                c,
+                t,
+                c != "id",
+                kind="array" if cat == "A" else "base",
+                category=cat,
+                base_type="text" if cat == "A" else None,
+            )
+            for c, t, cat in COLUMNS
+        )
+        relations.append(
+            Relation(
+                "bench",
+                schema,
+                name,
+                "table",
+                columns,
+                primary_key=("id",),
+                replication_key_candidates=("id", "created"),
+                indexed_columns=("id",),
+                row_estimate=5_000_000,
+                size_bytes=10**9,
+                key_stats=(("id", "1", "5000000"), ("created", "2024-01-01 00:00:00+00", "2024-12-31 00:00:00+00")),
+            )
+        )
         entry: dict[str, object] = {"name": f"{schema}.{name}"}
         if i % 3 == 1:
             entry.update(method="key_based", replication_key="created", granularity="monthly")
@@ -46,9 +74,16 @@ def write_project(directory: Path, tables: int) -> Path:
         entries.append(entry)
     Catalog(relations, ["bench"], "18.0").save(directory / "rds_pipeline_catalog.json")
     path = directory / "rds_pipeline.yaml"
-    path.write_text(yaml.safe_dump({"integration_name": "bench", "source": {"host": "127.0.0.1", "port": 1, "user": "u",
-                                    "password": "p", "database": "bench"},
-                                    "destination": {"type": "duckdb", "path": "x.duckdb"}, "tables": entries}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "integration_name": "bench",
+                "source": {"host": "127.0.0.1", "port": 1, "user": "u", "password": "p", "database": "bench"},
+                "destination": {"type": "duckdb", "path": "x.duckdb"},
+                "tables": entries,
+            }
+        )
+    )
     return path
 
 
@@ -72,8 +107,9 @@ def run(tables: int) -> dict[str, object]:
         path = write_project(Path(tmp), tables)
         runs = []
         for _ in range(3):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True,
-                                 env={**os.environ})  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True, env={**os.environ}
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         best = sorted(runs, key=lambda r: r["total_seconds"])[1]
         return {"tables": tables, **{k: round(v, 3) if isinstance(v, float) else v for k, v in best.items()}}

@@ -51,11 +51,18 @@ def run(tables: int, keep: bool = False) -> dict[str, object]:
         create_tables(server, "bench", tables)
         setup_seconds = time.monotonic() - started
         config = parse_config(
-            {"integration_name": "bench",
-             "source": {"host": server.host, "port": server.port, "user": server.superuser,
-                        "password": server.password, "database": "bench"},
-             "destination": {"type": "duckdb", "path": "x.duckdb"}}
-        )  # fmt: skip
+            {
+                "integration_name": "bench",
+                "source": {
+                    "host": server.host,
+                    "port": server.port,
+                    "user": server.superuser,
+                    "password": server.password,
+                    "database": "bench",
+                },
+                "destination": {"type": "duckdb", "path": "x.duckdb"},
+            }
+        )
         timings = []
         for _ in range(3):
             started = time.monotonic()

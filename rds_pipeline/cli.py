@@ -66,8 +66,10 @@ def _discover(args: argparse.Namespace) -> int:
         stats_for=stats_wanted(config.tables, config.source.database),
     )
     catalog.save(config.catalog_path)
-    print(f"Discovered {len(catalog.relations)} relations in {len(catalog.databases)} database(s) in "
-          f"{time.monotonic() - started:.2f}s; catalog written to {config.catalog_path}")  # fmt: skip
+    print(
+        f"Discovered {len(catalog.relations)} relations in {len(catalog.databases)} database(s) in "
+        f"{time.monotonic() - started:.2f}s; catalog written to {config.catalog_path}"
+    )
     if previous is not None:
         report = compare(previous, catalog)
         for line in report.changes:
@@ -75,8 +77,11 @@ def _discover(args: argparse.Namespace) -> int:
     for entry in config.tables:
         name = entry.get("name") if isinstance(entry, dict) else entry
         if name and not find_relation(catalog, str(name), config.source.database):
-            print(f"WARNING: selected {name} no longer exists at the source (dropped or renamed); "
-                  "fix `tables:` in the config", file=sys.stderr)  # fmt: skip
+            print(
+                f"WARNING: selected {name} no longer exists at the source (dropped or renamed); "
+                "fix `tables:` in the config",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -106,8 +111,9 @@ def _tables(args: argparse.Namespace) -> int:
             how = f"  -> {config.destination_schema}.{table.destination_table} {table.method}"
             how += f"({table.replication_key})" if table.replication_key else ""
         access = "" if relation.can_select else "  NO SELECT"
-        print(f"{mark} {display_name(relation, config.source.database):40} {relation.kind:18} {rows:16} {pk}"
-              f"{access}{how}")  # fmt: skip
+        print(
+            f"{mark} {display_name(relation, config.source.database):40} {relation.kind:18} {rows:16} {pk}{access}{how}"
+        )
     for table in selection:
         for notice in table.notices:
             print(f"note: {notice}")
@@ -123,9 +129,15 @@ def _select(args: argparse.Namespace) -> int:
     catalog = Catalog.load(config.catalog_path)
     columns = None if args.columns is None else [c for c in args.columns.split(",") if c]
     selection = edit_selection(
-        config.path or find_config_path(args.config), catalog, config.source.database, args.name,
-        method=args.method, replication_key=args.key, columns=columns, remove=args.remove,
-    )  # fmt: skip
+        config.path or find_config_path(args.config),
+        catalog,
+        config.source.database,
+        args.name,
+        method=args.method,
+        replication_key=args.key,
+        columns=columns,
+        remove=args.remove,
+    )
     print(f"{'Removed' if args.remove else 'Selected'} {args.name}; {len(selection)} table(s) selected.")
     for table in selection:
         for notice in table.notices if args.name in (table.relation.qualified_name, table.id) else ():
@@ -162,8 +174,9 @@ def _grants(args: argparse.Namespace) -> int:
             raise RdsPipelineError(f"--tables {name}: write schema.table")
         tables.append((schema, table))
     schemas = args.schema or sorted({s for s, _ in tables}) or ["public"]
-    rds = args.target == "rds" or (args.target == "auto" and bool(config) and
-                                   config.source.host.endswith(".rds.amazonaws.com"))  # fmt: skip
+    rds = args.target == "rds" or (
+        args.target == "auto" and bool(config) and config.source.host.endswith(".rds.amazonaws.com")
+    )
     request = GrantRequest(args.user, password, database, schemas, tables, args.log_based, rds, args.owner)
     sys.stdout.write(grants_sql(request))
     return 0
@@ -213,8 +226,10 @@ def _reset(args: argparse.Namespace) -> int:
     try:
         for table in tables:
             destination.reset(table)
-            print(f"Reset {table.id}: bookmark cleared and {config.destination_schema}.{table.destination_table} "
-                  "dropped; the next sync is a full historical sync.")  # fmt: skip
+            print(
+                f"Reset {table.id}: bookmark cleared and {config.destination_schema}.{table.destination_table} "
+                "dropped; the next sync is a full historical sync."
+            )
     finally:
         destination.close()
     return 0
@@ -234,14 +249,23 @@ def _sync(args: argparse.Namespace) -> int:
     with graceful_stop() as stop:
         try:
             with console_progress(args.verbose):
-                outcome = run_sync(config.path, tables=args.table, group=args.group or "", quiet=not args.verbose,
-                                   report=stop.say, stop=stop)  # fmt: skip
+                outcome = run_sync(
+                    config.path,
+                    tables=args.table,
+                    group=args.group or "",
+                    quiet=not args.verbose,
+                    report=stop.say,
+                    stop=stop,
+                )
         except KeyboardInterrupt:
             outcome = None  # stopped before the run started: nothing was written
     if outcome is None or stop.signum is not None:
         run = f"run {outcome.run_id[:8]}" if outcome else "no run had started"
-        print(f"Stopped by {stop.name} ({run}): what was committed stays, and the next sync goes on from the "
-              "destination's state.", file=sys.stderr)  # fmt: skip
+        print(
+            f"Stopped by {stop.name} ({run}): what was committed stays, and the next sync goes on from the "
+            "destination's state.",
+            file=sys.stderr,
+        )
         return stop.exit_code if stop.signum else 130
     print(format_loading_report(outcome.rows))
     if outcome.failures or outcome.errors:
@@ -297,8 +321,11 @@ def _cdc(args: argparse.Namespace) -> int:
     else:
         destination = admin.destination_of(config)
         with destination as dest:
-            lines = list(admin.status(config, selection, dest) if args.action == "status"
-                         else admin.drop(config, dest, keep_publication=args.keep_publication))  # fmt: skip
+            lines = list(
+                admin.status(config, selection, dest)
+                if args.action == "status"
+                else admin.drop(config, dest, keep_publication=args.keep_publication)
+            )
     for line in lines:
         print(line, flush=True)
     return 0
@@ -364,8 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     reset.set_defaults(func=_reset)
 
     cdc = sub.add_parser("cdc", parents=[common], help="log-based replication: create, show or drop the slot")
-    cdc.add_argument("action", choices=("setup", "status", "drop"),
-                     help="setup: publication and slot; status: slot lag and retained WAL; drop: slot and publication")  # fmt: skip
+    cdc.add_argument(
+        "action",
+        choices=("setup", "status", "drop"),
+        help="setup: publication and slot; status: slot lag and retained WAL; drop: slot and publication",
+    )
     cdc.add_argument("--keep-publication", action="store_true", help="drop: keep the publication")
     cdc.set_defaults(func=_cdc)
 
@@ -376,8 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--group", help="only this group (source schema)")
     sync.set_defaults(func=_sync)
 
-    status = sub.add_parser("status", parents=[common], help="where each table stands: last sync, outcome, "
-                            "bookmark or LSN, rows, lag behind the source, next tick")  # fmt: skip
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="where each table stands: last sync, outcome, bookmark or LSN, rows, lag behind the source, next tick",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 

@@ -120,8 +120,7 @@ def prepare(root: Path) -> tuple[DemoSetup, dict[str, str]]:
     names = [r.qualified_name for r in catalog.relations]
     setup.config_path.write_text(demo_config_text(setup.server.port, names))
     config = load_config(setup.config_path)
-    catalog = discover(config.source, databases=[DEMO_DATABASE],
-                       stats_for=stats_wanted(config.tables, DEMO_DATABASE))  # fmt: skip
+    catalog = discover(config.source, databases=[DEMO_DATABASE], stats_for=stats_wanted(config.tables, DEMO_DATABASE))
     catalog.save(config.catalog_path)
     print(f"Discovered and selected {len(names)} Pagila tables and views; catalog: {config.catalog_path}")
     env = dagster_environment(setup)
@@ -151,13 +150,18 @@ def run_demo(root: Path, keep_running: bool = False) -> int:
                 print(f"FAILED {error}", file=sys.stderr)
             from rds_pipeline.dagster_defs.definitions import build_definitions
 
-            keys = [k for k in build_definitions(setup.config_path).resolve_asset_graph().get_all_asset_keys()
-                    if k.path[0] == "pagila_demo"]  # fmt: skip
+            keys = [
+                k
+                for k in build_definitions(setup.config_path).resolve_asset_graph().get_all_asset_keys()
+                if k.path[0] == "pagila_demo"
+            ]
             usage = row_usage(instance, keys)
             print(f"\nRow usage from the Dagster event log ({len(usage)} table-days):")
             print(usage_markdown(usage[:5]) + ("\n| … |" if len(usage) > 5 else ""))
-        print(f"\nReplica: {setup.root / 'replica.duckdb'} (schema pagila_demo). Dagster UI: `make dev`, "
-              "then open http://127.0.0.1:3000")  # fmt: skip
+        print(
+            f"\nReplica: {setup.root / 'replica.duckdb'} (schema pagila_demo). Dagster UI: `make dev`, "
+            "then open http://127.0.0.1:3000"
+        )
         return 0 if ok else 1
     finally:
         if not keep_running:
@@ -177,9 +181,20 @@ def run_ui(root: Path, port: int = 3000) -> int:
     dev: subprocess.Popen[bytes] | None = None
     print(f"Dagster UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
     try:
-        dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w",
-                                str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-                               env={**os.environ, **env}, cwd=REPO)  # fmt: skip
+        dev = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "dev",
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env={**os.environ, **env},
+            cwd=REPO,
+        )
         return dev.wait()
     except KeyboardInterrupt:
         return 0

@@ -122,9 +122,14 @@ class LocalPostgres:
         full_env = {**os.environ, "PGPASSWORD": self.password, "LC_ALL": "C.UTF-8", **(env or {})}
         result = subprocess.run(
             [str(self.bin_dir / program), *args],
-            capture_output=True, text=True, env=full_env, input=input_text, timeout=timeout,
-            cwd=str(self.base_dir), **self._run_kwargs(),  # type: ignore[arg-type]
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=full_env,
+            input=input_text,
+            timeout=timeout,
+            cwd=str(self.base_dir),
+            **self._run_kwargs(),  # type: ignore[arg-type]
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"{program} {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
@@ -147,9 +152,18 @@ class LocalPostgres:
         pwfile.write_text(self.password + "\n")
         self._own(pwfile)
         self.run(
-            "initdb", "-D", str(self.data_dir), "-U", self.superuser, f"--pwfile={pwfile}",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-        )  # fmt: skip
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            self.superuser,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        )
         pwfile.unlink()
         if self.hba_lines is not None:
             hba = self.data_dir / "pg_hba.conf"
@@ -201,15 +215,42 @@ class LocalPostgres:
     def psql(self, sql: str, database: str = "postgres", *extra: str) -> str:
         """Run SQL through psql over TCP as the superuser; raise on the first error."""
         return self.run(
-            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", str(self.port),
-            "-U", self.superuser, "-d", database, "-At", *extra, input_text=sql,
-        ).stdout  # fmt: skip
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            self.superuser,
+            "-d",
+            database,
+            "-At",
+            *extra,
+            input_text=sql,
+        ).stdout
 
     def psql_file(self, path: Path, database: str, on_error_stop: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(
-            "psql", "-X", "-q", "-v", f"ON_ERROR_STOP={1 if on_error_stop else 0}", "-h", self.host,
-            "-p", str(self.port), "-U", self.superuser, "-d", database, "-f", str(path),
-        )  # fmt: skip
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            f"ON_ERROR_STOP={1 if on_error_stop else 0}",
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            self.superuser,
+            "-d",
+            database,
+            "-f",
+            str(path),
+        )
 
     def dsn(
         self, database: str = "postgres", user: str | None = None, password: str | None = None

@@ -62,7 +62,9 @@ def _name(signum: int) -> str:
 
 
 @contextmanager
-def graceful_stop(cancel_after: float = CANCEL_AFTER_SECONDS, deadline: float = DEADLINE_SECONDS) -> Iterator[StopState]:
+def graceful_stop(
+    cancel_after: float = CANCEL_AFTER_SECONDS, deadline: float = DEADLINE_SECONDS
+) -> Iterator[StopState]:
     """Within this block (on the main thread), SIGINT and SIGTERM stop the command as the module says. Outside
     Dagster's execution, the first signal raises KeyboardInterrupt, as Python's own handler does."""
     state = StopState()
@@ -80,8 +82,9 @@ def graceful_stop(cancel_after: float = CANCEL_AFTER_SECONDS, deadline: float = 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     done = threading.Event()
-    watchdog = threading.Thread(target=_watch, args=(read_fd, state, done, cancel_after, deadline),
-                                name="rds-stop-watchdog", daemon=True)  # fmt: skip
+    watchdog = threading.Thread(
+        target=_watch, args=(read_fd, state, done, cancel_after, deadline), name="rds-stop-watchdog", daemon=True
+    )
     watchdog.start()
     try:
         yield state
@@ -116,8 +119,10 @@ def _watch(read_fd: int, state: StopState, done: threading.Event, cancel_after: 
             if first_at is None:
                 first_at, state.signum = time.monotonic(), state.signum or signum
                 interrupts.request_stop()  # no range, retry or table starts from now on
-                state.say(f"\n{_name(signum)}: stopping (the run ends without committing what it has not finished); "
-                     f"{_name(signum)} again to quit at once")  # fmt: skip
+                state.say(
+                    f"\n{_name(signum)}: stopping (the run ends without committing what it has not finished); "
+                    f"{_name(signum)} again to quit at once"
+                )
                 for action in state.on_stop:
                     threading.Thread(target=_quietly, args=(action,), name="rds-stop", daemon=True).start()
             else:
@@ -156,4 +161,3 @@ def _quietly(action: Callable[[], object]) -> None:
         action()
     except Exception:  # noqa: BLE001, S110 - last words: the next run cleans what is left (stale_runs.py)
         pass
-

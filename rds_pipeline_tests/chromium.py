@@ -30,8 +30,15 @@ def available() -> bool:
 def chromium(width: int = WIDTH, height: int = HEIGHT) -> Iterator[WebDriver]:
     options = Options()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1"):  # fmt: skip
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(60)
@@ -64,7 +71,9 @@ def dismiss_first_visit_dialog(driver: WebDriver) -> bool:
         for button in dialog.find_elements(By.TAG_NAME, "button"):
             if button.text.strip() in ("Skip", "Dismiss", "Close", "Got it"):
                 button.click()
-                wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "[role=dialog]"), "the dialog closed", 10)
+                wait_for(
+                    driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "[role=dialog]"), "the dialog closed", 10
+                )
                 return True
     return False
 

@@ -32,9 +32,15 @@ class Cli:
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         """The command in its own process group (as a shell starts a job), its output captured."""
-        return subprocess.Popen([sys.executable, "-m", "rds_pipeline.cli", *args, "--config", str(self.config)],
-                                env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "rds_pipeline.cli", *args, "--config", str(self.config)],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         process = self.start(*args)
@@ -43,7 +49,9 @@ class Cli:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             out, err = process.communicate()
-            raise AssertionError(f"`rds-pipeline {' '.join(args)}` still ran after {timeout:.0f} s:\n{err[-3000:]}") from None
+            raise AssertionError(
+                f"`rds-pipeline {' '.join(args)}` still ran after {timeout:.0f} s:\n{err[-3000:]}"
+            ) from None
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
     def instance(self) -> dg.DagsterInstance:
@@ -80,9 +88,15 @@ def make_cli(server: LocalPostgres, config: Path, home: Path, kind: str) -> Cli:
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
         database = f"dagster_cli_{free_port()}"
         server.psql(f'CREATE DATABASE "{database}"')
-        env.update({"DAGSTER_PG_HOST": server.host, "DAGSTER_PG_PORT": str(server.port),
-                    "DAGSTER_PG_USER": server.superuser, "DAGSTER_PG_PASSWORD": server.password,
-                    "DAGSTER_PG_DB": database})  # fmt: skip
+        env.update(
+            {
+                "DAGSTER_PG_HOST": server.host,
+                "DAGSTER_PG_PORT": str(server.port),
+                "DAGSTER_PG_USER": server.superuser,
+                "DAGSTER_PG_PASSWORD": server.password,
+                "DAGSTER_PG_DB": database,
+            }
+        )
     return Cli(config, home, env)
 
 
@@ -96,9 +110,14 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str, every: 
 
 def source_backends(server: LocalPostgres, database: str, query_like: str = "%") -> int:
     """Our backends on the source database (application_name rds_pipeline) whose query is like ``query_like``."""
-    return int(server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                           f"AND datname = current_database() AND backend_type = 'client backend' "
-                           f"AND state <> 'idle' AND query LIKE '{query_like}'", database).strip())  # fmt: skip
+    return int(
+        server.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+            f"AND datname = current_database() AND backend_type = 'client backend' "
+            f"AND state <> 'idle' AND query LIKE '{query_like}'",
+            database,
+        ).strip()
+    )
 
 
 def kill_9(process: subprocess.Popen[str]) -> None:

@@ -101,9 +101,21 @@ def replica(pg18: LocalPostgres, work_dir: Path) -> Iterator[LocalPostgres]:
     standby = LocalPostgres(embedded_bin_dir(), base, password=SOURCE_PASSWORD, settings={"hot_standby": "on"})
     standby._own(base)
     pg18.run(
-        "pg_basebackup", "-h", pg18.host, "-p", str(pg18.port), "-U", pg18.superuser,
-        "-D", str(standby.data_dir), "-R", "-X", "stream", "-c", "fast",
-    )  # fmt: skip
+        "pg_basebackup",
+        "-h",
+        pg18.host,
+        "-p",
+        str(pg18.port),
+        "-U",
+        pg18.superuser,
+        "-D",
+        str(standby.data_dir),
+        "-R",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+    )
     standby.write_settings()
     standby.start()
     standby.wait_ready()
@@ -204,9 +216,10 @@ def logical_servers(work_dir: Path) -> Iterator[list[LocalPostgres]]:
 
     if not (PG15_BIN / "postgres").exists():
         pytest.skip("Debian postgresql-15 is not installed (apt-get install postgresql-15; .ci/run does this)")
-    servers = [LocalPostgres(embedded_bin_dir(), work_dir / "logical18", password=SOURCE_PASSWORD,
-                             settings=LOGICAL_SETTINGS),
-               LocalPostgres(PG15_BIN, work_dir / "logical15", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS)]  # fmt: skip
+    servers = [
+        LocalPostgres(embedded_bin_dir(), work_dir / "logical18", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS),
+        LocalPostgres(PG15_BIN, work_dir / "logical15", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS),
+    ]
     for server in servers:
         server.start()
     yield servers

@@ -34,8 +34,14 @@ class DagsterDev:
 
     def cli(self, *args: str) -> str:
         """`dagster <args>` against this instance."""
-        done = subprocess.run([str(Path(sys.executable).with_name("dagster")), *args], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("dagster")), *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -48,21 +54,43 @@ def dagster_dev(server: LocalPostgres, config_path: Path, home: Path, dagster_ya
     (home / "dagster.yaml").write_text(dagster_yaml, encoding="utf-8")
     database = f"dagster_{home.parent.name[-20:].lower().replace('-', '_')}_{free_port()}"
     server.psql(f'CREATE DATABASE "{database}"')
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RDS_PIPELINE_CONFIG": str(config_path),
-           "DAGSTER_PG_HOST": server.host, "DAGSTER_PG_PORT": str(server.port), "DAGSTER_PG_USER": server.superuser,
-           "DAGSTER_PG_PASSWORD": server.password, "DAGSTER_PG_DB": database}  # fmt: skip
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RDS_PIPELINE_CONFIG": str(config_path),
+        "DAGSTER_PG_HOST": server.host,
+        "DAGSTER_PG_PORT": str(server.port),
+        "DAGSTER_PG_USER": server.superuser,
+        "DAGSTER_PG_PASSWORD": server.password,
+        "DAGSTER_PG_DB": database,
+    }
     port = free_port()
     log = home / "dagster_dev.log"
     with open(log, "wb") as output:
-        dev = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w",
-                                str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=REPO,
-                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        dev = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "dev",
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
                 if graphql(port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")[
-                        "repositoriesOrError"].get("nodes"):  # fmt: skip
+                    "repositoriesOrError"
+                ].get("nodes"):
                     break
             except OSError:
                 pass

@@ -24,8 +24,9 @@ LIMITED_PASSWORD = "limited-pw-1"
 
 def cli(path: Path, *args: str, password: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SRC_PW": password, "RDS_PIPELINE_CONFIG": str(path)}
-    result = subprocess.run([sys.executable, "-m", "rds_pipeline.cli", *args], capture_output=True, text=True,
-                            env=env, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "rds_pipeline.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
     assert password not in result.stdout + result.stderr
     return result
 
@@ -33,13 +34,26 @@ def cli(path: Path, *args: str, password: str) -> subprocess.CompletedProcess[st
 def write_config(tmp_path: Path, server: LocalPostgres, source_db: str, dest_db: str, user: str) -> Path:
     config = {
         "integration_name": "Cdc Cli",
-        "source": {"host": server.host, "port": server.port, "user": user, "password": "${SRC_PW}",
-                   "database": source_db},
-        "destination": {"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                        "password": server.password, "database": dest_db},
-        "tables": [{"name": "public.t", "method": "log_based"},
-                   {"name": "public.nokey", "method": "log_based", "primary_key": ["a"]}],
-    }  # fmt: skip
+        "source": {
+            "host": server.host,
+            "port": server.port,
+            "user": user,
+            "password": "${SRC_PW}",
+            "database": source_db,
+        },
+        "destination": {
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": dest_db,
+        },
+        "tables": [
+            {"name": "public.t", "method": "log_based"},
+            {"name": "public.nokey", "method": "log_based", "primary_key": ["a"]},
+        ],
+    }
     path = tmp_path / user / "rds_pipeline.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(config))
@@ -49,17 +63,24 @@ def write_config(tmp_path: Path, server: LocalPostgres, source_db: str, dest_db:
 def test_check_and_cdc_commands(logical_servers: list[LocalPostgres], tmp_path: Path) -> None:
     server = logical_servers[0]
     scratch = make_scratch(server, "unused")
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'); "
-                "CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x')")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'); "
+        "CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x')"
+    )
     path = write_config(tmp_path, server, scratch.source_db, scratch.dest_db, server.superuser)
     password = server.password
     assert cli(path, "discover", password=password).returncode == 0
 
     check = cli(path, "check", password=password)
     assert check.returncode == 1
-    assert "[ERROR  ] src_" in check.stdout and ".public.nokey: has replica identity default and no primary key" in check.stdout
-    assert 'fix: ALTER TABLE "public"."nokey" ADD PRIMARY KEY (…);  -- or: ALTER TABLE "public"."nokey" REPLICA ' \
-           "IDENTITY FULL;" in check.stdout
+    assert (
+        "[ERROR  ] src_" in check.stdout
+        and ".public.nokey: has replica identity default and no primary key" in check.stdout
+    )
+    assert (
+        'fix: ALTER TABLE "public"."nokey" ADD PRIMARY KEY (…);  -- or: ALTER TABLE "public"."nokey" REPLICA '
+        "IDENTITY FULL;" in check.stdout
+    )
     assert "[WARNING] max_slot_wal_keep_size: is unlimited" in check.stdout
 
     refused = cli(path, "cdc", "setup", password=password)
@@ -92,14 +113,16 @@ def test_check_and_cdc_commands(logical_servers: list[LocalPostgres], tmp_path: 
         del os.environ["SRC_PW"]
     status = cli(path, "cdc", "status", password=password)
     assert status.returncode == 0, status.stderr
-    assert 'publication rds_pipeline_cdc_cli: public.nokey, public.t' in status.stdout
+    assert "publication rds_pipeline_cdc_cli: public.nokey, public.t" in status.stdout
     assert "slot rds_pipeline_cdc_cli: idle; confirmed " in status.stdout and "wal_status reserved" in status.stdout
     assert "streaming (snapshot at " in status.stdout and "needs a snapshot" not in status.stdout
 
     # a user who does not own the publication: the SQL for an admin, nothing changed
-    scratch.sql(f"CREATE ROLE limited LOGIN REPLICATION PASSWORD '{LIMITED_PASSWORD}'; "
-                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO limited; "
-                "CREATE TABLE later (id int PRIMARY KEY); GRANT SELECT ON later TO limited")  # fmt: skip
+    scratch.sql(
+        f"CREATE ROLE limited LOGIN REPLICATION PASSWORD '{LIMITED_PASSWORD}'; "
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO limited; "
+        "CREATE TABLE later (id int PRIMARY KEY); GRANT SELECT ON later TO limited"
+    )
     limited = write_config(tmp_path, server, scratch.source_db, scratch.dest_db, "limited")
     data = yaml.safe_load(limited.read_text())
     data["tables"].append({"name": "public.later", "method": "log_based"})
@@ -107,7 +130,7 @@ def test_check_and_cdc_commands(logical_servers: list[LocalPostgres], tmp_path: 
     assert cli(limited, "discover", password=LIMITED_PASSWORD).returncode == 0
     denied = cli(limited, "cdc", "setup", password=LIMITED_PASSWORD)
     assert denied.returncode == 1
-    assert 'must be owner of publication rds_pipeline_cdc_cli. Fix: ask an admin' in denied.stderr
+    assert "must be owner of publication rds_pipeline_cdc_cli. Fix: ask an admin" in denied.stderr
     assert 'ALTER PUBLICATION "rds_pipeline_cdc_cli" ADD TABLE "public"."later";' in denied.stderr
 
     dropped = cli(path, "cdc", "drop", password=password)
@@ -120,5 +143,7 @@ def test_check_and_cdc_commands(logical_servers: list[LocalPostgres], tmp_path: 
     ]
     after = cli(path, "cdc", "status", password=password)
     assert "slot rds_pipeline_cdc_cli: missing" in after.stdout and "needs a snapshot (next sync)" in after.stdout
-    assert scratch.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'rds_pipeline_cdc_cli'").strip() == "0"
+    assert (
+        scratch.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'rds_pipeline_cdc_cli'").strip() == "0"
+    )
     scratch.sql("DROP OWNED BY limited; DROP ROLE limited")

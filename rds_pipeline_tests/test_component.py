@@ -20,9 +20,11 @@ from rds_pipeline.local_postgres import LocalPostgres, free_port
 
 BIN = Path(sys.executable).parent
 SITE = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
-DDL = ("CREATE TABLE orders (id int PRIMARY KEY, placed_at timestamptz NOT NULL, total numeric(10, 2)); "
-       "INSERT INTO orders SELECT g, timestamptz '2026-10-01 00:00+00' + g * interval '1 hour', g * 1.5 "
-       "FROM generate_series(1, 500) g; CREATE TABLE notes (id int PRIMARY KEY, body text); ANALYZE")  # fmt: skip
+DDL = (
+    "CREATE TABLE orders (id int PRIMARY KEY, placed_at timestamptz NOT NULL, total numeric(10, 2)); "
+    "INSERT INTO orders SELECT g, timestamptz '2026-10-01 00:00+00' + g * interval '1 hour', g * 1.5 "
+    "FROM generate_series(1, 500) g; CREATE TABLE notes (id int PRIMARY KEY, body text); ANALYZE"
+)
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -38,8 +40,14 @@ def asset_keys(listed: str) -> set[str]:
 def test_component_in_a_dg_project(pg18: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pg18.psql("CREATE DATABASE comp_src")
     pg18.psql(DDL, "comp_src")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "COMP_HOST": pg18.host, "COMP_PORT": str(pg18.port),
-           "COMP_PASSWORD": pg18.password, "NO_COLOR": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "COMP_HOST": pg18.host,
+        "COMP_PORT": str(pg18.port),
+        "COMP_PASSWORD": pg18.password,
+        "NO_COLOR": "1",
+    }
     env.pop("RDS_PIPELINE_CONFIG", None)
     env.pop("VIRTUAL_ENV", None)
     (tmp_path / "home").mkdir()
@@ -54,23 +62,38 @@ def test_component_in_a_dg_project(pg18: LocalPostgres, tmp_path: Path, monkeypa
     (site / "_rds_pipeline_base.pth").write_text(f"import site; site.addsitedir({str(SITE)!r})\n")
     python = project / ".venv" / "bin" / "python"
     run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", "."], project, env)
-    env = {**env, "VIRTUAL_ENV": str(project / ".venv"), "PATH": f"{project / '.venv' / 'bin'}:{env['PATH']}"}  # activated
+    env = {
+        **env,
+        "VIRTUAL_ENV": str(project / ".venv"),
+        "PATH": f"{project / '.venv' / 'bin'}:{env['PATH']}",
+    }  # activated
     # dg in the project's environment (create-dagster lists dagster-dg-cli among the project's dev dependencies)
     dg_script = project / ".venv" / "bin" / "dg"
-    dg_script.write_text(f"#!{python}\nimport sys\nfrom dagster_dg_cli.cli import main\n\n"
-                         "if __name__ == '__main__':  # step processes import this module again\n    sys.exit(main())\n")
+    dg_script.write_text(
+        f"#!{python}\nimport sys\nfrom dagster_dg_cli.cli import main\n\n"
+        "if __name__ == '__main__':  # step processes import this module again\n    sys.exit(main())\n"
+    )
     dg_script.chmod(0o755)
     dg = str(dg_script)
 
     run([dg, "scaffold", "defs", "rds_pipeline.RdsReplicationComponent", "my_rds"], project, env)
     folder = project / "src" / "rds_proj" / "defs" / "my_rds"
     assert yaml.safe_load((folder / "defs.yaml").read_text()) == {
-        "type": "rds_pipeline.RdsReplicationComponent", "attributes": {"config": "rds_pipeline.yaml"}}  # fmt: skip
+        "type": "rds_pipeline.RdsReplicationComponent",
+        "attributes": {"config": "rds_pipeline.yaml"},
+    }
     config = yaml.safe_load((folder / "rds_pipeline.yaml").read_text())  # the template, filled in as a user would
-    config["source"] = {"host": "${COMP_HOST}", "port": "${COMP_PORT}", "user": pg18.superuser,
-                        "password": "${COMP_PASSWORD}", "database": "comp_src"}  # fmt: skip
-    config["tables"] = [{"name": "public.orders", "method": "key_based", "replication_key": "placed_at",
-                         "granularity": "monthly"}, {"name": "public.notes"}]  # fmt: skip
+    config["source"] = {
+        "host": "${COMP_HOST}",
+        "port": "${COMP_PORT}",
+        "user": pg18.superuser,
+        "password": "${COMP_PASSWORD}",
+        "database": "comp_src",
+    }
+    config["tables"] = [
+        {"name": "public.orders", "method": "key_based", "replication_key": "placed_at", "granularity": "monthly"},
+        {"name": "public.notes"},
+    ]
     (folder / "rds_pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     # before any state: loading works and has no assets yet (a connector never loaded breaks nothing)
@@ -101,5 +124,7 @@ def test_component_in_a_dg_project(pg18: LocalPostgres, tmp_path: Path, monkeypa
     run([dg, "launch", "--assets", "my_rds_replication/orders", "--partition", "2026-10-01"], project, env)
     with duckdb.connect(str(folder / "replica.duckdb"), read_only=True) as replica:
         copied = replica.execute("SELECT count(*), sum(total) FROM my_rds_replication.orders").fetchone()
-    assert copied == tuple(float(v) if "." in v else int(v) for v in pg18.psql(
-        "SELECT count(*), sum(total) FROM orders", "comp_src").strip().split("|"))  # fmt: skip
+    assert copied == tuple(
+        float(v) if "." in v else int(v)
+        for v in pg18.psql("SELECT count(*), sum(total) FROM orders", "comp_src").strip().split("|")
+    )

@@ -13,8 +13,9 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     # the working tree's uncommitted changes are what we test: copy them over the clone
-    for path in subprocess.run(["git", "ls-files", "-m", "-o", "--exclude-standard"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.split():  # fmt: skip
+    for path in subprocess.run(
+        ["git", "ls-files", "-m", "-o", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split():
         target = clone / path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / path, target)
@@ -28,7 +29,7 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     assert "Row usage from the Dagster event log" in out
     # compact live progress: one line per table as it finishes, no Dagster event lines or library warnings
     assert result.stderr.count("  done    ") == 27, result.stderr[-3000:]
-    run = result.stderr[result.stderr.index("  done    "):] + out[out.index("Discovered and selected"):]
+    run = result.stderr[result.stderr.index("  done    ") :] + out[out.index("Discovered and selected") :]
     assert "DEBUG" not in run and "Warning" not in run, run[-3000:]  # (pip's own install output comes before)
     assert (clone / ".venv" / "bin" / "rds-pipeline").exists()  # make demo made its own virtualenv
     import duckdb

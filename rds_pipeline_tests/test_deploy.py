@@ -35,12 +35,17 @@ def instance_yaml(values: dict[str, Any]) -> str:
     with storage in PostgreSQL as in the shipped dagster.yaml and runs launched as processes."""
     daemon = values["dagsterDaemon"]
     queue = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
-    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator" and values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert (
+        daemon["runCoordinator"]["type"] == "QueuedRunCoordinator" and values["runLauncher"]["type"] == "K8sRunLauncher"
+    )
     shipped = yaml.safe_load((REPO / "dagster.yaml").read_text())
     instance = {
         "storage": shipped["storage"],
-        "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
-                            "config": {"dequeue_interval_seconds": min(queue["dequeueIntervalSeconds"], 1)}},
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"dequeue_interval_seconds": min(queue["dequeueIntervalSeconds"], 1)},
+        },
         "run_launcher": shipped["run_launcher"],  # each run in its own process, as a Kubernetes Job would be
         "run_monitoring": _snake(daemon["runMonitoring"]),
         "run_retries": _snake(daemon["runRetries"]),
@@ -63,14 +68,19 @@ class ActivitySampler(threading.Thread):
 
     def run(self) -> None:
         # every query of ours on the source (COPYs, and a step's other reads, e.g. waiting on the lock)
-        query = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                 "AND state = 'active' AND datname = current_database()")  # fmt: skip
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+            "AND state = 'active' AND datname = current_database()"
+        )
         while not self.stop.is_set():
             self.queries.append(int(self.server.psql(query, self.database).strip()))
             if len(self.queries) % 5 == 0:
-                runs = graphql(self.port, '{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) '
-                                          '{ ... on Runs { results '
-                                          '{ runId } } } }')["runsOrError"]["results"]  # fmt: skip
+                runs = graphql(
+                    self.port,
+                    "{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) "
+                    "{ ... on Runs { results "
+                    "{ runId } } } }",
+                )["runsOrError"]["results"]
                 self.runs_in_progress.append(len(runs))
 
 
@@ -82,29 +92,45 @@ def test_helm_values_run_a_40_partition_backfill_within_the_pool(pg18: LocalPost
     assert '"-m", "rds_pipeline.definitions"' in dockerfile and "RDS_PIPELINE_CONFIG" in dockerfile
     pg18.psql("CREATE DATABASE deploy_dst")
     project = make_project(
-        pg18, tmp_path / "project", [{"name": "public.big", "method": "full_table", "chunk_rows": ROWS // 40}],
+        pg18,
+        tmp_path / "project",
+        [{"name": "public.big", "method": "full_table", "chunk_rows": ROWS // 40}],
         ddl=f"CREATE TABLE big (id bigint PRIMARY KEY, v text, n numeric); INSERT INTO big SELECT g, md5(g::text), "
-            f"g / 7.0 FROM generate_series(1, {ROWS}) g; ANALYZE big",
-        destination={"type": "postgres", "host": pg18.host, "port": pg18.port, "user": pg18.superuser,
-                     "password": pg18.password, "database": "deploy_dst"})  # fmt: skip
+        f"g / 7.0 FROM generate_series(1, {ROWS}) g; ANALYZE big",
+        destination={
+            "type": "postgres",
+            "host": pg18.host,
+            "port": pg18.port,
+            "user": pg18.superuser,
+            "password": pg18.password,
+            "database": "deploy_dst",
+        },
+    )
     key = {"path": ["dagster_test", "big"]}
     with dagster_dev(pg18, project.path, tmp_path / "home", instance_yaml(values)) as dev:
         dev.cli("instance", "concurrency", "set", "rds_source", str(LIMIT))
-        partitions = graphql(dev.port, "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode "
-                                       "{ partitionKeys } } }", {"k": key})["assetNodeOrError"]["partitionKeys"]  # fmt: skip
+        partitions = graphql(
+            dev.port,
+            "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode { partitionKeys } } }",
+            {"k": key},
+        )["assetNodeOrError"]["partitionKeys"]
         assert len(partitions) == 40
         sampler = ActivitySampler(pg18, project.database, dev.port)
         sampler.start()
         # the table stays locked until both runs are submitted: the first run's step waits on the lock holding
         # its slot, so whatever the machine's speed the second run waits for the pool while the first copies (in
         # the queue: with pools configured, the QueuedRunCoordinator holds back a run whose pool is full)
-        holder = psycopg2.connect(host=pg18.host, port=pg18.port, user=pg18.superuser, password=pg18.password,
-                                  dbname=project.database)  # fmt: skip
+        holder = psycopg2.connect(
+            host=pg18.host, port=pg18.port, user=pg18.superuser, password=pg18.password, dbname=project.database
+        )
         holder.cursor().execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
-        launched = graphql(dev.port, """
+        launched = graphql(
+            dev.port,
+            """
             mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
               __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-            {"p": {"assetSelection": [key], "allPartitions": True}})["launchPartitionBackfill"]  # fmt: skip
+            {"p": {"assetSelection": [key], "allPartitions": True}},
+        )["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         deadline = time.monotonic() + 120
         while not sampler.runs_in_progress or sampler.runs_in_progress[-1] < 2 or not any(sampler.queries):
@@ -116,9 +142,12 @@ def test_helm_values_run_a_40_partition_backfill_within_the_pool(pg18: LocalPost
         holder.close()
         status, deadline = "", time.monotonic() + 300
         while time.monotonic() < deadline:
-            status = graphql(dev.port, "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on "
-                                       "PartitionBackfill { status } } }",
-                             {"id": launched["backfillId"]})["partitionBackfillOrError"]["status"]  # fmt: skip
+            status = graphql(
+                dev.port,
+                "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on "
+                "PartitionBackfill { status } } }",
+                {"id": launched["backfillId"]},
+            )["partitionBackfillOrError"]["status"]
             if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
                 break
             time.sleep(1)
@@ -143,4 +172,5 @@ def test_helm_values_run_a_40_partition_backfill_within_the_pool(pg18: LocalPost
     assert max(sampler.queries) == LIMIT, f"queries at once: max {max(sampler.queries)} (pool limit {LIMIT})"
     assert max(held) == LIMIT, f"while the first run waited on the lock: {max(held)} of our queries at once"
     assert any(spans[i][1] > spans[i + 1][0] for i in range(len(spans) - 1)), (
-        f"no run was waiting while another ran, so the pool was not what held the queries down: {spans}")
+        f"no run was waiting while another ran, so the pool was not what held the queries down: {spans}"
+    )

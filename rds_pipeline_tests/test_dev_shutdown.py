@@ -54,9 +54,12 @@ def _descendants(pid: int) -> set[int]:
 def test_make_dev_stops_everything_it_started(tmp_path: Path, how: str) -> None:
     folder = tmp_path / f"dev_{how}"
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "rds_pipeline.cli", "demo", "--ui", "--dir", str(folder),
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rds_pipeline.cli", "demo", "--ui", "--dir", str(folder), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     started: set[int] = set()
     try:
         deadline = time.monotonic() + 240

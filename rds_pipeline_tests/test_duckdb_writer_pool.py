@@ -20,16 +20,23 @@ from rds_pipeline_tests.test_webserver import launch, wait
 
 AUTOMATION_WAIT_SECONDS = 180  # a minute's tick, the sensor's 30 s interval, the run itself
 # two views that take a few seconds each to produce their rows
-SLOW = ("CREATE VIEW slow_a AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g "
-        "WHERE pg_sleep(0.01) IS NOT NULL; "
-        "CREATE VIEW slow_b AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g "
-        "WHERE pg_sleep(0.01) IS NOT NULL")  # fmt: skip
+SLOW = (
+    "CREATE VIEW slow_a AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g "
+    "WHERE pg_sleep(0.01) IS NOT NULL; "
+    "CREATE VIEW slow_b AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g "
+    "WHERE pg_sleep(0.01) IS NOT NULL"
+)
 
 
 def test_two_runs_into_one_duckdb_file_wait_for_its_pool(pg18: LocalPostgres, tmp_path: Path) -> None:
-    project = make_project(pg18, tmp_path / "project", [{"name": "public.slow_a", "primary_key": ["id"]},
-                                                        {"name": "public.slow_b", "primary_key": ["id"]}], ddl=SLOW,
-                           automation="declarative", schedule={"cron": "* * * * *", "timezone": "UTC"})  # fmt: skip
+    project = make_project(
+        pg18,
+        tmp_path / "project",
+        [{"name": "public.slow_a", "primary_key": ["id"]}, {"name": "public.slow_b", "primary_key": ["id"]}],
+        ddl=SLOW,
+        automation="declarative",
+        schedule={"cron": "* * * * *", "timezone": "UTC"},
+    )
     pool = duckdb_pool(project.config)
     assert pool and pool.startswith("rds_duckdb__replica_")
     defs = project.defs()
@@ -37,8 +44,10 @@ def test_two_runs_into_one_duckdb_file_wait_for_its_pool(pg18: LocalPostgres, tm
     assert {a.op.pool for a in defs.assets if hasattr(a, "op") and a.op.name.startswith("rds_sync_")} == {pool}
 
     with dagster_dev(pg18, project.path, tmp_path / "home", (REPO / "dagster.yaml").read_text()) as dev:
-        runs = [launch(dev.port, "sync_all", {"ops": {PICK_OP: {"config": {"tables": [f"public.{name}"]}}}})
-                for name in ("slow_a", "slow_b")]  # fmt: skip
+        runs = [
+            launch(dev.port, "sync_all", {"ops": {PICK_OP: {"config": {"tables": [f"public.{name}"]}}}})
+            for name in ("slow_a", "slow_b")
+        ]
         assert [wait(dev.port, run_id) for run_id in runs] == ["SUCCESS", "SUCCESS"]
         instance = dev.instance()
         try:
@@ -54,11 +63,15 @@ def test_two_runs_into_one_duckdb_file_wait_for_its_pool(pg18: LocalPostgres, tm
             instance.dispose()
     ordered = sorted(spans)
     assert all(earlier[1] <= later[0] for earlier, later in zip(ordered, ordered[1:], strict=False)), (
-        f"two writers overlapped: {ordered}")
+        f"two writers overlapped: {ordered}"
+    )
 
     with duckdb.connect(str(project.path.parent / "replica.duckdb"), read_only=True) as replica:
         for name in ("slow_a", "slow_b"):
-            assert replica.execute(f"SELECT count(*), count(DISTINCT id) FROM dagster_test.{name}").fetchone() == (300, 300)
+            assert replica.execute(f"SELECT count(*), count(DISTINCT id) FROM dagster_test.{name}").fetchone() == (
+                300,
+                300,
+            )
 
 
 def _automated_successes(instance: dg.DagsterInstance, manual: list[str]) -> list[dg.DagsterRun]:
@@ -71,6 +84,10 @@ def _automated_successes(instance: dg.DagsterInstance, manual: list[str]) -> lis
 
 def _copying_span(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
     """When the run's copying step (sync_tables, or the group's multi-asset) started and ended."""
-    events = [e for e in instance.all_logs(run_id) if e.step_key and e.step_key.startswith(("sync_tables", "rds_sync_"))]
-    return (min(e.timestamp for e in events if e.dagster_event_type == "STEP_START"),
-            max(e.timestamp for e in events if e.dagster_event_type == "STEP_SUCCESS"))  # fmt: skip
+    events = [
+        e for e in instance.all_logs(run_id) if e.step_key and e.step_key.startswith(("sync_tables", "rds_sync_"))
+    ]
+    return (
+        min(e.timestamp for e in events if e.dagster_event_type == "STEP_START"),
+        max(e.timestamp for e in events if e.dagster_event_type == "STEP_SUCCESS"),
+    )

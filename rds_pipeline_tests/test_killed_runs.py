@@ -27,8 +27,10 @@ from rds_pipeline_tests.test_webserver import launch, wait
 
 ROWS = 3000
 # about a minute to produce its rows: a sync is still copying when it is killed
-SLOW_VIEW = (f"CREATE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {ROWS}) g "
-             "WHERE pg_sleep(0.02) IS NOT NULL")  # fmt: skip
+SLOW_VIEW = (
+    f"CREATE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {ROWS}) g "
+    "WHERE pg_sleep(0.02) IS NOT NULL"
+)
 FAST_VIEW = f"CREATE OR REPLACE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {ROWS}) g"
 RECOVER_SECONDS = 120  # the re-run: Dagster's start, the cleaning, 3,000 rows
 
@@ -38,10 +40,15 @@ def slow_project(server: LocalPostgres, path: Path, destination: str, **top: obj
     if destination == "postgres":
         database = f"{path.parent.name[-12:].lower().replace('-', '_')}_dest"
         server.psql(f'CREATE DATABASE "{database}"')
-        extra["destination"] = {"type": "postgres", "host": server.host, "port": server.port,
-                                "user": server.superuser, "password": server.password, "database": database}  # fmt: skip
-    return make_project(server, path, [{"name": "public.slow", "primary_key": ["id"]}], ddl=SLOW_VIEW,
-                        **extra, **top)  # fmt: skip
+        extra["destination"] = {
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": database,
+        }
+    return make_project(server, path, [{"name": "public.slow", "primary_key": ["id"]}], ddl=SLOW_VIEW, **extra, **top)
 
 
 def replica_rows(project: Project) -> int:
@@ -60,8 +67,11 @@ def kill_mid_copy(cli: Cli, project: Project) -> str:
     """Start a sync, kill -9 it once it copies; returns the killed run's id."""
     before = {r.run_id for r in cli.runs()}
     process = cli.start("sync")
-    wait_for(lambda: source_backends(project.server, project.database, "COPY%") or process.poll() is not None,
-             90, "the sync never started copying")  # fmt: skip
+    wait_for(
+        lambda: source_backends(project.server, project.database, "COPY%") or process.poll() is not None,
+        90,
+        "the sync never started copying",
+    )
     assert process.poll() is None, process.communicate()[1][-3000:]
     kill_9(process)
     # its backend ends at its next write to the closed socket (a COPY that is sending: at once)
@@ -77,8 +87,11 @@ def assert_cleaned(cli: Cli, run_id: str) -> None:
     assert CLEANED_TAG in run.tags
     instance = cli.instance()
     try:
-        failure = [e for e in instance.all_logs(run_id) if e.dagster_event_type and
-                   e.dagster_event_type.value == "PIPELINE_FAILURE"]  # fmt: skip
+        failure = [
+            e
+            for e in instance.all_logs(run_id)
+            if e.dagster_event_type and e.dagster_event_type.value == "PIPELINE_FAILURE"
+        ]
         assert failure and "process" in failure[-1].message and "is gone" in failure[-1].message
         storage = instance.event_log_storage
         if storage.supports_global_concurrency_limits:
@@ -89,8 +102,9 @@ def assert_cleaned(cli: Cli, run_id: str) -> None:
 
 @pytest.mark.parametrize("kind", INSTANCES)
 @pytest.mark.parametrize("destination", ["duckdb", "postgres"])
-def test_kill_9_mid_copy_then_the_next_sync_recovers_without_a_daemon(pg18: LocalPostgres, tmp_path: Path,
-                                                                      destination: str, kind: str) -> None:  # fmt: skip
+def test_kill_9_mid_copy_then_the_next_sync_recovers_without_a_daemon(
+    pg18: LocalPostgres, tmp_path: Path, destination: str, kind: str
+) -> None:
     project = slow_project(pg18, tmp_path / "project", destination)
     cli = make_cli(pg18, project.path, tmp_path / "home", kind)
     killed = kill_mid_copy(cli, project)
@@ -144,8 +158,9 @@ def test_after_a_reboot_the_next_sync_runs_by_itself(pg18: LocalPostgres, tmp_pa
         assert alive.state() == "alive"
         # the same pid and boot, started at another time: another process (a pid reused within one boot)
         assert RunProcess(alive.host, alive.boot, alive.pid, "ticks:1").state() == "gone"
-        instance.add_run_tags(killed, {PID_TAG: str(alive.pid), STARTED_TAG: alive.started,
-                                       BOOT_TAG: "an-earlier-boot"})  # fmt: skip
+        instance.add_run_tags(
+            killed, {PID_TAG: str(alive.pid), STARTED_TAG: alive.started, BOOT_TAG: "an-earlier-boot"}
+        )
         assert RunProcess.from_tags(instance.get_run_by_id(killed).tags).state() == "gone"
     finally:
         instance.dispose()
@@ -167,8 +182,12 @@ def test_a_live_run_keeps_its_slot_and_the_next_run_waits_saying_so(pg18: LocalP
     wait_for(lambda: source_backends(pg18, project.database, "COPY%"), 90, "the first sync never copied")
     second = cli.start("sync")
     waiting = psutil.Process(second.pid)
-    status = wait_for(lambda: "waiting for pool" in (out := cli.run("status").stdout) and out, 60,
-                      "status never showed the second run waiting", every=1)  # fmt: skip
+    status = wait_for(
+        lambda: "waiting for pool" in (out := cli.run("status").stdout) and out,
+        60,
+        "status never showed the second run waiting",
+        every=1,
+    )
     assert f"for pool {pool}" in str(status)
     cpu = waiting.cpu_times()
     time.sleep(3)
@@ -197,18 +216,26 @@ def test_a_live_run_keeps_its_slot_and_the_next_run_waits_saying_so(pg18: LocalP
     kill_9(holder)
 
 
-def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[LocalPostgres],
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[LocalPostgres], tmp_path: Path) -> None:
     """The step that reads a log-based table's replication slot runs in the slot's pool (limit 1)."""
     server = logical_servers[0]
     server.psql("CREATE DATABASE killed_log_dest")
     project = make_project(
-        server, tmp_path / "project", [{"name": "public.t", "method": "log_based"}],
+        server,
+        tmp_path / "project",
+        [{"name": "public.t", "method": "log_based"}],
         ddl="CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
-            "generate_series(1, 400000) g; ANALYZE",
-        destination={"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                     "password": server.password, "database": "killed_log_dest"},
-        log_based={"slot": "killed_log", "publication": "killed_log"})  # fmt: skip
+        "generate_series(1, 400000) g; ANALYZE",
+        destination={
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": "killed_log_dest",
+        },
+        log_based={"slot": "killed_log", "publication": "killed_log"},
+    )
     cli = make_cli(server, project.path, tmp_path / "home", "shipped")
     pool = slot_pool(project.config)
     process = cli.start("sync")
@@ -224,8 +251,10 @@ def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[
     assert process.poll() is None, process.communicate()[1][-3000:]
     kill_9(process)
     killed = next(r for r in cli.runs())
-    project.sql("UPDATE t SET v = 'changed' WHERE id <= 100; DELETE FROM t WHERE id > 399900; "
-                "INSERT INTO t VALUES (500000, 'new')")  # fmt: skip
+    project.sql(
+        "UPDATE t SET v = 'changed' WHERE id <= 100; DELETE FROM t WHERE id > 399900; "
+        "INSERT INTO t VALUES (500000, 'new')"
+    )
     for _ in range(2):  # the first catches up (snapshot, then stream), the second streams what came since
         done = cli.run("sync", timeout=RECOVER_SECONDS)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -237,8 +266,9 @@ def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[
     assert cli.run("cdc", "drop").returncode == 0  # no slot left to hold the shared server's WAL
 
 
-def test_a_killed_launched_run_on_the_default_instance_is_cleaned_by_the_next(pg18: LocalPostgres,
-                                                                              tmp_path: Path) -> None:  # fmt: skip
+def test_a_killed_launched_run_on_the_default_instance_is_cleaned_by_the_next(
+    pg18: LocalPostgres, tmp_path: Path
+) -> None:
     """Dagster's default instance under `dagster dev` (no dagster.yaml): its default run launcher cannot report a
     run's health to run monitoring, and nothing frees a killed run's pool slots. The next launched run frees them
     (our executor: after failing the run itself if it is still STARTED), takes the DuckDB file's pool and

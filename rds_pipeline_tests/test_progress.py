@@ -19,14 +19,22 @@ from rds_pipeline_tests.dagster_defs.project import PASSWORD_ENV, make_project
 def test_sync_shows_compact_live_progress(pg18: LocalPostgres, tmp_path: Path) -> None:
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed (apt-get install tmux)")
-    ddl = ("CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, repeat('x', 200) FROM "
-           "generate_series(1, 300000) g; ANALYZE big; CREATE TABLE small (id int PRIMARY KEY); "
-           "INSERT INTO small VALUES (1), (2); CREATE TABLE tiny (id int PRIMARY KEY)")  # fmt: skip
-    project = make_project(pg18, tmp_path, [{"name": "public.big"}, {"name": "public.small"}, {"name": "public.tiny"}],
-                           ddl=ddl)  # fmt: skip
+    ddl = (
+        "CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, repeat('x', 200) FROM "
+        "generate_series(1, 300000) g; ANALYZE big; CREATE TABLE small (id int PRIMARY KEY); "
+        "INSERT INTO small VALUES (1), (2); CREATE TABLE tiny (id int PRIMARY KEY)"
+    )
+    project = make_project(
+        pg18, tmp_path, [{"name": "public.big"}, {"name": "public.small"}, {"name": "public.tiny"}], ddl=ddl
+    )
     session = f"rds_progress_{os.getpid()}"
-    env = {**os.environ, PASSWORD_ENV: pg18.password, "RDS_PIPELINE_CONFIG": str(project.path),
-           "RDS_PIPELINE_PROGRESS_SECONDS": "0.05", "DAGSTER_HOME": str(tmp_path / "dagster_home")}  # fmt: skip
+    env = {
+        **os.environ,
+        PASSWORD_ENV: pg18.password,
+        "RDS_PIPELINE_CONFIG": str(project.path),
+        "RDS_PIPELINE_PROGRESS_SECONDS": "0.05",
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
     (tmp_path / "dagster_home").mkdir()
     command = f"{sys.executable} -m rds_pipeline.cli sync; echo EXIT=$?; sleep 60"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "220", "-y", "60", command], env=env, check=True)
@@ -35,8 +43,9 @@ def test_sync_shows_compact_live_progress(pg18: LocalPostgres, tmp_path: Path) -
         screen = ""
         while time.monotonic() < deadline and "EXIT=" not in screen:
             time.sleep(0.5)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session, "-S", "-200"], capture_output=True,
-                                    text=True).stdout  # fmt: skip
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session, "-S", "-200"], capture_output=True, text=True
+            ).stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     lines = [line for line in screen.splitlines() if line.strip()]

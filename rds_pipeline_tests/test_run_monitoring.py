@@ -21,15 +21,20 @@ from rds_pipeline_tests.test_webserver import graphql, launch, wait
 
 REPO = Path(__file__).resolve().parents[1]
 # a view that takes about a minute to produce its rows: the run is still copying when it is killed
-SLOW_VIEW = ("CREATE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g "
-             "WHERE pg_sleep(0.02) IS NOT NULL")  # fmt: skip
+SLOW_VIEW = (
+    "CREATE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g "
+    "WHERE pg_sleep(0.02) IS NOT NULL"
+)
 
 
 def _copying_process(server: LocalPostgres, database: str) -> int | None:
     """The pid of the process whose connection runs our COPY on the source: the run's worker (found through
     the backend's client port, /proc/net/tcp and the process's sockets)."""
-    port = server.psql("SELECT client_port FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                       "AND query LIKE 'COPY%' AND datname = current_database() LIMIT 1", database).strip()  # fmt: skip
+    port = server.psql(
+        "SELECT client_port FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+        "AND query LIKE 'COPY%' AND datname = current_database() LIMIT 1",
+        database,
+    ).strip()
     if not port:
         return None
     inodes = set()
@@ -49,11 +54,13 @@ def _copying_process(server: LocalPostgres, database: str) -> int | None:
 
 
 def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Path) -> None:
-    project = make_project(pg18, tmp_path / "project", [{"name": "public.slow", "primary_key": ["id"]}],
-                           ddl=SLOW_VIEW)  # fmt: skip
+    project = make_project(pg18, tmp_path / "project", [{"name": "public.slow", "primary_key": ["id"]}], ddl=SLOW_VIEW)
     defs = project.defs()
-    policies = [a.op.retry_policy for a in defs.assets
-                if isinstance(a, dg.AssetsDefinition) and a.op.name.startswith(("rds_sync_", "rds_stream_"))]
+    policies = [
+        a.op.retry_policy
+        for a in defs.assets
+        if isinstance(a, dg.AssetsDefinition) and a.op.name.startswith(("rds_sync_", "rds_stream_"))
+    ]
     policies += [defs.resolve_job_def("sync_all").graph.node_named("sync_tables").definition.retry_policy]
     assert policies and all(p is not None and p.max_retries >= 1 and p.backoff is not None for p in policies)
 
@@ -67,16 +74,18 @@ def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Pat
         while _copying_process(pg18, project.database) is None:
             assert time.monotonic() < deadline, "the run never started copying"
             time.sleep(0.5)
-        tags = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }",
-                       {"id": run_id})["runOrError"]["tags"]  # fmt: skip
+        tags = graphql(
+            port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }", {"id": run_id}
+        )["runOrError"]["tags"]
         pid = int(next(t["value"] for t in tags if t["key"] == PID_TAG))  # the launcher's run process
         assert _copying_process(pg18, project.database) in {pid, *_children(pid)}  # it (or its step) copies
         os.killpg(pid, signal.SIGKILL)  # the run process and its step processes, as a container kill would
         killed = time.monotonic()
         status = ""
         while time.monotonic() - killed < monitoring["poll_interval_seconds"] + 30:
-            status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                             {"id": run_id})["runOrError"]["status"]  # fmt: skip
+            status = graphql(
+                port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id}
+            )["runOrError"]["status"]
             if status != "STARTED":
                 break
             time.sleep(1)
@@ -88,15 +97,21 @@ def test_a_run_killed_with_kill_9_ends_failed(pg18: LocalPostgres, tmp_path: Pat
         # its slot in the DuckDB file's pool (limit 1) comes back, so the next run is not blocked for good
         instance = dev.instance()
         try:
-            deadline = time.monotonic() + monitoring["free_slots_after_run_end_seconds"] + \
-                monitoring["poll_interval_seconds"] + 30  # fmt: skip
+            deadline = (
+                time.monotonic()
+                + monitoring["free_slots_after_run_end_seconds"]
+                + monitoring["poll_interval_seconds"]
+                + 30
+            )
             while run_id in instance.event_log_storage.get_concurrency_run_ids():
                 assert time.monotonic() < deadline, "the killed run still holds its pool slot"
                 time.sleep(1)
         finally:
             instance.dispose()
-        pg18.psql("CREATE OR REPLACE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30) g",
-                  project.database)  # fmt: skip
+        pg18.psql(
+            "CREATE OR REPLACE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30) g",
+            project.database,
+        )
         assert wait(port, launch(port, "sync_all")) == "SUCCESS"  # the next run gets the slot and catches up
 
 
@@ -113,5 +128,10 @@ def _children(pid: int) -> set[int]:
 
 
 def _copying(server: LocalPostgres, database: str) -> int:
-    return int(server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                           "AND query LIKE 'COPY%' AND datname = current_database()", database).strip())  # fmt: skip
+    return int(
+        server.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+            "AND query LIKE 'COPY%' AND datname = current_database()",
+            database,
+        ).strip()
+    )

@@ -25,8 +25,10 @@ from rds_pipeline_tests.test_killed_runs import FAST_VIEW, ROWS, SLOW_VIEW, repl
 STOP_SECONDS = 10  # what the issue asks, from the signal to the process's exit
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
 # a COPY whose query produces nothing for two minutes: the phase before the first row
-SILENT_VIEW = ("CREATE OR REPLACE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM (SELECT pg_sleep(120)) s, "
-               f"generate_series(1, {ROWS}) g")  # fmt: skip
+SILENT_VIEW = (
+    "CREATE OR REPLACE VIEW slow AS SELECT g AS id, md5(g::text) AS v FROM (SELECT pg_sleep(120)) s, "
+    f"generate_series(1, {ROWS}) g"
+)
 
 
 def stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str, float]:
@@ -68,8 +70,9 @@ def copying_project(server: LocalPostgres, path: Path, view: str, destination: s
 
 @pytest.mark.parametrize("signum", SIGNALS)
 @pytest.mark.parametrize("phase", ["before_first_row", "copy"])
-def test_a_signal_stops_the_source_query_and_the_copy(pg18: LocalPostgres, tmp_path: Path, signum: int,
-                                                      phase: str) -> None:  # fmt: skip
+def test_a_signal_stops_the_source_query_and_the_copy(
+    pg18: LocalPostgres, tmp_path: Path, signum: int, phase: str
+) -> None:
     destination = "postgres" if signum == signal.SIGTERM else "duckdb"
     view = SILENT_VIEW if phase == "before_first_row" else SLOW_VIEW.replace("CREATE VIEW", "CREATE OR REPLACE VIEW")
     project = copying_project(pg18, tmp_path / "project", FAST_VIEW, destination)
@@ -92,8 +95,9 @@ def test_a_signal_stops_the_source_query_and_the_copy(pg18: LocalPostgres, tmp_p
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_a_signal_stops_the_wait_for_a_slot(pg18: LocalPostgres, tmp_path: Path, signum: int) -> None:
     """The run waiting for the DuckDB file's pool stops; the live run holding it goes on, untouched."""
-    project = copying_project(pg18, tmp_path / "project",
-                              SLOW_VIEW.replace("CREATE VIEW", "CREATE OR REPLACE VIEW").replace("0.02", "0.005"))  # fmt: skip
+    project = copying_project(
+        pg18, tmp_path / "project", SLOW_VIEW.replace("CREATE VIEW", "CREATE OR REPLACE VIEW").replace("0.02", "0.005")
+    )
     cli = make_cli(pg18, project.path, tmp_path / "home", "default")
     holder = cli.start("sync")
     wait_for(lambda: source_backends(pg18, project.database, "COPY%"), 90, "the first sync never copied")
@@ -138,12 +142,21 @@ def test_a_signal_stops_a_log_based_apply(logical_servers: list[LocalPostgres], 
     dest = f"stop_apply_{signum}"
     server.psql(f"CREATE DATABASE {dest}")
     project = make_project(
-        server, tmp_path / "project", [{"name": "public.t", "method": "log_based"}],
+        server,
+        tmp_path / "project",
+        [{"name": "public.t", "method": "log_based"}],
         ddl="CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
-            "generate_series(1, 2000) g; ANALYZE",
-        destination={"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                     "password": server.password, "database": dest},
-        log_based={"slot": dest, "publication": dest})  # fmt: skip
+        "generate_series(1, 2000) g; ANALYZE",
+        destination={
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": dest,
+        },
+        log_based={"slot": dest, "publication": dest},
+    )
     cli = make_cli(server, project.path, tmp_path / "home", "shipped")
     first = cli.run("sync")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -153,8 +166,10 @@ def test_a_signal_stops_a_log_based_apply(logical_servers: list[LocalPostgres], 
         applied_before = cur.fetchone()[0]
     conn.close()
     with psycopg2.connect(**server.dsn(project.database)) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE t SET v = 'changed' WHERE id <= 500; DELETE FROM t WHERE id > 1900; "
-                    "INSERT INTO t VALUES (5000, 'new')")  # fmt: skip
+        cur.execute(
+            "UPDATE t SET v = 'changed' WHERE id <= 500; DELETE FROM t WHERE id > 1900; "
+            "INSERT INTO t VALUES (5000, 'new')"
+        )
         cur.execute("SELECT pg_current_wal_insert_lsn()::text")  # where its commit record goes
         commit_at = cur.fetchone()[0]
     conn.close()
@@ -163,9 +178,19 @@ def test_a_signal_stops_a_log_based_apply(logical_servers: list[LocalPostgres], 
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE dagster_test.t IN ACCESS EXCLUSIVE MODE")  # held until rollback
         process = cli.start("sync")
-        wait_for(lambda: server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                                     "AND wait_event_type = 'Lock'", dest).strip() != "0" or process.poll() is not None,
-                 90, "the apply never waited on the lock")  # fmt: skip
+        wait_for(
+            lambda: (
+                server.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                    "AND wait_event_type = 'Lock'",
+                    dest,
+                ).strip()
+                != "0"
+                or process.poll() is not None
+            ),
+            90,
+            "the apply never waited on the lock",
+        )
         assert process.poll() is None, process.communicate()[1][-3000:]
         code, err, seconds = stop(process, signum)
         assert_stopped(cli, signum, code, err, seconds)
@@ -181,8 +206,12 @@ def test_a_signal_stops_a_log_based_apply(logical_servers: list[LocalPostgres], 
     # the slot confirmed nothing the destination does not hold: the server still sends that transaction (psycopg2
     # may confirm WAL up to it that held nothing for us: a keepalive's position, see cdc/stream.py)
     assert applied == applied_before
-    assert server.psql(f"SELECT confirmed_flush_lsn <= '{commit_at}'::pg_lsn FROM pg_replication_slots "
-                       f"WHERE slot_name = '{slot}'").strip() == "t"  # fmt: skip
+    assert (
+        server.psql(
+            f"SELECT confirmed_flush_lsn <= '{commit_at}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ).strip()
+        == "t"
+    )
     done = cli.run("sync")
     assert done.returncode == 0, done.stderr[-3000:]
     with psycopg2.connect(**server.dsn(dest)) as conn, conn.cursor() as cur:

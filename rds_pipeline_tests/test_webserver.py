@@ -33,13 +33,23 @@ def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> d
 def launch(port: int, job: str, run_config: dict[str, Any] | None = None, **selector: Any) -> str:
     """launchRun of ``job`` (extra ``selector`` keys, e.g. assetSelection; ``tags`` go to executionMetadata)."""
     tags = selector.pop("tags", {})
-    params: dict[str, Any] = {"selector": {"repositoryLocationName": "rds_pipeline", "repositoryName": "__repository__",
-                                           "jobName": job, **selector}, "runConfigData": run_config or {},
-                              "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}  # fmt: skip
-    launched = graphql(port, """
+    params: dict[str, Any] = {
+        "selector": {
+            "repositoryLocationName": "rds_pipeline",
+            "repositoryName": "__repository__",
+            "jobName": job,
+            **selector,
+        },
+        "runConfigData": run_config or {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+    }
+    launched = graphql(
+        port,
+        """
         mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
           __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
-        {"params": params})["launchRun"]  # fmt: skip
+        {"params": params},
+    )["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
 
@@ -48,8 +58,9 @@ def wait(port: int, run_id: str, seconds: float = 180) -> str:
     deadline = time.monotonic() + seconds
     status = ""
     while time.monotonic() < deadline:
-        status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                         {"id": run_id})["runOrError"]["status"]  # fmt: skip
+        status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})[
+            "runOrError"
+        ]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         time.sleep(1)
@@ -71,10 +82,22 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
     setup, env = prepare(tmp_path / "demo")
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
-         "-p", str(port)],
-        env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "dev",
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -97,8 +120,15 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
         assert deps["pagila_demo/actor_info"] == {"source/pagila/public/actor_info"}
         assert deps["pagila_demo/legacy__rental"] == {"source/pagila/legacy/rental"}
 
-        status = wait(port, launch(port, "__ASSET_JOB", assetSelection=[{"path": ["pagila_demo", "film"]}],
-                                   tags={"dagster/partition": "all"}))  # fmt: skip
+        status = wait(
+            port,
+            launch(
+                port,
+                "__ASSET_JOB",
+                assetSelection=[{"path": ["pagila_demo", "film"]}],
+                tags={"dagster/partition": "all"},
+            ),
+        )
         assert status == "SUCCESS"
         materialized = graphql(
             port,
@@ -111,10 +141,15 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
 
         # reset a key-based table from the UI (the reset_table job): its whole history comes back, every
         # monthly window shows as materialized, and its checks ran
-        status = wait(port, launch(port, "reset_table", {"ops": {"reset_and_resync": {"config": {"table": "public.payment"}}}}))
+        status = wait(
+            port, launch(port, "reset_table", {"ops": {"reset_and_resync": {"config": {"table": "public.payment"}}}})
+        )
         assert status == "SUCCESS"
-        node = graphql(port, """{ assetNodeOrError(assetKey: {path: ["pagila_demo", "payment"]}) { ... on AssetNode {
-            partitionKeys partitionStats { numMaterialized } } } }""")["assetNodeOrError"]  # fmt: skip
+        node = graphql(
+            port,
+            """{ assetNodeOrError(assetKey: {path: ["pagila_demo", "payment"]}) { ... on AssetNode {
+            partitionKeys partitionStats { numMaterialized } } } }""",
+        )["assetNodeOrError"]
         assert node["partitionStats"]["numMaterialized"] == len(node["partitionKeys"]) > 200
         import duckdb
 
@@ -142,17 +177,28 @@ def ui_shows_replicas_and_their_lineage(port: int, payment_windows: int) -> None
         return driver.find_elements(By.XPATH, f"//*[local-name()='foreignObject']//*[normalize-space(text())='{name}']")
 
     with chromium() as driver:
-        open_page(driver, f"{base}/assets/pagila_demo/actor_info?view=lineage&lineageScope=upstream&lineageDepth=2",
-                  lambda d: nodes(d, "film_category"), "the view's upstream lineage")  # fmt: skip
+        open_page(
+            driver,
+            f"{base}/assets/pagila_demo/actor_info?view=lineage&lineageScope=upstream&lineageDepth=2",
+            lambda d: nodes(d, "film_category"),
+            "the view's upstream lineage",
+        )
         assert "Join the Dagster community" not in body_text(driver)  # the first-visit dialog was dismissed
         assert len(nodes(driver, "actor_info")) == 2  # the replica and its source view
         for table in ("actor", "category", "film", "film_actor", "film_category"):  # the view's base tables
             assert len(nodes(driver, table)) == 1, table
-        groups = {e.text.strip() for e in driver.find_elements(By.XPATH, "//*[local-name()='foreignObject']//*[normalize-space(text())]")}
+        groups = {
+            e.text.strip()
+            for e in driver.find_elements(By.XPATH, "//*[local-name()='foreignObject']//*[normalize-space(text())]")
+        }
         assert {"rds_source", "public"} <= groups
         edges = driver.find_elements(By.CSS_SELECTOR, "svg path")
         assert len(edges) >= 6, f"{len(edges)} edges drawn"  # five base tables into the view, the view into its replica
 
-        open_page(driver, f"{base}/assets/pagila_demo/payment?view=partitions", lambda d: "Materialized (" in body_text(d),
-                  "the partitions")  # fmt: skip
+        open_page(
+            driver,
+            f"{base}/assets/pagila_demo/payment?view=partitions",
+            lambda d: "Materialized (" in body_text(d),
+            "the partitions",
+        )
         assert f"Materialized ({payment_windows})" in body_text(driver)

@@ -42,8 +42,11 @@ def capture(driver: WebDriver, base: str, run_id: str) -> list[Path]:
         shots.append(target)
 
     shot("asset_graph", f"/asset-groups?{EXPANDED}", "rds_source", zoom=4)
-    shot("view_lineage", "/assets/pagila_demo/actor_info?view=lineage&lineageScope=upstream&lineageDepth=2",
-         "film_category")
+    shot(
+        "view_lineage",
+        "/assets/pagila_demo/actor_info?view=lineage&lineageScope=upstream&lineageDepth=2",
+        "film_category",
+    )
     shot("partitions", "/assets/pagila_demo/payment?view=partitions", "Materialized (")
     shot("run_loading_report", f"/runs/{run_id}?logs=type%3AASSET_MATERIALIZATION", "rows_inserted")
     shot("checks", "/assets/pagila_demo/film?view=checks", "replica_matches_source")
@@ -67,10 +70,23 @@ def main() -> int:
                     print("the demo sync failed: see `make demo`", file=sys.stderr)
                     return 1
             port = free_port()
-            process = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-w",
-                                        str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-                                       env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("dagster")),
+                    "dev",
+                    "-w",
+                    str(REPO / "workspace.yaml"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                ],
+                env={**os.environ, **env},
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             deadline = time.monotonic() + 120
             while True:
                 try:

@@ -127,10 +127,18 @@ def source_specs(catalog: Catalog, selection: list[SelectedTable], config: Integ
 
 def check_specs(asset: TableAsset) -> list[dg.AssetCheckSpec]:
     if asset.table.method == "log_based":
-        return [dg.AssetCheckSpec(CHECK_REPLICA, asset=asset.key, description="The replica matches the source: its "
-                                  "columns match the catalog, its primary key is unique"),
-                dg.AssetCheckSpec(CHECK_SLOT, asset=asset.key, description="The slot's retained WAL and lag are "
-                                  "within the thresholds of `log_based:`")]  # fmt: skip
+        return [
+            dg.AssetCheckSpec(
+                CHECK_REPLICA,
+                asset=asset.key,
+                description="The replica matches the source: its columns match the catalog, its primary key is unique",
+            ),
+            dg.AssetCheckSpec(
+                CHECK_SLOT,
+                asset=asset.key,
+                description="The slot's retained WAL and lag are within the thresholds of `log_based:`",
+            ),
+        ]
     return [dg.AssetCheckSpec(name, asset=asset.key, description=text) for name, text in check_names(asset)]
 
 
@@ -146,17 +154,21 @@ def request_for_context(context: dg.AssetExecutionContext, asset: TableAsset, ke
     return Request.range(range_for_keys(asset.plan, first, last, keys))
 
 
-def materialize_table(context: dg.AssetExecutionContext, asset: TableAsset, source: RdsSourceResource,
-                      destination: RdsDestinationResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:  # fmt: skip
+def materialize_table(
+    context: dg.AssetExecutionContext, asset: TableAsset, source: RdsSourceResource, destination: RdsDestinationResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Sync one table's partition(s) through the shared path; report metadata and run the selected checks."""
     keys = partition_keys(asset, context.instance)
     selected = {k.name for k in context.selected_asset_check_keys if k.asset_key == asset.key}
-    run = run_table(asset, request_for_context(context, asset, keys), source, destination, context.instance,
-                    checks=selected)  # fmt: skip
+    run = run_table(
+        asset, request_for_context(context, asset, keys), source, destination, context.instance, checks=selected
+    )
     report = run.result.report
-    context.log.info(f"{asset.table.id}: {report.rows_inserted} inserted, {report.rows_updated} updated, "
-                     f"{report.rows_deleted} deleted in {report.seconds:.2f}s ({run.result.key_range.describe()}; "
-                     f"{run.result.plan.reason})")  # fmt: skip
+    context.log.info(
+        f"{asset.table.id}: {report.rows_inserted} inserted, {report.rows_updated} updated, "
+        f"{report.rows_deleted} deleted in {report.seconds:.2f}s ({run.result.key_range.describe()}; "
+        f"{run.result.plan.reason})"
+    )
     for warning in report.warnings:
         context.log.warning(f"{asset.table.id}: {warning}")
     own = set(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else set()
@@ -165,8 +177,13 @@ def materialize_table(context: dg.AssetExecutionContext, asset: TableAsset, sour
         record_partitions(context, asset.key, extra, run.metadata, with_counts=False)
     yield dg.MaterializeResult(asset_key=asset.key, metadata=run.metadata)
     for name, outcome in run.checks:
-        yield dg.AssetCheckResult(asset_key=asset.key, check_name=name, passed=outcome.passed,
-                                  description=outcome.description, metadata=outcome.metadata)  # fmt: skip
+        yield dg.AssetCheckResult(
+            asset_key=asset.key,
+            check_name=name,
+            passed=outcome.passed,
+            description=outcome.description,
+            metadata=outcome.metadata,
+        )
 
 
 def build_replica_assets(config: IntegrationConfig, assets: list[TableAsset]) -> list[dg.AssetsDefinition]:

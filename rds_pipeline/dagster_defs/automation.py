@@ -46,8 +46,10 @@ class LatestPartition(dg.AutomationCondition):
 
 def automation_condition(asset: TableAsset) -> dg.AutomationCondition:
     frequency = asset.frequency
-    tick = (dg.AutomationCondition.cron_tick_passed(frequency.cron, frequency.timezone)
-            & ~dg.AutomationCondition.in_progress())  # fmt: skip
+    tick = (
+        dg.AutomationCondition.cron_tick_passed(frequency.cron, frequency.timezone)
+        & ~dg.AutomationCondition.in_progress()
+    )
     if asset.plan.kind == "time":
         return (tick & dg.AutomationCondition.in_latest_time_window()).with_label(f"sync {frequency.description}")
     if asset.plan.kind == "dynamic" or asset.table.method == "log_based":

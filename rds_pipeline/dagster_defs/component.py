@@ -9,7 +9,6 @@ that is down, or was never reached, cannot take the deployment's definitions dow
 The definitions are those of ``rds_pipeline/definitions.py``, built by the same function.
 """
 
-
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +92,9 @@ class RdsReplicationComponent(dg.StateBackedComponent, dg.Resolvable):
 
         if load_config(self.config).catalog_path.is_file():  # discovered with `rds-pipeline discover`
             return build_definitions(self.config)
-        log.warning("rds_pipeline: %s has no catalog yet, so no assets: run `dg utils refresh-defs-state` (or "
-                    "`rds-pipeline discover`)", self.config)  # fmt: skip
+        log.warning(
+            "rds_pipeline: %s has no catalog yet, so no assets: run `dg utils refresh-defs-state` (or "
+            "`rds-pipeline discover`)",
+            self.config,
+        )
         return dg.Definitions()

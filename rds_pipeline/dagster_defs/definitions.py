@@ -48,19 +48,25 @@ def build_definitions(config_path: str | Path | None = None, catalog_path: Path 
             config_path=str(path.resolve()),
             password=_env_var(source_raw.get("password")),
             ssh_passphrase=_env_var(ssh_raw.get("passphrase")),
-        ),  # fmt: skip
+        ),
         "rds_destination": RdsDestinationResource(
             config_path=str(path.resolve()), password=_env_var(dest_raw.get("password"))
-        ),  # fmt: skip
+        ),
     }
     jobs = build_op_jobs(assets, source_step_pool(config), slot_step_pool(config))
     sync_all = next(job for job in jobs if job.name == SYNC_ALL)
     return dg.Definitions(
-        assets=[*source_specs(catalog, selection, config), *build_replica_assets(config, assets), build_usage_asset(assets)],
+        assets=[
+            *source_specs(catalog, selection, config),
+            *build_replica_assets(config, assets),
+            build_usage_asset(assets),
+        ],
         jobs=jobs,
         schedules=build_schedules(assets, sync_all) if config.automation == "schedules" else [],
-        sensors=[*build_sensors(assets, sync_all, catalog),
-                 *([automation_sensor(assets)] if config.automation == "declarative" and assets else [])],
+        sensors=[
+            *build_sensors(assets, sync_all, catalog),
+            *([automation_sensor(assets)] if config.automation == "declarative" and assets else []),
+        ],
         resources=resources,
         executor=recovering_executor,  # a run first cleans the runs killed without a trace (executor.py)
     )

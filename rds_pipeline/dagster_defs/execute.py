@@ -64,8 +64,14 @@ def partition_keys(asset: TableAsset, instance: dg.DagsterInstance | None) -> li
     return list(asset.plan.partitions_def.get_partition_keys(dynamic_partitions_store=instance))
 
 
-def run_table(asset: TableAsset, request: Request, source: RdsSourceResource, destination: RdsDestinationResource,
-              instance: dg.DagsterInstance | None, checks: set[str] | None = None) -> TableRun:  # fmt: skip
+def run_table(
+    asset: TableAsset,
+    request: Request,
+    source: RdsSourceResource,
+    destination: RdsDestinationResource,
+    instance: dg.DagsterInstance | None,
+    checks: set[str] | None = None,
+) -> TableRun:
     """Sync one table through the engine and run its checks (all of them, or ``checks``)."""
     keys = partition_keys(asset, instance)
     dest = destination.get()
@@ -112,16 +118,18 @@ def materialization_metadata(result: SyncResult) -> dict[str, Any]:
     }
 
 
-def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource, dest: Any,
-                result: SyncResult) -> Iterator[tuple[str, CheckOutcome]]:  # fmt: skip
+def _run_checks(
+    selected: set[str], asset: TableAsset, source: RdsSourceResource, dest: Any, result: SyncResult
+) -> Iterator[tuple[str, CheckOutcome]]:
     if CHECK_REPLICA not in selected:
         return
     table = asset.table
     parts = [(PART_COLUMNS, columns_check(dest.column_names(table), table))]
     if table.primary_key:
         enforced = dest.primary_key_enforced(table)  # a catalog lookup instead of a scan of the replica
-        parts.append((PART_PRIMARY_KEY, primary_key_check(0 if enforced else dest.duplicate_keys(table), table,
-                                                          enforced)))  # fmt: skip
+        parts.append(
+            (PART_PRIMARY_KEY, primary_key_check(0 if enforced else dest.duplicate_keys(table), table, enforced))
+        )
     if table.method == "full_table":
         # the rows this sync's COPY read from the source (its command tag, under the copy's snapshot) against the
         # destination's rows in the same range: catches rows lost or doubled on the way without scanning
@@ -129,8 +137,17 @@ def _run_checks(selected: set[str], asset: TableAsset, source: RdsSourceResource
         # the range holds what that COPY stored (counted after any trigger)
         key_range = result.key_range
         stored = result.rows_at_commit
-        parts.append((PART_ROW_COUNT, row_count_check(result.rows, dest.count_rows(table, key_range) if stored is None
-                                                      else stored, key_range, "copied from the source by this sync")))  # fmt: skip
+        parts.append(
+            (
+                PART_ROW_COUNT,
+                row_count_check(
+                    result.rows,
+                    dest.count_rows(table, key_range) if stored is None else stored,
+                    key_range,
+                    "copied from the source by this sync",
+                ),
+            )
+        )
     yield CHECK_REPLICA, combined(parts)
 
 
@@ -142,8 +159,11 @@ def stops_without_retry() -> Iterator[None]:
         interrupts.checkpoint()
         yield
     except (interrupts.Stopped, DagsterExecutionInterruptedError):
-        raise dg.Failure(description="stopped (Ctrl-C, SIGTERM or a terminated run): the range in flight was rolled "
-                         "back; the next sync goes on from the state in the destination", allow_retries=False) from None
+        raise dg.Failure(
+            description="stopped (Ctrl-C, SIGTERM or a terminated run): the range in flight was rolled "
+            "back; the next sync goes on from the state in the destination",
+            allow_retries=False,
+        ) from None
 
 
 def describe_failure(asset: TableAsset, exc: BaseException) -> TableFailure:
@@ -156,7 +176,7 @@ def describe_failure(asset: TableAsset, exc: BaseException) -> TableFailure:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         text = f"{type(exc).__name__}: {first}. Fix: see the run's log for the full error, then sync again"
     prefix = f"{asset.table.id}: "
-    return TableFailure(asset.table.id, text[len(prefix):] if text.startswith(prefix) else text)
+    return TableFailure(asset.table.id, text[len(prefix) :] if text.startswith(prefix) else text)
 
 
 def failure(failures: list[TableFailure], synced: int) -> dg.Failure:
@@ -172,5 +192,12 @@ def log_run(context: dg.OpExecutionContext, run: TableRun) -> None:
     """Record a table's sync from a job: every covered partition, then the check results."""
     record_partitions(context, run.asset.key, run.partitions, run.metadata)
     for name, outcome in run.checks:
-        context.log_event(dg.AssetCheckEvaluation(asset_key=run.asset.key, check_name=name, passed=outcome.passed,
-                                                  description=outcome.description, metadata=outcome.metadata))  # fmt: skip
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=run.asset.key,
+                check_name=name,
+                passed=outcome.passed,
+                description=outcome.description,
+                metadata=outcome.metadata,
+            )
+        )

@@ -51,5 +51,6 @@ def source_uri(config: IntegrationConfig, relation: Relation) -> str:
 def column_lineage(table: SelectedTable, source: dg.AssetKey) -> dg.TableColumnLineage:
     """Each replicated column comes from the column of the same name in the source relation (a view's own
     columns for a replicated view; the view's asset carries its dependencies on the tables it reads)."""
-    return dg.TableColumnLineage(deps_by_column={
-        name: [dg.TableColumnDep(asset_key=source, column_name=name)] for name in table.column_names})  # fmt: skip
+    return dg.TableColumnLineage(
+        deps_by_column={name: [dg.TableColumnDep(asset_key=source, column_name=name)] for name in table.column_names}
+    )

@@ -52,8 +52,9 @@ def add_key_ranges(instance: dg.DagsterInstance, dynamic: list[TableAsset], sour
         if probe is None or probe.max_key is None:
             continue
         name = dynamic_partitions_name(asset.table)
-        keys = integer_range_keys(list(instance.get_dynamic_partitions(name)), int(probe.max_key),
-                                  asset.table.chunk_rows)  # fmt: skip
+        keys = integer_range_keys(
+            list(instance.get_dynamic_partitions(name)), int(probe.max_key), asset.table.chunk_rows
+        )
         if keys:
             instance.add_dynamic_partitions(name, keys)
             added += len(keys)
@@ -84,9 +85,14 @@ def buckets(chosen: list[TableAsset], parallel: int) -> list[list[TableAsset]]:
     return [sorted(b, key=lambda a: a.table.id) for b in split if b]
 
 
-def sync_assets(context: dg.OpExecutionContext, chosen: list[TableAsset], request: Request,
-                source: RdsSourceResource, destination: RdsDestinationResource,
-                logged: list[TableAsset] = ()) -> None:  # type: ignore[assignment]  # fmt: skip
+def sync_assets(
+    context: dg.OpExecutionContext,
+    chosen: list[TableAsset],
+    request: Request,
+    source: RdsSourceResource,
+    destination: RdsDestinationResource,
+    logged: list[TableAsset] = (),
+) -> None:  # type: ignore[assignment]
     """Sync each table in turn; a failure is reported with the table named and its fix, and the others go on.
     Log-based tables are read from their slot once (``logged``: all of them, since they share its position)."""
     failures: list[TableFailure] = []
@@ -138,8 +144,9 @@ def build_op_jobs(assets: list[TableAsset], pool: str = POOL, slot_pool: str = P
             relation = asset.table.relation
             if name in (asset.table.id, relation.qualified_name, asset.table.destination_table):
                 return asset
-        raise dg.Failure(f"{name} is not a selected table. Selected: {', '.join(sorted(by_id))}",
-                         allow_retries=False)  # a retry would not make it one
+        raise dg.Failure(
+            f"{name} is not a selected table. Selected: {', '.join(sorted(by_id))}", allow_retries=False
+        )  # a retry would not make it one
 
     @dg.op(name=PICK_OP, out={"buckets": dg.DynamicOut(list), "log_based": dg.Out(list, is_required=False)})
     def pick_tables(config: PickConfig) -> Iterator[dg.DynamicOutput | dg.Output]:
@@ -158,24 +165,34 @@ def build_op_jobs(assets: list[TableAsset], pool: str = POOL, slot_pool: str = P
             yield dg.Output(streamed, output_name="log_based")
 
     @dg.op(pool=pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
-    def sync_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
-                    rds_destination: RdsDestinationResource) -> None:  # fmt: skip
+    def sync_tables(
+        context: dg.OpExecutionContext,
+        table_ids: list,
+        rds_source: RdsSourceResource,
+        rds_destination: RdsDestinationResource,
+    ) -> None:
         """Catch each table up (a table never synced, or whose destination table is gone: its history)."""
         with stops_without_retry():
-            sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination,
-                        logged)
+            sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
     @dg.op(pool=slot_pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
-    def stream_tables(context: dg.OpExecutionContext, table_ids: list, rds_source: RdsSourceResource,
-                      rds_destination: RdsDestinationResource) -> None:  # fmt: skip
+    def stream_tables(
+        context: dg.OpExecutionContext,
+        table_ids: list,
+        rds_source: RdsSourceResource,
+        rds_destination: RdsDestinationResource,
+    ) -> None:
         """Read the slot once for every log-based table (a table without a snapshot gets one first)."""
         with stops_without_retry():
-            sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination,
-                        logged)
+            sync_assets(context, [by_id[t] for t in table_ids], Request.catch_up(), rds_source, rds_destination, logged)
 
     @dg.op(pool=pool, out=dg.Out(dg.Nothing), retry_policy=RETRY_POLICY)
-    def reset_and_resync(context: dg.OpExecutionContext, config: ResetConfig, rds_source: RdsSourceResource,
-                         rds_destination: RdsDestinationResource) -> None:  # fmt: skip
+    def reset_and_resync(
+        context: dg.OpExecutionContext,
+        config: ResetConfig,
+        rds_source: RdsSourceResource,
+        rds_destination: RdsDestinationResource,
+    ) -> None:
         """Clear the bookmark and data, then bring the whole history back (chunked along the partitions)."""
         asset = find(config.table)
         with stops_without_retry():

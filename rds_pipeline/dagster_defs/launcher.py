@@ -53,8 +53,9 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no code origin to start it from")
         pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
         ensure_single_writer_pools(self._instance, pools or ())  # a DuckDB file's writers, a slot's reader: one
-        args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
-                              set_exit_code_on_failure=True)  # fmt: skip
+        args = ExecuteRunArgs(
+            job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(), set_exit_code_on_failure=True
+        )
         # the code location's own Python (its packages), as `python -m dagster`: no PATH needed
         python = origin.repository_origin.executable_path or sys.executable
         command = [python, "-m", "dagster", "api", "execute_run", serialize_value(args)]
@@ -83,6 +84,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(process.pid))
         if state == "elsewhere":
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"the run process runs on {process.host}")
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run process ({process.describe()}) exited without "
-                                    "finishing the run (killed, or out of memory)", run_worker_id=str(process.pid))  # fmt: skip
-
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED,
+            f"the run process ({process.describe()}) exited without finishing the run (killed, or out of memory)",
+            run_worker_id=str(process.pid),
+        )

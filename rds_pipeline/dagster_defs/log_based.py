@@ -41,8 +41,13 @@ class StreamRun:
     failures: dict[str, str]  # table id -> error with its fix
 
 
-def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSourceResource,
-           destination: RdsDestinationResource, instance: dg.DagsterInstance | None) -> StreamRun:  # fmt: skip
+def stream(
+    assets: list[TableAsset],
+    ranges: dict[str, KeyRange],
+    source: RdsSourceResource,
+    destination: RdsDestinationResource,
+    instance: dg.DagsterInstance | None,
+) -> StreamRun:
     """Run the engine's log-based flow over ``assets`` (every log-based table of the integration)."""
     from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 
@@ -50,8 +55,9 @@ def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSou
     dest = destination.get()
     keys = {a.table.id: partition_keys(a, instance) for a in assets}
     chunks = {a.table.id: chunk_ranges(a.plan, keys[a.table.id]) for a in assets}
-    result = sync_log_based(config, dest, [a.table for a in assets], chunks={k: v for k, v in chunks.items() if v},
-                            ranges=ranges)  # fmt: skip
+    result = sync_log_based(
+        config, dest, [a.table for a in assets], chunks={k: v for k, v in chunks.items() if v}, ranges=ranges
+    )
     runs = []
     for asset in assets:
         table_id = asset.table.id
@@ -64,9 +70,17 @@ def stream(assets: list[TableAsset], ranges: dict[str, KeyRange], source: RdsSou
             partitions = [k for k in all_keys if ranges[table_id].contains(range_for_keys(asset.plan, k, k, all_keys))]
         else:
             partitions = all_keys[-1:]
-        outcomes = [(CHECK_REPLICA, combined([
-            (PART_COLUMNS, columns_check(dest.column_names(asset.table), asset.table)),
-            (PART_PRIMARY_KEY, primary_key_check(0, asset.table, dest.primary_key_enforced(asset.table)))]))]  # fmt: skip
+        outcomes = [
+            (
+                CHECK_REPLICA,
+                combined(
+                    [
+                        (PART_COLUMNS, columns_check(dest.column_names(asset.table), asset.table)),
+                        (PART_PRIMARY_KEY, primary_key_check(0, asset.table, dest.primary_key_enforced(asset.table))),
+                    ]
+                ),
+            )
+        ]
         outcomes.append((CHECK_SLOT, slot_check(result, config.log_based)))
         runs.append(TableRun(asset, None, partitions, table_metadata(result, table_id), outcomes))  # type: ignore[arg-type]
     return StreamRun(result, runs, dict(result.failures))
@@ -111,35 +125,54 @@ def slot_check(result: LogBasedResult, options: LogBasedConfig) -> CheckOutcome:
     if status is None:
         return CheckOutcome(False, f"slot {result.slot} is missing on the source", {"severity": "ERROR"})
     retained_mb = (status.retained_bytes or 0) / 2**20
-    metadata = {"retained_wal_mb": round(retained_mb, 1), "lag_bytes": status.lag_bytes or 0,
-                "wal_status": status.wal_status or "", "safe_wal_size": status.safe_wal_size or -1,
-                "severity": "OK"}  # fmt: skip
+    metadata = {
+        "retained_wal_mb": round(retained_mb, 1),
+        "lag_bytes": status.lag_bytes or 0,
+        "wal_status": status.wal_status or "",
+        "safe_wal_size": status.safe_wal_size or -1,
+        "severity": "OK",
+    }
     if status.wal_status == "lost" or retained_mb > options.lag_fail_mb:
         metadata["severity"] = "ERROR"
-        return CheckOutcome(False, f"slot {result.slot} holds {retained_mb:.0f} MB of WAL (fails above "
-                            f"{options.lag_fail_mb} MB), wal_status {status.wal_status}: sync more often, or run "
-                            "`rds-pipeline cdc drop` if this integration is gone", metadata)  # fmt: skip
+        return CheckOutcome(
+            False,
+            f"slot {result.slot} holds {retained_mb:.0f} MB of WAL (fails above "
+            f"{options.lag_fail_mb} MB), wal_status {status.wal_status}: sync more often, or run "
+            "`rds-pipeline cdc drop` if this integration is gone",
+            metadata,
+        )
     if status.wal_status == "unreserved" or retained_mb > options.lag_warn_mb:
         metadata["severity"] = "WARN"
-        return CheckOutcome(False, f"slot {result.slot} holds {retained_mb:.0f} MB of WAL (warns above "
-                            f"{options.lag_warn_mb} MB), wal_status {status.wal_status}", metadata)  # fmt: skip
-    return CheckOutcome(True, f"slot {result.slot} holds {retained_mb:.1f} MB of WAL, wal_status "
-                        f"{status.wal_status}", metadata)  # fmt: skip
+        return CheckOutcome(
+            False,
+            f"slot {result.slot} holds {retained_mb:.0f} MB of WAL (warns above "
+            f"{options.lag_warn_mb} MB), wal_status {status.wal_status}",
+            metadata,
+        )
+    return CheckOutcome(
+        True, f"slot {result.slot} holds {retained_mb:.1f} MB of WAL, wal_status {status.wal_status}", metadata
+    )
 
 
-def emit_stream(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: StreamRun,
-                own: set[dg.AssetKey]) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:  # fmt: skip
+def emit_stream(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, run: StreamRun, own: set[dg.AssetKey]
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Materializations and check results for the tables the stream brought up to date: results for ``own``
     (the assets of this step), logged events for the rest."""
     result = run.result
     if result.stream is not None:
         counts = ", ".join(f"{n} {k}s" for k, n in result.stream.counts.items() if n)
-        context.log.info(f"slot {result.slot}: {result.stream.start_lsn} -> {result.stream.end_lsn}, "
-                         f"{result.stream.transactions} transactions ({counts or 'no changes'}); "
-                         f"snapshots: {result.snapshots or 'none'}")  # fmt: skip
+        context.log.info(
+            f"slot {result.slot}: {result.stream.start_lsn} -> {result.stream.end_lsn}, "
+            f"{result.stream.transactions} transactions ({counts or 'no changes'}); "
+            f"snapshots: {result.snapshots or 'none'}"
+        )
     as_asset = isinstance(context, dg.AssetExecutionContext)
-    run_partitions = set(context.partition_keys) if as_asset and context.has_partition_key_range or (
-        as_asset and context.has_partition_key) else set()  # fmt: skip
+    run_partitions = (
+        set(context.partition_keys)
+        if as_asset and context.has_partition_key_range or (as_asset and context.has_partition_key)
+        else set()
+    )
     for table_run in run.runs:
         key = table_run.asset.key
         mine = as_asset and key in own
@@ -148,14 +181,31 @@ def emit_stream(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: 
         if mine:
             yield dg.MaterializeResult(asset_key=key, metadata=table_run.metadata)
         for name, outcome in table_run.checks:
-            severity = dg.AssetCheckSeverity.WARN if outcome.metadata.get("severity") == "WARN" else dg.AssetCheckSeverity.ERROR
+            severity = (
+                dg.AssetCheckSeverity.WARN
+                if outcome.metadata.get("severity") == "WARN"
+                else dg.AssetCheckSeverity.ERROR
+            )
             if mine:
-                yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=outcome.passed, severity=severity,
-                                          description=outcome.description, metadata=outcome.metadata)  # fmt: skip
+                yield dg.AssetCheckResult(
+                    asset_key=key,
+                    check_name=name,
+                    passed=outcome.passed,
+                    severity=severity,
+                    description=outcome.description,
+                    metadata=outcome.metadata,
+                )
             elif not as_asset:
-                context.log_event(dg.AssetCheckEvaluation(asset_key=key, check_name=name, passed=outcome.passed,
-                                                          severity=severity, description=outcome.description,
-                                                          metadata=outcome.metadata))  # fmt: skip
+                context.log_event(
+                    dg.AssetCheckEvaluation(
+                        asset_key=key,
+                        check_name=name,
+                        passed=outcome.passed,
+                        severity=severity,
+                        description=outcome.description,
+                        metadata=outcome.metadata,
+                    )
+                )
 
 
 def stream_failures(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: StreamRun) -> list[TableFailure]:

@@ -19,15 +19,23 @@ BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 BATCH_SIZE = "1000"  # Dagster flushes a batch at this size and at its last event
 
 
-def record_partitions(context: dg.OpExecutionContext | dg.AssetExecutionContext, key: dg.AssetKey,
-                      partitions: list[str], metadata: dict[str, Any], with_counts: bool = True) -> None:  # fmt: skip
+def record_partitions(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    partitions: list[str],
+    metadata: dict[str, Any],
+    with_counts: bool = True,
+) -> None:
     """Log a materialization of ``key`` for each of ``partitions``; the last carries ``metadata`` when
     ``with_counts``, the others only the batch id and the plan."""
     short = {"batch_id": metadata["batch_id"], "plan": metadata["plan"]}
     last = len(partitions) - 1
-    events = [dg.AssetMaterialization(asset_key=key, partition=partition,
-                                      metadata=metadata if with_counts and index == last else short)
-              for index, partition in enumerate(partitions)]  # fmt: skip
+    events = [
+        dg.AssetMaterialization(
+            asset_key=key, partition=partition, metadata=metadata if with_counts and index == last else short
+        )
+        for index, partition in enumerate(partitions)
+    ]
     op_context = context.op_execution_context if isinstance(context, dg.AssetExecutionContext) else context
     step = getattr(op_context, "_step_execution_context", None)
     pending = getattr(op_context, "_events", None)

@@ -72,8 +72,12 @@ def plan_for(table: SelectedTable, today: dt.date | None = None) -> PartitionPla
             low, _ = relation.stats_for(column.name)
             granularity = table.granularity or auto_granularity(low, today)
             start = _start(low, granularity, today)
-            cls = {"hourly": dg.HourlyPartitionsDefinition, "daily": dg.DailyPartitionsDefinition,
-                   "weekly": dg.WeeklyPartitionsDefinition, "monthly": dg.MonthlyPartitionsDefinition}[granularity]  # fmt: skip
+            cls = {
+                "hourly": dg.HourlyPartitionsDefinition,
+                "daily": dg.DailyPartitionsDefinition,
+                "weekly": dg.WeeklyPartitionsDefinition,
+                "monthly": dg.MonthlyPartitionsDefinition,
+            }[granularity]
             start_text = start.strftime("%Y-%m-%d-%H:%M" if granularity == "hourly" else "%Y-%m-%d")
             return PartitionPlan("time", column.name, cls(start_date=start_text, end_offset=1), base)
         if base in INTEGER_TYPES:
@@ -147,8 +151,9 @@ def _window(plan: PartitionPlan, first_key: str, last_key: str) -> dg.TimeWindow
         return None
     pdef = plan.partitions_def
     assert isinstance(pdef, dg.TimeWindowPartitionsDefinition)
-    return dg.TimeWindow(pdef.time_window_for_partition_key(first_key).start,
-                         pdef.time_window_for_partition_key(last_key).end)  # fmt: skip
+    return dg.TimeWindow(
+        pdef.time_window_for_partition_key(first_key).start, pdef.time_window_for_partition_key(last_key).end
+    )
 
 
 def range_for_keys(plan: PartitionPlan, first_key: str, last_key: str, keys: list[str]) -> KeyRange:
@@ -171,8 +176,9 @@ def window_starts(plan: PartitionPlan, keys: list[str]) -> list[dt.datetime]:
     return [pdef.time_window_for_partition_key(k).start for k in keys]
 
 
-def covered_keys(plan: PartitionPlan, keys: list[str], key_range: KeyRange,
-                 starts: list[dt.datetime] | None = None) -> list[str]:  # fmt: skip
+def covered_keys(
+    plan: PartitionPlan, keys: list[str], key_range: KeyRange, starts: list[dt.datetime] | None = None
+) -> list[str]:
     """The partitions a copied range reached (the engine's ``covered_span`` over the partitions' starts)."""
     if plan.kind == "whole":
         return list(keys)

@@ -48,10 +48,16 @@ class SyncOutcome:
     cleaned: list[str] = field(default_factory=list)  # runs left behind by killed processes, cleaned first
 
 
-def run_sync(config_path: str | Path | None, tables: list[str] | None = None, group: str = "",
-             instance: dg.DagsterInstance | None = None, quiet: bool = False,
-             parallel: int | None = None, report: Callable[[str], None] | None = None,
-             stop: StopState | None = None) -> SyncOutcome:  # fmt: skip
+def run_sync(
+    config_path: str | Path | None,
+    tables: list[str] | None = None,
+    group: str = "",
+    instance: dg.DagsterInstance | None = None,
+    quiet: bool = False,
+    parallel: int | None = None,
+    report: Callable[[str], None] | None = None,
+    stop: StopState | None = None,
+) -> SyncOutcome:
     """Execute sync_all (each table catches up) and collect the loading report and the failed tables.
     ``report`` hears what the run waits for; ``stop`` (the CLI's) learns how to mark the run if it must quit."""
     config = load_config(find_config_path(config_path))
@@ -68,10 +74,19 @@ def run_sync(config_path: str | Path | None, tables: list[str] | None = None, gr
         stop.on_exit.append(lambda: _end_run(instance, run_id, stop))
     with bounded_slot_waits(config.pool_wait_seconds, report):
         result = job.execute_in_process(
-            run_config={"ops": {PICK_OP: {"config": {"group": group, "tables": tables or [],
-                                                      **({"parallel": parallel} if parallel else {})}}},
-                        # the CLI prints its own report and failure list; tracebacks only with -v
-                        **({"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if quiet else {})},
+            run_config={
+                "ops": {
+                    PICK_OP: {
+                        "config": {
+                            "group": group,
+                            "tables": tables or [],
+                            **({"parallel": parallel} if parallel else {}),
+                        }
+                    }
+                },
+                # the CLI prints its own report and failure list; tracebacks only with -v
+                **({"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if quiet else {}),
+            },
             instance=instance,
             raise_on_error=False,
             run_id=run_id,
@@ -79,8 +94,9 @@ def run_sync(config_path: str | Path | None, tables: list[str] | None = None, gr
         )
     if instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)  # the run ended: whatever it held
-    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"rows_inserted": 0, "rows_updated": 0,
-                                                             "rows_deleted": 0, "seconds": 0.0, "mode": ""})  # fmt: skip
+    totals: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0, "seconds": 0.0, "mode": ""}
+    )
     modes = {spec.key: spec.metadata.get("rds_pipeline/replication_method", "") for spec in _replica_specs(defs)}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
@@ -95,8 +111,9 @@ def run_sync(config_path: str | Path | None, tables: list[str] | None = None, gr
     rows = []
     for table, row in sorted(totals.items()):
         moved = row["rows_inserted"] + row["rows_updated"]
-        rows.append({"destination_table": table, **row,
-                     "rows_per_second": moved / row["seconds"] if row["seconds"] else 0.0})  # fmt: skip
+        rows.append(
+            {"destination_table": table, **row, "rows_per_second": moved / row["seconds"] if row["seconds"] else 0.0}
+        )
     outcome = SyncOutcome(result.success, rows, run_id=run_id, cleaned=cleaned)
     for event in result.all_events:
         if event.event_type_value == "PIPELINE_FAILURE" and not outcome.failures and not outcome.errors:
@@ -126,8 +143,10 @@ def _end_run(instance: dg.DagsterInstance, run_id: str, stop: StopState) -> None
     """At a forced exit (a second signal, or the deadline): the run is canceled and its slots are freed."""
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
-        instance.report_run_canceled(run, f"rds-pipeline sync quit on {stop.name} before the run could end; "
-                                          "nothing it had not committed was kept")  # fmt: skip
+        instance.report_run_canceled(
+            run,
+            f"rds-pipeline sync quit on {stop.name} before the run could end; nothing it had not committed was kept",
+        )
     if instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 

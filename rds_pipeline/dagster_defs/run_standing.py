@@ -43,32 +43,70 @@ def collect_runs(instance: dg.DagsterInstance) -> list[RunStanding]:
     for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED)):
         process = RunProcess.from_tags(run.tags)
         state = process.state() if process else None
-        described = f"pid {process.pid}, " + {"alive": "alive", "gone": "process gone",
-                                              "elsewhere": f"on {process.host}"}[state] if process and state else ""  # fmt: skip
+        described = (
+            f"pid {process.pid}, "
+            + {"alive": "alive", "gone": "process gone", "elsewhere": f"on {process.host}"}[state]
+            if process and state
+            else ""
+        )
         if state == "gone":
-            found.append(RunStanding(run.run_id, run.status.value, described, "stale", holding.get(run.run_id, []),
-                                     None, "its process is gone (killed, or the machine restarted): the next sync "
-                                     "marks it failed and frees its slots"))  # fmt: skip
+            found.append(
+                RunStanding(
+                    run.run_id,
+                    run.status.value,
+                    described,
+                    "stale",
+                    holding.get(run.run_id, []),
+                    None,
+                    "its process is gone (killed, or the machine restarted): the next sync "
+                    "marks it failed and frees its slots",
+                )
+            )
         elif run.run_id in waiting:
             pools = [pool for pool, _ in waiting[run.run_id]]
             since = min(t for _, t in waiting[run.run_id])
-            held = "; ".join(f"{pool} held by {', '.join(h.describe() for h in slot_holders(instance, pool)) or 'no run'}"
-                             for pool in pools)  # fmt: skip
-            found.append(RunStanding(run.run_id, run.status.value, described, "waiting", pools,
-                                     _iso(since), f"waiting for pool {held}"))  # fmt: skip
+            held = "; ".join(
+                f"{pool} held by {', '.join(h.describe() for h in slot_holders(instance, pool)) or 'no run'}"
+                for pool in pools
+            )
+            found.append(
+                RunStanding(
+                    run.run_id, run.status.value, described, "waiting", pools, _iso(since), f"waiting for pool {held}"
+                )
+            )
         elif run.run_id in holding:
-            found.append(RunStanding(run.run_id, run.status.value, described, "holding", holding[run.run_id], None,
-                                     f"holds pool {', '.join(holding[run.run_id])}"))  # fmt: skip
+            found.append(
+                RunStanding(
+                    run.run_id,
+                    run.status.value,
+                    described,
+                    "holding",
+                    holding[run.run_id],
+                    None,
+                    f"holds pool {', '.join(holding[run.run_id])}",
+                )
+            )
         else:
             found.append(RunStanding(run.run_id, run.status.value, described, "running", [], None, ""))
-    cleaned = [r for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=FAILED_SCANNED)
-               if CLEANED_TAG in r.tags][:CLEANED_SHOWN]  # fmt: skip
+    cleaned = [
+        r
+        for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=FAILED_SCANNED)
+        if CLEANED_TAG in r.tags
+    ][:CLEANED_SHOWN]
     for run in cleaned:
         process = RunProcess.from_tags(run.tags)
         when, _, by = run.tags[CLEANED_TAG].partition(" ")
-        found.append(RunStanding(run.run_id, run.status.value, f"pid {process.pid}, process gone" if process else "",
-                                 "cleaned", [], when, f"its process was gone: marked failed and its slots freed"
-                                 f"{' by ' + by if by else ''}"))  # fmt: skip
+        found.append(
+            RunStanding(
+                run.run_id,
+                run.status.value,
+                f"pid {process.pid}, process gone" if process else "",
+                "cleaned",
+                [],
+                when,
+                f"its process was gone: marked failed and its slots freed{' by ' + by if by else ''}",
+            )
+        )
     return found
 
 

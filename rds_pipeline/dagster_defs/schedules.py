@@ -23,8 +23,13 @@ def build_schedules(assets: list[TableAsset], sync_all: dg.JobDefinition) -> lis
 def _schedule(name: str, members: list[TableAsset], sync_all: dg.JobDefinition) -> dg.ScheduleDefinition:
     frequency = members[0].frequency
 
-    @dg.schedule(name=name, cron_schedule=frequency.cron, execution_timezone=frequency.timezone, job=sync_all,
-                 description=f"Replicates {len(members)} table(s) {frequency.description} ({frequency.timezone}).")  # fmt: skip
+    @dg.schedule(
+        name=name,
+        cron_schedule=frequency.cron,
+        execution_timezone=frequency.timezone,
+        job=sync_all,
+        description=f"Replicates {len(members)} table(s) {frequency.description} ({frequency.timezone}).",
+    )
     def _tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "now"
         return tick_run_request(members, run_key=f"{name}:{stamp}", reason=f"schedule {name}")

@@ -37,11 +37,16 @@ def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog:
     dynamic = [a for a in key_based if a.plan.kind == "dynamic"]
     sensors: list[dg.SensorDefinition] = []
 
-    @dg.sensor(name="rds_new_data_sensor", job=sync_all, minimum_interval_seconds=300,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Requests runs only for key-based tables whose max(replication key) passed the bookmark.")  # fmt: skip
-    def new_data(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource,
-                 rds_destination: RdsDestinationResource) -> dg.SensorResult:  # fmt: skip
+    @dg.sensor(
+        name="rds_new_data_sensor",
+        job=sync_all,
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Requests runs only for key-based tables whose max(replication key) passed the bookmark.",
+    )
+    def new_data(
+        context: dg.SensorEvaluationContext, rds_source: RdsSourceResource, rds_destination: RdsDestinationResource
+    ) -> dg.SensorResult:
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         try:
             bookmarks = rds_destination.get().read_bookmarks()
@@ -65,9 +70,12 @@ def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog:
 
     if dynamic:
 
-        @dg.sensor(name="rds_key_range_sensor", minimum_interval_seconds=300,
-                   default_status=dg.DefaultSensorStatus.RUNNING,
-                   description="Adds key-range partitions to integer-keyed tables as max(key) grows.")  # fmt: skip
+        @dg.sensor(
+            name="rds_key_range_sensor",
+            minimum_interval_seconds=300,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description="Adds key-range partitions to integer-keyed tables as max(key) grows.",
+        )
         def key_ranges(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource) -> dg.SensorResult:
             probes = _probe(dynamic, rds_source, {})
             adds = []
@@ -86,9 +94,13 @@ def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog:
 
         sensors.append(key_ranges)
 
-    @dg.sensor(name="rds_drift_sensor", minimum_interval_seconds=6 * 3600, default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Compares the live source with the catalog; reports drift as a failed replica check. "
-                           "It never changes definitions: run `rds-pipeline discover` to accept a change.")  # fmt: skip
+    @dg.sensor(
+        name="rds_drift_sensor",
+        minimum_interval_seconds=6 * 3600,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Compares the live source with the catalog; reports drift as a failed replica check. "
+        "It never changes definitions: run `rds-pipeline discover` to accept a change.",
+    )
     def drift(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource) -> dg.SensorResult:
         config = rds_source.integration()
         report = check_drift(config.source, catalog, only=[a.table.id for a in assets])
@@ -97,11 +109,18 @@ def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog:
             changes = report.for_relation(asset.table.id)
             if not changes:  # no drift says nothing of the rest of the check: the next sync evaluates it whole
                 continue
-            events.append(dg.AssetCheckEvaluation(
-                asset_key=asset.key, check_name=CHECK_REPLICA, passed=False,
-                description="FAILED columns: the source changed since discovery",
-                metadata={"drift": "; ".join(c.detail for c in changes),
-                          "fix": "run `rds-pipeline discover`, review the catalog diff, redeploy"}))  # fmt: skip
+            events.append(
+                dg.AssetCheckEvaluation(
+                    asset_key=asset.key,
+                    check_name=CHECK_REPLICA,
+                    passed=False,
+                    description="FAILED columns: the source changed since discovery",
+                    metadata={
+                        "drift": "; ".join(c.detail for c in changes),
+                        "fix": "run `rds-pipeline discover`, review the catalog diff, redeploy",
+                    },
+                )
+            )
         for change in report.changes:
             context.log.warning(f"drift: {change}")
         return dg.SensorResult(asset_events=events)

@@ -41,8 +41,13 @@ class PoolWaitTimeout(RdsPipelineError):
 class BoundedConcurrencyContext(InstanceConcurrencyContext):
     """Dagster's claims, with a bound, reports, a stop on signals and sleeps between checks."""
 
-    def __init__(self, instance: dg.DagsterInstance, dagster_run: dg.DagsterRun, bound_seconds: float | None,
-                 report: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        dagster_run: dg.DagsterRun,
+        bound_seconds: float | None,
+        report: Callable[[str], None],
+    ) -> None:
         super().__init__(instance, dagster_run)
         self._bound = bound_seconds  # None: wait as long as it takes (a launched run: the UI shows it waiting)
         self._report = report
@@ -105,8 +110,9 @@ class BoundedConcurrencyContext(InstanceConcurrencyContext):
 
 
 @contextmanager
-def bounded_slot_waits(bound_seconds: float | None, report: Callable[[str], None] | None = None,
-                       executor_module: ModuleType = in_process) -> Iterator[None]:  # fmt: skip
+def bounded_slot_waits(
+    bound_seconds: float | None, report: Callable[[str], None] | None = None, executor_module: ModuleType = in_process
+) -> Iterator[None]:
     """Runs executed within this block by ``executor_module``'s executor (in process by default; the
     multiprocess one for launched runs) wait for their slots through BoundedConcurrencyContext."""
     say = report or log.warning

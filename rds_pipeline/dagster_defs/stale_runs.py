@@ -21,8 +21,12 @@ from rds_pipeline.dagster_defs.run_process import RunProcess
 log = logging.getLogger(__name__)
 
 CLEANED_TAG = "rds_pipeline/stale_cleaned"  # on a run this module marked failed: when, and by which process
-UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-              dg.DagsterRunStatus.CANCELING]  # fmt: skip
+UNFINISHED = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,12 @@ def _clean(instance: dg.DagsterInstance, by: str) -> list[CleanedRun]:
         if latest is None or latest.is_finished or CLEANED_TAG in latest.tags:
             continue
         now = dt.datetime.now().astimezone()
-        message = (f"rds_pipeline: this run's process ({process.describe()}) is gone: it was killed (kill -9, out "
-                   "of memory) or the machine restarted, before the run ended. Marked failed and its pool slots "
-                   f"freed{' by ' + by if by else ''} at {now:%Y-%m-%d %H:%M:%S %Z}. The next sync catches up from "
-                   "the state in the destination; nothing it did not commit was kept.")  # fmt: skip
+        message = (
+            f"rds_pipeline: this run's process ({process.describe()}) is gone: it was killed (kill -9, out "
+            "of memory) or the machine restarted, before the run ended. Marked failed and its pool slots "
+            f"freed{' by ' + by if by else ''} at {now:%Y-%m-%d %H:%M:%S %Z}. The next sync catches up from "
+            "the state in the destination; nothing it did not commit was kept."
+        )
         instance.add_run_tags(run.run_id, {CLEANED_TAG: f"{now.isoformat(timespec='seconds')} {by}".strip()})
         instance.report_run_failed(run, message)
         if storage.supports_global_concurrency_limits:
@@ -86,8 +92,14 @@ def _free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[CleanedRun]:
         if process is not None and process.state() == "alive":
             continue
         storage.free_concurrency_slots_for_run(run_id)
-        freed.append(CleanedRun(run_id, "", f"freed the pool slots of run {run_id[:8]}, which had "
-                                            f"{'ended (' + run.status.value + ')' if run else 'been deleted'}"))  # fmt: skip
+        freed.append(
+            CleanedRun(
+                run_id,
+                "",
+                f"freed the pool slots of run {run_id[:8]}, which had "
+                f"{'ended (' + run.status.value + ')' if run else 'been deleted'}",
+            )
+        )
     return freed
 
 
@@ -106,8 +118,7 @@ class Holder:
         if self.process is not None:
             parts.append(f"pid {self.process.pid}")
             state = self.process.state()
-            parts.append({"alive": "alive", "gone": "process gone",
-                          "elsewhere": f"on {self.process.host}"}[state])  # fmt: skip
+            parts.append({"alive": "alive", "gone": "process gone", "elsewhere": f"on {self.process.host}"}[state])
         else:
             parts.append("process not recorded")
         if self.since is not None:  # the storage's clock: UTC, without a zone
@@ -127,6 +138,9 @@ def slot_holders(instance: dg.DagsterInstance, pool: str) -> list[Holder]:
     for run_id in dict.fromkeys(slot.run_id for slot in info.claimed_slots):
         run = instance.get_run_by_id(run_id)
         since = min((t for (r, _), t in assigned.items() if r == run_id and t is not None), default=None)
-        holders.append(Holder(run_id, run.status.value if run else "DELETED",
-                              RunProcess.from_tags(run.tags) if run else None, since))  # fmt: skip
+        holders.append(
+            Holder(
+                run_id, run.status.value if run else "DELETED", RunProcess.from_tags(run.tags) if run else None, since
+            )
+        )
     return holders

@@ -54,8 +54,10 @@ def collect_status(config_path: str | Path | None, instance: dg.DagsterInstance)
     finally:
         destination.close()
     failures = _latest_failures(instance)
-    latest = {r.asset_entry.asset_key: r.asset_entry.last_materialization_record
-              for r in instance.get_asset_records([a.key for a in assets])}  # one query for every table  # fmt: skip
+    latest = {
+        r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+        for r in instance.get_asset_records([a.key for a in assets])
+    }  # one query for every table
     states = _instigator_states(instance)
     now = dt.datetime.now(dt.UTC)
     found = []
@@ -70,27 +72,48 @@ def collect_status(config_path: str | Path | None, instance: dg.DagsterInstance)
     return found
 
 
-def _row(asset: TableAsset, standing: TableStanding, outcome: str, error: str | None, rows: int | None,
-         now: dt.datetime, automation: str, states: dict[tuple[str, str], InstigatorStatus]) -> TableStatus:  # fmt: skip
+def _row(
+    asset: TableAsset,
+    standing: TableStanding,
+    outcome: str,
+    error: str | None,
+    rows: int | None,
+    now: dt.datetime,
+    automation: str,
+    states: dict[tuple[str, str], InstigatorStatus],
+) -> TableStatus:
     frequency = asset.frequency
     if automation == "declarative":  # the sensor runs from the start unless someone stopped it
         stopped = states.get(("sensor", SENSOR)) == InstigatorStatus.STOPPED
         state = f"sensor {SENSOR} " + ("stopped (start it in the UI)" if stopped else "running")
     else:  # schedules start stopped
-        running = states.get(("schedule", frequency.name)) in (InstigatorStatus.RUNNING, InstigatorStatus.DECLARED_IN_CODE)
+        running = states.get(("schedule", frequency.name)) in (
+            InstigatorStatus.RUNNING,
+            InstigatorStatus.DECLARED_IN_CODE,
+        )
         state = f"schedule {frequency.name} " + ("running" if running else "stopped (start it in the UI)")
     next_tick = get_next_cron_tick(frequency.cron, now, frequency.timezone)
     return TableStatus(
-        table=asset.table.id, replica=asset.key.to_user_string(), method=asset.table.method,
+        table=asset.table.id,
+        replica=asset.key.to_user_string(),
+        method=asset.table.method,
         last_sync=standing.synced_at.astimezone(dt.UTC).isoformat(timespec="seconds") if standing.synced_at else None,
-        outcome=outcome, error=error, position=standing.position, source_position=standing.source_position,
-        lag=standing.lag, lag_amount=standing.lag_amount, lag_unit=standing.lag_unit, rows_loaded=rows,
-        next_tick=next_tick.astimezone(dt.UTC).isoformat(timespec="seconds"), automation=state,
-    )  # fmt: skip
+        outcome=outcome,
+        error=error,
+        position=standing.position,
+        source_position=standing.source_position,
+        lag=standing.lag,
+        lag_amount=standing.lag_amount,
+        lag_unit=standing.lag_unit,
+        rows_loaded=rows,
+        next_tick=next_tick.astimezone(dt.UTC).isoformat(timespec="seconds"),
+        automation=state,
+    )
 
 
-def _last_success(instance: dg.DagsterInstance, key: dg.AssetKey,
-                  newest: EventLogRecord | None) -> tuple[float | None, int | None]:  # fmt: skip
+def _last_success(
+    instance: dg.DagsterInstance, key: dg.AssetKey, newest: EventLogRecord | None
+) -> tuple[float | None, int | None]:
     """The newest materialization's time, and the rows of the newest one that counted them: usually the newest
     itself; a catch-up also records the other windows it covered, without counts (then a second look)."""
     if newest is None:
@@ -110,8 +133,9 @@ def _rows(record: EventLogRecord) -> int | None:
 
 def _latest_failures(instance: dg.DagsterInstance) -> dict[str, tuple[float, str]]:
     """Per table id, its newest failure: the failed_tables every failed replication step reports."""
-    records = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.STEP_FAILURE),
-                                         limit=FAILURES_SCANNED, ascending=False)  # fmt: skip
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(dg.DagsterEventType.STEP_FAILURE), limit=FAILURES_SCANNED, ascending=False
+    )
     found: dict[str, tuple[float, str]] = {}
     for record in records:
         event = record.event_log_entry.dagster_event

@@ -35,8 +35,10 @@ def table_assets(config: IntegrationConfig, selection: list[SelectedTable]) -> l
         frequency = parse_frequency(table.schedule) if table.schedule is not None else default
         key = replica_key(config.destination_schema, table)
         if key in owners:  # destination names are unique, and key_part keeps them apart: a safety net
-            raise RdsPipelineError(f"{table.id} and {owners[key]} map to the same asset key {key.to_user_string()}. "
-                                   "Fix: give one of them `destination_table:` in rds_pipeline.yaml")  # fmt: skip
+            raise RdsPipelineError(
+                f"{table.id} and {owners[key]} map to the same asset key {key.to_user_string()}. "
+                "Fix: give one of them `destination_table:` in rds_pipeline.yaml"
+            )
         owners[key] = table.id
         found.append(TableAsset(table, key, plan_for(table), frequency, group_name(table, config.source.database)))
     return found

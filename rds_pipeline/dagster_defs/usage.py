@@ -34,22 +34,30 @@ def row_usage(instance: dg.DagsterInstance, keys: list[dg.AssetKey], limit: int 
 
 def usage_markdown(rows: list[dict[str, object]]) -> str:
     lines = ["| day | table | inserted | updated | deleted | syncs |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['day']} | {r['table']} | {r['inserted']:,} | {r['updated']:,} | {r['deleted']:,} | {r['syncs']} |"
-              for r in rows]  # fmt: skip
+    lines += [
+        f"| {r['day']} | {r['table']} | {r['inserted']:,} | {r['updated']:,} | {r['deleted']:,} | {r['syncs']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 def build_usage_asset(assets: list[TableAsset]) -> dg.AssetsDefinition:
     keys = [a.key for a in assets]
 
-    @dg.asset(name="rds_pipeline_loading_report", group_name="rds_pipeline_reports", kinds={"dagster"},
-              description="Rows replicated per table per day, from the event log (row usage).")  # fmt: skip
+    @dg.asset(
+        name="rds_pipeline_loading_report",
+        group_name="rds_pipeline_reports",
+        kinds={"dagster"},
+        description="Rows replicated per table per day, from the event log (row usage).",
+    )
     def loading_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         rows = row_usage(context.instance, keys)
-        return dg.MaterializeResult(metadata={
-            "report": dg.MetadataValue.md(usage_markdown(rows)),
-            "rows_replicated_total": sum(int(r["inserted"]) + int(r["updated"]) for r in rows),  # type: ignore[call-overload]
-            "dagster/row_count": len(rows),
-        })  # fmt: skip
+        return dg.MaterializeResult(
+            metadata={
+                "report": dg.MetadataValue.md(usage_markdown(rows)),
+                "rows_replicated_total": sum(int(r["inserted"]) + int(r["updated"]) for r in rows),  # type: ignore[call-overload]
+                "dagster/row_count": len(rows),
+            }
+        )
 
     return loading_report

@@ -142,12 +142,16 @@ class IntegrationConfig:
         ids = set()
         for entry in self.tables:
             if isinstance(entry, dict) and entry.get("table"):
-                ids.add(f"{entry.get('database') or self.source.database}.{entry.get('schema') or 'public'}."
-                        f"{entry['table']}")  # fmt: skip
+                ids.add(
+                    f"{entry.get('database') or self.source.database}.{entry.get('schema') or 'public'}."
+                    f"{entry['table']}"
+                )
                 continue
             name = str(entry.get("name") if isinstance(entry, dict) else entry)
             parts = name.split(".")
-            ids.add(name if len(parts) >= 3 else f"{self.source.database}.{name if len(parts) == 2 else 'public.' + name}")
+            ids.add(
+                name if len(parts) >= 3 else f"{self.source.database}.{name if len(parts) == 2 else 'public.' + name}"
+            )
         return ids
 
     @property
@@ -310,8 +314,10 @@ class _Reader:
     def choice(self, parent: str, data: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.string(parent, data, name, default=default)
         if value not in allowed:
-            self.problem(_join(parent, name), f"{value!r} is not one of {', '.join(allowed)}. Fix: write e.g. "
-                                              f"`{name}: {default}`")  # fmt: skip
+            self.problem(
+                _join(parent, name),
+                f"{value!r} is not one of {', '.join(allowed)}. Fix: write e.g. `{name}: {default}`",
+            )
             return default
         return value
 
@@ -362,8 +368,20 @@ class _Reader:
         top = self.mapping(
             "",
             data,
-            ("integration_name", "source", "destination", "tables", "catalog", "allow_integration_rename", "schedule",
-             "log_based", "owners", "tags", "automation", "pool_wait_seconds"),
+            (
+                "integration_name",
+                "source",
+                "destination",
+                "tables",
+                "catalog",
+                "allow_integration_rename",
+                "schedule",
+                "log_based",
+                "owners",
+                "tags",
+                "automation",
+                "pool_wait_seconds",
+            ),
         )
         if top is None:
             return None
@@ -411,22 +429,43 @@ class _Reader:
         defaults = LogBasedConfig()
         slot = self.string("log_based", data, "slot", default=None)
         if slot and not re.fullmatch(r"[a-z0-9_]{1,63}", slot):
-            self.problem("log_based.slot", f"'{slot}' is not a slot name. Fix: use lower-case letters, digits and "
-                         "underscores, at most 63 characters")  # fmt: skip
+            self.problem(
+                "log_based.slot",
+                f"'{slot}' is not a slot name. Fix: use lower-case letters, digits and "
+                "underscores, at most 63 characters",
+            )
         deletes = self.string("log_based", data, "deletes", default="hard")
         if deletes not in DELETE_MODES:
-            self.problem("log_based.deletes", f"'{deletes}' is not a mode. Fix: use hard (rows are deleted) or soft "
-                         "(rows stay, with _rds_deleted_at set)")  # fmt: skip
-        numbers = {name: self.integer("log_based", data, name, getattr(defaults, name), 1, 10**9)
-                   for name in ("lag_warn_mb", "lag_fail_mb", "lag_warn_minutes", "lag_fail_minutes",
-                                "takeover_after_seconds", "max_batch_changes")}  # fmt: skip
+            self.problem(
+                "log_based.deletes",
+                f"'{deletes}' is not a mode. Fix: use hard (rows are deleted) or soft "
+                "(rows stay, with _rds_deleted_at set)",
+            )
+        numbers = {
+            name: self.integer("log_based", data, name, getattr(defaults, name), 1, 10**9)
+            for name in (
+                "lag_warn_mb",
+                "lag_fail_mb",
+                "lag_warn_minutes",
+                "lag_fail_minutes",
+                "takeover_after_seconds",
+                "max_batch_changes",
+            )
+        }
         for warn, fail in (("lag_warn_mb", "lag_fail_mb"), ("lag_warn_minutes", "lag_fail_minutes")):
             if numbers[warn] > numbers[fail]:
-                self.problem(f"log_based.{warn}", f"{numbers[warn]} is above {fail} ({numbers[fail]}). Fix: warn "
-                             "at a lower value than the one that fails")  # fmt: skip
-        return LogBasedConfig(slot=slot or None, publication=self.string("log_based", data, "publication", default=None),
-                              deletes=deletes, heartbeat=self.boolean("log_based", data, "heartbeat", True),
-                              **numbers)  # fmt: skip
+                self.problem(
+                    f"log_based.{warn}",
+                    f"{numbers[warn]} is above {fail} ({numbers[fail]}). Fix: warn "
+                    "at a lower value than the one that fails",
+                )
+        return LogBasedConfig(
+            slot=slot or None,
+            publication=self.string("log_based", data, "publication", default=None),
+            deletes=deletes,
+            heartbeat=self.boolean("log_based", data, "heartbeat", True),
+            **numbers,
+        )
 
     def ssl(self, parent: str, raw: Any) -> SslConfig:
         key = _join(parent, "ssl")
@@ -458,9 +497,17 @@ class _Reader:
         if raw is None:
             return None
         allowed = (
-            "host", "port", "user", "private_key", "passphrase", "known_hosts", "host_key_fingerprint",
-            "trust_unknown_host_key", "keepalive_seconds", "connect_timeout",
-        )  # fmt: skip
+            "host",
+            "port",
+            "user",
+            "private_key",
+            "passphrase",
+            "known_hosts",
+            "host_key_fingerprint",
+            "trust_unknown_host_key",
+            "keepalive_seconds",
+            "connect_timeout",
+        )
         data = self.mapping(key, raw, allowed)
         if data is None:
             return None
@@ -496,9 +543,20 @@ class _Reader:
 
     def source(self, raw: Any) -> SourceConfig | None:
         allowed = (
-            "host", "port", "user", "password", "database", "ssl", "ssh", "connect_timeout",
-            "statement_timeout_seconds", "max_connections", "stall_seconds", "parallel_chunks", "copy_format",
-        )  # fmt: skip
+            "host",
+            "port",
+            "user",
+            "password",
+            "database",
+            "ssl",
+            "ssh",
+            "connect_timeout",
+            "statement_timeout_seconds",
+            "max_connections",
+            "stall_seconds",
+            "parallel_chunks",
+            "copy_format",
+        )
         if raw is None:
             self.problem(
                 "source", "is required. Fix: add a `source:` section with host, port, user, password, database"
@@ -525,8 +583,18 @@ class _Reader:
         )
 
     def destination(self, raw: Any) -> DestinationConfig | None:
-        allowed = ("type", "host", "port", "user", "password", "database", "ssl", "path", "connect_timeout",
-                   "lock_timeout_seconds")  # fmt: skip
+        allowed = (
+            "type",
+            "host",
+            "port",
+            "user",
+            "password",
+            "database",
+            "ssl",
+            "path",
+            "connect_timeout",
+            "lock_timeout_seconds",
+        )
         if raw is None:
             self.problem(
                 "destination",

@@ -67,8 +67,7 @@ def parse_frequency(raw: Any, key: str = "schedule") -> Frequency:
         hour, minute = int(match.group(1)), int(match.group(2))
         ticks = sorted({(hour + k * hours) % 24 for k in range(24 // hours or 1)})
         gap = max((b - a) % 24 or 24 for a, b in zip(ticks, ticks[1:] + ticks[:1], strict=True)) * 60
-        return Frequency(f"{minute} {','.join(map(str, ticks))} * * *", timezone,
-                         f"every {hours}h from {anchor}", gap)  # fmt: skip
+        return Frequency(f"{minute} {','.join(map(str, ticks))} * * *", timezone, f"every {hours}h from {anchor}", gap)
     if "cron" in raw:
         cron = str(raw["cron"]).strip()
         if not _CRON.fullmatch(cron):

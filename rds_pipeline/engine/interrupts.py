@@ -45,6 +45,7 @@ def clear_stop() -> None:
     """For a process that goes on after a stopped run (tests, a long-lived caller)."""
     _stop.clear()
 
+
 _waits: dict[int, tuple[str, Callable[[], object]]] = {}
 _ids = itertools.count()
 

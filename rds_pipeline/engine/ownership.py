@@ -20,15 +20,18 @@ def parse_owners(value: Any, key: str, problems: list[str]) -> tuple[str, ...] |
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        problems.append(f"{key}: expected a list of owners, got {type(value).__name__}. Fix: write e.g. "
-                        "`owners: [data@example.com, \"team:analytics\"]`")  # fmt: skip
+        problems.append(
+            f"{key}: expected a list of owners, got {type(value).__name__}. Fix: write e.g. "
+            '`owners: [data@example.com, "team:analytics"]`'
+        )
         return None
     owners = []
     for owner in value:
         text = str(owner)
         if not (_EMAIL.fullmatch(text) or _TEAM.fullmatch(text)):
-            problems.append(f"{key}: '{text}' is not an owner. Fix: use an email or team:<name> (letters, digits, "
-                            "_ and -)")  # fmt: skip
+            problems.append(
+                f"{key}: '{text}' is not an owner. Fix: use an email or team:<name> (letters, digits, _ and -)"
+            )
             continue
         owners.append(text)
     return tuple(owners)
@@ -40,8 +43,10 @@ def parse_tags(value: Any, key: str, problems: list[str]) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problems.append(f"{key}: expected a mapping, got {type(value).__name__}. Fix: write e.g. "
-                        "`tags: {domain: sales, tier: gold}`")  # fmt: skip
+        problems.append(
+            f"{key}: expected a mapping, got {type(value).__name__}. Fix: write e.g. "
+            "`tags: {domain: sales, tier: gold}`"
+        )
         return {}
     tags = {}
     for name, raw in value.items():
@@ -49,11 +54,13 @@ def parse_tags(value: Any, key: str, problems: list[str]) -> dict[str, str]:
         if name.startswith(RESERVED_PREFIXES):
             problems.append(f"{key}.{name}: the prefixes dagster/ and rds_pipeline/ are reserved. Fix: rename it")
         elif not _TAG_KEY.fullmatch(name):
-            problems.append(f"{key}.{name}: not a valid tag key. Fix: letters, digits, _ . - (at most 63), with at "
-                            "most one prefix/")  # fmt: skip
+            problems.append(
+                f"{key}.{name}: not a valid tag key. Fix: letters, digits, _ . - (at most 63), with at most one prefix/"
+            )
         elif not _TAG_VALUE.fullmatch(text):
-            problems.append(f"{key}.{name}: '{text}' is not a valid tag value. Fix: letters, digits, _ . - "
-                            "(at most 63)")  # fmt: skip
+            problems.append(
+                f"{key}.{name}: '{text}' is not a valid tag value. Fix: letters, digits, _ . - (at most 63)"
+            )
         else:
             tags[name] = text
     return tags

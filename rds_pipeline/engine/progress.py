@@ -17,13 +17,17 @@ PROGRESS = logging.getLogger("rds_pipeline.progress")
 def table_done(table: str, inserted: int, updated: int, deleted: int, seconds: float, note: str = "") -> None:
     moved = inserted + updated
     rate = f", {moved / seconds:,.0f} rows/s" if seconds > 0 and moved else ""
-    changes = f"{inserted:,} inserted" + (f", {updated:,} updated" if updated else "") + \
-        (f", {deleted:,} deleted" if deleted else "")  # fmt: skip
+    changes = (
+        f"{inserted:,} inserted"
+        + (f", {updated:,} updated" if updated else "")
+        + (f", {deleted:,} deleted" if deleted else "")
+    )
     PROGRESS.info(f"done    {table}: {changes} in {seconds:.1f}s{rate}{f' ({note})' if note else ''}")
 
 
-def copying(table: str, copied_bytes: int, seconds: float, expected_bytes: int | None,
-            expected_rows: int | None) -> str:  # fmt: skip
+def copying(
+    table: str, copied_bytes: int, seconds: float, expected_bytes: int | None, expected_rows: int | None
+) -> str:
     """A long copy's line: bytes so far, the rate, and (from the catalog's size and row estimate) roughly how
     many rows that is and when it should end."""
     rate = copied_bytes / max(seconds, 1e-9)

@@ -93,7 +93,9 @@ def format_runs(runs: Iterable[dict[str, Any]]) -> str:
         process = f" ({r['process']})" if r["process"] else ""
         since = f" since {r['since'][:19].replace('T', ' ')} UTC" if r["since"] and r["state"] == "waiting" else ""
         when = f" at {r['since'][:19].replace('T', ' ')}" if r["since"] and r["state"] == "cleaned" else ""
-        lines.append(f"  run {r['run_id'][:8]}{process} {r['status']}, {r['state']}{since}{when}: {r['detail']}".rstrip(": "))
+        lines.append(
+            f"  run {r['run_id'][:8]}{process} {r['status']}, {r['state']}{since}{when}: {r['detail']}".rstrip(": ")
+        )
     return "\n".join(["runs:", *lines]) if lines else ""
 
 

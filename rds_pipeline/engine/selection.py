@@ -20,12 +20,42 @@ from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
 METHODS = ("full_table", "key_based", "log_based")
 LOG_KINDS = ("table", "partitioned_table")
-ENTRY_KEYS = ("name", "database", "schema", "table", "method", "replication_key", "columns", "primary_key",
-              "destination_table", "schedule", "granularity", "chunk_rows", "lookback", "owners", "tags")  # fmt: skip
+ENTRY_KEYS = (
+    "name",
+    "database",
+    "schema",
+    "table",
+    "method",
+    "replication_key",
+    "columns",
+    "primary_key",
+    "destination_table",
+    "schedule",
+    "granularity",
+    "chunk_rows",
+    "lookback",
+    "owners",
+    "tags",
+)
 GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
 DEFAULT_CHUNK_ROWS = 1_000_000
-_UNORDERED_TYPES = {"json", "jsonb", "xml", "tsvector", "tsquery", "point", "line", "lseg", "box", "path",
-                    "polygon", "circle", "bytea", "txid_snapshot", "pg_snapshot"}  # fmt: skip
+_UNORDERED_TYPES = {
+    "json",
+    "jsonb",
+    "xml",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "bytea",
+    "txid_snapshot",
+    "pg_snapshot",
+}
 
 
 @dataclass(frozen=True)
@@ -86,8 +116,10 @@ def resolve_selection(entries: list[Any], catalog: Catalog, default_database: st
         if result is None:
             continue
         if result.id in seen:
-            problems.append(f"{where}: {display_name(result.relation, default_database)} is selected twice "
-                            f"(also {seen[result.id]}). Fix: keep one entry")  # fmt: skip
+            problems.append(
+                f"{where}: {display_name(result.relation, default_database)} is selected twice "
+                f"(also {seen[result.id]}). Fix: keep one entry"
+            )
             continue
         seen[result.id] = where
         selected.append(result)
@@ -128,8 +160,11 @@ def _resolve_entry(
     elif "schema" in entry and "table" in entry:
         database = str(entry.get("database") or default_database)
         name = f"{database}.{entry['schema']}.{entry['table']}"
-        matches = [r for r in catalog.relations if (r.database, r.schema, r.name) == (database, entry["schema"],
-                                                                                       entry["table"])]  # fmt: skip
+        matches = [
+            r
+            for r in catalog.relations
+            if (r.database, r.schema, r.name) == (database, entry["schema"], entry["table"])
+        ]
     else:
         problems.append(f"{where}: has no `name:`. Fix: add `name: schema.table`")
         return None
@@ -145,8 +180,10 @@ def _resolve_entry(
         )
         return None
     if len(matches) > 1:
-        problems.append(f"{label}: the name is ambiguous ({', '.join(r.id for r in matches)}). Fix: use the keys "
-                        "`database:`, `schema:` and `table:` instead of `name:`")  # fmt: skip
+        problems.append(
+            f"{label}: the name is ambiguous ({', '.join(r.id for r in matches)}). Fix: use the keys "
+            "`database:`, `schema:` and `table:` instead of `name:`"
+        )
         return None
     relation = matches[0]
     label = f"{where} ({display_name(relation, default_database)})"
@@ -159,8 +196,10 @@ def _resolve_entry(
     if method == "key_based":
         if not key:
             candidates = ", ".join(relation.replication_key_candidates) or "none found"
-            problems.append(f"{label}: method key_based needs a replication_key. Fix: add `replication_key:` "
-                            f"(candidates, indexed first: {candidates})")  # fmt: skip
+            problems.append(
+                f"{label}: method key_based needs a replication_key. Fix: add `replication_key:` "
+                f"(candidates, indexed first: {candidates})"
+            )
             return None
         column = relation.column(str(key))
         if column is None:
@@ -174,8 +213,9 @@ def _resolve_entry(
             )
             return None
     elif key:
-        problems.append(f"{label}.replication_key: applies only to method key_based. Fix: remove it, or set "
-                        "`method: key_based`")  # fmt: skip
+        problems.append(
+            f"{label}.replication_key: applies only to method key_based. Fix: remove it, or set `method: key_based`"
+        )
         return None
     primary_key = tuple(relation.primary_key)
     if entry.get("primary_key"):
@@ -188,17 +228,23 @@ def _resolve_entry(
     if method == "log_based":
         quoted = f"{quote_ident(relation.schema)}.{quote_ident(relation.name)}"
         if relation.kind not in LOG_KINDS:
-            problems.append(f"{label}.method: log_based reads the write-ahead log, which holds no changes for a "
-                            f"{relation.kind.replace('_', ' ')}. Fix: use full_table, or select the tables it reads")  # fmt: skip
+            problems.append(
+                f"{label}.method: log_based reads the write-ahead log, which holds no changes for a "
+                f"{relation.kind.replace('_', ' ')}. Fix: use full_table, or select the tables it reads"
+            )
             return None
         if relation.database != default_database:
-            problems.append(f"{label}.method: a replication slot reads one database, the configured one "
-                            f"({default_database}). Fix: use full_table or key_based for tables of other databases")  # fmt: skip
+            problems.append(
+                f"{label}.method: a replication slot reads one database, the configured one "
+                f"({default_database}). Fix: use full_table or key_based for tables of other databases"
+            )
             return None
         if not primary_key:
-            problems.append(f"{label}: log_based needs a primary key to apply updates and deletes by. Fix: "
-                            f"`ALTER TABLE {quoted} ADD PRIMARY KEY (…);` at the source, or `ALTER TABLE {quoted} "
-                            "REPLICA IDENTITY FULL;` and `primary_key: [columns that identify a row]` here")  # fmt: skip
+            problems.append(
+                f"{label}: log_based needs a primary key to apply updates and deletes by. Fix: "
+                f"`ALTER TABLE {quoted} ADD PRIMARY KEY (…);` at the source, or `ALTER TABLE {quoted} "
+                "REPLICA IDENTITY FULL;` and `primary_key: [columns that identify a row]` here"
+            )
             return None
     wanted = entry.get("columns")
     if wanted is None:
@@ -214,18 +260,26 @@ def _resolve_entry(
         for name in required:
             if name not in names:
                 role = "replication-key" if name == key else "primary-key"
-                notices.append(f"{display_name(relation, default_database)}: {role} column '{name}' is always "
-                               "replicated, so it was added to the selected columns")  # fmt: skip
+                notices.append(
+                    f"{display_name(relation, default_database)}: {role} column '{name}' is always "
+                    "replicated, so it was added to the selected columns"
+                )
         keep = set(names) | set(required)
         columns = tuple(c for c in relation.columns if c.name in keep)
     if not relation.can_select:
-        notices.append(f"{display_name(relation, default_database)}: this user lacks SELECT on it; "
-                       "`rds-pipeline check` gives the GRANT")  # fmt: skip
-    destination = str(entry.get("destination_table") or destination_table_name(
-        relation.database, relation.schema, relation.name, default_database))  # fmt: skip
+        notices.append(
+            f"{display_name(relation, default_database)}: this user lacks SELECT on it; "
+            "`rds-pipeline check` gives the GRANT"
+        )
+    destination = str(
+        entry.get("destination_table")
+        or destination_table_name(relation.database, relation.schema, relation.name, default_database)
+    )
     if len(destination.encode()) > MAX_IDENTIFIER:
-        problems.append(f"{label}: destination table name '{destination}' is longer than {MAX_IDENTIFIER} bytes. "
-                        "Fix: set a shorter `destination_table:`")  # fmt: skip
+        problems.append(
+            f"{label}: destination table name '{destination}' is longer than {MAX_IDENTIFIER} bytes. "
+            "Fix: set a shorter `destination_table:`"
+        )
         return None
     granularity = str(entry["granularity"]) if entry.get("granularity") else None
     if granularity is not None and granularity not in GRANULARITIES:
@@ -236,7 +290,6 @@ def _resolve_entry(
         problems.append(f"{label}.chunk_rows: expected a whole number of at least 1000, got {chunk_rows!r}")
         return None
     if entry.get("schedule") is not None:
-
         try:
             parse_frequency(entry["schedule"], key=f"{label}.schedule")
         except FrequencyError as exc:
@@ -247,17 +300,32 @@ def _resolve_entry(
     tags = parse_tags(entry.get("tags"), f"{label}.tags", problems)
     if len(problems) > before:
         return None
-    return SelectedTable(relation, method, str(key) if key else None, columns, primary_key, destination,
-                         tuple(notices), entry.get("schedule"), granularity, chunk_rows,
-                         entry.get("lookback"), wanted is None, owners, tags)  # fmt: skip
+    return SelectedTable(
+        relation,
+        method,
+        str(key) if key else None,
+        columns,
+        primary_key,
+        destination,
+        tuple(notices),
+        entry.get("schedule"),
+        granularity,
+        chunk_rows,
+        entry.get("lookback"),
+        wanted is None,
+        owners,
+        tags,
+    )
 
 
 def _unknown_column(label: str, name: str, relation: Relation) -> str:
     names = [c.name for c in relation.columns]
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return (f"{label}: no column '{name}' in {relation.qualified_name} (columns: {', '.join(names)}).{hint} "
-            "Fix: correct the column name, or run `rds-pipeline discover` if it was just added")  # fmt: skip
+    return (
+        f"{label}: no column '{name}' in {relation.qualified_name} (columns: {', '.join(names)}).{hint} "
+        "Fix: correct the column name, or run `rds-pipeline discover` if it was just added"
+    )
 
 
 def _as_list(value: Any) -> list[Any]:

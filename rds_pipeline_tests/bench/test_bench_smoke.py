@@ -17,7 +17,11 @@ def test_make_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     report = run_all.run(rows=20_000, big_rows=50_000, rounds=1, smoke=True)
     run_all.write_report(report, tmp_path, "smoke")
     text = (tmp_path / "REPORT.md").read_text()
-    assert "| raw pipe (psql | psql) |" in text and "| rds_pipeline through Dagster |" in text and "| rds-pipeline sync (through Dagster) |" in text
+    assert (
+        "| raw pipe (psql | psql) |" in text
+        and "| rds_pipeline through Dagster |" in text
+        and "| rds-pipeline sync (through Dagster) |" in text
+    )
     assert "1,000 found and upserted" in text
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     engine = next(r for r in report["pg_to_pg"] if r["name"] == "rds_pipeline engine")

@@ -34,8 +34,9 @@ class Project:
 
     def discover(self) -> None:
         config = self.config
-        catalog = discover(config.source, databases=[self.database],
-                           stats_for=stats_wanted(config.tables, self.database))  # fmt: skip
+        catalog = discover(
+            config.source, databases=[self.database], stats_for=stats_wanted(config.tables, self.database)
+        )
         catalog.save(config.catalog_path)
 
     def defs(self) -> dg.Definitions:
@@ -57,8 +58,14 @@ class Project:
         return self.server.psql(statement, self.database)
 
 
-def make_project(server: LocalPostgres, directory: Path, tables: list[dict[str, Any]], ddl: str | None = None,
-                 database: str | None = None, **top: Any) -> Project:  # fmt: skip
+def make_project(
+    server: LocalPostgres,
+    directory: Path,
+    tables: list[dict[str, Any]],
+    ddl: str | None = None,
+    database: str | None = None,
+    **top: Any,
+) -> Project:
     """A source database (created with ``ddl`` unless ``database`` is given), config and discovered catalog."""
     os.environ[PASSWORD_ENV] = server.password
     if database is None:
@@ -68,14 +75,24 @@ def make_project(server: LocalPostgres, directory: Path, tables: list[dict[str, 
             server.psql(ddl, database)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "rds_pipeline.yaml"
-    path.write_text(yaml.safe_dump({
-        "integration_name": "Dagster Test",
-        "source": {"host": server.host, "port": server.port, "user": server.superuser,
-                   "password": "${" + PASSWORD_ENV + "}", "database": database},
-        "destination": {"type": "duckdb", "path": "replica.duckdb"},
-        "tables": tables,
-        **top,
-    }, sort_keys=False))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "integration_name": "Dagster Test",
+                "source": {
+                    "host": server.host,
+                    "port": server.port,
+                    "user": server.superuser,
+                    "password": "${" + PASSWORD_ENV + "}",
+                    "database": database,
+                },
+                "destination": {"type": "duckdb", "path": "replica.duckdb"},
+                "tables": tables,
+                **top,
+            },
+            sort_keys=False,
+        )
+    )
     project = Project(server, database, path)
     project.discover()
     return project

@@ -44,8 +44,9 @@ def _pdef(defs: dg.Definitions, asset_key: dg.AssetKey) -> dg.PartitionsDefiniti
     return defs.resolve_asset_graph().get(asset_key).partitions_def
 
 
-def test_declarative_automation_catches_up_after_missed_ticks(pg18: LocalPostgres, tmp_path: Path,
-                                                              instance: dg.DagsterInstance) -> None:  # fmt: skip
+def test_declarative_automation_catches_up_after_missed_ticks(
+    pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     project: Project = make_project(pg18, tmp_path, TABLES, ddl=DDL, automation="declarative")
     defs = project.defs()
     assert not list(defs.schedules or [])  # no schedules: the conditions drive the syncs
@@ -82,22 +83,26 @@ def test_declarative_automation_catches_up_after_missed_ticks(pg18: LocalPostgre
     for name in ("ev", "seq", "full_t"):  # never synced: the latest partition brought the whole history
         assert replica_rows(project, name) == source_rows(project, name), name
     # the same moment again: no tick passed, nothing asked
-    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=late.cursor,
-                                              evaluation_time=now + dt.timedelta(seconds=1))  # fmt: skip
+    again = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=late.cursor, evaluation_time=now + dt.timedelta(seconds=1)
+    )
     assert again.total_requested == 0
 
     # an outage: rows keep arriving, in windows that are no longer the latest one, and past the top key range
     project.sql("INSERT INTO ev SELECT 100 + g, now() - g * interval '25 minutes', 'new' FROM generate_series(0, 5) g")
     project.sql("INSERT INTO seq SELECT g, 'n' || g FROM generate_series(2501, 2600) g")
     project.sql("UPDATE full_t SET v = 'changed' WHERE id % 500 = 0")
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=again.cursor,
-                                              evaluation_time=now + dt.timedelta(hours=2, minutes=1))  # fmt: skip
+    after = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=again.cursor, evaluation_time=now + dt.timedelta(hours=2, minutes=1)
+    )
     asked = requested(after)
     # the latest window at that time (it does not exist yet in real time: we materialize today's latest, the
     # same open-ended window), the latest key range, every chunk
     later = now + dt.timedelta(hours=2, minutes=1)
     assert asked["ev"] == {_pdef(defs, key("ev")).get_partition_key_for_timestamp(later.timestamp())}
-    assert asked["seq"] == {seq_keys[-1]} and len(asked["full_t"]) == len(_pdef(defs, key("full_t")).get_partition_keys())
+    assert asked["seq"] == {seq_keys[-1]} and len(asked["full_t"]) == len(
+        _pdef(defs, key("full_t")).get_partition_keys()
+    )
     assert materialize(project, instance, "ev", _pdef(defs, key("ev")).get_last_partition_key())
     assert materialize(project, instance, "seq", seq_keys[-1])
     for partition in sorted(asked["full_t"]):
@@ -105,8 +110,10 @@ def test_declarative_automation_catches_up_after_missed_ticks(pg18: LocalPostgre
     for name in ("ev", "seq", "full_t"):
         assert replica_rows(project, name) == source_rows(project, name), name
     # every window the catch-up covered is recorded
-    windows = {_pdef(defs, key("ev")).get_partition_key_for_timestamp(float(t)) for t in
-               project.sql("SELECT extract(epoch FROM ts) FROM ev WHERE v = 'new'").split()}  # fmt: skip
+    windows = {
+        _pdef(defs, key("ev")).get_partition_key_for_timestamp(float(t))
+        for t in project.sql("SELECT extract(epoch FROM ts) FROM ev WHERE v = 'new'").split()
+    }
     assert windows <= instance.get_materialized_partitions(key("ev"))
 
 

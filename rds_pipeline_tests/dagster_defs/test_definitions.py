@@ -59,10 +59,13 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
     assert lineage.deps_by_column["amount"] == [dg.TableColumnDep(asset_key=source, column_name="amount")]
     view = graph.get(dg.AssetKey(["dagster_test", "actor_info"])).to_asset_spec().metadata["dagster/column_lineage"]
     assert view.deps_by_column["film_info"] == [
-        dg.TableColumnDep(asset_key=dg.AssetKey(["source", "pagila", "public", "actor_info"]), column_name="film_info")]
+        dg.TableColumnDep(asset_key=dg.AssetKey(["source", "pagila", "public", "actor_info"]), column_name="film_info")
+    ]
     source_meta = graph.get(source).to_asset_spec().metadata
     assert source_meta["dagster/table_name"] == "pagila.public.payment"
-    assert source_meta["dagster/uri"] == f"postgresql://{pg18.host}:{config['source']['port']}/pagila?table=public.payment"
+    assert (
+        source_meta["dagster/uri"] == f"postgresql://{pg18.host}:{config['source']['port']}/pagila?table=public.payment"
+    )
     assert pg18.password not in str(source_meta) + str(spec.metadata)
     assert spec.metadata["rds_pipeline/replication_method"] == "key_based"
     assert spec.metadata["rds_pipeline/replication_key"] == "payment_date"
@@ -88,8 +91,12 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
 
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {name for _, name in checks} == {"replica_matches_source"}  # one check per table, in parts
-    described = {c.key.asset_key.to_user_string(): c.description for a in defs.assets if isinstance(a, dg.AssetsDefinition)
-                 for c in a.check_specs}  # fmt: skip
+    described = {
+        c.key.asset_key.to_user_string(): c.description
+        for a in defs.assets
+        if isinstance(a, dg.AssetsDefinition)
+        for c in a.check_specs
+    }
     assert "its rows equal the rows copied" in described["dagster_test/inventory"]  # full table: the count part
     assert "primary key is unique" in described["dagster_test/rental"]
     assert "primary key" not in described["dagster_test/actor_info"]  # a view has no key
@@ -106,9 +113,12 @@ def test_dagster_definitions_validate(pg18: LocalPostgres, tmp_path: Path) -> No
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", str(repo / "workspace.yaml")],
-        capture_output=True, text=True, cwd=repo, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=300,
         env={**os.environ, "RDS_PIPELINE_CONFIG": str(project.path), "DAGSTER_HOME": str(tmp_path)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
 
@@ -117,8 +127,9 @@ def test_owners_and_tags_for_every_table_or_one(pg18: LocalPostgres, tmp_path: P
     """`owners:` and `tags:` at the top apply to every replica; a table's own `owners:` replace them and its
     `tags:` add to them."""
     tables = [{"name": "public.film", "owners": ["team:catalog"], "tags": {"tier": "gold"}}, {"name": "public.actor"}]
-    project = make_project(pg18, tmp_path, tables, database="pagila", owners=["data@example.com"],
-                           tags={"domain": "rentals"})  # fmt: skip
+    project = make_project(
+        pg18, tmp_path, tables, database="pagila", owners=["data@example.com"], tags={"domain": "rentals"}
+    )
     graph = project.defs().resolve_asset_graph()
     film = graph.get(dg.AssetKey(["dagster_test", "film"])).to_asset_spec()
     actor = graph.get(dg.AssetKey(["dagster_test", "actor"])).to_asset_spec()

@@ -29,18 +29,27 @@ def materializations(instance: dg.DagsterInstance, name: str) -> list[dg.AssetMa
     return [r.asset_materialization for r in records if r.asset_materialization is not None]
 
 
-def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_path: Path,
-                                     instance: dg.DagsterInstance) -> None:  # fmt: skip
+def test_log_based_tables_in_dagster(
+    logical_servers: list[LocalPostgres], tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     server = logical_servers[0]
     server.psql("CREATE DATABASE dg_log_dest")
     project: Project = make_project(
-        server, tmp_path, [{"name": "public.t", "method": "log_based", "chunk_rows": 1000},
-                           {"name": "public.f", "method": "full_table"}],
+        server,
+        tmp_path,
+        [{"name": "public.t", "method": "log_based", "chunk_rows": 1000}, {"name": "public.f", "method": "full_table"}],
         ddl="CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM "
-            "generate_series(1, 3000) g; CREATE TABLE f (id int PRIMARY KEY, v text); INSERT INTO f VALUES (1, 'f'); "
-            "ANALYZE",
-        destination={"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                     "password": server.password, "database": "dg_log_dest"})  # fmt: skip
+        "generate_series(1, 3000) g; CREATE TABLE f (id int PRIMARY KEY, v text); INSERT INTO f VALUES (1, 'f'); "
+        "ANALYZE",
+        destination={
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": "dg_log_dest",
+        },
+    )
     replica = "dagster_test.t"
 
     # one reader per slot: the stream's steps (the asset's and sync_all's) are in the slot's own pool
@@ -56,8 +65,9 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
     report = {r["destination_table"]: r for r in first.rows}
     assert report["dagster_test/t"]["rows_inserted"] == 3000 and report["dagster_test/t"]["mode"] == "log_based"
 
-    project.sql("UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 2990; "
-                "INSERT INTO t VALUES (5000, 'new')")  # fmt: skip
+    project.sql(
+        "UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 2990; INSERT INTO t VALUES (5000, 'new')"
+    )
     second = run_sync(project.path, instance=instance, quiet=True)
     assert second.success
     assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
@@ -67,7 +77,8 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
     assert (meta["rows_updated"].value, meta["rows_deleted"].value, meta["rows_inserted"].value) == (10, 10, 1)
     assert meta["lsn_end"].value and meta["wal_status"].value == "reserved"
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(key("t"), "slot_lag")])  # fmt: skip
+        [dg.AssetCheckKey(key("t"), "slot_lag")]
+    )
     assert checks[dg.AssetCheckKey(key("t"), "slot_lag")].status.value == "SUCCEEDED"
     # status: the LSN the destination applied, and the WAL behind it once the source moves on
     standing = {r.table.rsplit(".", 1)[-1]: r for r in collect_status(project.path, instance)}
@@ -84,14 +95,17 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
     project.sql("UPDATE t SET v = 'during' WHERE id IN (1, 1500)")
     defs = project.defs()
     assets = [a for a in defs.assets if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec))]
-    result = dg.materialize(assets, selection=[key("t")], partition_key="..1001", instance=instance,
-                            resources=defs.resources)  # fmt: skip
+    result = dg.materialize(
+        assets, selection=[key("t")], partition_key="..1001", instance=instance, resources=defs.resources
+    )
     assert result.success
     assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
     # the backfill leaves the table's log-based state as it was: the next sync streams, it copies nothing again
     with psycopg2.connect(**server.dsn("dg_log_dest")) as conn, conn.cursor() as cur:
-        cur.execute("SELECT replication_key, bookmark IS NOT NULL FROM dagster_test._rds_pipeline_state "
-                    "WHERE table_id LIKE '%.public.t'")  # fmt: skip
+        cur.execute(
+            "SELECT replication_key, bookmark IS NOT NULL FROM dagster_test._rds_pipeline_state "
+            "WHERE table_id LIKE '%.public.t'"
+        )
         assert cur.fetchall() == [(f"slot:{project.config.slot_name}", True)]
     conn.close()
     project.sql("UPDATE t SET v = 'after backfill' WHERE id = 2")
@@ -104,8 +118,11 @@ def test_log_based_tables_in_dagster(logical_servers: list[LocalPostgres], tmp_p
     # a reset: the table is copied again from a new snapshot; f, the full-table one, is untouched by the stream
     project.sql("INSERT INTO t VALUES (6000, 'after reset')")
     job = defs.resolve_job_def("reset_table")
-    assert job.execute_in_process(run_config={"ops": {"reset_and_resync": {"config": {"table": "public.t"}}}},
-                                  instance=instance).success  # fmt: skip
+    assert job.execute_in_process(
+        run_config={"ops": {"reset_and_resync": {"config": {"table": "public.t"}}}}, instance=instance
+    ).success
     assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
-    assert materializations(instance, "t")[0].metadata["snapshot_rows"].value == len(rows(server, project.database, "t"))
+    assert materializations(instance, "t")[0].metadata["snapshot_rows"].value == len(
+        rows(server, project.database, "t")
+    )
     project.sql(f"SELECT pg_drop_replication_slot('{project.config.slot_name}')")

@@ -40,12 +40,18 @@ def project(pg18: LocalPostgres, tmp_path: Path) -> Project:
     return make_project(pg18, tmp_path, TABLES, ddl=DDL)
 
 
-def materialize(project: Project, instance: dg.DagsterInstance, name: str, partition: str | None = None,
-                tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:  # fmt: skip
+def materialize(
+    project: Project,
+    instance: dg.DagsterInstance,
+    name: str,
+    partition: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
     defs = project.defs()
     assets = [a for a in defs.assets if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec))]
-    return dg.materialize(assets, selection=[key(name)], partition_key=partition, instance=instance,
-                          resources=defs.resources, tags=tags)  # fmt: skip
+    return dg.materialize(
+        assets, selection=[key(name)], partition_key=partition, instance=instance, resources=defs.resources, tags=tags
+    )
 
 
 def replica_ids(project: Project, table: str) -> list[int]:
@@ -77,8 +83,7 @@ def test_each_partition_kind_materializes_its_range(project: Project, instance: 
 
     # integer key ranges: the sensor adds them as max(key) grows, then one range materializes
     sensor = defs.get_sensor_def("rds_key_range_sensor")
-    with dg.build_sensor_context(instance=instance, resources=defs.resources,
-                                 definitions=defs) as context:  # fmt: skip
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
         sensor_result = sensor(context)
     [request] = sensor_result.dynamic_partitions_requests
     assert request.partition_keys == ["0..1000", "1000..2000", "2000..3000"]
@@ -91,8 +96,10 @@ def test_each_partition_kind_materializes_its_range(project: Project, instance: 
     assert chunk_keys == ["..1001", "1001..2001", "2001.."]
     result = materialize(project, instance, "chunky", "1001..2001")
     assert replica_ids(project, "chunky") == list(range(1001, 2001))
-    checks = {e.check_name: (e.passed, e.metadata["row_count/source_rows"].value)
-              for e in result.get_asset_check_evaluations()}  # fmt: skip
+    checks = {
+        e.check_name: (e.passed, e.metadata["row_count/source_rows"].value)
+        for e in result.get_asset_check_evaluations()
+    }
     assert checks == {"replica_matches_source": (True, 1000)}
 
     # a view: one partition
@@ -132,11 +139,13 @@ def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instan
     [schedule] = defs.schedules
     assert schedule.name == "rds_sync_every_1h_utc" and schedule.cron_schedule == "0 * * * *"
     assert schedule.execution_timezone == "UTC" and schedule.job_name == "sync_all"
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime.now(dt.UTC),
-                                        repository_def=defs.get_repository_def())  # fmt: skip
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=dt.datetime.now(dt.UTC), repository_def=defs.get_repository_def()
+    )
     [request] = schedule.evaluate_tick(context).run_requests
-    assert sorted(tables_of(request)) == sorted(f"{project.database}.public.{t}" for t in
-                                                ("events", "seq_items", "chunky", "recent"))  # fmt: skip
+    assert sorted(tables_of(request)) == sorted(
+        f"{project.database}.public.{t}" for t in ("events", "seq_items", "chunky", "recent")
+    )
     # the tick's run, executed: every table catches up (never synced: its whole history), with its checks
     keys = defs.resolve_asset_graph().get(key("events")).partitions_def.get_partition_keys()  # before: see below
     job = defs.resolve_job_def("sync_all")
@@ -157,8 +166,11 @@ def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instan
     assert checks["recent"].metadata["columns/missing_columns"].value == "none"
     # the same table materialized from the UI gets the same checks and the same metadata keys
     ui = materialize(project, instance, "chunky", "1001..2001")
-    tick_meta = {e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata
-                 for e in result.get_asset_materialization_events() if e.asset_key == key("chunky")}  # fmt: skip
+    tick_meta = {
+        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == key("chunky")
+    }
     ui_meta = ui.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert set(tick_meta["2001.."]) == set(ui_meta)
     [ui_check] = ui.get_asset_check_evaluations()
@@ -169,13 +181,18 @@ def test_schedule_tick_launches_sync_all_for_its_tables(project: Project, instan
 def test_new_data_sensor_asks_only_for_tables_with_new_rows(project: Project, instance: dg.DagsterInstance) -> None:
     defs = project.defs()
     keys = defs.resolve_asset_graph().get(key("events")).partitions_def.get_partition_keys()
-    materialize(project, instance, "events", tags={"dagster/asset_partition_range_start": keys[0],
-                                                   "dagster/asset_partition_range_end": keys[-1]})  # fmt: skip
+    materialize(
+        project,
+        instance,
+        "events",
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    )
     sensor = defs.get_sensor_def("rds_new_data_sensor")
 
     def evaluate(cursor: str | None = None) -> dg.SensorResult:
-        with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs,
-                                     cursor=cursor) as context:  # fmt: skip
+        with dg.build_sensor_context(
+            instance=instance, resources=defs.resources, definitions=defs, cursor=cursor
+        ) as context:
             return sensor(context)
 
     first = evaluate()
@@ -206,8 +223,9 @@ def test_reset_job_resets_then_rematerializes(project: Project, instance: dg.Dag
     job = defs.resolve_job_def("reset_table")
     assert materialize(project, instance, "chunky", "1001..2001").success
     project.sql("DELETE FROM chunky WHERE id > 2990")
-    result = job.execute_in_process(run_config={"ops": {"reset_and_resync": {"config": {"table": "public.chunky"}}}},
-                                    instance=instance)  # fmt: skip
+    result = job.execute_in_process(
+        run_config={"ops": {"reset_and_resync": {"config": {"table": "public.chunky"}}}}, instance=instance
+    )
     assert result.success
     assert replica_ids(project, "chunky") == list(range(1, 2991))
     partitions = {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()}
@@ -220,8 +238,11 @@ def test_sync_all_job_runs_what_a_tick_would(project: Project, instance: dg.Dags
     outcome = run_sync(project.path, instance=instance)
     assert outcome.success and not outcome.failures
     assert {r["destination_table"]: r["rows_inserted"] for r in outcome.rows} == {
-        "dagster_test/events": 72, "dagster_test/seq_items": 2500, "dagster_test/chunky": 3000,
-        "dagster_test/recent": 10}  # fmt: skip
+        "dagster_test/events": 72,
+        "dagster_test/seq_items": 2500,
+        "dagster_test/chunky": 3000,
+        "dagster_test/recent": 10,
+    }
     outcome = run_sync(project.path, instance=instance)  # a second tick: from the bookmarks, chunks again
     rows = {r["destination_table"]: r for r in outcome.rows}
     assert outcome.success and rows["dagster_test/chunky"]["rows_inserted"] == 3000

@@ -27,19 +27,26 @@ def test_granularity_follows_the_span() -> None:
     assert auto_granularity(None, TODAY) == "daily"  # no statistics: today only
 
 
-def test_an_old_key_gets_monthly_windows_and_syncs_them_all(pg18: LocalPostgres, tmp_path: Path,
-                                                            instance: dg.DagsterInstance) -> None:  # fmt: skip
-    ddl = ("CREATE TABLE old (id int PRIMARY KEY, created date NOT NULL, v text); INSERT INTO old VALUES "
-           "(1, '1947-03-01', 'a'), (2, '1999-12-31', 'b'), (3, current_date, 'c')")  # fmt: skip
-    auto = make_project(pg18, tmp_path / "auto", [{"name": "public.old", "method": "key_based",
-                                                   "replication_key": "created"}], ddl=ddl)  # fmt: skip
+def test_an_old_key_gets_monthly_windows_and_syncs_them_all(
+    pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    ddl = (
+        "CREATE TABLE old (id int PRIMARY KEY, created date NOT NULL, v text); INSERT INTO old VALUES "
+        "(1, '1947-03-01', 'a'), (2, '1999-12-31', 'b'), (3, current_date, 'c')"
+    )
+    auto = make_project(
+        pg18, tmp_path / "auto", [{"name": "public.old", "method": "key_based", "replication_key": "created"}], ddl=ddl
+    )
     [table] = auto.selection()
     plan = plan_for(table)
     keys = plan.partitions_def.get_partition_keys()
     assert isinstance(plan.partitions_def, dg.MonthlyPartitionsDefinition) and len(keys) <= MAX_AUTO_WINDOWS
-    explicit = make_project(pg18, tmp_path / "explicit", [{"name": "public.old", "method": "key_based",
-                                                           "replication_key": "created", "granularity": "daily"}],
-                            database=auto.database)  # fmt: skip
+    explicit = make_project(
+        pg18,
+        tmp_path / "explicit",
+        [{"name": "public.old", "method": "key_based", "replication_key": "created", "granularity": "daily"}],
+        database=auto.database,
+    )
     daily = plan_for(explicit.selection()[0])
     assert isinstance(daily.partitions_def, dg.DailyPartitionsDefinition)  # the user's choice is kept
     assert len(daily.partitions_def.get_partition_keys()) > 29_000
@@ -56,17 +63,25 @@ def test_the_first_sync_records_its_windows_in_one_write_on_postgres_storage(
     """On the shipped dagster.yaml (dagster-postgres), a first sync's ~1,000 windows go to the event log in one
     batch: every row of that run's materializations carries one transaction id. A second sync, a day later in
     the table's life (a new row), records only the window it touched, and every window stays materialized."""
-    ddl = ("CREATE TABLE aged (id int PRIMARY KEY, created date NOT NULL, v text); INSERT INTO aged VALUES "
-           "(1, '1947-03-01', 'a'), (2, '1999-12-31', 'b'), (3, current_date - 1, 'c')")  # fmt: skip
-    project = make_project(pg18, tmp_path / "aged", [{"name": "public.aged", "method": "key_based",
-                                                      "replication_key": "created"}], ddl=ddl)  # fmt: skip
+    ddl = (
+        "CREATE TABLE aged (id int PRIMARY KEY, created date NOT NULL, v text); INSERT INTO aged VALUES "
+        "(1, '1947-03-01', 'a'), (2, '1999-12-31', 'b'), (3, current_date - 1, 'c')"
+    )
+    project = make_project(
+        pg18, tmp_path / "aged", [{"name": "public.aged", "method": "key_based", "replication_key": "created"}], ddl=ddl
+    )
     storage_db = "dagster_batch_events"
     pg18.psql(f"CREATE DATABASE {storage_db}")
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    for name, value in {"HOST": pg18.host, "PORT": str(pg18.port), "USER": pg18.superuser,
-                        "PASSWORD": pg18.password, "DB": storage_db}.items():  # fmt: skip
+    for name, value in {
+        "HOST": pg18.host,
+        "PORT": str(pg18.port),
+        "USER": pg18.superuser,
+        "PASSWORD": pg18.password,
+        "DB": storage_db,
+    }.items():
         monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
     instance = dg.DagsterInstance.from_config(str(home))
     try:
@@ -74,16 +89,20 @@ def test_the_first_sync_records_its_windows_in_one_write_on_postgres_storage(
         first = run_sync(project.path, instance=instance, quiet=True)
         assert first.success and first.rows[0]["rows_inserted"] == 3
         assert instance.get_materialized_partitions(key("aged")) == set(keys)
-        writes = pg18.psql("SELECT count(*) || ' ' || count(DISTINCT xmin::text) FROM event_logs "
-                           "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'", storage_db).split()  # fmt: skip
+        writes = pg18.psql(
+            "SELECT count(*) || ' ' || count(DISTINCT xmin::text) FROM event_logs "
+            "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'",
+            storage_db,
+        ).split()
         assert writes == [str(len(keys)), "1"], writes  # len(keys) events, one transaction
 
         pg18.psql("INSERT INTO aged VALUES (4, current_date, 'd')", project.database)
         second = run_sync(project.path, instance=instance, quiet=True)
         assert second.success and second.rows[0]["rows_inserted"] >= 1
         assert instance.get_materialized_partitions(key("aged")) == set(keys)
-        total = pg18.psql("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'",
-                          storage_db)  # fmt: skip
+        total = pg18.psql(
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'", storage_db
+        )
         assert 1 <= int(total) - len(keys) <= 2  # this month's window (and last month's, within the lookback)
     finally:
         instance.dispose()

@@ -46,19 +46,32 @@ def by_table(text: str) -> dict[str, dict]:
     return {row["table"].rsplit(".", 1)[-1]: row for row in json.loads(text)["tables"]}
 
 
-def test_status_over_a_tables_life(pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance,
-                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_status_over_a_tables_life(
+    pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert os.environ.get("DAGSTER_HOME")  # the CLI reads the same instance as the runs below
     pg18.psql("CREATE DATABASE status_dst")
-    project = make_project(pg18, tmp_path, TABLES, ddl=DDL, destination={
-        "type": "postgres", "host": pg18.host, "port": pg18.port, "user": pg18.superuser,
-        "password": pg18.password, "database": "status_dst"})  # fmt: skip
+    project = make_project(
+        pg18,
+        tmp_path,
+        TABLES,
+        ddl=DDL,
+        destination={
+            "type": "postgres",
+            "host": pg18.host,
+            "port": pg18.port,
+            "user": pg18.superuser,
+            "password": pg18.password,
+            "database": "status_dst",
+        },
+    )
 
     code, out = status(project, capsys, "--json")
     rows = by_table(out)
     assert code == 0 and set(rows) == {"ev", "items", "dims", "flaky"}
-    assert all(r["outcome"] == "never run" and r["lag"] == "not synced yet" and r["last_sync"] is None
-               for r in rows.values())  # fmt: skip
+    assert all(
+        r["outcome"] == "never run" and r["lag"] == "not synced yet" and r["last_sync"] is None for r in rows.values()
+    )
     next_tick = dt.datetime.fromisoformat(rows["ev"]["next_tick"])
     assert dt.timedelta(0) < next_tick - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=1)  # hourly by default
     assert rows["ev"]["automation"].startswith("schedule rds_sync_every_1h_utc stopped")
@@ -77,18 +90,26 @@ def test_status_over_a_tables_life(pg18: LocalPostgres, tmp_path: Path, instance
     assert "Fix:" in rows["flaky"]["error"]
 
     # time passes: rows arrive on the source; status reports the lag and writes nothing
-    project.sql("INSERT INTO ev SELECT 100 + g, timestamptz '2026-11-03 00:00+00' + g * interval '30 minutes', 'n' "
-                "FROM generate_series(1, 5) g")  # fmt: skip
+    project.sql(
+        "INSERT INTO ev SELECT 100 + g, timestamptz '2026-11-03 00:00+00' + g * interval '30 minutes', 'n' "
+        "FROM generate_series(1, 5) g"
+    )
     project.sql("INSERT INTO items SELECT g, 'n' FROM generate_series(501, 620) g")
-    before = pg18.psql("SELECT table_id, bookmark, updated_at FROM dagster_test._rds_pipeline_state ORDER BY 1", "status_dst")
+    before = pg18.psql(
+        "SELECT table_id, bookmark, updated_at FROM dagster_test._rds_pipeline_state ORDER BY 1", "status_dst"
+    )
     code, out = status(project, capsys)
     assert "2 h 30 min of keys" in out and "120 keys" in out and "FAILED" in out and "division by zero" in out
     assert "ticks: schedule rds_sync_every_1h_utc stopped" in out
     rows = by_table(status(project, capsys, "--json")[1])
     assert rows["ev"]["lag_amount"] == 9000 and rows["ev"]["lag_unit"] == "seconds"
     assert rows["items"]["source_position"] == "620" and rows["items"]["lag_amount"] == 120
-    assert pg18.psql("SELECT table_id, bookmark, updated_at FROM dagster_test._rds_pipeline_state ORDER BY 1",
-                     "status_dst") == before  # fmt: skip
+    assert (
+        pg18.psql(
+            "SELECT table_id, bookmark, updated_at FROM dagster_test._rds_pipeline_state ORDER BY 1", "status_dst"
+        )
+        == before
+    )
 
     # the fix, and the next sync: every table ok and up to date
     project.sql("UPDATE switch SET broken = false")

@@ -26,7 +26,10 @@ def source_rows(project: Project, table: str) -> list[tuple[int, str]]:
 def replica_rows(project: Project, table: str) -> list[tuple[int, str]]:
     dest = project.destination()
     try:
-        return [(int(i), v) for i, v in dest.conn.execute(f'SELECT id, v FROM dagster_test."{table}" ORDER BY id').fetchall()]
+        return [
+            (int(i), v)
+            for i, v in dest.conn.execute(f'SELECT id, v FROM dagster_test."{table}" ORDER BY id').fetchall()
+        ]
     finally:
         dest.close()
 
@@ -35,18 +38,21 @@ def tick(project: Project, instance: dg.DagsterInstance) -> dg.ExecuteInProcessR
     """What the schedule does: evaluate its tick, then execute the run it asks for."""
     defs = project.defs()
     [schedule] = defs.schedules
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime.now(dt.UTC),
-                                        repository_def=defs.get_repository_def())  # fmt: skip
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=dt.datetime.now(dt.UTC), repository_def=defs.get_repository_def()
+    )
     [request] = schedule.evaluate_tick(context).run_requests
-    return defs.resolve_job_def("sync_all").execute_in_process(run_config=request.run_config, instance=instance,
-                                                               raise_on_error=False)  # fmt: skip
+    return defs.resolve_job_def("sync_all").execute_in_process(
+        run_config=request.run_config, instance=instance, raise_on_error=False
+    )
 
 
 def materialize(project: Project, instance: dg.DagsterInstance, name: str, partition: str) -> bool:
     defs = project.defs()
     assets = [a for a in defs.assets if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec))]
-    return dg.materialize(assets, selection=[key(name)], partition_key=partition, instance=instance,
-                          resources=defs.resources).success  # fmt: skip
+    return dg.materialize(
+        assets, selection=[key(name)], partition_key=partition, instance=instance, resources=defs.resources
+    ).success
 
 
 def bookmark(project: Project, table: str) -> str | None:
@@ -58,8 +64,9 @@ def bookmark(project: Project, table: str) -> str | None:
 
 
 @pytest.mark.parametrize("granularity,outage", [("hourly", 5), ("daily", 3), ("monthly", 2)])
-def test_an_outage_of_n_windows_then_late_rows(pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance,
-                                                granularity: str, outage: int) -> None:  # fmt: skip
+def test_an_outage_of_n_windows_then_late_rows(
+    pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance, granularity: str, outage: int
+) -> None:
     window = WINDOW[granularity]
     ddl = f"""
     CREATE TABLE ev (id int PRIMARY KEY, ts timestamptz NOT NULL, v text);
@@ -68,17 +75,25 @@ def test_an_outage_of_n_windows_then_late_rows(pg18: LocalPostgres, tmp_path: Pa
     FROM generate_series(1, 20) g;
     ANALYZE;
     """
-    project = make_project(pg18, tmp_path, [{"name": "public.ev", "method": "key_based", "replication_key": "ts",
-                                             "granularity": granularity}], ddl=ddl)  # fmt: skip
+    project = make_project(
+        pg18,
+        tmp_path,
+        [{"name": "public.ev", "method": "key_based", "replication_key": "ts", "granularity": granularity}],
+        ddl=ddl,
+    )
     assert tick(project, instance).success
     assert replica_rows(project, "ev") == source_rows(project, "ev")
     synced_to = bookmark(project, "ev")
     # the outage: no sync for N windows while rows keep arriving (one every half window, up to now) ...
-    project.sql(f"INSERT INTO ev SELECT 100 + g, now() - g * interval '{window}' / 2, 'new' "
-                f"FROM generate_series(0, {2 * outage + 1}) g")  # fmt: skip
+    project.sql(
+        f"INSERT INTO ev SELECT 100 + g, now() - g * interval '{window}' / 2, 'new' "
+        f"FROM generate_series(0, {2 * outage + 1}) g"
+    )
     # ... plus a late commit inside the lookback (5 minutes) and one older than it
-    project.sql(f"INSERT INTO ev VALUES (500, '{synced_to}'::timestamptz - interval '2 minutes', 'late'), "
-                f"(501, '{synced_to}'::timestamptz - interval '30 minutes', 'too late')")  # fmt: skip
+    project.sql(
+        f"INSERT INTO ev VALUES (500, '{synced_to}'::timestamptz - interval '2 minutes', 'late'), "
+        f"(501, '{synced_to}'::timestamptz - interval '30 minutes', 'too late')"
+    )
     keys = project.defs().resolve_asset_graph().get(key("ev")).partitions_def.get_partition_keys()
     result = tick(project, instance)
     assert result.success
@@ -89,8 +104,9 @@ def test_an_outage_of_n_windows_then_late_rows(pg18: LocalPostgres, tmp_path: Pa
     # every window the catch-up covered shows as materialized, from the bookmark's window to now (keys read
     # before the tick: a window that opens while it runs is covered too, and must not make this flaky)
     assert instance.get_materialized_partitions(key("ev")) >= set(keys)
-    assert {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()} \
-        >= set(keys[-outage - 1:])  # fmt: skip
+    assert {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()} >= set(
+        keys[-outage - 1 :]
+    )
     after_outage = bookmark(project, "ev")
     # a re-run of the older window (a backfill) brings the too-late row, and never moves the bookmark back
     pdef = project.defs().resolve_asset_graph().get(key("ev")).partitions_def
@@ -101,17 +117,18 @@ def test_an_outage_of_n_windows_then_late_rows(pg18: LocalPostgres, tmp_path: Pa
     assert bookmark(project, "ev") == after_outage
 
 
-def test_reset_and_a_dropped_table_bring_the_whole_history_back(pg18: LocalPostgres, tmp_path: Path,
-                                                                 instance: dg.DagsterInstance,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_reset_and_a_dropped_table_bring_the_whole_history_back(
+    pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ddl = """
     CREATE TABLE hist (id int PRIMARY KEY, ts timestamptz NOT NULL, v text);
     INSERT INTO hist SELECT g, now() - interval '400 days' + g * interval '1 hour', 'h' || g
     FROM generate_series(1, 9600) g;
     ANALYZE;
     """
-    project = make_project(pg18, tmp_path, [{"name": "public.hist", "method": "key_based",
-                                             "replication_key": "ts"}], ddl=ddl)  # fmt: skip
+    project = make_project(
+        pg18, tmp_path, [{"name": "public.hist", "method": "key_based", "replication_key": "ts"}], ddl=ddl
+    )
     assert run_sync(project.path, instance=instance).success
     assert len(replica_rows(project, "hist")) == 9600
     # the CLI: reset, then sync: every row comes back (not only the last windows)
@@ -124,11 +141,13 @@ def test_reset_and_a_dropped_table_bring_the_whole_history_back(pg18: LocalPostg
     project.sql("UPDATE hist SET v = 'changed' WHERE id % 100 = 0")
     keys = project.defs().resolve_asset_graph().get(key("hist")).partitions_def.get_partition_keys()
     job = project.defs().resolve_job_def("reset_table")
-    result = job.execute_in_process(run_config={"ops": {"reset_and_resync": {"config": {"table": "public.hist"}}}},
-                                    instance=instance)  # fmt: skip
+    result = job.execute_in_process(
+        run_config={"ops": {"reset_and_resync": {"config": {"table": "public.hist"}}}}, instance=instance
+    )
     assert result.success and replica_rows(project, "hist") == source_rows(project, "hist")
-    assert {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()} \
-        >= set(keys)  # every window (one that opened meanwhile too)  # fmt: skip
+    assert {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()} >= set(
+        keys
+    )  # every window (one that opened meanwhile too)
     # dropped by hand: the bookmark no longer counts, the next tick is a historical sync
     dest = project.destination()
     dest.conn.execute('DROP TABLE dagster_test."hist"')
@@ -141,9 +160,9 @@ def test_reset_and_a_dropped_table_bring_the_whole_history_back(pg18: LocalPostg
     assert replica_rows(project, "hist") == source_rows(project, "hist")
 
 
-def test_full_table_deletions_and_a_failing_table_among_others(pg18: LocalPostgres, tmp_path: Path,
-                                                               instance: dg.DagsterInstance,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_full_table_deletions_and_a_failing_table_among_others(
+    pg18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
     ddl = """
     CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g;
     CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g;
@@ -157,16 +176,20 @@ def test_full_table_deletions_and_a_failing_table_among_others(pg18: LocalPostgr
     project.path.write_text(project.path.read_text().replace(f"user: {pg18.superuser}", f"user: {role}"))
     assert run_sync(project.path, instance=instance).success
     # deletions under full table disappear; SELECT revoked on one table; a column dropped on another
-    project.sql(f"DELETE FROM a WHERE id > 40; REVOKE SELECT ON b FROM {role}; ALTER TABLE c DROP COLUMN gone;"
-                "INSERT INTO c VALUES (51, 'c51'); ALTER TABLE a ADD COLUMN added int DEFAULT 7")  # fmt: skip
+    project.sql(
+        f"DELETE FROM a WHERE id > 40; REVOKE SELECT ON b FROM {role}; ALTER TABLE c DROP COLUMN gone;"
+        "INSERT INTO c VALUES (51, 'c51'); ALTER TABLE a ADD COLUMN added int DEFAULT 7"
+    )
     # (a column added without re-discovery is safe to ignore until `rds-pipeline discover` selects it)
     outcome = run_sync(project.path, instance=instance)
     assert not outcome.success
     assert replica_rows(project, "a") == source_rows(project, "a")  # the other table was synced
     failures = {f["table"]: f["error"] for f in outcome.failures}
     assert set(failures) == {f"{project.database}.public.b", f"{project.database}.public.c"}
-    assert "permission denied" in failures[f"{project.database}.public.b"] and "GRANT" not in failures[
-        f"{project.database}.public.c"]  # fmt: skip
+    assert (
+        "permission denied" in failures[f"{project.database}.public.b"]
+        and "GRANT" not in failures[f"{project.database}.public.c"]
+    )
     assert "rds-pipeline check" in failures[f"{project.database}.public.b"]
     assert "rds-pipeline discover" in failures[f"{project.database}.public.c"]
     # the CLI: the loading report, then the short list of failed tables, and no traceback without -v

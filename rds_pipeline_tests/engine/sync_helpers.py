@@ -45,8 +45,13 @@ class Scratch:
         return dest
 
     def source_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:
-        return rows_as_text(self.server, self.source_db, sql.Identifier(table.relation.schema, table.relation.name),
-                            table.column_names, table.primary_key or table.column_names)  # fmt: skip
+        return rows_as_text(
+            self.server,
+            self.source_db,
+            sql.Identifier(table.relation.schema, table.relation.name),
+            table.column_names,
+            table.primary_key or table.column_names,
+        )
 
     @contextmanager
     def session(self) -> Iterator[SourceSession]:
@@ -54,8 +59,9 @@ class Scratch:
             yield session
 
 
-def rows_as_text(server: LocalPostgres, database: str, relation: sql.Composable, columns: tuple[str, ...],
-                 order: tuple[str, ...]) -> list[tuple[Any, ...]]:  # fmt: skip
+def rows_as_text(
+    server: LocalPostgres, database: str, relation: sql.Composable, columns: tuple[str, ...], order: tuple[str, ...]
+) -> list[tuple[Any, ...]]:
     conn = psycopg2.connect(**server.dsn(database))
     try:
         apply_session_settings(conn)
@@ -78,10 +84,12 @@ def make_scratch(server: LocalPostgres, integration: str = "Test Replica", **top
     server.psql(f"CREATE DATABASE {source_db}")
     server.psql(f"CREATE DATABASE {dest_db}")
     creds = {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password}
-    config = parse_config({
-        "integration_name": integration,
-        "source": {**creds, "database": source_db},
-        "destination": {"type": "postgres", **creds, "database": dest_db},
-        **top,
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "integration_name": integration,
+            "source": {**creds, "database": source_db},
+            "destination": {"type": "postgres", **creds, "database": dest_db},
+            **top,
+        }
+    )
     return Scratch(server, source_db, dest_db, config)

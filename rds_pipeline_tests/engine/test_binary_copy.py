@@ -14,9 +14,42 @@ from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline_tests.engine.sync_helpers import make_scratch, rows_as_text
 from rds_pipeline_tests.engine.test_sync_postgres import ZOO_DDL
 
-BINARY_COLUMNS = ["id", "i2", "i4", "i8", "num", "num_p", "r", "d", "m", "b", "t", "vc", "ch", "by", "u", "j", "jb",
-                  "dt", "ts", "tstz", "tm", "tmtz", "iv", "ip", "net", "mac", "bits", "vbits", "arr_i", "arr_t",
-                  "arr_2d", "arr_jb", "dom", "pt"]  # fmt: skip
+BINARY_COLUMNS = [
+    "id",
+    "i2",
+    "i4",
+    "i8",
+    "num",
+    "num_p",
+    "r",
+    "d",
+    "m",
+    "b",
+    "t",
+    "vc",
+    "ch",
+    "by",
+    "u",
+    "j",
+    "jb",
+    "dt",
+    "ts",
+    "tstz",
+    "tm",
+    "tmtz",
+    "iv",
+    "ip",
+    "net",
+    "mac",
+    "bits",
+    "vbits",
+    "arr_i",
+    "arr_t",
+    "arr_2d",
+    "arr_jb",
+    "dom",
+    "pt",
+]
 
 
 @pytest.mark.parametrize("direction", ["pg15_to_pg18", "pg18_to_pg15"])
@@ -28,8 +61,13 @@ def test_binary_copy_is_exact_across_versions(direction: str, request: pytest.Fi
     ddl = ZOO_DDL.replace("""'<a x="1">t&amp;</a>'""", "NULL").replace("'<empty/>'", "NULL")
     scratch.sql(ddl)
     target.psql(f"CREATE DATABASE bin_{scratch.dest_db}")
-    destination = dataclasses.replace(scratch.config.destination, host=target.host, port=target.port,
-                                      user=target.superuser, database=f"bin_{scratch.dest_db}")  # fmt: skip
+    destination = dataclasses.replace(
+        scratch.config.destination,
+        host=target.host,
+        port=target.port,
+        user=target.superuser,
+        database=f"bin_{scratch.dest_db}",
+    )
     config = dataclasses.replace(scratch.config, destination=destination)
     dest = PostgresDestination(config.destination, config.destination_schema)
     dest.prepare(config)
@@ -40,7 +78,10 @@ def test_binary_copy_is_exact_across_versions(direction: str, request: pytest.Fi
         binary = sync_table(session, dest, exact)
         text = sync_table(session, dest, whole)
     assert binary.extraction.parameters["format"] == "binary" and "FORMAT binary" in binary.extraction.query
-    assert text.extraction.parameters["format"] == "text (column x is of type xml, whose binary form may differ between servers)"
+    assert (
+        text.extraction.parameters["format"]
+        == "text (column x is of type xml, whose binary form may differ between servers)"
+    )
     by_name = {c.name: c for c in whole.columns}
     assert binary_refusal((by_name["e"],)) == "column e is of type mood (enum): it moves as text"
     assert binary_refusal((by_name["comp"],)) == "column comp is of type pair (composite): it moves as text"

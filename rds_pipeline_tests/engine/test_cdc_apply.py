@@ -21,8 +21,11 @@ def changes(server: LocalPostgres, database: str, slot: str) -> ChangeBatch:
     conn = psycopg2.connect(**server.dsn(database))
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT data FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
-                        "'publication_names', 'apply_pub')", (slot,))  # fmt: skip
+            cur.execute(
+                "SELECT data FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
+                "'publication_names', 'apply_pub')",
+                (slot,),
+            )
             rows = [bytes(r[0]) for r in cur.fetchall()]
         conn.commit()
     finally:
@@ -42,8 +45,10 @@ def changes(server: LocalPostgres, database: str, slot: str) -> ChangeBatch:
 def test_changes_apply_exactly_with_their_lsn(logical_servers: list[LocalPostgres]) -> None:
     server = logical_servers[0]
     scratch = make_scratch(server)
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "
-                "EXTERNAL; CREATE PUBLICATION apply_pub FOR TABLE t")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "
+        "EXTERNAL; CREATE PUBLICATION apply_pub FOR TABLE t"
+    )
     slot = f"apply_{scratch.source_db}"
     scratch.sql(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     table = scratch.one({"name": "public.t"})
@@ -52,9 +57,11 @@ def test_changes_apply_exactly_with_their_lsn(logical_servers: list[LocalPostgre
 
     # batch 1: inserts with large values, an update that leaves them (sent as 'u'), a key change that leaves
     # them, a delete and a re-insert of one key
-    scratch.sql(f"INSERT INTO t SELECT id, 'v' || id, {BIG} FROM generate_series(1, 5) id;"
-                "UPDATE t SET v = 'changed' WHERE id = 2; UPDATE t SET id = 30 WHERE id = 3;"
-                "DELETE FROM t WHERE id = 4; INSERT INTO t VALUES (4, 'again', 'small')")  # fmt: skip
+    scratch.sql(
+        f"INSERT INTO t SELECT id, 'v' || id, {BIG} FROM generate_series(1, 5) id;"
+        "UPDATE t SET v = 'changed' WHERE id = 2; UPDATE t SET id = 30 WHERE id = 3;"
+        "DELETE FROM t WHERE id = 4; INSERT INTO t VALUES (4, 'again', 'small')"
+    )
     batch = changes(server, scratch.source_db, slot)
     report = dest.changes().apply_batch(tables, batch, slot)
     assert dest.fetch_rows(table) == scratch.source_rows(table)
@@ -69,8 +76,10 @@ def test_changes_apply_exactly_with_their_lsn(logical_servers: list[LocalPostgre
     assert any(not c.complete and not c.moved_from for c in pending)  # 1: the destination keeps its value
     dest.changes().apply_batch(tables, before_truncate, slot)
     assert dest.fetch_rows(table) == scratch.source_rows(table)
-    scratch.sql(f"INSERT INTO t VALUES (9, 'gone', 'x'); TRUNCATE t; INSERT INTO t SELECT id, 'new', {BIG} "
-                "FROM generate_series(7, 8) id; UPDATE t SET v = 'newer' WHERE id = 8")  # fmt: skip
+    scratch.sql(
+        f"INSERT INTO t VALUES (9, 'gone', 'x'); TRUNCATE t; INSERT INTO t SELECT id, 'new', {BIG} "
+        "FROM generate_series(7, 8) id; UPDATE t SET v = 'newer' WHERE id = 8"
+    )
     batch = changes(server, scratch.source_db, slot)
     assert len(batch.segments) == 2
     dest.changes().apply_batch(tables, batch, slot)

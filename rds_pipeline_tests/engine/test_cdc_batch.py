@@ -21,8 +21,14 @@ from rds_pipeline.engine.errors import BatchError
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline_tests.engine.test_pgoutput import load
 
-T = Relation(None, 1, "public", "t", "d", (RelationColumn("id", 23, -1, True), RelationColumn("v", 25, -1, False),
-                                           RelationColumn("big", 25, -1, False)))  # fmt: skip
+T = Relation(
+    None,
+    1,
+    "public",
+    "t",
+    "d",
+    (RelationColumn("id", 23, -1, True), RelationColumn("v", 25, -1, False), RelationColumn("big", 25, -1, False)),
+)
 KEYLESS = Relation(None, 2, "public", "nokey", "n", (RelationColumn("v", 25, -1, False),))
 
 
@@ -53,23 +59,31 @@ def test_an_update_alone_leaves_the_value_to_the_destination() -> None:
 def test_a_key_change_carries_its_unchanged_values_from_the_old_key() -> None:
     batch = batch_of(Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)))
     assert final(batch) == {("1",): (DELETE, ("1",), None), ("2",): (UPSERT, ("2", "b", UNCHANGED), ("1",))}
-    chained = batch_of(Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)),
-                       Update(None, 1, "K", ("2", None, None), ("3", "c", UNCHANGED)))  # fmt: skip
+    chained = batch_of(
+        Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)),
+        Update(None, 1, "K", ("2", None, None), ("3", "c", UNCHANGED)),
+    )
     assert final(chained)[("3",)] == (UPSERT, ("3", "c", UNCHANGED), ("1",))  # still under the first key
     assert final(chained)[("2",)][0] == DELETE and final(chained)[("1",)][0] == DELETE
-    inserted = batch_of(Insert(None, 1, ("1", "a", "BIG")), Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED)))
+    inserted = batch_of(
+        Insert(None, 1, ("1", "a", "BIG")), Update(None, 1, "K", ("1", None, None), ("2", "b", UNCHANGED))
+    )
     assert final(inserted)[("2",)] == (UPSERT, ("2", "b", "BIG"), None)  # the batch had the value itself
 
 
 def test_the_last_operation_per_key_wins() -> None:
     assert final(batch_of(Delete(None, 1, "K", ("1", None, None)), Insert(None, 1, ("1", "again", "x")))) == {
-        ("1",): (UPSERT, ("1", "again", "x"), None)}  # fmt: skip
+        ("1",): (UPSERT, ("1", "again", "x"), None)
+    }
     assert final(batch_of(Insert(None, 1, ("1", "a", "x")), Delete(None, 1, "K", ("1", None, None)))) == {
-        ("1",): (DELETE, ("1",), None)}  # fmt: skip
+        ("1",): (DELETE, ("1",), None)
+    }
 
 
 def test_truncate_keeps_its_place_in_the_order() -> None:
-    batch = batch_of(Insert(None, 1, ("1", "a", "x")), Truncate(None, (1,), True, True), Insert(None, 1, ("2", "b", "y")))
+    batch = batch_of(
+        Insert(None, 1, ("1", "a", "x")), Truncate(None, (1,), True, True), Insert(None, 1, ("2", "b", "y"))
+    )
     assert len(batch.segments) == 2 and batch.segments[0].truncate is not None
     assert list(final(batch, 0)) == [("1",)] and list(final(batch, 1)) == [("2",)]  # 1 is wiped, 2 survives
     assert batch.counts == {"insert": 2, "update": 0, "delete": 0, "truncate": 1}
@@ -77,8 +91,9 @@ def test_truncate_keeps_its_place_in_the_order() -> None:
 
 def test_a_rolled_back_subtransaction_is_dropped() -> None:
     batch = ChangeBatch()
-    batch.add_transaction([T, Insert(7, 1, ("1", "kept", "x")), Insert(8, 1, ("2", "undone", "y"))], end_lsn=100,
-                          aborted_xids={8})  # fmt: skip
+    batch.add_transaction(
+        [T, Insert(7, 1, ("1", "kept", "x")), Insert(8, 1, ("2", "undone", "y"))], end_lsn=100, aborted_xids={8}
+    )
     assert list(final(batch)) == [("1",)] and batch.end_lsn == 100
 
 

@@ -32,9 +32,11 @@ def drop_slot(scratch: Scratch) -> None:
 def test_type_zoo_through_the_log(logical_servers: list[LocalPostgres], index: int) -> None:
     server = logical_servers[index]
     scratch = make_scratch(server, f"Zoo Log {index}")
-    scratch.sql(f"ALTER DATABASE {scratch.source_db} SET timezone = 'Asia/Kolkata'; ALTER DATABASE {scratch.source_db} "
-                "SET DateStyle = 'SQL, DMY'; ALTER DATABASE {db} SET IntervalStyle = 'sql_standard'; "
-                "ALTER DATABASE {db} SET extra_float_digits = 0".replace("{db}", scratch.source_db))  # fmt: skip
+    scratch.sql(
+        f"ALTER DATABASE {scratch.source_db} SET timezone = 'Asia/Kolkata'; ALTER DATABASE {scratch.source_db} "
+        "SET DateStyle = 'SQL, DMY'; ALTER DATABASE {db} SET IntervalStyle = 'sql_standard'; "
+        "ALTER DATABASE {db} SET extra_float_digits = 0".replace("{db}", scratch.source_db)
+    )
     ddl = ZOO_DDL if index else ZOO_DDL.replace("""'<a x="1">t&amp;</a>'""", "NULL").replace("'<empty/>'", "NULL")
     create, _, inserts = ddl.partition("INSERT INTO zoo (id) VALUES (1);")
     scratch.sql(create)
@@ -54,30 +56,42 @@ def test_type_zoo_through_the_log(logical_servers: list[LocalPostgres], index: i
 
 def test_schema_changes_mid_stream_and_a_partitioned_table(logical_servers: list[LocalPostgres]) -> None:
     scratch = make_scratch(logical_servers[0], "Evolve Log")
-    scratch.sql("CREATE TABLE e (id int PRIMARY KEY, n int, gone text); INSERT INTO e VALUES (1, 1, 'g'); "
-                "CREATE TABLE p (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region); "
-                "CREATE TABLE p_eu PARTITION OF p FOR VALUES IN ('eu'); "
-                "CREATE TABLE p_us PARTITION OF p FOR VALUES IN ('us'); "
-                "INSERT INTO p VALUES (1, 'eu', 'a'), (2, 'us', 'b')")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE e (id int PRIMARY KEY, n int, gone text); INSERT INTO e VALUES (1, 1, 'g'); "
+        "CREATE TABLE p (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region); "
+        "CREATE TABLE p_eu PARTITION OF p FOR VALUES IN ('eu'); "
+        "CREATE TABLE p_us PARTITION OF p FOR VALUES IN ('us'); "
+        "INSERT INTO p VALUES (1, 'eu', 'a'), (2, 'us', 'b')"
+    )
     tables = scratch.select([{"name": "public.e", "method": "log_based"}, {"name": "public.p", "method": "log_based"}])
     dest = scratch.destination()
     first = sync_log_based(scratch.config, dest, tables)
     assert first.snapshots == {tables[0].id: 1, tables[1].id: 2}
-    scratch.sql("INSERT INTO e VALUES (2, 2, 'before'); ALTER TABLE e ADD COLUMN extra text; "
-                "INSERT INTO e VALUES (3, 3, 'added', 'x'); ALTER TABLE e ALTER COLUMN n TYPE bigint; "
-                "INSERT INTO e VALUES (4, 1099511627776, 'big', 'y'); ALTER TABLE e DROP COLUMN gone; "
-                "INSERT INTO e VALUES (5, 5, 'z'); UPDATE e SET extra = 'late' WHERE id = 1; "
-                "INSERT INTO p VALUES (3, 'us', 'c'); UPDATE p SET v = 'moved', region = 'us' WHERE id = 1; "
-                "DELETE FROM p WHERE id = 2")  # fmt: skip
+    scratch.sql(
+        "INSERT INTO e VALUES (2, 2, 'before'); ALTER TABLE e ADD COLUMN extra text; "
+        "INSERT INTO e VALUES (3, 3, 'added', 'x'); ALTER TABLE e ALTER COLUMN n TYPE bigint; "
+        "INSERT INTO e VALUES (4, 1099511627776, 'big', 'y'); ALTER TABLE e DROP COLUMN gone; "
+        "INSERT INTO e VALUES (5, 5, 'z'); UPDATE e SET extra = 'late' WHERE id = 1; "
+        "INSERT INTO p VALUES (3, 'us', 'c'); UPDATE p SET v = 'moved', region = 'us' WHERE id = 1; "
+        "DELETE FROM p WHERE id = 2"
+    )
     streamed = sync_log_based(scratch.config, dest, tables)  # the old catalog: evolution comes from the source
     assert any("extra: added" in c for c in streamed.evolved[tables[0].id])
     same(scratch, dest, "e")
     same(scratch, dest, "p")  # changes of the partitions arrive under the root (publish_via_partition_root)
     with psycopg2.connect(**scratch.server.dsn(scratch.dest_db)) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT id, gone FROM \"{dest.schema}\".e ORDER BY id")
-        assert cur.fetchall() == [(1, "g"), (2, "before"), (3, "added"), (4, "big"), (5, None)]  # kept, NULL in new rows
-        cur.execute(f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{dest.schema}\".e'"
-                    "::regclass AND attname = 'n'")  # fmt: skip
+        cur.execute(f'SELECT id, gone FROM "{dest.schema}".e ORDER BY id')
+        assert cur.fetchall() == [
+            (1, "g"),
+            (2, "before"),
+            (3, "added"),
+            (4, "big"),
+            (5, None),
+        ]  # kept, NULL in new rows
+        cur.execute(
+            f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{dest.schema}\".e'"
+            "::regclass AND attname = 'n'"
+        )
         assert cur.fetchone()[0] == "bigint"
     conn.close()
     dest.close()
@@ -93,9 +107,11 @@ def test_aborted_transactions_and_an_idle_database(logical_servers: list[LocalPo
     # a large transaction that aborts (spilled to disk by the server, past logical_decoding_work_mem), and a
     # rolled-back subtransaction inside a committed one
     scratch.sql("BEGIN; INSERT INTO a SELECT g, 'never' FROM generate_series(1, 50000) g; ROLLBACK")
-    scratch.sql("BEGIN; INSERT INTO a VALUES (1, 'kept'); SAVEPOINT s; INSERT INTO a VALUES (2, 'undone'); "
-                "UPDATE a SET v = 'undone' WHERE id = 1; ROLLBACK TO SAVEPOINT s; INSERT INTO a VALUES (3, 'kept'); "
-                "COMMIT")  # fmt: skip
+    scratch.sql(
+        "BEGIN; INSERT INTO a VALUES (1, 'kept'); SAVEPOINT s; INSERT INTO a VALUES (2, 'undone'); "
+        "UPDATE a SET v = 'undone' WHERE id = 1; ROLLBACK TO SAVEPOINT s; INSERT INTO a VALUES (3, 'kept'); "
+        "COMMIT"
+    )
     result = sync_log_based(scratch.config, dest, [table])
     assert result.changes(table.id) == {"insert": 2}
     same(scratch, dest, "a")

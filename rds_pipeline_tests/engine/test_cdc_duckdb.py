@@ -21,7 +21,9 @@ BIG = "repeat(md5(id::text), 400)"
 @pytest.mark.parametrize("index", [0, 1], ids=["pg18", "pg15"])
 def test_type_zoo_through_the_log_into_duckdb(logical_servers: list[LocalPostgres], tmp_path: Path, index: int) -> None:
     server = logical_servers[index]
-    scratch = make_scratch(server, f"Zoo Duck {index}", destination={"type": "duckdb", "path": str(tmp_path / "log.duckdb")})
+    scratch = make_scratch(
+        server, f"Zoo Duck {index}", destination={"type": "duckdb", "path": str(tmp_path / "log.duckdb")}
+    )
     ddl = ZOO_DDL if index else ZOO_DDL.replace("""'<a x="1">t&amp;</a>'""", "NULL").replace("'<empty/>'", "NULL")
     create, _, inserts = ddl.partition("INSERT INTO zoo (id) VALUES (1);")
     scratch.sql(create)
@@ -35,15 +37,21 @@ def test_type_zoo_through_the_log_into_duckdb(logical_servers: list[LocalPostgre
     through_log = dest.fetch_rows(table)
     dest.close()
     # the same rows through the snapshot path (a full-table copy) into another file: identical values
-    full = make_scratch(server, f"Zoo Full {index}", destination={"type": "duckdb", "path": str(tmp_path / "full.duckdb")})
+    full = make_scratch(
+        server, f"Zoo Full {index}", destination={"type": "duckdb", "path": str(tmp_path / "full.duckdb")}
+    )
     full_config = full.config.__class__(**{**full.config.__dict__, "source": scratch.config.source})
     copied = open_destination(full_config)
     with scratch.session() as session:
         sync_table(session, copied, scratch.one({"name": "public.zoo", "method": "full_table"}))
     snapshot = copied.fetch_rows(table)
     names = table.column_names
-    differ = [(names[i], a[i], b[i]) for a, b in zip(through_log, snapshot, strict=True) for i in range(len(names))
-              if a[i] != b[i] and not (a[i] != a[i] and b[i] != b[i])]  # both NaN counts as equal  # fmt: skip
+    differ = [
+        (names[i], a[i], b[i])
+        for a, b in zip(through_log, snapshot, strict=True)
+        for i in range(len(names))
+        if a[i] != b[i] and not (a[i] != a[i] and b[i] != b[i])
+    ]  # both NaN counts as equal
     assert not differ and len(through_log) == len(snapshot) == 4
     copied.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")
@@ -51,20 +59,32 @@ def test_type_zoo_through_the_log_into_duckdb(logical_servers: list[LocalPostgre
 
 def test_toast_keys_truncate_and_soft_deletes_into_duckdb(logical_servers: list[LocalPostgres], tmp_path: Path) -> None:
     server = logical_servers[0]
-    scratch = make_scratch(server, "Toast Duck", destination={"type": "duckdb", "path": str(tmp_path / "t.duckdb")},
-                           log_based={"deletes": "soft"})  # fmt: skip
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "
-                f"EXTERNAL; INSERT INTO t SELECT id, 'v' || id, {BIG} FROM generate_series(1, 100) id")  # fmt: skip
+    scratch = make_scratch(
+        server,
+        "Toast Duck",
+        destination={"type": "duckdb", "path": str(tmp_path / "t.duckdb")},
+        log_based={"deletes": "soft"},
+    )
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "
+        f"EXTERNAL; INSERT INTO t SELECT id, 'v' || id, {BIG} FROM generate_series(1, 100) id"
+    )
     table = scratch.one({"name": "public.t", "method": "log_based"})
     dest = open_destination(scratch.config)
     sync_log_based(scratch.config, dest, [table])
-    scratch.sql("UPDATE t SET v = 'kept big' WHERE id <= 10; UPDATE t SET id = 1000 WHERE id = 20; "
-                "INSERT INTO t VALUES (500, 'new', 'small'); UPDATE t SET v = 'then partial' WHERE id = 500; "
-                "DELETE FROM t WHERE id = 30")  # fmt: skip
+    scratch.sql(
+        "UPDATE t SET v = 'kept big' WHERE id <= 10; UPDATE t SET id = 1000 WHERE id = 20; "
+        "INSERT INTO t VALUES (500, 'new', 'small'); UPDATE t SET v = 'then partial' WHERE id = 500; "
+        "DELETE FROM t WHERE id = 30"
+    )
     sync_log_based(scratch.config, dest, [table])
     source = {row[0]: row for row in scratch.source_rows(table)}
-    rows = {row[0]: row for row in dest.conn.execute(
-        f'SELECT id::VARCHAR, v, big, _rds_deleted_at IS NOT NULL FROM "{dest.schema}".t').fetchall()}  # fmt: skip
+    rows = {
+        row[0]: row
+        for row in dest.conn.execute(
+            f'SELECT id::VARCHAR, v, big, _rds_deleted_at IS NOT NULL FROM "{dest.schema}".t'
+        ).fetchall()
+    }
     assert rows["30"][3] and not rows["1000"][3]  # soft: the deleted row stays, marked
     assert {k: r[:3] for k, r in rows.items() if not r[3] and k != "20"} == source
     assert rows["20"][3]  # the old key of a key change is a delete too

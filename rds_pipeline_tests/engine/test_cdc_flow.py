@@ -44,9 +44,11 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
     server = logical_servers[index]
     scratch = make_scratch(server, f"Flow {index}")
     for name in ("t", "u"):
-        scratch.sql(f"CREATE TABLE {name} (id int PRIMARY KEY, v text, big text); "
-                    f"ALTER TABLE {name} ALTER COLUMN big SET STORAGE EXTERNAL; "
-                    f"INSERT INTO {name} SELECT id, 'v' || id, {BIG} FROM generate_series(1, 3000) id")  # fmt: skip
+        scratch.sql(
+            f"CREATE TABLE {name} (id int PRIMARY KEY, v text, big text); "
+            f"ALTER TABLE {name} ALTER COLUMN big SET STORAGE EXTERNAL; "
+            f"INSERT INTO {name} SELECT id, 'v' || id, {BIG} FROM generate_series(1, 3000) id"
+        )
     t, u = scratch.select([{"name": "public.t", "method": "log_based"}, {"name": "public.u", "method": "log_based"}])
     dest = scratch.destination()
     slot = scratch.config.slot_name
@@ -82,17 +84,21 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
     # 3. TOAST: partial updates under DEFAULT (t) and FULL (u) identity, an insert then a partial update and a
     #    key change in one batch, a delete and a re-insert of one key, TRUNCATE … RESTART IDENTITY among them
     scratch.sql("ALTER TABLE u REPLICA IDENTITY FULL")
-    scratch.sql(f"UPDATE t SET v = 'toast kept' WHERE id BETWEEN 200 AND 300; UPDATE u SET v = 'full' WHERE id < 50; "
-                f"INSERT INTO t SELECT id, 'fresh', {BIG} FROM generate_series(50001, 50010) id; "
-                "UPDATE t SET v = 'fresh+' WHERE id > 50000; UPDATE t SET id = id + 100000 WHERE id = 250; "
-                "DELETE FROM t WHERE id = 400; INSERT INTO t VALUES (400, 'again', 'short'); "
-                "DELETE FROM u WHERE id = 10")  # fmt: skip
+    scratch.sql(
+        f"UPDATE t SET v = 'toast kept' WHERE id BETWEEN 200 AND 300; UPDATE u SET v = 'full' WHERE id < 50; "
+        f"INSERT INTO t SELECT id, 'fresh', {BIG} FROM generate_series(50001, 50010) id; "
+        "UPDATE t SET v = 'fresh+' WHERE id > 50000; UPDATE t SET id = id + 100000 WHERE id = 250; "
+        "DELETE FROM t WHERE id = 400; INSERT INTO t VALUES (400, 'again', 'short'); "
+        "DELETE FROM u WHERE id = 10"
+    )
     third = sync_log_based(scratch.config, dest, [t, u])
     assert third.changes(u.id).get("delete") == 1 and not third.snapshots
     equal(scratch, dest, t, u)
     assert dest.fetch_rows(t)[0][2] is not None  # no TOASTed value became NULL
-    scratch.sql("INSERT INTO u VALUES (900001, 'gone soon', 'x'); TRUNCATE u RESTART IDENTITY CASCADE; "
-                "INSERT INTO u VALUES (1, 'after truncate', 'y')")  # fmt: skip
+    scratch.sql(
+        "INSERT INTO u VALUES (900001, 'gone soon', 'x'); TRUNCATE u RESTART IDENTITY CASCADE; "
+        "INSERT INTO u VALUES (1, 'after truncate', 'y')"
+    )
     sync_log_based(scratch.config, dest, [t, u])
     equal(scratch, dest, t, u)
 
@@ -129,7 +135,9 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
     equal(scratch, dest, t, u, nokey)
     with psycopg2.connect(**server.dsn(scratch.source_db)) as conn:
         status = slot_status(conn, slot)
-        assert status is not None and not status.active and dest.changes().applied_lsn(slot) == status.confirmed_flush_lsn
+        assert (
+            status is not None and not status.active and dest.changes().applied_lsn(slot) == status.confirmed_flush_lsn
+        )
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")
 
@@ -137,7 +145,9 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
 def test_soft_deletes_keep_the_row_with_its_deletion_time(logical_servers: list[LocalPostgres]) -> None:
     server = logical_servers[0]
     scratch = make_scratch(server, "Soft Deletes", log_based={"deletes": "soft"})
-    scratch.sql("CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' FROM generate_series(1, 10) g")
+    scratch.sql(
+        "CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' FROM generate_series(1, 10) g"
+    )
     table = scratch.one({"name": "public.s", "method": "log_based"})
     dest = scratch.destination()
     sync_log_based(scratch.config, dest, [table])

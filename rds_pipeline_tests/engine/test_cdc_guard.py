@@ -29,8 +29,9 @@ def status_of(server: LocalPostgres, database: str, slot: str):  # noqa: ANN201
 def test_the_lag_guard_from_reserved_to_lost(logical_servers: list[LocalPostgres]) -> None:
     server = logical_servers[0]
     scratch = make_scratch(server, "Guard", log_based={"lag_warn_mb": 8, "lag_fail_mb": 512})
-    scratch.sql("CREATE TABLE g (id int PRIMARY KEY, v text); INSERT INTO g VALUES (1, 'a'); "
-                "CREATE TABLE junk (v text)")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE g (id int PRIMARY KEY, v text); INSERT INTO g VALUES (1, 'a'); CREATE TABLE junk (v text)"
+    )
     table = scratch.one({"name": "public.g", "method": "log_based"})
     dest = scratch.destination()
     slot = scratch.config.slot_name
@@ -38,11 +39,15 @@ def test_the_lag_guard_from_reserved_to_lost(logical_servers: list[LocalPostgres
     server.psql("ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'; SELECT pg_reload_conf()")
     try:
         reserved = status_of(server, scratch.source_db, slot)
-        assert reserved.wal_status == "reserved" and slot_check(LogBasedResult(slot, slot, status=reserved),
-                                                                 scratch.config.log_based).passed  # fmt: skip
+        assert (
+            reserved.wal_status == "reserved"
+            and slot_check(LogBasedResult(slot, slot, status=reserved), scratch.config.log_based).passed
+        )
         for _ in range(3):  # WAL the slot must keep, past max_slot_wal_keep_size
-            scratch.sql("INSERT INTO junk SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g; "
-                        "SELECT pg_switch_wal()")  # fmt: skip
+            scratch.sql(
+                "INSERT INTO junk SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g; "
+                "SELECT pg_switch_wal()"
+            )
         behind = status_of(server, scratch.source_db, slot)
         assert behind.wal_status in ("extended", "unreserved")
         warned = slot_check(LogBasedResult(slot, slot, status=behind), scratch.config.log_based)

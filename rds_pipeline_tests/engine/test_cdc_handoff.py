@@ -39,8 +39,10 @@ def writer(server: LocalPostgres, database: str, stop: threading.Event, seed: in
 def test_snapshot_then_stream_under_a_concurrent_writer(logical_servers: list[LocalPostgres], index: int) -> None:
     server = logical_servers[index]
     scratch = make_scratch(server)
-    scratch.sql("CREATE TABLE h (id int PRIMARY KEY, v text); "
-                "INSERT INTO h SELECT g, 'v' || g FROM generate_series(1, 100000) g")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE h (id int PRIMARY KEY, v text); "
+        "INSERT INTO h SELECT g, 'v' || g FROM generate_series(1, 100000) g"
+    )
     conn = psycopg2.connect(**server.dsn(scratch.source_db))
     create_publication(conn, "handoff_pub", [("public", "h")])
     conn.close()
@@ -52,7 +54,9 @@ def test_snapshot_then_stream_under_a_concurrent_writer(logical_servers: list[Lo
     try:
         slot = f"handoff_{scratch.source_db}"
         snapshot = snapshot_tables(scratch.config.source, dest, [table], slot)
-        assert snapshot.rows[table.id] >= 100_000 - 5_000 and dest.changes().applied_lsn(slot) == snapshot.consistent_point
+        assert (
+            snapshot.rows[table.id] >= 100_000 - 5_000 and dest.changes().applied_lsn(slot) == snapshot.consistent_point
+        )
         first = catch_up(scratch.config.source, dest, {("public", "h"): table}, slot, "handoff_pub")
         assert first.transactions > 0  # the writer's changes during the snapshot came through the slot
     finally:

@@ -67,23 +67,46 @@ CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("moment", ["before", "after"])
 def test_kill_9_around_the_destination_commit(logical_servers: list[LocalPostgres], moment: str) -> None:
     server = logical_servers[0]
-    scratch = make_scratch(server, f"Kill {moment}", log_based={"max_batch_changes": 1000},
-                           tables=[{"name": "public.k", "method": "log_based"}])  # fmt: skip
-    scratch.sql("CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 100) g")
+    scratch = make_scratch(
+        server,
+        f"Kill {moment}",
+        log_based={"max_batch_changes": 1000},
+        tables=[{"name": "public.k", "method": "log_based"}],
+    )
+    scratch.sql(
+        "CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 100) g"
+    )
     table = scratch.one({"name": "public.k", "method": "log_based"})
     dest = scratch.destination()
     sync_log_based(scratch.config, dest, [table])
     for start in range(0, 5000, 1000):  # five transactions of 1000 changes: five batches
-        scratch.sql(f"INSERT INTO k SELECT g, 'new' FROM generate_series({start + 101}, {start + 1100}) g; "
-                    f"UPDATE k SET v = v || '+' WHERE id <= {start + 50}")  # fmt: skip
-    raw = {"integration_name": f"Kill {moment}", "log_based": {"max_batch_changes": 1000},
-           "tables": [{"name": "public.k", "method": "log_based"}],
-           "source": {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password,
-                      "database": scratch.source_db},
-           "destination": {"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                           "password": server.password, "database": scratch.dest_db}}  # fmt: skip
-    child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw), moment], capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+        scratch.sql(
+            f"INSERT INTO k SELECT g, 'new' FROM generate_series({start + 101}, {start + 1100}) g; "
+            f"UPDATE k SET v = v || '+' WHERE id <= {start + 50}"
+        )
+    raw = {
+        "integration_name": f"Kill {moment}",
+        "log_based": {"max_batch_changes": 1000},
+        "tables": [{"name": "public.k", "method": "log_based"}],
+        "source": {
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": scratch.source_db,
+        },
+        "destination": {
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": scratch.dest_db,
+        },
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(raw), moment], capture_output=True, text=True, timeout=120
+    )
     assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
     held = dest.changes().applied_lsn(scratch.config.slot_name)
     with psycopg2.connect(**server.dsn(scratch.source_db)) as conn:

@@ -45,18 +45,33 @@ def test_a_huge_transaction_stays_within_the_memory_bound(logical_servers: list[
     dest = scratch.destination()
     sync_log_based(scratch.config, dest, [scratch.one(tables[0])])
     scratch.sql(f"INSERT INTO huge SELECT g, 'row ' || g || repeat('x', 40) FROM generate_series(1, {ROWS}) g")
-    raw = {"integration_name": "Huge Txn", "tables": tables,
-           "source": {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password,
-                      "database": scratch.source_db},
-           "destination": {"type": "postgres", "host": server.host, "port": server.port, "user": server.superuser,
-                           "password": server.password, "database": scratch.dest_db}}  # fmt: skip
+    raw = {
+        "integration_name": "Huge Txn",
+        "tables": tables,
+        "source": {
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": scratch.source_db,
+        },
+        "destination": {
+            "type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.password,
+            "database": scratch.dest_db,
+        },
+    }
     child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw)], capture_output=True, text=True, timeout=900)
     assert child.returncode == 0, child.stderr[-2000:]
     report = json.loads(child.stdout.strip().splitlines()[-1])
     assert report["changes"] == {"insert": ROWS} and report["partial"] >= ROWS // 50_000 - 1
     assert report["rss_mb"] < MEMORY_BOUND_MB, report  # flat: the default batch is 50,000 changes, whatever the size
-    assert scratch.sql(FINGERPRINT.format("huge")) == scratch.sql(FINGERPRINT.format(f'"{dest.schema}".huge'),
-                                                                  scratch.dest_db)  # fmt: skip
+    assert scratch.sql(FINGERPRINT.format("huge")) == scratch.sql(
+        FINGERPRINT.format(f'"{dest.schema}".huge'), scratch.dest_db
+    )
     print(f"{ROWS:,} rows in one transaction: peak RSS {report['rss_mb']:.0f} MB")
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")

@@ -28,25 +28,36 @@ def test_snapshot_plus_changes_hold_every_row_once(logical_servers: list[LocalPo
     server = logical_servers[index]
     database = "cdc_slot"
     server.psql(f"CREATE DATABASE {database}")
-    server.psql(f"CREATE TABLE {QUOTED} (id int PRIMARY KEY, v text);"
-                f"INSERT INTO {QUOTED} SELECT g, 'v' || g FROM generate_series(1, 100) g;"
-                "CREATE TABLE plain (id int PRIMARY KEY);", database)  # fmt: skip
+    server.psql(
+        f"CREATE TABLE {QUOTED} (id int PRIMARY KEY, v text);"
+        f"INSERT INTO {QUOTED} SELECT g, 'v' || g FROM generate_series(1, 100) g;"
+        "CREATE TABLE plain (id int PRIMARY KEY);",
+        database,
+    )
     config = make_config(server, database=database)
     conn = psycopg2.connect(**server.dsn(database))
     try:
         text = create_publication(conn, "rds_pipeline_pub", [("public", ODD), ("public", "plain")])
-        assert text == (f'CREATE PUBLICATION "rds_pipeline_pub" FOR TABLE "public".{QUOTED}, "public"."plain" '
-                        "WITH (publish_via_partition_root = true)")  # fmt: skip
-        published = server.psql("SELECT string_agg(tablename, ',' ORDER BY tablename), bool_and(p.pubviaroot) "
-                                "FROM pg_publication_tables t JOIN pg_publication p USING (pubname)", database)  # fmt: skip
+        assert text == (
+            f'CREATE PUBLICATION "rds_pipeline_pub" FOR TABLE "public".{QUOTED}, "public"."plain" '
+            "WITH (publish_via_partition_root = true)"
+        )
+        published = server.psql(
+            "SELECT string_agg(tablename, ',' ORDER BY tablename), bool_and(p.pubviaroot) "
+            "FROM pg_publication_tables t JOIN pg_publication p USING (pubname)",
+            database,
+        )
         assert published.strip() == f"{ODD},plain|t"
 
         replication = replication_connection(config.source)
         snapshot, statement = create_slot(replication, "rds_pipeline_slot")
         assert statement == 'CREATE_REPLICATION_SLOT "rds_pipeline_slot" LOGICAL "pgoutput" EXPORT_SNAPSHOT'
         # writes after the slot's consistent point: the snapshot must not see them, the slot must carry them
-        server.psql(f"INSERT INTO {QUOTED} SELECT g, 'late' FROM generate_series(101, 150) g;"
-                    f"DELETE FROM {QUOTED} WHERE id <= 10;", database)  # fmt: skip
+        server.psql(
+            f"INSERT INTO {QUOTED} SELECT g, 'late' FROM generate_series(101, 150) g;"
+            f"DELETE FROM {QUOTED} WHERE id <= 10;",
+            database,
+        )
         reader = psycopg2.connect(**server.dsn(database))
         use_snapshot(reader, snapshot)
         with reader.cursor() as cur:
@@ -57,8 +68,10 @@ def test_snapshot_plus_changes_hold_every_row_once(logical_servers: list[LocalPo
         assert copied == set(range(1, 101))
 
         with conn.cursor() as cur:
-            cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes('rds_pipeline_slot', NULL, NULL, "
-                        "'proto_version', '1', 'publication_names', 'rds_pipeline_pub')")  # fmt: skip
+            cur.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes('rds_pipeline_slot', NULL, NULL, "
+                "'proto_version', '1', 'publication_names', 'rds_pipeline_pub')"
+            )
             decoder = PgOutputDecoder(1)
             changes = [decoder.decode(bytes(row[0])) for row in cur.fetchall()]
         conn.rollback()

@@ -35,8 +35,10 @@ def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], mo
     tables = {("public", "t"): table}
     dest = scratch.destination()
 
-    scratch.sql("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g; UPDATE t SET v = 'u' WHERE id <= 10;"
-                "DELETE FROM t WHERE id > 490; INSERT INTO other VALUES (1)")  # fmt: skip
+    scratch.sql(
+        "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g; UPDATE t SET v = 'u' WHERE id <= 10;"
+        "DELETE FROM t WHERE id > 490; INSERT INTO other VALUES (1)"
+    )
     first = catch_up(scratch.config.source, dest, tables, slot, "stream_pub")
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     # three transactions: the one on the unpublished table sends nothing
@@ -52,6 +54,7 @@ def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], mo
     # the destination committed a batch, then the client stopped before confirming it to the server: the next
     # run gets that transaction again from the slot, and skips it (no double apply)
     scratch.sql("UPDATE t SET v = 'second' WHERE id = 1")
+
     class Crash(Exception):
         pass
 
@@ -64,7 +67,9 @@ def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], mo
         catch_up(scratch.config.source, dest, tables, slot, "stream_pub")
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     unconfirmed = slot_status(psycopg2.connect(**server.dsn(scratch.source_db)), slot)
-    crashed = dest.changes().applied_lsn(slot)  # the batch's LSN: committed in the destination, never told to the server
+    crashed = dest.changes().applied_lsn(
+        slot
+    )  # the batch's LSN: committed in the destination, never told to the server
     assert unconfirmed is not None and lsn_int(unconfirmed.confirmed_flush_lsn) < lsn_int(crashed)  # type: ignore[arg-type]
     again = catch_up(scratch.config.source, dest, tables, slot, "stream_pub")
     # resumed from the destination's LSN: the transaction is not applied twice (the server does not resend what

@@ -158,19 +158,33 @@ def test_a_non_string_password_is_rejected_without_echoing_it() -> None:
 def test_parallel_chunks_and_copy_format_are_checked(config_dir: Path) -> None:
     """`parallel_chunks` never exceeds the source's connection cap; `copy_format` is one of three; each problem
     names its field and the fix."""
-    config = load_config(write(config_dir, VALID.replace("  database: app\n", "  database: app\n  max_connections: 4\n"
-                                                         "  parallel_chunks: 4\n  copy_format: text\n")))  # fmt: skip
+    config = load_config(
+        write(
+            config_dir,
+            VALID.replace(
+                "  database: app\n",
+                "  database: app\n  max_connections: 4\n  parallel_chunks: 4\n  copy_format: text\n",
+            ),
+        )
+    )
     assert (config.source.parallel_chunks, config.source.copy_format) == (4, "text")
     default = load_config(write(config_dir, VALID)).source
     assert (default.parallel_chunks, default.copy_format) == (1, "auto")
-    found = "\n".join(problems(VALID.replace("  database: app\n", "  database: app\n  parallel_chunks: 3\n"
-                                                                  "  copy_format: csv\n"), config_dir))  # fmt: skip
+    found = "\n".join(
+        problems(
+            VALID.replace("  database: app\n", "  database: app\n  parallel_chunks: 3\n  copy_format: csv\n"),
+            config_dir,
+        )
+    )
     assert "source.parallel_chunks: 3 is out of range. Fix: use a value from 1 to 2" in found
     assert "source.copy_format: 'csv' is not one of auto, text, binary" in found
 
 
 def test_owners_and_tags_are_checked_before_dagster_sees_them(config_dir: Path) -> None:
-    text = VALID + 'owners: [data@example.com, "team:analytics", nobody]\ntags: {domain: sales, "dagster/kind": x, tier: "a b"}\n'
+    text = (
+        VALID
+        + 'owners: [data@example.com, "team:analytics", nobody]\ntags: {domain: sales, "dagster/kind": x, tier: "a b"}\n'
+    )
     found = "\n".join(problems(text, config_dir))
     assert "owners: 'nobody' is not an owner. Fix: use an email or team:<name>" in found
     assert "tags.dagster/kind: the prefixes dagster/ and rds_pipeline/ are reserved" in found

@@ -77,8 +77,11 @@ def deleted_marks(dest: Destination, scratch: Scratch, table: SelectedTable) -> 
     if isinstance(dest, DuckDBDestination):
         found = dest.conn.execute(f'SELECT id FROM {dest.target(table)} WHERE "{DELETED_AT}" IS NOT NULL ORDER BY id')
         return [str(r[0]) for r in found.fetchall()]
-    text = scratch.sql(f"SELECT string_agg(id::text, ',' ORDER BY id) FROM test_replica.{table.destination_table} "
-                       f"WHERE {DELETED_AT} IS NOT NULL", scratch.dest_db)  # fmt: skip
+    text = scratch.sql(
+        f"SELECT string_agg(id::text, ',' ORDER BY id) FROM test_replica.{table.destination_table} "
+        f"WHERE {DELETED_AT} IS NOT NULL",
+        scratch.dest_db,
+    )
     return text.strip().split(",") if text.strip() else []
 
 
@@ -99,7 +102,9 @@ def test_the_bookmark_rule(setup: tuple[Scratch, Destination]) -> None:
     """Windows in order move it; a window past a gap does not; an older window never moves it back; a window
     claims completeness only up to what the source held, so a later window cannot skip rows that arrive after."""
     scratch, dest = setup
-    scratch.sql("CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 15) g")
+    scratch.sql(
+        "CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 15) g"
+    )
     table = scratch.one({"name": "public.k", "method": "key_based", "replication_key": "id"})
     first, second, last = KeyRange("id", upper=10, include_nulls=True), KeyRange("id", 10, 100), KeyRange("id", 100)
     with scratch.session() as session:
@@ -128,8 +133,10 @@ def test_the_bookmark_rule(setup: tuple[Scratch, Destination]) -> None:
 
 def test_every_change_apply_case(setup: tuple[Scratch, Destination]) -> None:
     scratch, dest = setup
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "
-                "EXTERNAL; CREATE PUBLICATION apply_pub FOR TABLE t")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "
+        "EXTERNAL; CREATE PUBLICATION apply_pub FOR TABLE t"
+    )
     slot = f"contract_{scratch.source_db}"
     scratch.sql(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     try:
@@ -142,9 +149,11 @@ def test_every_change_apply_case(setup: tuple[Scratch, Destination]) -> None:
 
         # inserts of TOASTed values, an update leaving them (sent UNCHANGED), a key change leaving them, a delete
         # and a re-insert of one key
-        scratch.sql(f"INSERT INTO t SELECT id, 'v' || id, {BIG} FROM generate_series(1, 5) id;"
-                    "UPDATE t SET v = 'changed' WHERE id = 2; UPDATE t SET id = 30 WHERE id = 3;"
-                    "DELETE FROM t WHERE id = 4; INSERT INTO t VALUES (4, 'again', 'small')")  # fmt: skip
+        scratch.sql(
+            f"INSERT INTO t SELECT id, 'v' || id, {BIG} FROM generate_series(1, 5) id;"
+            "UPDATE t SET v = 'changed' WHERE id = 2; UPDATE t SET id = 30 WHERE id = 3;"
+            "DELETE FROM t WHERE id = 4; INSERT INTO t VALUES (4, 'again', 'small')"
+        )
         report = apply()
         assert replica_rows(dest, table) == source_rows(scratch, table)
         assert applier.applied_lsn(slot) == report.lsn and report.lsn is not None
@@ -156,8 +165,10 @@ def test_every_change_apply_case(setup: tuple[Scratch, Destination]) -> None:
         assert replica_rows(dest, table) == source_rows(scratch, table)
 
         # a TRUNCATE between other changes, in its place; the same batch twice converges
-        scratch.sql(f"INSERT INTO t VALUES (9, 'gone', 'x'); TRUNCATE t; INSERT INTO t SELECT id, 'new', {BIG} "
-                    "FROM generate_series(7, 8) id; UPDATE t SET v = 'newer' WHERE id = 8")  # fmt: skip
+        scratch.sql(
+            f"INSERT INTO t VALUES (9, 'gone', 'x'); TRUNCATE t; INSERT INTO t SELECT id, 'new', {BIG} "
+            "FROM generate_series(7, 8) id; UPDATE t SET v = 'newer' WHERE id = 8"
+        )
         batch = changes(scratch.server, scratch.source_db, slot)
         truncated = applier.apply_batch(tables, batch, slot)
         assert truncated.truncated == [table.id]
@@ -195,8 +206,10 @@ def test_every_change_apply_case(setup: tuple[Scratch, Destination]) -> None:
 
 def test_state_recorded_read_and_forgotten(setup: tuple[Scratch, Destination]) -> None:
     scratch, dest = setup
-    scratch.sql("CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' FROM generate_series(1, 20) g;"
-                "CREATE TABLE other (id int PRIMARY KEY)")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' FROM generate_series(1, 20) g;"
+        "CREATE TABLE other (id int PRIMARY KEY)"
+    )
     table = scratch.one({"name": "public.s", "method": "log_based"})
     other = scratch.one({"name": "public.other", "method": "log_based"})
     applier = dest.changes()

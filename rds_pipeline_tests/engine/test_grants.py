@@ -60,9 +60,10 @@ def test_rds_variant_and_specific_tables(pg18: LocalPostgres, quirky_db: str) ->
     assert 'ALTER DEFAULT PRIVILEGES FOR ROLE "postgres" IN SCHEMA "Sales Ops"' in sql
     assert sql.rstrip().endswith('GRANT rds_replication TO "stitch_rds";')
     pg18.psql(sql, quirky_db)
-    catalog = discover(make_config(pg18, database=quirky_db, source={"user": "stitch_rds",
-                                                                     "password": "pw-Rds-1"}).source,
-                       databases=[quirky_db])  # fmt: skip
+    catalog = discover(
+        make_config(pg18, database=quirky_db, source={"user": "stitch_rds", "password": "pw-Rds-1"}).source,
+        databases=[quirky_db],
+    )
     assert {r.name for r in catalog.relations if r.can_select} == {UNICODE_TABLE}
     assert pg18.psql("SELECT pg_has_role('stitch_rds', 'rds_replication', 'MEMBER')").strip() == "t"
 

@@ -77,8 +77,22 @@ def test_every_message_type_decodes_exactly(name: str) -> None:
     pairs = decoded(fixture)
     messages = [m for _, m in pairs]
     kinds = {type(m) for m in messages}
-    expected = {Begin, Commit, Origin, Relation, TypeInfo, Insert, Update, Delete, Truncate, LogicalMessage,
-                BeginPrepare, Prepare, CommitPrepared, RollbackPrepared}  # fmt: skip
+    expected = {
+        Begin,
+        Commit,
+        Origin,
+        Relation,
+        TypeInfo,
+        Insert,
+        Update,
+        Delete,
+        Truncate,
+        LogicalMessage,
+        BeginPrepare,
+        Prepare,
+        CommitPrepared,
+        RollbackPrepared,
+    }
     if fixture["streaming"] != "off":
         expected |= {StreamStart, StreamStop, StreamCommit, StreamAbort}
     assert kinds == expected
@@ -104,7 +118,7 @@ def test_every_message_type_decodes_exactly(name: str) -> None:
     inserted = next(m for m in txns[0] if isinstance(m, Insert))
     if binary:  # binary values: int4 and numeric NaN in their send format
         assert inserted.new[0] == struct.pack("!i", 1) and inserted.new[3] == b"x" * BIG
-        assert inserted.new[4] == bytes.fromhex("0000" "0000" "c000" "0000")  # numeric NaN: sign 0xC000
+        assert inserted.new[4] == bytes.fromhex("00000000c0000000")  # numeric NaN: sign 0xC000
     else:
         assert inserted.new == TEXT_ROW
     # an update that leaves the TOASTed column: 'u', never NULL, and no old tuple
@@ -138,8 +152,14 @@ def test_every_message_type_decodes_exactly(name: str) -> None:
     assert timestamp(txns[9][0].commit_time) == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
     # two-phase: prepared then committed, prepared then rolled back
     gids = [(type(m).__name__, m.gid) for m in messages if hasattr(m, "gid")]
-    assert gids == [("BeginPrepare", "g1"), ("Prepare", "g1"), ("CommitPrepared", "g1"),
-                    ("BeginPrepare", "g2"), ("Prepare", "g2"), ("RollbackPrepared", "g2")]  # fmt: skip
+    assert gids == [
+        ("BeginPrepare", "g1"),
+        ("Prepare", "g1"),
+        ("CommitPrepared", "g1"),
+        ("BeginPrepare", "g2"),
+        ("Prepare", "g2"),
+        ("RollbackPrepared", "g2"),
+    ]
 
 
 @pytest.mark.parametrize("name", [n for n in GOLDEN if "_off" not in n])
@@ -194,6 +214,8 @@ def test_a_live_capture_has_the_golden_shape(logical_servers: list[LocalPostgres
         server.psql("CREATE DATABASE live_capture")
         live = capture(server, "live_capture", protocol, streaming)
         golden = load(f"pg{version}_v{protocol}_{streaming}.json.gz")
-        shapes = [[kind for kind, _ in itertools.groupby(type(m).__name__ for _, m in decoded(f))]
-                  for f in (golden, {**golden, "messages": live})]  # fmt: skip
+        shapes = [
+            [kind for kind, _ in itertools.groupby(type(m).__name__ for _, m in decoded(f))]
+            for f in (golden, {**golden, "messages": live})
+        ]
         assert shapes[0] == shapes[1], f"PostgreSQL {version}"

@@ -22,8 +22,11 @@ ID = Column("id", "integer", False, category="N")
 RELATION = Relation("db", "public", "events", "table", (ID, TS), primary_key=("id",))
 KEY_BASED = SelectedTable(RELATION, "key_based", "ts", (ID, TS), ("id",), "events", lookback="10 minutes")
 FULL = SelectedTable(RELATION, "full_table", None, (ID, TS), ("id",), "events")
-DAYS = [KeyRange("ts", upper="2026-11-02", include_nulls=True), KeyRange("ts", "2026-11-02", "2026-11-03"),
-        KeyRange("ts", lower="2026-11-03")]  # fmt: skip
+DAYS = [
+    KeyRange("ts", upper="2026-11-02", include_nulls=True),
+    KeyRange("ts", "2026-11-02", "2026-11-03"),
+    KeyRange("ts", lower="2026-11-03"),
+]
 SYNCED = TableState(True, "2026-11-02 10:00:00+00")
 
 
@@ -86,14 +89,17 @@ def test_full_table_copies_every_chunk_or_the_one_asked() -> None:
 
 def test_a_long_history_is_at_most_max_chunks_on_partition_edges() -> None:
     edges = [str(1000 + i) for i in range(200)]
-    ranges = [KeyRange("id", lower=None if i == 0 else edges[i], upper=None if i == 199 else edges[i + 1])
-              for i in range(200)]  # fmt: skip
+    ranges = [
+        KeyRange("id", lower=None if i == 0 else edges[i], upper=None if i == 199 else edges[i + 1]) for i in range(200)
+    ]
     merged = coalesce_chunks(ranges)
     assert MAX_HISTORY_CHUNKS == 64 and len(merged) == 50  # 4 partitions per chunk: ceil(200 / 64)
     # exactly: every 4th partition edge, the first open below (with NULLs as the first partition was), the last
     # open above, no gap and no overlap
-    expected = [KeyRange("id", lower=None if k == 0 else edges[4 * k], upper=None if k == 49 else edges[4 * k + 4])
-                for k in range(50)]  # fmt: skip
+    expected = [
+        KeyRange("id", lower=None if k == 0 else edges[4 * k], upper=None if k == 49 else edges[4 * k + 4])
+        for k in range(50)
+    ]
     assert merged == expected
     assert coalesce_chunks(ranges[:64]) == ranges[:64]  # at the limit: untouched
     assert coalesced_spans(5, 2) == [(0, 2), (3, 4)] and coalesced_spans(0) == []

@@ -121,9 +121,13 @@ def test_quoted_names_resolve_as_written(pg18, quirky_db: str) -> None:  # noqa:
 
     catalog = discover(make_config(pg18).source, databases=["pagila", quirky_db])
     [items, cafe] = resolve_selection(
-        [{"name": 'Second DB.Sales Ops.Order "Items"', "method": "key_based", "replication_key": "Updated At"},
-         {"database": "Second DB", "schema": "Sales Ops", "table": "Café Ünïcode"}],
-        catalog, "pagila")  # fmt: skip
+        [
+            {"name": 'Second DB.Sales Ops.Order "Items"', "method": "key_based", "replication_key": "Updated At"},
+            {"database": "Second DB", "schema": "Sales Ops", "table": "Café Ünïcode"},
+        ],
+        catalog,
+        "pagila",
+    )
     assert items.destination_table == 'Second DB__Sales Ops__Order "Items"'
     assert items.primary_key == ("Item ID",)
     assert cafe.relation.name == "Café Ünïcode"
@@ -192,27 +196,39 @@ def test_catalog_entries_are_plain_frozen_data(pagila_catalog: Catalog) -> None:
 
 
 def test_log_based_needs_a_table_with_a_key_in_the_configured_database(pagila_catalog: Catalog) -> None:
-    found = problems([{"name": "public.actor_info", "method": "log_based"},
-                      {"name": "public.film", "method": "log_based", "replication_key": "last_update"}],
-                     pagila_catalog)  # fmt: skip
-    assert found[0].startswith("tables[0] (public.actor_info).method: log_based reads the write-ahead log, which "
-                               "holds no changes for a view. Fix: use full_table")  # fmt: skip
+    found = problems(
+        [
+            {"name": "public.actor_info", "method": "log_based"},
+            {"name": "public.film", "method": "log_based", "replication_key": "last_update"},
+        ],
+        pagila_catalog,
+    )
+    assert found[0].startswith(
+        "tables[0] (public.actor_info).method: log_based reads the write-ahead log, which "
+        "holds no changes for a view. Fix: use full_table"
+    )
     assert found[1].startswith("tables[1] (public.film).replication_key: applies only to method key_based")
-    keyless = Catalog([dataclasses.replace(r, primary_key=()) if r.name == "film" else r
-                       for r in pagila_catalog.relations], pagila_catalog.databases)  # fmt: skip
+    keyless = Catalog(
+        [dataclasses.replace(r, primary_key=()) if r.name == "film" else r for r in pagila_catalog.relations],
+        pagila_catalog.databases,
+    )
     [message] = problems([{"name": "public.film", "method": "log_based"}], keyless)
     assert 'ALTER TABLE "public"."film" REPLICA IDENTITY FULL;` and `primary_key:' in message
-    [table] = resolve_selection([{"name": "public.film", "method": "log_based", "primary_key": ["film_id"]}],
-                                keyless, "pagila")  # fmt: skip
+    [table] = resolve_selection(
+        [{"name": "public.film", "method": "log_based", "primary_key": ["film_id"]}], keyless, "pagila"
+    )
     assert table.method == "log_based" and table.primary_key == ("film_id",)
 
 
 def test_a_tables_owners_and_tags_are_checked(pagila_catalog: Catalog) -> None:
     found = problems([{"name": "public.film", "owners": ["someone"], "tags": {"tier": "gold"}}], pagila_catalog)
-    assert found == ["tables[0] (public.film).owners: 'someone' is not an owner. Fix: use an email or "
-                     "team:<name> (letters, digits, _ and -)"]
-    [film] = resolve_selection([{"name": "public.film", "owners": "team:catalog", "tags": {"tier": "gold"}}],
-                               pagila_catalog, "pagila")  # fmt: skip
+    assert found == [
+        "tables[0] (public.film).owners: 'someone' is not an owner. Fix: use an email or "
+        "team:<name> (letters, digits, _ and -)"
+    ]
+    [film] = resolve_selection(
+        [{"name": "public.film", "owners": "team:catalog", "tags": {"tier": "gold"}}], pagila_catalog, "pagila"
+    )
     assert film.owners == ("team:catalog",) and film.tags == {"tier": "gold"}
     [actor] = resolve_selection(["public.actor"], pagila_catalog, "pagila")
     assert actor.owners is None and actor.tags == {}  # the integration's apply

@@ -96,26 +96,38 @@ def assert_equal(server: LocalPostgres, database: str, dest: DuckDBDestination, 
 
 
 def duck_config(server: LocalPostgres, database: str, path: Path):  # noqa: ANN201
-    return parse_config({
-        "integration_name": "Duck Replica",
-        "source": {"host": server.host, "port": server.port, "user": server.superuser, "password": server.password,
-                   "database": database},
-        "destination": {"type": "duckdb", "path": str(path)},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "integration_name": "Duck Replica",
+            "source": {
+                "host": server.host,
+                "port": server.port,
+                "user": server.superuser,
+                "password": server.password,
+                "database": database,
+            },
+            "destination": {"type": "duckdb", "path": str(path)},
+        }
+    )
 
 
 def test_pagila_every_table_and_view_into_duckdb(pg18: LocalPostgres, pagila_catalog: Catalog, tmp_path: Path) -> None:
     config = duck_config(pg18, "pagila", tmp_path / "pagila.duckdb")
-    selection = resolve_selection([{"name": r.qualified_name} for r in pagila_catalog.relations], pagila_catalog,
-                                  "pagila")  # fmt: skip
+    selection = resolve_selection(
+        [{"name": r.qualified_name} for r in pagila_catalog.relations], pagila_catalog, "pagila"
+    )
     dest = open_destination(config)
     with SourceSession(config.source) as session:
         for table in selection:
             result = sync_table(session, dest, table)
             assert result.report.rows_inserted == result.extraction.rows
             assert_equal(pg18, "pagila", dest, table)
-    types = dict(dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'film' "
-                                   "AND schema_name = 'duck_replica'").fetchall())  # fmt: skip
+    types = dict(
+        dest.conn.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'film' "
+            "AND schema_name = 'duck_replica'"
+        ).fetchall()
+    )
     assert types["rental_rate"] == "DECIMAL(4,2)" and types["special_features"] == "JSON"
     assert types["last_update"] == "TIMESTAMP" and types["rating"] == "VARCHAR" and types["release_year"] == "INTEGER"
     dest.close()
@@ -161,8 +173,9 @@ def test_incremental_and_reset_in_duckdb(pg18: LocalPostgres, tmp_path: Path) ->
         assert (second.report.rows_inserted, second.report.rows_updated) == (2, 3)
         assert second.bookmark == "2024-01-01 12:00:00+00"
         assert_equal(pg18, scratch.source_db, dest, table)
-        window = sync_table(session, dest, table, KeyRange("updated_at", lower="2024-01-01 11:00+00",
-                                                           upper="2024-01-01 12:00+00"))  # fmt: skip
+        window = sync_table(
+            session, dest, table, KeyRange("updated_at", lower="2024-01-01 11:00+00", upper="2024-01-01 12:00+00")
+        )
         assert window.extraction.rows == 2 and dest.read_bookmark(table) == "2024-01-01 12:00:00+00"
         dest.reset(table)
         assert dest.read_bookmark(table) is None
@@ -205,14 +218,16 @@ def test_bc_timestamptz_and_nan_in_numeric_land_in_duckdb(pg18: LocalPostgres, t
     dest = open_destination(config)
     with SourceSession(config.source) as session:
         sync_table(session, dest, table)
-        types = dict(dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'odd'"
-                                       ).fetchall())  # fmt: skip
+        types = dict(
+            dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'odd'").fetchall()
+        )
         assert types["amount"] == "DECIMAL(10,2)" and types["at"] == "TIMESTAMP WITH TIME ZONE"
         scratch.sql("INSERT INTO odd VALUES (4, NULL, 'NaN', 4)")
         result = sync_table(session, dest, table)
     assert any("holds NaN" in w for w in result.report.warnings)
-    types = dict(dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'odd'"
-                                   ).fetchall())  # fmt: skip
+    types = dict(
+        dest.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'odd'").fetchall()
+    )
     assert types["amount"] == "VARCHAR" and types["ok"] == "DECIMAL(6,1)"  # only the column that needs it
     amounts = dict(dest.conn.execute("SELECT id, amount FROM duck_replica.odd").fetchall())
     assert amounts == {1: "12.50", 2: "-3.25", 3: "0.00", 4: "NaN"}  # PostgreSQL's text, exact
@@ -222,7 +237,9 @@ def test_bc_timestamptz_and_nan_in_numeric_land_in_duckdb(pg18: LocalPostgres, t
         cur.execute("SELECT id, (extract(epoch FROM at) * 1000000)::bigint FROM odd WHERE at IS NOT NULL ORDER BY id")
         expected = cur.fetchall()
     conn.close()
-    got = dest.conn.execute('SELECT id, epoch_us("at") FROM duck_replica.odd WHERE "at" IS NOT NULL ORDER BY id').fetchall()
+    got = dest.conn.execute(
+        'SELECT id, epoch_us("at") FROM duck_replica.odd WHERE "at" IS NOT NULL ORDER BY id'
+    ).fetchall()
     assert got == expected  # ICU's year() says 3004 (with era BC); the instant is what must match
     dest.close()
     # a table whose first load already holds NaN is created with VARCHAR
@@ -230,7 +247,9 @@ def test_bc_timestamptz_and_nan_in_numeric_land_in_duckdb(pg18: LocalPostgres, t
     fresh.prepare(config)
     with SourceSession(config.source) as session:
         sync_table(session, fresh, table)
-    assert fresh.conn.execute("SELECT count(*) FROM fresh.fresh.odd WHERE amount = 'NaN'").fetchone()[0] == 1  # schema named like the file
+    assert (
+        fresh.conn.execute("SELECT count(*) FROM fresh.fresh.odd WHERE amount = 'NaN'").fetchone()[0] == 1
+    )  # schema named like the file
     fresh.close()
 
 
@@ -241,9 +260,11 @@ def test_a_duckdb_replica_has_no_key_index_and_a_duplicate_is_still_caught(pg18:
     from rds_pipeline.engine.replication.verify import primary_key_check
 
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE k (id int PRIMARY KEY, v text, at timestamptz);"
-                "INSERT INTO k SELECT g, 'v' || g, '2020-01-01'::timestamptz + g * interval '1 second' "
-                "FROM generate_series(1, 500) g")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE k (id int PRIMARY KEY, v text, at timestamptz);"
+        "INSERT INTO k SELECT g, 'v' || g, '2020-01-01'::timestamptz + g * interval '1 second' "
+        "FROM generate_series(1, 500) g"
+    )
     config = duck_config(pg18, scratch.source_db, tmp_path / "keys.duckdb")
     table = scratch.one({"name": "public.k", "method": "key_based", "replication_key": "at"})
     dest = open_destination(config)
@@ -271,9 +292,16 @@ def test_a_duckdb_file_held_by_another_process_waits_then_names_the_fix(tmp_path
     from rds_pipeline.engine.errors import DestinationBusy
 
     path = tmp_path / "busy.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('held', flush=True); time.sleep(120)", str(path)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         started = time.monotonic()

@@ -100,18 +100,25 @@ def test_type_zoo_round_trips_exactly(server_name: str, request: pytest.FixtureR
 def test_pagila_every_table_and_view_round_trips(pg18: LocalPostgres, pagila_catalog: Catalog) -> None:
     scratch = make_scratch(pg18, integration="Pagila Copy")
     dest = scratch.destination()
-    selection = resolve_selection([{"name": r.qualified_name} for r in pagila_catalog.relations], pagila_catalog,
-                                  "pagila")  # fmt: skip
+    selection = resolve_selection(
+        [{"name": r.qualified_name} for r in pagila_catalog.relations], pagila_catalog, "pagila"
+    )
     from rds_pipeline.engine.source.session import SourceSession
 
     source = scratch.config.source.__class__(**{**scratch.config.source.__dict__, "database": "pagila"})
     with SourceSession(source) as session:
         for table in selection:
             result = sync_table(session, dest, table)
-            src = rows_as_text(pg18, "pagila", __import__("psycopg2").sql.Identifier(table.relation.schema,
-                               table.relation.name), table.column_names, table.primary_key or table.column_names)  # fmt: skip
-            got = rows_as_text(pg18, scratch.dest_db, dest.target(table), table.column_names,
-                               table.primary_key or table.column_names)  # fmt: skip
+            src = rows_as_text(
+                pg18,
+                "pagila",
+                __import__("psycopg2").sql.Identifier(table.relation.schema, table.relation.name),
+                table.column_names,
+                table.primary_key or table.column_names,
+            )
+            got = rows_as_text(
+                pg18, scratch.dest_db, dest.target(table), table.column_names, table.primary_key or table.column_names
+            )
             assert got == src, table.id
             assert result.report.rows_inserted == len(src)
     assert dest.row_count(next(t for t in selection if t.relation.name == "payment")) == 16044
@@ -248,9 +255,13 @@ def test_permanent_error_names_the_table_and_fails_at_once(pg18: LocalPostgres) 
         "GRANT USAGE ON SCHEMA public TO no_select_user"
     )
     table = scratch.one({"name": "public.locked"})
-    limited = scratch.config.source.__class__(**{**scratch.config.source.__dict__, "user": "no_select_user",
-                                                 "password": __import__("rds_pipeline.engine.secrets",
-                                                 fromlist=["Secret"]).Secret("nsu-pw-1")})  # fmt: skip
+    limited = scratch.config.source.__class__(
+        **{
+            **scratch.config.source.__dict__,
+            "user": "no_select_user",
+            "password": __import__("rds_pipeline.engine.secrets", fromlist=["Secret"]).Secret("nsu-pw-1"),
+        }
+    )
     from rds_pipeline.engine.source.session import SourceSession
 
     dest = scratch.destination()
@@ -276,8 +287,11 @@ def test_dropped_connection_mid_copy_is_retried(pg18: LocalPostgres) -> None:
     def kill_source_copy() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not killed:
-            out = scratch.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                              "AND query LIKE 'COPY (SELECT%' AND state = 'active'", "postgres").split()  # fmt: skip
+            out = scratch.sql(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                "AND query LIKE 'COPY (SELECT%' AND state = 'active'",
+                "postgres",
+            ).split()
             if out:
                 scratch.sql(f"SELECT pg_terminate_backend({int(out[0])})", "postgres")
                 killed.append(int(out[0]))
@@ -308,11 +322,17 @@ def _child_sync(port: str, password: str, source_db: str, dest_db: str) -> None:
     from rds_pipeline.engine.source.session import SourceSession
 
     creds = {"host": "127.0.0.1", "port": int(port), "user": "postgres", "password": password}
-    config = parse_config({"integration_name": "Test Replica", "source": {**creds, "database": source_db},
-                           "destination": {"type": "postgres", **creds, "database": dest_db}})  # fmt: skip
+    config = parse_config(
+        {
+            "integration_name": "Test Replica",
+            "source": {**creds, "database": source_db},
+            "destination": {"type": "postgres", **creds, "database": dest_db},
+        }
+    )
     catalog = discover(config.source, databases=[source_db])
-    [table] = resolve_selection([{"name": "public.big", "method": "key_based", "replication_key": "id"}], catalog,
-                                source_db)  # fmt: skip
+    [table] = resolve_selection(
+        [{"name": "public.big", "method": "key_based", "replication_key": "id"}], catalog, source_db
+    )
     dest = PostgresDestination(config.destination, config.destination_schema)
     dest.prepare(config)
     with SourceSession(config.source) as session:
@@ -330,12 +350,16 @@ def test_sigkill_mid_copy_loses_and_duplicates_nothing(pg18: LocalPostgres) -> N
     with scratch.session() as session:  # a first sync of part of it, so there is a bookmark and data
         sync_table(session, dest, table, KeyRange("id", upper=1001, include_nulls=True))
     assert dest.read_bookmark(table) == "1000"
-    child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(pg18.port), pg18.password, scratch.source_db,
-                              scratch.dest_db], env={**os.environ})  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(pg18.port), pg18.password, scratch.source_db, scratch.dest_db],
+        env={**os.environ},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        progress = scratch.sql("SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy "
-                               "WHERE command = 'COPY FROM'", "postgres").strip()  # fmt: skip
+        progress = scratch.sql(
+            "SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy WHERE command = 'COPY FROM'",
+            "postgres",
+        ).strip()
         if int(progress or 0) > 1000:
             break
         time.sleep(0.01)
@@ -354,8 +378,10 @@ def test_sigkill_mid_copy_loses_and_duplicates_nothing(pg18: LocalPostgres) -> N
 
 def test_a_rename_is_refused_and_a_second_integration_loads_beside(pg18: LocalPostgres, tmp_path: Path) -> None:
     scratch = make_scratch(pg18, integration="First Name", tables=["public.t"])
-    scratch.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
-                "CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (2)")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+        "CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (2)"
+    )
     from rds_pipeline.engine.destinations.duckdb import DuckDBDestination
     from rds_pipeline.engine.destinations.postgres import PostgresDestination
 
@@ -363,8 +389,10 @@ def test_a_rename_is_refused_and_a_second_integration_loads_beside(pg18: LocalPo
         return dataclasses.replace(scratch.config, integration_name=name, tables=tables, **extra)
 
     def destinations(cfg):  # noqa: ANN001, ANN202 - PostgreSQL and DuckDB, same rules
-        return [PostgresDestination(cfg.destination, cfg.destination_schema),
-                DuckDBDestination(tmp_path / "both.duckdb", cfg.destination_schema)]  # fmt: skip
+        return [
+            PostgresDestination(cfg.destination, cfg.destination_schema),
+            DuckDBDestination(tmp_path / "both.duckdb", cfg.destination_schema),
+        ]
 
     first = config("First Name", ["public.t"])
     with scratch.session() as session:
@@ -380,10 +408,17 @@ def test_a_rename_is_refused_and_a_second_integration_loads_beside(pg18: LocalPo
         assert "integration 'First Name' already loads from this source into schema 'first_name'" in message
         assert f"{scratch.source_db}.public.t" in message and "allow_integration_rename: true" in message
         if isinstance(dest, PostgresDestination):  # nothing written: not even the new schema
-            assert scratch.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'second_name'", scratch.dest_db).strip() == "0"
+            assert (
+                scratch.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'second_name'", scratch.dest_db).strip()
+                == "0"
+            )
         else:
-            assert dest.conn.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = 'second_name'"
-                                     ).fetchone()[0] == 0  # fmt: skip
+            assert (
+                dest.conn.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = 'second_name'").fetchone()[
+                    0
+                ]
+                == 0
+            )
         dest.prepare(config("Second Name", ["public.t"], allow_integration_rename=True))  # the explicit override
         dest.close()
     # a second integration of the same source, other tables, another schema: side by side
@@ -398,8 +433,9 @@ def test_a_rename_is_refused_and_a_second_integration_loads_beside(pg18: LocalPo
     for dest in destinations(first):  # and the first one still loads
         dest.prepare(first)
         dest.close()
-    assert "first_name" in scratch.sql("SELECT string_agg(schema_name, ',' ORDER BY 1) FROM "
-                                       "rds_pipeline_meta.integration_schemas", scratch.dest_db)  # fmt: skip
+    assert "first_name" in scratch.sql(
+        "SELECT string_agg(schema_name, ',' ORDER BY 1) FROM rds_pipeline_meta.integration_schemas", scratch.dest_db
+    )
 
 
 def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -425,7 +461,9 @@ def test_the_bookmark_moves_only_over_what_was_copied(pg18: LocalPostgres) -> No
     """Windows in order move it; a window past a gap does not; an older window never moves it back; a window
     claims completeness only up to what the source held, so a later window cannot skip rows that arrive after."""
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 15) g")
+    scratch.sql(
+        "CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 15) g"
+    )
     table = scratch.one({"name": "public.k", "method": "key_based", "replication_key": "id"})
     first, second, last = KeyRange("id", upper=10, include_nulls=True), KeyRange("id", 10, 100), KeyRange("id", 100)
     dest = scratch.destination()
@@ -456,8 +494,10 @@ def test_concurrent_runs_of_one_table_converge(pg18: LocalPostgres) -> None:
     import threading
 
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE c (id int PRIMARY KEY, pad text);"
-                "INSERT INTO c SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE c (id int PRIMARY KEY, pad text);"
+        "INSERT INTO c SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g"
+    )
     table = scratch.one({"name": "public.c", "method": "key_based", "replication_key": "id"})
     errors: list[BaseException] = []
 
@@ -471,8 +511,10 @@ def test_concurrent_runs_of_one_table_converge(pg18: LocalPostgres) -> None:
         finally:
             dest.close()
 
-    workers = [threading.Thread(target=run, args=(r,)) for r in (None, KeyRange("id", upper=1000, include_nulls=True),
-                                                                 KeyRange("id", 1000, 2000))]  # fmt: skip
+    workers = [
+        threading.Thread(target=run, args=(r,))
+        for r in (None, KeyRange("id", upper=1000, include_nulls=True), KeyRange("id", 1000, 2000))
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -489,7 +531,8 @@ def test_the_registry_of_earlier_versions_is_carried_over(pg18: LocalPostgres) -
     scratch = make_scratch(pg18, integration="Old Name", tables=["public.t"])
     scratch.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
     config = scratch.config
-    scratch.sql(f"""
+    scratch.sql(
+        f"""
         CREATE SCHEMA rds_pipeline_meta;
         CREATE TABLE rds_pipeline_meta.integrations (source_key text PRIMARY KEY, integration_name text NOT NULL,
             schema_name text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now());
@@ -498,7 +541,9 @@ def test_the_registry_of_earlier_versions_is_carried_over(pg18: LocalPostgres) -
         CREATE TABLE old_name._rds_pipeline_state (table_id text PRIMARY KEY, destination_table text NOT NULL,
             replication_key text, bookmark text, updated_at timestamptz NOT NULL DEFAULT now());
         INSERT INTO old_name._rds_pipeline_state (table_id, destination_table) VALUES ('{scratch.source_db}.public.t', 't');
-    """, scratch.dest_db)  # fmt: skip
+    """,
+        scratch.dest_db,
+    )
     from rds_pipeline.engine.destinations.postgres import PostgresDestination
 
     renamed = dataclasses.replace(config, integration_name="New Name")
@@ -517,21 +562,29 @@ def test_a_first_load_waits_for_the_tables_creator_beyond_lock_timeout(pg18: Loc
     rows). A second first load started meanwhile waits for that commit, even past the destination's
     lock_timeout, then merges into the table it now sees, on its first attempt; the key is there and unique."""
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE w (id int PRIMARY KEY, pad text);"
-                "INSERT INTO w SELECT g, md5(g::text) FROM generate_series(1, 5000) g")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE w (id int PRIMARY KEY, pad text);"
+        "INSERT INTO w SELECT g, md5(g::text) FROM generate_series(1, 5000) g"
+    )
     table = scratch.one({"name": "public.w", "method": "key_based", "replication_key": "id"})
-    scratch = dataclasses.replace(scratch, config=dataclasses.replace(
-        scratch.config, destination=dataclasses.replace(scratch.config.destination, lock_timeout_seconds=1)))  # fmt: skip
+    scratch = dataclasses.replace(
+        scratch,
+        config=dataclasses.replace(
+            scratch.config, destination=dataclasses.replace(scratch.config.destination, lock_timeout_seconds=1)
+        ),
+    )
     dest = scratch.destination()
     schema = scratch.config.destination_schema
     # a creator by hand: holds the creation lock, creates the table, and commits 3 s later
-    creator = psycopg2.connect(host=pg18.host, port=pg18.port, user=pg18.superuser, password=pg18.password,
-                               dbname=scratch.dest_db)  # fmt: skip
+    creator = psycopg2.connect(
+        host=pg18.host, port=pg18.port, user=pg18.superuser, password=pg18.password, dbname=scratch.dest_db
+    )
     with creator.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    (f'rds_pipeline create "{schema}"."w"',))  # fmt: skip
-        cur.execute(f'CREATE TABLE "{schema}".w (id int PRIMARY KEY, pad text, _rds_extracted_at timestamptz '
-                    "NOT NULL DEFAULT now(), _rds_batch_id text)")  # fmt: skip
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f'rds_pipeline create "{schema}"."w"',))
+        cur.execute(
+            f'CREATE TABLE "{schema}".w (id int PRIMARY KEY, pad text, _rds_extracted_at timestamptz '
+            "NOT NULL DEFAULT now(), _rds_batch_id text)"
+        )
     timer = threading.Timer(3.0, creator.commit)
     timer.start()
     started = time.monotonic()
@@ -547,25 +600,33 @@ def test_a_first_load_waits_for_the_tables_creator_beyond_lock_timeout(pg18: Loc
 
     # a table created by the load itself: its key exists after the COPY, and the rows were written frozen (COPY
     # FREEZE marks the pages it fills whole)
-    scratch.sql("CREATE TABLE f (id int PRIMARY KEY, pad text);"
-                "INSERT INTO f SELECT g, md5(g::text) FROM generate_series(1, 3000) g")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE f (id int PRIMARY KEY, pad text);"
+        "INSERT INTO f SELECT g, md5(g::text) FROM generate_series(1, 3000) g"
+    )
     fresh = scratch.one({"name": "public.f", "method": "full_table"})
     dest = scratch.destination()
     with scratch.session() as session:
         sync_table(session, dest, fresh)
     assert dest.primary_key_enforced(fresh)
-    frozen = pg18.psql("CREATE EXTENSION IF NOT EXISTS pg_visibility; "
-                       "SELECT count(*) FILTER (WHERE all_frozen) || ' of ' || count(*) FROM pg_visibility_map("
-                       f"'\"{schema}\".f')",
-                       scratch.dest_db)  # fmt: skip
+    frozen = pg18.psql(
+        "CREATE EXTENSION IF NOT EXISTS pg_visibility; "
+        "SELECT count(*) FILTER (WHERE all_frozen) || ' of ' || count(*) FROM pg_visibility_map("
+        f"'\"{schema}\".f')",
+        scratch.dest_db,
+    )
     frozen_pages, _, pages = frozen.strip().partition(" of ")
     assert int(frozen_pages) > 0 and int(pages) > 0, frozen  # a plain COPY leaves every page unfrozen
     dest.close()
 
 
 def with_parallel_chunks(scratch: Scratch, parallel: int) -> Scratch:
-    return dataclasses.replace(scratch, config=dataclasses.replace(
-        scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=parallel)))  # fmt: skip
+    return dataclasses.replace(
+        scratch,
+        config=dataclasses.replace(
+            scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=parallel)
+        ),
+    )
 
 
 def id_chunks(size: int, end: int) -> list[KeyRange]:
@@ -583,9 +644,11 @@ def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostg
     sync, with new rows, copies only those. (The source is a view that pauses 0.5 s at the start of each
     chunk, so the overlap is there to see whatever the machine's load.)"""
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE base (id int PRIMARY KEY, pad text);"
-                "INSERT INTO base SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 40000) g;"
-                "CREATE VIEW wide AS SELECT id, pad FROM base WHERE id % 5000 <> 1 OR pg_sleep(0.5) IS NOT NULL")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE base (id int PRIMARY KEY, pad text);"
+        "INSERT INTO base SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 40000) g;"
+        "CREATE VIEW wide AS SELECT id, pad FROM base WHERE id % 5000 <> 1 OR pg_sleep(0.5) IS NOT NULL"
+    )
     scratch = with_parallel_chunks(scratch, 2)
     table = scratch.one({"name": "public.wide", "method": "key_based", "replication_key": "id", "primary_key": ["id"]})
     chunks = id_chunks(5000, 40000)
@@ -597,8 +660,10 @@ def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostg
         conn.autocommit = True
         with conn.cursor() as cur:
             while not stop.is_set():
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                            "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()")  # fmt: skip
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                    "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()"
+                )
                 seen.append(cur.fetchone()[0])
                 time.sleep(0.005)
         conn.close()
@@ -636,9 +701,11 @@ def test_a_chunk_that_fails_in_parallel_leaves_the_others_and_the_next_sync_fini
     it; no backend is left on the source. The view is fixed; the next sync copies the rest, and the replica
     equals the source."""
     scratch = make_scratch(pg18)
-    scratch.sql("CREATE TABLE base (id int PRIMARY KEY, pad text);"
-                "INSERT INTO base SELECT g, md5(g::text) FROM generate_series(1, 80000) g;"
-                "CREATE VIEW v AS SELECT id, pad, 100 / (id - 50000) AS q FROM base")  # fmt: skip
+    scratch.sql(
+        "CREATE TABLE base (id int PRIMARY KEY, pad text);"
+        "INSERT INTO base SELECT g, md5(g::text) FROM generate_series(1, 80000) g;"
+        "CREATE VIEW v AS SELECT id, pad, 100 / (id - 50000) AS q FROM base"
+    )
     scratch = with_parallel_chunks(scratch, 2)
     table = scratch.one({"name": "public.v", "method": "key_based", "replication_key": "id", "primary_key": ["id"]})
     chunks = id_chunks(10000, 80000)
@@ -649,8 +716,10 @@ def test_a_chunk_that_fails_in_parallel_leaves_the_others_and_the_next_sync_fini
     assert 10000 <= bookmark < 50000  # contiguous chunks only: never past the failed one
     copied = {row[0] for row in dest.fetch_rows(table)}
     assert set(range(1, bookmark + 1)) <= {int(i) for i in copied} and "50000" not in copied
-    left = pg18.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                     "AND state <> 'idle'", scratch.source_db).strip()  # fmt: skip
+    left = pg18.psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' AND state <> 'idle'",
+        scratch.source_db,
+    ).strip()
     assert left == "0"
 
     scratch.sql("CREATE OR REPLACE VIEW v AS SELECT id, pad, 100 / greatest(abs(id - 50000), 1) AS q FROM base")

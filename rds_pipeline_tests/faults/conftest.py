@@ -39,21 +39,40 @@ class FaultLab:
         self._databases += 1
         dest_db = f"fault_dst_{self._databases}"
         self.destination.psql(f"CREATE DATABASE {dest_db}")
-        source: dict[str, Any] = {"host": self.source.host, "port": self.source.port, "user": user or self.source.superuser,
-                                  "password": self.source.password, "database": SOURCE_DB, "connect_timeout": 5,
-                                  "stall_seconds": 5}  # fmt: skip
+        source: dict[str, Any] = {
+            "host": self.source.host,
+            "port": self.source.port,
+            "user": user or self.source.superuser,
+            "password": self.source.password,
+            "database": SOURCE_DB,
+            "connect_timeout": 5,
+            "stall_seconds": 5,
+        }
         if tunneled:
-            source["ssh"] = {"host": "127.0.0.1", "port": self.sshd.port, "user": self.sshd.user,
-                             "private_key": str(self.key.path), "known_hosts": str(self.known_hosts),
-                             "connect_timeout": 5}  # fmt: skip
-        return parse_config({
-            "integration_name": "Fault Lab",
-            "source": source,
-            "destination": {"type": "postgres", "host": self.destination.host, "port": self.destination.port,
-                            "user": self.destination.superuser, "password": self.destination.password,
-                            "database": dest_db, "connect_timeout": 5},
-            **top,
-        })  # fmt: skip
+            source["ssh"] = {
+                "host": "127.0.0.1",
+                "port": self.sshd.port,
+                "user": self.sshd.user,
+                "private_key": str(self.key.path),
+                "known_hosts": str(self.known_hosts),
+                "connect_timeout": 5,
+            }
+        return parse_config(
+            {
+                "integration_name": "Fault Lab",
+                "source": source,
+                "destination": {
+                    "type": "postgres",
+                    "host": self.destination.host,
+                    "port": self.destination.port,
+                    "user": self.destination.superuser,
+                    "password": self.destination.password,
+                    "database": dest_db,
+                    "connect_timeout": 5,
+                },
+                **top,
+            }
+        )
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +81,14 @@ def fault_lab(work_dir: Path) -> Iterator[FaultLab]:
     if reason:
         pytest.skip(reason)
     source = LocalPostgres(embedded_bin_dir(), work_dir / "fault_src", password=SOURCE_PASSWORD, settings=FAST_SETTINGS)
-    destination = LocalPostgres(embedded_bin_dir(), work_dir / "fault_dst", password=SOURCE_PASSWORD,
-                                settings=FAST_SETTINGS)  # fmt: skip
+    destination = LocalPostgres(
+        embedded_bin_dir(), work_dir / "fault_dst", password=SOURCE_PASSWORD, settings=FAST_SETTINGS
+    )
     source.start()
     destination.start()
     source.psql(f"CREATE DATABASE {SOURCE_DB}")
-    source.psql(f"""
+    source.psql(
+        f"""
         CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL, n int NOT NULL);
         INSERT INTO big SELECT g, repeat(md5(g::text), 6), g % 97 FROM generate_series(1, {FAULT_ROWS}) g;
         CREATE TABLE t1 (id int PRIMARY KEY, pad text NOT NULL, n int NOT NULL);
@@ -77,7 +98,9 @@ def fault_lab(work_dir: Path) -> Iterator[FaultLab]:
         CREATE TABLE t3 (id int PRIMARY KEY, pad text NOT NULL, n int NOT NULL);
         INSERT INTO t3 SELECT * FROM big WHERE id <= 1000;
         ANALYZE;
-    """, SOURCE_DB)  # fmt: skip
+    """,
+        SOURCE_DB,
+    )
     directory = work_dir / "fault_ssh"
     directory.mkdir()
     directory.chmod(0o700)
@@ -99,5 +122,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(text)
     report = os.environ.get("FAULTS_REPORT")
     if report:
-        Path(report).write_text(f"Faults injected mid-copy into a {FAULT_ROWS:,}-row full-table sync (source through "
-                                f"a real sshd, destination on another server):\n\n{text}\n")  # fmt: skip
+        Path(report).write_text(
+            f"Faults injected mid-copy into a {FAULT_ROWS:,}-row full-table sync (source through "
+            f"a real sshd, destination on another server):\n\n{text}\n"
+        )

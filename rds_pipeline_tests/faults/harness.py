@@ -41,13 +41,17 @@ class FaultResult:
 
     def row(self) -> str:
         yes = {True: "yes", False: "no"}
-        return (f"| {self.fault} | {yes[self.injected]} | {yes[self.survived]} | {self.rows_lost:,} | "
-                f"{self.rows_duplicated:,} | {self.recover_seconds:.1f} | {yes[self.backend_left]} |")  # fmt: skip
+        return (
+            f"| {self.fault} | {yes[self.injected]} | {yes[self.survived]} | {self.rows_lost:,} | "
+            f"{self.rows_duplicated:,} | {self.recover_seconds:.1f} | {yes[self.backend_left]} |"
+        )
 
 
 RESULTS: list[FaultResult] = []
-HEADER = ("| fault | injected | survived | rows lost | rows duplicated | seconds to recover | source backend left |\n"
-          "| --- | --- | --- | ---: | ---: | ---: | --- |")  # fmt: skip
+HEADER = (
+    "| fault | injected | survived | rows lost | rows duplicated | seconds to recover | source backend left |\n"
+    "| --- | --- | --- | ---: | ---: | ---: | --- |"
+)
 
 
 def table_text() -> str:
@@ -93,8 +97,12 @@ def wait_mid_copy(destination: LocalPostgres, database: str, min_bytes: int, tim
     """Until the destination's COPY has taken ``min_bytes`` (pg_stat_progress_copy)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = scalar(destination, "postgres", "SELECT max(bytes_processed) FROM pg_stat_progress_copy "
-                      "WHERE datname = %s", (database,))  # fmt: skip
+        done = scalar(
+            destination,
+            "postgres",
+            "SELECT max(bytes_processed) FROM pg_stat_progress_copy WHERE datname = %s",
+            (database,),
+        )
         if done and done >= min_bytes:
             return
         time.sleep(0.05)
@@ -103,14 +111,25 @@ def wait_mid_copy(destination: LocalPostgres, database: str, min_bytes: int, tim
 
 def fingerprint(server: LocalPostgres, database: str, relation: str) -> tuple[int, int, str]:
     """(rows, distinct keys, a hash of every row's content): equal on both sides means equal tables."""
-    row = scalar(server, database, f"SELECT ARRAY[count(*)::text, count(DISTINCT id)::text, "
-                 f"coalesce(sum(hashtextextended(id::text || '|' || pad || '|' || n::text, 0)::numeric), 0)::text] "
-                 f"FROM {relation}")  # fmt: skip
+    row = scalar(
+        server,
+        database,
+        f"SELECT ARRAY[count(*)::text, count(DISTINCT id)::text, "
+        f"coalesce(sum(hashtextextended(id::text || '|' || pad || '|' || n::text, 0)::numeric), 0)::text] "
+        f"FROM {relation}",
+    )
     return int(row[0]), int(row[1]), row[2]
 
 
-def compare(result: FaultResult, source: LocalPostgres, source_db: str, destination: LocalPostgres, dest_db: str,
-            relation: str, dest_relation: str) -> bool:  # fmt: skip
+def compare(
+    result: FaultResult,
+    source: LocalPostgres,
+    source_db: str,
+    destination: LocalPostgres,
+    dest_db: str,
+    relation: str,
+    dest_relation: str,
+) -> bool:
     src = fingerprint(source, source_db, relation)
     dst = fingerprint(destination, dest_db, dest_relation)
     result.rows_lost = max(0, src[1] - dst[1])
@@ -122,8 +141,12 @@ def backend_left(source: LocalPostgres, wait: float = 10) -> bool:
     """Whether an rds_pipeline backend is still on the source once every client has given up."""
     deadline = time.monotonic() + wait
     while True:
-        left = scalar(source, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                      "'rds_pipeline' AND backend_type = 'client backend'")  # fmt: skip
+        left = scalar(
+            source,
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+            "'rds_pipeline' AND backend_type = 'client backend'",
+        )
         if not left or time.monotonic() > deadline:
             return bool(left)
         time.sleep(0.2)

@@ -49,16 +49,33 @@ Inject = Callable[[FaultLab, str, Injection], bool]
 def _restart(server_attr: str) -> Inject:
     def inject(lab: FaultLab, dest_db: str, injection: Injection) -> bool:
         server = getattr(lab, server_attr)
-        server.run("pg_ctl", "-D", str(server.data_dir), "-m", "fast", "-w", "-t", "60", "restart", "-l",
-                   str(server.base_dir / "server.log"))  # fmt: skip
+        server.run(
+            "pg_ctl",
+            "-D",
+            str(server.data_dir),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+            "-l",
+            str(server.base_dir / "server.log"),
+        )
         return True
 
     return inject
 
 
 def _terminate_destination_backend(lab: FaultLab, dest_db: str, injection: Injection) -> bool:
-    return bool(scalar(lab.destination, "postgres", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                       "WHERE datname = %s AND query ILIKE 'COPY%%'", (dest_db,)))  # fmt: skip
+    return bool(
+        scalar(
+            lab.destination,
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND query ILIKE 'COPY%%'",
+            (dest_db,),
+        )
+    )
 
 
 FAULTS: dict[str, tuple[bool, Inject]] = {
@@ -91,8 +108,7 @@ def test_a_fault_mid_copy_loses_nothing(fault_lab: FaultLab, fault: str) -> None
         assert not sync.is_alive(), f"{fault}: the sync hung for {FINISH_SECONDS}s after the fault"
         result.recover_seconds = sync.ended_at - injected_at
         assert sync.error is None, f"{fault}: {sync.error!r}"
-        equal = compare(result, fault_lab.source, SOURCE_DB, fault_lab.destination, dest_db, "big",
-                        "fault_lab.big")  # fmt: skip
+        equal = compare(result, fault_lab.source, SOURCE_DB, fault_lab.destination, dest_db, "big", "fault_lab.big")
         result.backend_left = backend_left(fault_lab.source)
         result.survived = equal and not result.backend_left
         assert result.injected and equal and not result.backend_left, result
@@ -119,14 +135,32 @@ with SourceSession(config.source) as session:
 
 def _raw(lab: FaultLab, dest_db: str) -> dict[str, object]:
     """The config as rds_pipeline.yaml holds it (for a child process, or a project on disk)."""
-    return {"integration_name": "Fault Lab",
-            "source": {"host": lab.source.host, "port": lab.source.port, "user": lab.source.superuser,
-                       "password": lab.source.password, "database": SOURCE_DB, "connect_timeout": 5,
-                       "ssh": {"host": "127.0.0.1", "port": lab.sshd.port, "user": lab.sshd.user,
-                               "private_key": str(lab.key.path), "known_hosts": str(lab.known_hosts)}},
-            "destination": {"type": "postgres", "host": lab.destination.host, "port": lab.destination.port,
-                            "user": lab.destination.superuser, "password": lab.destination.password,
-                            "database": dest_db}}  # fmt: skip
+    return {
+        "integration_name": "Fault Lab",
+        "source": {
+            "host": lab.source.host,
+            "port": lab.source.port,
+            "user": lab.source.superuser,
+            "password": lab.source.password,
+            "database": SOURCE_DB,
+            "connect_timeout": 5,
+            "ssh": {
+                "host": "127.0.0.1",
+                "port": lab.sshd.port,
+                "user": lab.sshd.user,
+                "private_key": str(lab.key.path),
+                "known_hosts": str(lab.known_hosts),
+            },
+        },
+        "destination": {
+            "type": "postgres",
+            "host": lab.destination.host,
+            "port": lab.destination.port,
+            "user": lab.destination.superuser,
+            "password": lab.destination.password,
+            "database": dest_db,
+        },
+    }
 
 
 def test_kill_9_of_the_sync_then_a_rerun(fault_lab: FaultLab) -> None:
@@ -134,8 +168,12 @@ def test_kill_9_of_the_sync_then_a_rerun(fault_lab: FaultLab) -> None:
     dest_db = config.destination.database or ""
     result = FaultResult("kill -9 of the sync, then a re-run")
     RESULTS.append(result)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(_raw(fault_lab, dest_db))],
-                             env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(_raw(fault_lab, dest_db))],
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)
         injected_at = time.monotonic()
@@ -158,8 +196,11 @@ def test_kill_9_of_the_sync_then_a_rerun(fault_lab: FaultLab) -> None:
 
 def test_a_permission_revoked_on_one_table_of_several(fault_lab: FaultLab, tmp_path) -> None:  # noqa: ANN001
     role = "fault_reader"
-    fault_lab.source.psql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{fault_lab.source.password}';"
-                          f"GRANT SELECT ON t1, t2, t3 TO {role}", SOURCE_DB)  # fmt: skip
+    fault_lab.source.psql(
+        f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{fault_lab.source.password}';"
+        f"GRANT SELECT ON t1, t2, t3 TO {role}",
+        SOURCE_DB,
+    )
     config = fault_lab.config(user=role)
     dest_db = config.destination.database or ""
     raw = _raw(fault_lab, dest_db)
@@ -173,6 +214,7 @@ def test_a_permission_revoked_on_one_table_of_several(fault_lab: FaultLab, tmp_p
     outcome: list[object] = []
 
     with dg.instance_for_test() as instance:
+
         def run() -> None:
             outcome.append(run_sync(path, instance=instance, parallel=1))  # t1, then t2, then t3
 
@@ -192,8 +234,10 @@ def test_a_permission_revoked_on_one_table_of_several(fault_lab: FaultLab, tmp_p
         again = run_sync(path, instance=instance)
         result.recover_seconds = time.monotonic() - injected_at
         assert again.success
-    equal = all(compare(result, fault_lab.source, SOURCE_DB, fault_lab.destination, dest_db, t, f"fault_lab.{t}")
-                for t in ("t1", "t2", "t3"))  # fmt: skip
+    equal = all(
+        compare(result, fault_lab.source, SOURCE_DB, fault_lab.destination, dest_db, t, f"fault_lab.{t}")
+        for t in ("t1", "t2", "t3")
+    )
     result.backend_left = backend_left(fault_lab.source)
     result.survived = equal and not result.backend_left
     assert result.survived, result
@@ -263,8 +307,9 @@ def _rerun(result: FaultResult, lab: FaultLab, cli: Cli, dest_db: str, injected_
     result.recover_seconds = time.monotonic() - injected_at
     equal = compare(result, lab.source, SOURCE_DB, lab.destination, dest_db, "big", "fault_lab.big")
     result.backend_left = backend_left(lab.source)
-    result.survived = equal and not result.backend_left and not any(
-        r.status.value in ("STARTED", "STARTING") for r in cli.runs())  # fmt: skip
+    result.survived = (
+        equal and not result.backend_left and not any(r.status.value in ("STARTED", "STARTING") for r in cli.runs())
+    )
     assert result.survived, result
 
 
@@ -273,8 +318,11 @@ def test_kill_9_of_the_cli_then_a_rerun_without_a_daemon(fault_lab: FaultLab, tm
     """`rds-pipeline sync` killed with kill -9 mid-copy (with a reboot: then the servers restarted too); the next
     `rds-pipeline sync` cleans the dead run and finishes, with no daemon."""
     cli, dest_db = _cli_project(fault_lab, tmp_path)
-    result = FaultResult("reboot (sync killed, servers restarted), then a re-run" if reboot else
-                         "kill -9 of `rds-pipeline sync`, re-run without a daemon")  # fmt: skip
+    result = FaultResult(
+        "reboot (sync killed, servers restarted), then a re-run"
+        if reboot
+        else "kill -9 of `rds-pipeline sync`, re-run without a daemon"
+    )
     RESULTS.append(result)
     process = cli.start("sync")
     wait_mid_copy(fault_lab.destination, dest_db, fault_lab.rows * 10)
@@ -283,8 +331,19 @@ def test_kill_9_of_the_cli_then_a_rerun_without_a_daemon(fault_lab: FaultLab, tm
     result.injected = process.returncode == -signal.SIGKILL
     if reboot:
         for server in (fault_lab.source, fault_lab.destination):
-            server.run("pg_ctl", "-D", str(server.data_dir), "-m", "immediate", "-w", "-t", "60", "restart", "-l",
-                       str(server.base_dir / "server.log"))  # fmt: skip
+            server.run(
+                "pg_ctl",
+                "-D",
+                str(server.data_dir),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+                "-l",
+                str(server.base_dir / "server.log"),
+            )
     _rerun(result, fault_lab, cli, dest_db, injected_at)
 
 

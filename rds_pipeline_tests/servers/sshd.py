@@ -77,8 +77,10 @@ class SshServer:
     def fingerprint(self) -> str:
         out = subprocess.run(
             ["ssh-keygen", "-l", "-E", "sha256", "-f", str(self.host_key) + ".pub"],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return out.split()[1]
 
     def start(self) -> SshServer:

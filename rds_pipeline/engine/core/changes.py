@@ -72,7 +72,8 @@ class ChangeBatch:
     commit_time: int | None = None  # of the current transaction
     per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     _projection: dict[int, tuple[Relation, Layout, tuple[int | None, ...] | None, tuple[int, ...]]] = field(
-        default_factory=dict, repr=False)  # fmt: skip
+        default_factory=dict, repr=False
+    )
 
     def in_order(self, tables: Mapping[tuple[str, str], T]) -> Iterator[tuple[T, list[RowChange] | None]]:
         """What a destination applies, in order: ``(table, changes)`` per table and segment, and ``(table,
@@ -108,8 +109,11 @@ class ChangeBatch:
                     return
                 self.messages += 1
                 positions, keys = self._positions(relation, layout)
-                new = message.new if positions is None else tuple(
-                    message.new[i] if i is not None else None for i in positions)  # fmt: skip
+                new = (
+                    message.new
+                    if positions is None
+                    else tuple(message.new[i] if i is not None else None for i in positions)
+                )
                 rows = self.segments[-1].changes.setdefault(relation.oid, {})
                 rows[tuple([new[i] for i in keys])] = RowChange(UPSERT, new)  # replaces any earlier change
                 self.counts["insert"] += 1
@@ -210,12 +214,20 @@ class ChangeBatch:
             return tuple(values[i] for i in self._positions(relation, layout)[1])
         positions = [i for i, c in enumerate(relation.columns) if c.is_key]
         if not positions:
-            raise BatchError(f"{relation.namespace}.{relation.name} has no replica identity key: give it a primary "
-                             "key, or REPLICA IDENTITY FULL")  # fmt: skip
+            raise BatchError(
+                f"{relation.namespace}.{relation.name} has no replica identity key: give it a primary "
+                "key, or REPLICA IDENTITY FULL"
+            )
         return tuple(values[i] for i in positions)
 
-    def _upsert(self, rows: dict[tuple[Value, ...], RowChange], relation: Relation, new: tuple[Value, ...],
-                carried: RowChange | None = None, moved_from: tuple[Value, ...] | None = None) -> None:  # fmt: skip
+    def _upsert(
+        self,
+        rows: dict[tuple[Value, ...], RowChange],
+        relation: Relation,
+        new: tuple[Value, ...],
+        carried: RowChange | None = None,
+        moved_from: tuple[Value, ...] | None = None,
+    ) -> None:
         """``carried`` and ``moved_from``: for a key change, the old key's change in this batch and the old key."""
         key = self._key(relation, new)
         earlier = rows.pop(key, None)

@@ -74,8 +74,13 @@ class PipeReader:
     once per row, so a Python-level writer would cost a Python call per row). The kernel pipe (1 MiB) plus
     the writer's buffer bound the memory in flight."""
 
-    def __init__(self, fd: int, on_progress: Callable[[int], None] | None = None,
-                 stall_seconds: float = DEFAULT_STALL_SECONDS, table: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        fd: int,
+        on_progress: Callable[[int], None] | None = None,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
+        table: str = "",
+    ) -> None:
         self._raw = os.fdopen(fd, "rb", buffering=0)
         self.bytes = 0
         self._on_progress = on_progress
@@ -85,8 +90,10 @@ class PipeReader:
     def read(self, size: int = -1) -> bytes:
         ready, _, _ = select.select([self._raw], [], [], self._stall)
         if not ready:
-            raise CopyStalled(f"{self._table}: the source sent no data for {self._stall:.0f}s (source.stall_seconds); "
-                              "the copy was cancelled")  # fmt: skip
+            raise CopyStalled(
+                f"{self._table}: the source sent no data for {self._stall:.0f}s (source.stall_seconds); "
+                "the copy was cancelled"
+            )
         data = self._raw.read(size if size and size > 0 else PIPE_BYTES)
         if data:
             self.bytes += len(data)
@@ -112,10 +119,17 @@ def source_in_recovery(conn: psycopg2.extensions.connection) -> bool:
 class CopyOut:
     """Runs the source COPY TO in a thread, writing into an OS pipe that ``pipe`` (a PipeReader) drains."""
 
-    def __init__(self, conn: psycopg2.extensions.connection, query: sql.Composed, table: str,
-                 extraction: ExtractionLog, stall_seconds: float = DEFAULT_STALL_SECONDS,
-                 binary: bool = False, expected_bytes: int | None = None,
-                 expected_rows: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        conn: psycopg2.extensions.connection,
+        query: sql.Composed,
+        table: str,
+        extraction: ExtractionLog,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
+        binary: bool = False,
+        expected_bytes: int | None = None,
+        expected_rows: int | None = None,
+    ) -> None:
         self.conn = conn
         self.expected = (expected_bytes, expected_rows)  # from the catalog: for the progress line's ETA
         self.binary = binary  # the rows are COPY's binary format: the destination reads them as such
@@ -186,6 +200,7 @@ def bounded(action: Callable[[], object], seconds: float, name: str) -> bool:
     """Run ``action`` in a daemon thread and wait at most ``seconds``; True when it finished in time.
     For calls that can block without a timeout of their own (libpq's cancel request, closing a socket
     through a frozen tunnel)."""
+
     def run() -> None:
         try:
             action()

@@ -113,8 +113,16 @@ def parse_key_time(text: str) -> dt.datetime | None:
         return None
     year, month, day, hour, minute, second, offset = match.groups()
     seconds = float(second or 0)
-    value = dt.datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(seconds),
-                        int(round((seconds % 1) * 1_000_000)) % 1_000_000, tzinfo=dt.UTC)  # fmt: skip
+    value = dt.datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour or 0),
+        int(minute or 0),
+        int(seconds),
+        int(round((seconds % 1) * 1_000_000)) % 1_000_000,
+        tzinfo=dt.UTC,
+    )
     if offset:
         sign = -1 if offset[0] == "-" else 1
         digits = offset[1:].replace(":", "")

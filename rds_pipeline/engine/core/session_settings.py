@@ -14,6 +14,7 @@ SESSION_SETTINGS = {
     "lc_monetary": "C",
 }
 
+
 def apply_session_settings(conn: psycopg2.extensions.connection) -> None:
     with conn.cursor() as cur:
         for name, value in SESSION_SETTINGS.items():

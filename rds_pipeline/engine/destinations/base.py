@@ -101,9 +101,15 @@ class Loader(Protocol):
     accepts_binary_copy: bool  # can take PostgreSQL's binary COPY straight from the source
     parallel_loads: bool  # separate connections (``fresh()``) may load chunks of one table at once
 
-    def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
-             source_max: str | None = None, turn: Callable[[], None] | None = None,
-             ) -> tuple[LoadingReport, LoadOutcome]:  # fmt: skip
+    def load(
+        self,
+        table: SelectedTable,
+        key_range: KeyRange,
+        copy: CopyOut,
+        batch_id: str,
+        source_max: str | None = None,
+        turn: Callable[[], None] | None = None,
+    ) -> tuple[LoadingReport, LoadOutcome]:
         """Load what ``copy`` streams for ``key_range``, in one transaction with the state row.
 
         - full_table and log_based replace the range's rows (``REPLACING``); key_based merges them by key.
@@ -189,8 +195,14 @@ class ChangeApplier(Protocol):
         """Seconds since the slot's position last moved in the destination (None: never). Read-only."""
         ...
 
-    def apply_batch(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch, slot: str,
-                    soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+    def apply_batch(
+        self,
+        tables: dict[tuple[str, str], SelectedTable],
+        batch: ChangeBatch,
+        slot: str,
+        soft_deletes: bool = False,
+        source: SourceConnect | None = None,
+    ) -> ApplyReport:
         """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move
         the slot's LSN to ``batch.end_lsn``, in one transaction. In order: the last operation per key,
         deletes before upserts, each TRUNCATE in its place, an UNCHANGED (TOASTed) value keeps the replica's,
@@ -250,8 +262,9 @@ class LoadingReport:
 REGISTRY = "integration_schemas"  # rds_pipeline_meta.<this>: one row per integration (its schema)
 
 
-def rename_refusal(previous_name: str, previous_schema: str, new_name: str, new_schema: str,
-                   shared: list[str]) -> IntegrationRenamed:  # fmt: skip
+def rename_refusal(
+    previous_name: str, previous_schema: str, new_name: str, new_schema: str, shared: list[str]
+) -> IntegrationRenamed:
     shown = ", ".join(sorted(shared)[:5]) + (" …" if len(shared) > 5 else "")
     return IntegrationRenamed(
         f"integration_name '{new_name}' (schema '{new_schema}') selects {len(shared)} table(s) that integration "

@@ -53,9 +53,21 @@ LOCK_WAIT_SECONDS = 120
 MEMORY_LIMIT = "128MB"
 
 
-_ALIASES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "TIMETZ": "TIME WITH TIME ZONE", "FLOAT": "FLOAT",
-            "REAL": "FLOAT", "FLOAT4": "FLOAT", "FLOAT8": "DOUBLE", "INT": "INTEGER", "INT4": "INTEGER",
-            "INT8": "BIGINT", "INT2": "SMALLINT", "BOOL": "BOOLEAN", "STRING": "VARCHAR", "TEXT": "VARCHAR"}  # fmt: skip
+_ALIASES = {
+    "TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE",
+    "TIMETZ": "TIME WITH TIME ZONE",
+    "FLOAT": "FLOAT",
+    "REAL": "FLOAT",
+    "FLOAT4": "FLOAT",
+    "FLOAT8": "DOUBLE",
+    "INT": "INTEGER",
+    "INT4": "INTEGER",
+    "INT8": "BIGINT",
+    "INT2": "SMALLINT",
+    "BOOL": "BOOLEAN",
+    "STRING": "VARCHAR",
+    "TEXT": "VARCHAR",
+}
 
 
 def _canonical(type_name: str) -> str:
@@ -86,7 +98,9 @@ class DuckDBDestination:
         self.schema = schema
         self.lock_wait_seconds = lock_wait_seconds
         self.conn = self._connect()
-        self._stop_handle = interrupts.register("duckdb", lambda: self.conn.interrupt())  # a stop request ends a statement
+        self._stop_handle = interrupts.register(
+            "duckdb", lambda: self.conn.interrupt()
+        )  # a stop request ends a statement
         # qualify every name with the file's catalog: a schema named like the file would be ambiguous
         self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
 
@@ -135,22 +149,38 @@ class DuckDBDestination:
         c.execute("BEGIN TRANSACTION")
         try:
             run(c, f"CREATE SCHEMA IF NOT EXISTS {meta}")
-            run(c, f"CREATE TABLE IF NOT EXISTS {meta}.{dq(REGISTRY)} (schema_name VARCHAR PRIMARY KEY, "
-                   "integration_name VARCHAR NOT NULL, source_key VARCHAR NOT NULL)")  # fmt: skip
+            run(
+                c,
+                f"CREATE TABLE IF NOT EXISTS {meta}.{dq(REGISTRY)} (schema_name VARCHAR PRIMARY KEY, "
+                "integration_name VARCHAR NOT NULL, source_key VARCHAR NOT NULL)",
+            )
             if self._table_exists(META_SCHEMA, "integrations"):  # the registry of earlier versions
-                run(c, f"INSERT OR IGNORE INTO {meta}.{dq(REGISTRY)} SELECT schema_name, integration_name, source_key "
-                       f"FROM {meta}.integrations")  # fmt: skip
-            others = run(c, f"SELECT schema_name, integration_name FROM {meta}.{dq(REGISTRY)} WHERE source_key = ? "
-                            "AND schema_name <> ?", [config.source_key, self.schema]).fetchall()  # fmt: skip
+                run(
+                    c,
+                    f"INSERT OR IGNORE INTO {meta}.{dq(REGISTRY)} SELECT schema_name, integration_name, source_key "
+                    f"FROM {meta}.integrations",
+                )
+            others = run(
+                c,
+                f"SELECT schema_name, integration_name FROM {meta}.{dq(REGISTRY)} WHERE source_key = ? "
+                "AND schema_name <> ?",
+                [config.source_key, self.schema],
+            ).fetchall()
             for other_schema, other_name in others:
                 shared = overlap(config.selected_ids(), self._loaded_tables(other_schema))
                 if shared and not config.allow_integration_rename:
                     raise rename_refusal(other_name, other_schema, config.integration_name, self.schema, shared)
-            run(c, f"INSERT OR REPLACE INTO {meta}.{dq(REGISTRY)} VALUES (?, ?, ?)",
-                [self.schema, config.integration_name, config.source_key])  # fmt: skip
+            run(
+                c,
+                f"INSERT OR REPLACE INTO {meta}.{dq(REGISTRY)} VALUES (?, ?, ?)",
+                [self.schema, config.integration_name, config.source_key],
+            )
             run(c, f"CREATE SCHEMA IF NOT EXISTS {dq(self.catalog)}.{dq(self.schema)}")
-            run(c, f"CREATE TABLE IF NOT EXISTS {self.state_table()} (table_id VARCHAR PRIMARY KEY, destination_table "
-                      "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)")  # fmt: skip
+            run(
+                c,
+                f"CREATE TABLE IF NOT EXISTS {self.state_table()} (table_id VARCHAR PRIMARY KEY, destination_table "
+                "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)",
+            )
             run(c, f"ALTER TABLE {self.state_table()} ADD COLUMN IF NOT EXISTS covered_to VARCHAR")
             c.execute("COMMIT")
         except BaseException:
@@ -158,14 +188,22 @@ class DuckDBDestination:
             raise
 
     def _table_exists(self, schema: str, name: str) -> bool:
-        return bool(self.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? "
-                                      "AND table_name = ?", [self.catalog, schema, name]).fetchone()[0])  # fmt: skip
+        return bool(
+            self.conn.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
+                [self.catalog, schema, name],
+            ).fetchone()[0]
+        )
 
     def _loaded_tables(self, schema: str) -> list[str]:
         if not self._table_exists(schema, STATE_TABLE):
             return []
-        return [r[0] for r in run(self.conn, f"SELECT table_id FROM {dq(self.catalog)}.{dq(schema)}.{dq(STATE_TABLE)}"
-                                  ).fetchall()]  # fmt: skip
+        return [
+            r[0]
+            for r in run(
+                self.conn, f"SELECT table_id FROM {dq(self.catalog)}.{dq(schema)}.{dq(STATE_TABLE)}"
+            ).fetchall()
+        ]
 
     def _exists(self, table: SelectedTable) -> bool:
         return self._table_exists(self.schema, table.destination_table)
@@ -173,8 +211,9 @@ class DuckDBDestination:
     def table_state(self, table: SelectedTable) -> TableState:
         if not self._exists(table):
             return TableState(False)
-        row = run(self.conn, f"SELECT bookmark, covered_to FROM {self.state_table()} WHERE table_id = ?",
-                  [table.id]).fetchone()  # fmt: skip
+        row = run(
+            self.conn, f"SELECT bookmark, covered_to FROM {self.state_table()} WHERE table_id = ?", [table.id]
+        ).fetchone()
         return TableState(True, *(row or (None, None)))
 
     def read_bookmark(self, table: SelectedTable) -> str | None:
@@ -183,8 +222,9 @@ class DuckDBDestination:
     def read_bookmarks(self) -> dict[str, str | None]:
         """Every table's bookmark; none for a table whose destination table is gone (its state is void)."""
         rows = run(self.conn, f"SELECT table_id, destination_table, bookmark FROM {self.state_table()}").fetchall()
-        return {table_id: bookmark if self._table_exists(self.schema, name) else None
-                for table_id, name, bookmark in rows}  # fmt: skip
+        return {
+            table_id: bookmark if self._table_exists(self.schema, name) else None for table_id, name, bookmark in rows
+        }
 
     def read_sync_times(self) -> dict[str, dt.datetime]:
         """When each table's state last moved: its last committed load."""
@@ -201,8 +241,13 @@ class DuckDBDestination:
 
     # -- table shape ---------------------------------------------------------------------------------------
     def _existing_types(self, table: SelectedTable) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
-                                      "AND schema_name = ? AND table_name = ?", [self.catalog, self.schema, table.destination_table]).fetchall())  # fmt: skip
+        return dict(
+            self.conn.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
+                "AND schema_name = ? AND table_name = ?",
+                [self.catalog, self.schema, table.destination_table],
+            ).fetchall()
+        )
 
     def decimals_as_text(self, table: SelectedTable, source: str, csv_path: str) -> set[str]:
         """numeric(p,s) columns that must be VARCHAR: DECIMAL cannot hold NaN (PostgreSQL's numeric can). Decided
@@ -214,12 +259,18 @@ class DuckDBDestination:
         text = {name for _, name in decimals if _canonical(existing.get(name, "")) == "VARCHAR"}
         unknown = [(i, name) for i, name in decimals if name not in text]
         if unknown:
-            flags = run(self.conn, f"SELECT {', '.join(f'coalesce(bool_or(c{i} = {chr(39)}NaN{chr(39)}), false)' for i, _ in unknown)} "
-                                   f"FROM {source}", [csv_path]).fetchone()  # fmt: skip
+            flags = run(
+                self.conn,
+                f"SELECT {', '.join(f'coalesce(bool_or(c{i} = {chr(39)}NaN{chr(39)}), false)' for i, _ in unknown)} "
+                f"FROM {source}",
+                [csv_path],
+            ).fetchone()
             text |= {name for (_, name), nan in zip(unknown, flags, strict=True) if nan}
         return text
 
-    def ensure_table(self, table: SelectedTable, as_text: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], bool]:
+    def ensure_table(
+        self, table: SelectedTable, as_text: set[str] | frozenset[str] = frozenset()
+    ) -> tuple[list[str], bool]:
         existing = {
             name: kind
             for name, kind in self.conn.execute(
@@ -230,6 +281,7 @@ class DuckDBDestination:
         }
         target = self.target(table)
         warnings: list[str] = []
+
         def wanted_type(column: Column) -> str:
             return "VARCHAR" if column.name in as_text else duckdb_type(column)
 
@@ -249,8 +301,10 @@ class DuckDBDestination:
                 old = existing[column.name]
                 run(self.conn, f"ALTER TABLE {target} ALTER COLUMN {dq(column.name)} TYPE {wanted}")
                 if column.name in as_text:
-                    warnings.append(f"column {column.name} holds NaN, which DECIMAL cannot: stored as VARCHAR "
-                                    f"(PostgreSQL's text form) from now on, was {old}")  # fmt: skip
+                    warnings.append(
+                        f"column {column.name} holds NaN, which DECIMAL cannot: stored as VARCHAR "
+                        f"(PostgreSQL's text form) from now on, was {old}"
+                    )
                 else:
                     warnings.append(f"column {column.name} changed type {old} -> {wanted} (existing values cast)")
         selected = {c.name for c in table.columns}
@@ -279,9 +333,15 @@ class DuckDBDestination:
             where = f"({where}) OR {col} IS NULL"
         return f" WHERE {where}", params
 
-    def load(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str,
-             source_max: str | None = None, turn: Callable[[], None] | None = None,
-             ) -> tuple[LoadingReport, LoadOutcome]:  # fmt: skip
+    def load(
+        self,
+        table: SelectedTable,
+        key_range: KeyRange,
+        copy: CopyOut,
+        batch_id: str,
+        source_max: str | None = None,
+        turn: Callable[[], None] | None = None,
+    ) -> tuple[LoadingReport, LoadOutcome]:
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
@@ -295,8 +355,10 @@ class DuckDBDestination:
                 raise copy.error
             source = csv_source(len(table.columns))
             as_text = self.decimals_as_text(table, source, name)
-            converted = ", ".join(f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
-                                  for i, c in enumerate(table.columns))  # fmt: skip
+            converted = ", ".join(
+                f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
+                for i, c in enumerate(table.columns)
+            )
             col_list = ", ".join(dq(c.name) for c in table.columns)
             target = self.target(table)
             c = self.conn
@@ -308,8 +370,13 @@ class DuckDBDestination:
                     turn()
                 if created:  # a new table voids any old state row: the data it described is gone
                     run(c, f"DELETE FROM {self.state_table()} WHERE table_id = ?", [table.id])
-                state = None if created else run(c, f"SELECT bookmark, covered_to FROM {self.state_table()} "
-                                                    "WHERE table_id = ?", [table.id]).fetchone()  # fmt: skip
+                state = (
+                    None
+                    if created
+                    else run(
+                        c, f"SELECT bookmark, covered_to FROM {self.state_table()} WHERE table_id = ?", [table.id]
+                    ).fetchone()
+                )
                 before, covered = state or (None, None)
                 outcome = LoadOutcome(before, before)
                 key = table.replication_key
@@ -317,9 +384,14 @@ class DuckDBDestination:
                     # straight from the file into the table: no stage (it would hold the whole copy once more)
                     where, params = self._predicate(table, key_range)
                     report.rows_deleted = int(run(c, f"DELETE FROM {target}{where}", params).fetchone()[0])
-                    report.rows_inserted = int(run(
-                        c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
-                           f"SELECT {converted}, now(), ? FROM {source}", [batch_id, name]).fetchone()[0])  # fmt: skip
+                    report.rows_inserted = int(
+                        run(
+                            c,
+                            f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                            f"SELECT {converted}, now(), ? FROM {source}",
+                            [batch_id, name],
+                        ).fetchone()[0]
+                    )
                     report.rows_at_commit = report.rows_inserted  # the range was emptied in this transaction
                 else:
                     raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
@@ -327,9 +399,12 @@ class DuckDBDestination:
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
                     outcome = self._bookmark(table, key_range, before, covered, source_max)
                 if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
-                    run(c, f"INSERT OR REPLACE INTO {self.state_table()} (table_id, destination_table, replication_key, "
-                           "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
-                        [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to])  # fmt: skip
+                    run(
+                        c,
+                        f"INSERT OR REPLACE INTO {self.state_table()} (table_id, destination_table, replication_key, "
+                        "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), ?)",
+                        [table.id, table.destination_table, key, outcome.bookmark_after, outcome.covered_to],
+                    )
                 c.execute("DROP TABLE IF EXISTS _rds_stage")
                 c.execute("COMMIT")
             except BaseException:
@@ -348,18 +423,29 @@ class DuckDBDestination:
         c, target = self.conn, self.target(table)
         total = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
         if not table.primary_key:
-            run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
-                      f"SELECT {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
+            run(
+                c,
+                f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                f"SELECT {col_list}, now(), ? FROM _rds_stage",
+                [batch_id],
+            )
             return total, 0
         pk = ", ".join(dq(k) for k in table.primary_key)
         join = " AND ".join(f"t.{dq(k)} IS NOT DISTINCT FROM s.{dq(k)}" for k in table.primary_key)
-        existing = int(run(c, f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t "
-                                 f"WHERE {join})").fetchone()[0])  # fmt: skip
+        existing = int(
+            run(
+                c, f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {join})"
+            ).fetchone()[0]
+        )
         # delete-then-insert is DuckDB's reliable upsert inside one transaction (ON CONFLICT DO UPDATE cannot
         # touch the same key twice in a transaction)
         run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_stage s WHERE {join})")
-        run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
-                  f"SELECT DISTINCT ON ({pk}) {col_list}, now(), ? FROM _rds_stage", [batch_id])  # fmt: skip
+        run(
+            c,
+            f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+            f"SELECT DISTINCT ON ({pk}) {col_list}, now(), ? FROM _rds_stage",
+            [batch_id],
+        )
         return total - existing, existing
 
     def _le(self, kind: str, low: str, high: str) -> bool:
@@ -373,8 +459,9 @@ class DuckDBDestination:
                 best = value
         return best
 
-    def _bookmark(self, table: SelectedTable, key_range: KeyRange, before: str | None, covered: str | None,
-                  source_max: str | None) -> LoadOutcome:  # fmt: skip
+    def _bookmark(
+        self, table: SelectedTable, key_range: KeyRange, before: str | None, covered: str | None, source_max: str | None
+    ) -> LoadOutcome:
         """The bookmark rule (``base.py``): move only when contiguous with what was copied, never backwards."""
         key = table.replication_key
         assert key is not None
@@ -382,8 +469,9 @@ class DuckDBDestination:
         kind = duckdb_type(column)
         c = self.conn
         nulls = int(run(c, f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone()[0])
-        row = run(c, f"SELECT _raw_key FROM _rds_stage WHERE {dq(key)} IS NOT NULL "
-                     f"ORDER BY {dq(key)} DESC LIMIT 1").fetchone()  # fmt: skip
+        row = run(
+            c, f"SELECT _raw_key FROM _rds_stage WHERE {dq(key)} IS NOT NULL ORDER BY {dq(key)} DESC LIMIT 1"
+        ).fetchone()
         seen = row[0] if row else None
         reached = self._greatest(kind, before, covered)
         contiguous = key_range.lower is None or (reached is not None and self._le(kind, str(key_range.lower), reached))
@@ -402,9 +490,12 @@ class DuckDBDestination:
 
     def primary_key_enforced(self, table: SelectedTable) -> bool:
         """Whether the replica has a PRIMARY KEY constraint on exactly the table's key columns."""
-        rows = run(self.conn, "SELECT constraint_column_names FROM duckdb_constraints() WHERE database_name = ? "
-                   "AND schema_name = ? AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
-                   [self.catalog, self.schema, table.destination_table]).fetchall()  # fmt: skip
+        rows = run(
+            self.conn,
+            "SELECT constraint_column_names FROM duckdb_constraints() WHERE database_name = ? "
+            "AND schema_name = ? AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
+            [self.catalog, self.schema, table.destination_table],
+        ).fetchall()
         return bool(table.primary_key) and any(sorted(r[0]) == sorted(table.primary_key) for r in rows)
 
     def duplicate_keys(self, table: SelectedTable) -> int:
@@ -413,9 +504,12 @@ class DuckDBDestination:
         return int(run(self.conn, query).fetchone()[0])
 
     def column_names(self, table: SelectedTable) -> list[str]:
-        rows = run(self.conn, "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? "
-                   "AND table_name = ? ORDER BY column_index", [self.catalog, self.schema, table.destination_table]
-                   ).fetchall()  # fmt: skip
+        rows = run(
+            self.conn,
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? "
+            "AND table_name = ? ORDER BY column_index",
+            [self.catalog, self.schema, table.destination_table],
+        ).fetchall()
         return [r[0] for r in rows]
 
     def fetch_rows(self, table: SelectedTable) -> list[tuple[Any, ...]]:

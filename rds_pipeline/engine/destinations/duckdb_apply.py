@@ -38,14 +38,16 @@ if TYPE_CHECKING:  # the destination imports its applier
     from rds_pipeline.engine.destinations.duckdb import DuckDBDestination
 
 
-
 def _slots(destination: DuckDBDestination) -> str:
     return f"{dq(destination.catalog)}.{dq(destination.schema)}.{dq(SLOTS_TABLE)}"
 
 
 def _ensure_slots(destination: DuckDBDestination) -> None:
-    run(destination.conn, f"CREATE TABLE IF NOT EXISTS {_slots(destination)} (slot VARCHAR PRIMARY KEY, lsn VARCHAR "
-                          "NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), reading BOOLEAN NOT NULL DEFAULT false)")  # fmt: skip
+    run(
+        destination.conn,
+        f"CREATE TABLE IF NOT EXISTS {_slots(destination)} (slot VARCHAR PRIMARY KEY, lsn VARCHAR "
+        "NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), reading BOOLEAN NOT NULL DEFAULT false)",
+    )
 
 
 def _write_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
@@ -56,8 +58,11 @@ def _write_lsn(destination: DuckDBDestination, slot: str, lsn: str) -> None:
         if row is None:
             run(destination.conn, f"INSERT INTO {_slots(destination)} (slot, lsn) VALUES (?, ?)", [slot, lsn])
         else:
-            run(destination.conn, f"UPDATE {_slots(destination)} SET lsn = ?, updated_at = now() WHERE slot = ?",
-                [lsn, slot])  # fmt: skip
+            run(
+                destination.conn,
+                f"UPDATE {_slots(destination)} SET lsn = ?, updated_at = now() WHERE slot = ?",
+                [lsn, slot],
+            )
 
 
 def _lsn(text: str) -> int:
@@ -77,8 +82,12 @@ class _ArrayJson:
         if self.conn is None:
             self.conn = self.source()
         with self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT to_json(v::{})::text FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) "
-                                "ORDER BY i").format(sql.SQL(_array_type(column))), (values,))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "SELECT to_json(v::{})::text FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i"
+                ).format(sql.SQL(_array_type(column))),
+                (values,),
+            )
             converted = [row[0] for row in cur.fetchall()]
         self.conn.rollback()
         return converted
@@ -94,7 +103,10 @@ def _array_type(column: Column) -> str:
 
 
 def _soft_column(destination: DuckDBDestination, table: SelectedTable) -> None:
-    run(destination.conn, f"ALTER TABLE {destination.target(table)} ADD COLUMN IF NOT EXISTS {dq(DELETED_AT)} TIMESTAMPTZ")
+    run(
+        destination.conn,
+        f"ALTER TABLE {destination.target(table)} ADD COLUMN IF NOT EXISTS {dq(DELETED_AT)} TIMESTAMPTZ",
+    )
 
 
 def _csv_field(value: Value) -> str:
@@ -118,8 +130,15 @@ def _stage(destination: DuckDBDestination, name: str, rows: list[list[Value]], e
     run(destination.conn, f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {', '.join(exprs)} FROM {source}", [path])
 
 
-def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: list[RowChange], report: ApplyReport,
-                 soft_deletes: bool, arrays: _ArrayJson, batch_id: str) -> None:  # fmt: skip
+def _apply_table(
+    destination: DuckDBDestination,
+    table: SelectedTable,
+    changes: list[RowChange],
+    report: ApplyReport,
+    soft_deletes: bool,
+    arrays: _ArrayJson,
+    batch_id: str,
+) -> None:
     if not table.primary_key:
         raise LoadError("log-based apply needs a primary key in the destination. Fix: `primary_key:` in the selection")
     c, target = destination.conn, destination.target(table)
@@ -152,8 +171,14 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
         keys = " AND ".join(f"t.{dq(k)} = s.{dq(k)}" for k in table.primary_key)
         # the upserts staged first: a key change's UNCHANGED values are read from its old row before the deletes
         if upserts:
-            staged = [[*row, "".join("1" if v is UNCHANGED else "0" for v in ch.values),
-                       *(ch.moved_from or [None] * len(key_at))] for row, ch in zip(rows, upserts, strict=True)]  # fmt: skip
+            staged = [
+                [
+                    *row,
+                    "".join("1" if v is UNCHANGED else "0" for v in ch.values),
+                    *(ch.moved_from or [None] * len(key_at)),
+                ]
+                for row, ch in zip(rows, upserts, strict=True)
+            ]
             exprs = [f"{converted(i, col)} AS {dq(col.name)}" for i, col in enumerate(columns)]
             exprs.append(f"c{len(columns)} AS _rds_u")
             exprs += [f"{converted(len(columns) + 1 + j, columns[i])} AS _rds_old{j}" for j, i in enumerate(key_at)]
@@ -163,37 +188,64 @@ def _apply_table(destination: DuckDBDestination, table: SelectedTable, changes: 
             old_keys = " AND ".join(f"t.{dq(k)} = s._rds_old{j}" for j, k in enumerate(table.primary_key))
             moved = any(ch.moved_from is not None for ch in upserts)
             for i, name in enumerate(names if moved else []):
-                run(c, f"UPDATE _rds_changed s SET {dq(name)} = t.{dq(name)}, _rds_u = overlay(s._rds_u PLACING '0' FROM {i + 1}) "
-                       f"FROM {target} t WHERE {old_keys} AND substr(s._rds_u, {i + 1}, 1) = '1' AND s._rds_old0 IS NOT NULL")  # fmt: skip
+                run(
+                    c,
+                    f"UPDATE _rds_changed s SET {dq(name)} = t.{dq(name)}, _rds_u = overlay(s._rds_u PLACING '0' FROM {i + 1}) "
+                    f"FROM {target} t WHERE {old_keys} AND substr(s._rds_u, {i + 1}, 1) = '1' AND s._rds_old0 IS NOT NULL",
+                )
         if deletes:
             key_rows: list[list[Value]] = [[*ch.values, _time(ch.at)] for ch in deletes]
             exprs = [f"{converted(j, columns[i])} AS {dq(names[i])}" for j, i in enumerate(key_at)]
             exprs.append(f"CAST(c{len(key_at)} AS TIMESTAMPTZ) AS _rds_at")
             _stage(destination, "_rds_deleted", key_rows, exprs, path)
             if soft_deletes:
-                deleted = run(c, f"UPDATE {target} t SET {dq(DELETED_AT)} = coalesce(s._rds_at, now()) FROM _rds_deleted s WHERE {keys} "
-                                 f"AND t.{dq(DELETED_AT)} IS NULL")  # fmt: skip
+                deleted = run(
+                    c,
+                    f"UPDATE {target} t SET {dq(DELETED_AT)} = coalesce(s._rds_at, now()) FROM _rds_deleted s WHERE {keys} "
+                    f"AND t.{dq(DELETED_AT)} IS NULL",
+                )
             else:
                 deleted = run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_deleted s WHERE {keys})")
             report.deleted[table.id] = report.deleted.get(table.id, 0) + int(deleted.fetchone()[0])
             c.execute("DROP TABLE _rds_deleted")
         if not upserts:
             return
-        missing = run(c, f"SELECT count(*) FROM _rds_changed s WHERE s._rds_u LIKE '%1%' AND NOT EXISTS "
-                         f"(SELECT 1 FROM {target} t WHERE {keys})").fetchone()[0]  # fmt: skip
+        missing = run(
+            c,
+            f"SELECT count(*) FROM _rds_changed s WHERE s._rds_u LIKE '%1%' AND NOT EXISTS "
+            f"(SELECT 1 FROM {target} t WHERE {keys})",
+        ).fetchone()[0]
         if missing:
-            raise LoadError("the stream updated rows the destination does not hold, leaving TOASTed values unchanged: "
-                            "the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)")  # fmt: skip
-        partial = [f"{dq(n)} = CASE WHEN substr(s._rds_u, {i + 1}, 1) = '1' THEN t.{dq(n)} ELSE s.{dq(n)} END"
-                   for i, n in enumerate(names) if n not in table.primary_key]  # fmt: skip
-        refresh = [f"{dq(EXTRACTED_AT)} = now()", f"{dq(BATCH_ID)} = ?"] + ([f"{dq(DELETED_AT)} = NULL"] if soft_deletes else [])
+            raise LoadError(
+                "the stream updated rows the destination does not hold, leaving TOASTed values unchanged: "
+                "the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)"
+            )
+        partial = [
+            f"{dq(n)} = CASE WHEN substr(s._rds_u, {i + 1}, 1) = '1' THEN t.{dq(n)} ELSE s.{dq(n)} END"
+            for i, n in enumerate(names)
+            if n not in table.primary_key
+        ]
+        refresh = [f"{dq(EXTRACTED_AT)} = now()", f"{dq(BATCH_ID)} = ?"] + (
+            [f"{dq(DELETED_AT)} = NULL"] if soft_deletes else []
+        )
         if partial:
-            run(c, f"UPDATE {target} t SET {', '.join(partial + refresh)} FROM _rds_changed s WHERE {keys} "
-                   "AND s._rds_u LIKE '%1%'", [f"lsn:{batch_id}"])  # fmt: skip
-        run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_changed s WHERE {keys} AND s._rds_u NOT LIKE '%1%')")
+            run(
+                c,
+                f"UPDATE {target} t SET {', '.join(partial + refresh)} FROM _rds_changed s WHERE {keys} "
+                "AND s._rds_u LIKE '%1%'",
+                [f"lsn:{batch_id}"],
+            )
+        run(
+            c,
+            f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_changed s WHERE {keys} AND s._rds_u NOT LIKE '%1%')",
+        )
         col_list = ", ".join(dq(n) for n in names)
-        run(c, f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) SELECT {col_list}, now(), ? "
-               "FROM _rds_changed WHERE _rds_u NOT LIKE '%1%'", [f"lsn:{batch_id}"])  # fmt: skip
+        run(
+            c,
+            f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) SELECT {col_list}, now(), ? "
+            "FROM _rds_changed WHERE _rds_u NOT LIKE '%1%'",
+            [f"lsn:{batch_id}"],
+        )
         report.upserted[table.id] += len(upserts)
         c.execute("DROP TABLE _rds_changed")
     finally:
@@ -222,18 +274,25 @@ class DuckDBApplier:
 
     def was_reading(self, slot: str) -> bool:
         _ensure_slots(self.destination)
-        row = run(self.destination.conn, f"SELECT reading FROM {_slots(self.destination)} WHERE slot = ?", [slot]).fetchone()
+        row = run(
+            self.destination.conn, f"SELECT reading FROM {_slots(self.destination)} WHERE slot = ?", [slot]
+        ).fetchone()
         return bool(row and row[0])
 
     def applied_lsn(self, slot: str) -> str | None:
         _ensure_slots(self.destination)
-        row = run(self.destination.conn, f"SELECT lsn FROM {_slots(self.destination)} WHERE slot = ?", [slot]).fetchone()
+        row = run(
+            self.destination.conn, f"SELECT lsn FROM {_slots(self.destination)} WHERE slot = ?", [slot]
+        ).fetchone()
         return row[0] if row else None
 
     def slot_age_seconds(self, slot: str) -> int | None:
         _ensure_slots(self.destination)
-        row = run(self.destination.conn, f"SELECT CAST(epoch(now() - updated_at) AS BIGINT) FROM {_slots(self.destination)} "
-                                    "WHERE slot = ?", [slot]).fetchone()  # fmt: skip
+        row = run(
+            self.destination.conn,
+            f"SELECT CAST(epoch(now() - updated_at) AS BIGINT) FROM {_slots(self.destination)} WHERE slot = ?",
+            [slot],
+        ).fetchone()
         return row[0] if row else None
 
     def record_lsn(self, slot: str, lsn: str) -> None:
@@ -246,36 +305,61 @@ class DuckDBApplier:
             raise
 
     def snapshot_lsns(self, slot: str) -> dict[str, str]:
-        rows = run(self.destination.conn, f"SELECT s.table_id, s.bookmark, s.destination_table FROM {self.destination.state_table()} s "
-                                     "WHERE s.replication_key = ? AND s.bookmark IS NOT NULL", [SLOT_MARK + slot]).fetchall()  # fmt: skip
-        existing = {r[0] for r in run(self.destination.conn, "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-                                      "AND schema_name = ?", [self.destination.catalog, self.destination.schema]).fetchall()}  # fmt: skip
+        rows = run(
+            self.destination.conn,
+            f"SELECT s.table_id, s.bookmark, s.destination_table FROM {self.destination.state_table()} s "
+            "WHERE s.replication_key = ? AND s.bookmark IS NOT NULL",
+            [SLOT_MARK + slot],
+        ).fetchall()
+        existing = {
+            r[0]
+            for r in run(
+                self.destination.conn,
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
+                [self.destination.catalog, self.destination.schema],
+            ).fetchall()
+        }
         return {table_id: lsn for table_id, lsn, name in rows if name in existing}
 
     def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
-        run(self.destination.conn, f"INSERT OR REPLACE INTO {self.destination.state_table()} (table_id, destination_table, replication_key, "
-                              "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
-            [table.id, table.destination_table, SLOT_MARK + slot, lsn])  # fmt: skip
+        run(
+            self.destination.conn,
+            f"INSERT OR REPLACE INTO {self.destination.state_table()} (table_id, destination_table, replication_key, "
+            "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
+            [table.id, table.destination_table, SLOT_MARK + slot, lsn],
+        )
 
     def forget_table(self, slot: str, table_id: str) -> None:
-        run(self.destination.conn, f"DELETE FROM {self.destination.state_table()} WHERE table_id = ? AND replication_key = ?",
-            [table_id, SLOT_MARK + slot])  # fmt: skip
+        run(
+            self.destination.conn,
+            f"DELETE FROM {self.destination.state_table()} WHERE table_id = ? AND replication_key = ?",
+            [table_id, SLOT_MARK + slot],
+        )
 
     def forget_slot(self, slot: str) -> int:
         _ensure_slots(self.destination)
         self.destination.conn.execute("BEGIN TRANSACTION")
         try:
             run(self.destination.conn, f"DELETE FROM {_slots(self.destination)} WHERE slot = ?", [slot])
-            count = run(self.destination.conn, f"DELETE FROM {self.destination.state_table()} WHERE replication_key = ?",
-                        [SLOT_MARK + slot]).fetchone()[0]  # fmt: skip
+            count = run(
+                self.destination.conn,
+                f"DELETE FROM {self.destination.state_table()} WHERE replication_key = ?",
+                [SLOT_MARK + slot],
+            ).fetchone()[0]
             self.destination.conn.execute("COMMIT")
         except BaseException:
             self.destination.conn.execute("ROLLBACK")
             raise
         return int(count)
 
-    def apply_batch(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
-                    slot: str, soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+    def apply_batch(
+        self,
+        tables: dict[tuple[str, str], SelectedTable],
+        batch: ChangeBatch,
+        slot: str,
+        soft_deletes: bool = False,
+        source: SourceConnect | None = None,
+    ) -> ApplyReport:
         """Apply ``batch`` and move the slot's LSN to ``batch.end_lsn``, in one DuckDB transaction."""
         report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
         c = self.destination.conn
@@ -297,7 +381,9 @@ class DuckDBApplier:
                 except LoadError as exc:
                     raise TableApplyError(table.id, str(exc)) from exc
                 except Exception as exc:  # noqa: BLE001 - DuckDB's errors name no table: name it
-                    raise TableApplyError(table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+                    raise TableApplyError(
+                        table.id, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                    ) from exc
             if report.lsn is not None:
                 _write_lsn(self.destination, slot, report.lsn)
             c.execute("COMMIT")

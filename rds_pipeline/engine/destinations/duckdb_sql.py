@@ -25,12 +25,16 @@ def _bc_aware(expr: str, target: str) -> str:
     """DuckDB silently reads '0044-03-15 BC' as year 44 AD; rebuild BC dates and timestamps explicitly
     (PostgreSQL's year N BC is DuckDB's year 1 - N)."""
     if target == "DATE":
-        bc = (f"make_date(1 - CAST(split_part({expr}, '-', 1) AS INTEGER), CAST(split_part({expr}, '-', 2) AS INTEGER),"
-              f" CAST(left(split_part({expr}, '-', 3), 2) AS INTEGER))")  # fmt: skip
+        bc = (
+            f"make_date(1 - CAST(split_part({expr}, '-', 1) AS INTEGER), CAST(split_part({expr}, '-', 2) AS INTEGER),"
+            f" CAST(left(split_part({expr}, '-', 3), 2) AS INTEGER))"
+        )
     elif target == "TIMESTAMP":
-        bc = (f"make_timestamp(1 - CAST(split_part({expr}, '-', 1) AS BIGINT), CAST(split_part({expr}, '-', 2) AS BIGINT),"
-              f" CAST(left(split_part({expr}, '-', 3), 2) AS BIGINT), CAST(substr({expr}, 12, 2) AS BIGINT),"
-              f" CAST(substr({expr}, 15, 2) AS BIGINT), CAST(regexp_extract({expr}, ':(\\d+(\\.\\d+)?) BC$', 1) AS DOUBLE))")  # fmt: skip
+        bc = (
+            f"make_timestamp(1 - CAST(split_part({expr}, '-', 1) AS BIGINT), CAST(split_part({expr}, '-', 2) AS BIGINT),"
+            f" CAST(left(split_part({expr}, '-', 3), 2) AS BIGINT), CAST(substr({expr}, 12, 2) AS BIGINT),"
+            f" CAST(substr({expr}, 15, 2) AS BIGINT), CAST(regexp_extract({expr}, ':(\\d+(\\.\\d+)?) BC$', 1) AS DOUBLE))"
+        )
     else:
         return f"CAST({expr} AS {target})"
     return f"CASE WHEN {expr} LIKE '% BC' THEN {bc} ELSE CAST({expr} AS {target}) END"
@@ -58,5 +62,7 @@ def csv_source(width: int) -> str:
     """``read_csv`` of a CSV file (the ``?`` parameter) of PostgreSQL's CSV text: ``width`` VARCHAR columns c0…,
     empty unquoted = NULL, nothing guessed."""
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
-    return (f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
-            "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)")  # fmt: skip
+    return (
+        f"read_csv(?, header = false, columns = {{{columns}}}, quote = '\"', escape = '\"', "
+        "allow_quoted_nulls = false, nullstr = '', delim = ',', strict_mode = true, auto_detect = false)"
+    )

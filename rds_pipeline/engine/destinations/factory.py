@@ -14,8 +14,10 @@ def open_destination(config: IntegrationConfig, lock_wait_seconds: float | None 
 
         assert config.destination.path is not None
         destination: Destination = DuckDBDestination(
-            config.destination.path, config.destination_schema,
-            **({"lock_wait_seconds": lock_wait_seconds} if lock_wait_seconds is not None else {}))  # fmt: skip
+            config.destination.path,
+            config.destination_schema,
+            **({"lock_wait_seconds": lock_wait_seconds} if lock_wait_seconds is not None else {}),
+        )
     else:
         from rds_pipeline.engine.destinations.postgres import PostgresDestination
 

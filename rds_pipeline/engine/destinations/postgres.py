@@ -82,7 +82,7 @@ class PostgresDestination:
                 ssl=config.ssl,
                 connect_timeout=config.connect_timeout,
                 options={"lock_timeout": f"{config.lock_timeout_seconds}s"},
-            )  # fmt: skip
+            )
         )
         apply_session_settings(conn)
         return conn
@@ -120,27 +120,38 @@ class PostgresDestination:
         with self.conn, self.conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('rds_pipeline_meta'))")  # one registration at a time
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(meta))
-            cur.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {}.{} (schema_name text PRIMARY KEY, integration_name text NOT NULL, "
-                "source_key text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now())"
-            ).format(meta, sql.Identifier(REGISTRY)))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.{} (schema_name text PRIMARY KEY, integration_name text NOT NULL, "
+                    "source_key text NOT NULL, registered_at timestamptz NOT NULL DEFAULT now())"
+                ).format(meta, sql.Identifier(REGISTRY))
+            )
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(META_SCHEMA)}.integrations",))
             if cur.fetchone()[0]:  # the registry of earlier versions, keyed by source: carried over
-                cur.execute(sql.SQL("INSERT INTO {m}.{r} (schema_name, integration_name, source_key) SELECT schema_name, "
-                                    "integration_name, source_key FROM {m}.integrations ON CONFLICT DO NOTHING")
-                            .format(m=meta, r=sql.Identifier(REGISTRY)))  # fmt: skip
-            cur.execute(sql.SQL("SELECT schema_name, integration_name FROM {}.{} WHERE source_key = %s "
-                                "AND schema_name <> %s").format(meta, sql.Identifier(REGISTRY)),
-                        (config.source_key, self.schema))  # fmt: skip
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {m}.{r} (schema_name, integration_name, source_key) SELECT schema_name, "
+                        "integration_name, source_key FROM {m}.integrations ON CONFLICT DO NOTHING"
+                    ).format(m=meta, r=sql.Identifier(REGISTRY))
+                )
+            cur.execute(
+                sql.SQL(
+                    "SELECT schema_name, integration_name FROM {}.{} WHERE source_key = %s AND schema_name <> %s"
+                ).format(meta, sql.Identifier(REGISTRY)),
+                (config.source_key, self.schema),
+            )
             for other_schema, other_name in cur.fetchall():
                 shared = overlap(config.selected_ids(), self._loaded_tables(cur, other_schema))
                 if shared and not config.allow_integration_rename:
                     raise rename_refusal(other_name, other_schema, config.integration_name, self.schema, shared)
-            cur.execute(sql.SQL(
-                "INSERT INTO {}.{} (schema_name, integration_name, source_key) VALUES (%s, %s, %s) "
-                "ON CONFLICT (schema_name) DO UPDATE SET integration_name = EXCLUDED.integration_name, "
-                "source_key = EXCLUDED.source_key"
-            ).format(meta, sql.Identifier(REGISTRY)), (self.schema, config.integration_name, config.source_key))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {}.{} (schema_name, integration_name, source_key) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (schema_name) DO UPDATE SET integration_name = EXCLUDED.integration_name, "
+                    "source_key = EXCLUDED.source_key"
+                ).format(meta, sql.Identifier(REGISTRY)),
+                (self.schema, config.integration_name, config.source_key),
+            )
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
             cur.execute(
                 sql.SQL(
@@ -167,10 +178,12 @@ class PostgresDestination:
     def table_state(self, table: SelectedTable) -> TableState:
         with self.conn, self.conn.cursor() as cur:
             cur.execute(
-                sql.SQL("SELECT to_regclass(%s) IS NOT NULL, (SELECT bookmark FROM {s} WHERE table_id = %s), "
-                        "(SELECT covered_to FROM {s} WHERE table_id = %s)").format(s=self.state_table()),
+                sql.SQL(
+                    "SELECT to_regclass(%s) IS NOT NULL, (SELECT bookmark FROM {s} WHERE table_id = %s), "
+                    "(SELECT covered_to FROM {s} WHERE table_id = %s)"
+                ).format(s=self.state_table()),
                 (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}", table.id, table.id),
-            )  # fmt: skip
+            )
             exists, bookmark, covered_to = cur.fetchone()
         return TableState(bool(exists), bookmark if exists else None, covered_to if exists else None)
 
@@ -180,9 +193,13 @@ class PostgresDestination:
     def read_bookmarks(self) -> dict[str, str | None]:
         """Every table's bookmark; none for a table whose destination table is gone (its state is void)."""
         with self.conn, self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT table_id, CASE WHEN to_regclass(quote_ident(%s) || '.' || "
-                                "quote_ident(destination_table)) IS NOT NULL THEN bookmark END FROM {}")
-                        .format(self.state_table()), (self.schema,))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "SELECT table_id, CASE WHEN to_regclass(quote_ident(%s) || '.' || "
+                    "quote_ident(destination_table)) IS NOT NULL THEN bookmark END FROM {}"
+                ).format(self.state_table()),
+                (self.schema,),
+            )
             return dict(cur.fetchall())
 
     def read_sync_times(self) -> dict[str, dt.datetime]:
@@ -203,8 +220,9 @@ class PostgresDestination:
             return int(cur.fetchone()[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
-    def ensure_table(self, cur: psycopg2.extensions.cursor, table: SelectedTable,
-                     key_later: bool = False) -> tuple[list[str], bool]:  # fmt: skip
+    def ensure_table(
+        self, cur: psycopg2.extensions.cursor, table: SelectedTable, key_later: bool = False
+    ) -> tuple[list[str], bool]:
         """Create the table, or evolve it: add new columns; keep dropped ones (nullable); apply type changes
         with a checked cast (a failing cast aborts the load, so data is never silently corrupted).
         ``key_later``: a new table gets its primary key from ``add_primary_key`` after the first COPY (one
@@ -280,6 +298,7 @@ class PostgresDestination:
         """Load what ``copy`` streams; data and state commit together (the bookmark rule in ``base.py``).
         ``turn``: called once the rows are in and before the state row is locked (chunks copied in parallel
         wait there for the chunk before them, so each commit finds its bookmark contiguous)."""
+
         def locked_state() -> tuple[str | None, str | None]:
             if turn is not None:
                 turn()
@@ -328,8 +347,7 @@ class PostgresDestination:
                     )
                     report.rows_inserted = cur.rowcount
                     self.add_primary_key(cur, table)
-                    outcome = self._bookmark(cur, table, target, key_range, *locked_state(),
-                                             source_max)  # fmt: skip
+                    outcome = self._bookmark(cur, table, target, key_range, *locked_state(), source_max)
                 else:
                     stage = sql.Identifier("_rds_stage")
                     cur.execute(
@@ -348,8 +366,7 @@ class PostgresDestination:
                     )
                     inserted, updated = self._merge(cur, table, stage, column_list)
                     report.rows_inserted, report.rows_updated = inserted, updated
-                    outcome = self._bookmark(cur, table, stage, key_range, *locked_state(),
-                                             source_max)  # fmt: skip
+                    outcome = self._bookmark(cur, table, stage, key_range, *locked_state(), source_max)
                 if table.method in REPLACING:  # no bookmark; the state row is still locked (and updated below)
                     before, _ = locked_state()
                     outcome = LoadOutcome(before, before)
@@ -357,16 +374,21 @@ class PostgresDestination:
                 if copy.error is not None:
                     raise copy.error
                 if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
-                        cur.execute(
+                    cur.execute(
                         sql.SQL(
                             "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, covered_to, "
                             "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
                             "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
                             "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
                         ).format(self.state_table()),
-                        (table.id, table.destination_table, table.replication_key, outcome.bookmark_after,
-                         outcome.covered_to if table.method == "key_based" else None),
-                    )  # fmt: skip
+                        (
+                            table.id,
+                            table.destination_table,
+                            table.replication_key,
+                            outcome.bookmark_after,
+                            outcome.covered_to if table.method == "key_based" else None,
+                        ),
+                    )
             self.conn.commit()  # data, metadata and bookmark move together, or not at all
         except BaseException:
             copy.abort()
@@ -403,16 +425,21 @@ class PostgresDestination:
 
     def _exists(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> bool:
         """Whether the replica table exists, read under the statement's snapshot (not the catalog cache)."""
-        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
-                    (self.schema, table.destination_table))  # fmt: skip
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
+            (self.schema, table.destination_table),
+        )
         return bool(cur.fetchone()[0])
 
     def add_primary_key(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> None:
         """The primary key of a table created with ``key_later``, built once over the loaded rows."""
         if table.primary_key:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                self.target(table), sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))  # fmt: skip
+            cur.execute(
+                sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                    self.target(table), sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+                )
+            )
 
     def create_if_missing(self, table: SelectedTable) -> bool:
         """Create a missing table in its own short transaction, one creator at a time (concurrent first loads
@@ -420,8 +447,10 @@ class PostgresDestination:
         gone. True when this call created it."""
         with self.conn, self.conn.cursor() as cur:
             name = f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}"
-            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), to_regclass(%s) IS NULL",
-                        (f"rds_pipeline create {name}", name))  # fmt: skip
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), to_regclass(%s) IS NULL",
+                (f"rds_pipeline create {name}", name),
+            )
             if not cur.fetchone()[1]:
                 return False
             self.ensure_table(cur, table)
@@ -431,15 +460,22 @@ class PostgresDestination:
     def _lock_state(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> tuple[str | None, str | None]:
         """Lock the table's state row and read it, after the copy (so concurrent runs of one table serialize
         only for the bookmark, not for their copies)."""
-        cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table) VALUES (%s, %s) ON CONFLICT DO NOTHING")
-                    .format(self.state_table()), (table.id, table.destination_table))  # fmt: skip
-        cur.execute(sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self.state_table()),
-                    (table.id,))  # fmt: skip
+        cur.execute(
+            sql.SQL("INSERT INTO {} (table_id, destination_table) VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
+                self.state_table()
+            ),
+            (table.id, table.destination_table),
+        )
+        cur.execute(
+            sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self.state_table()),
+            (table.id,),
+        )
         bookmark, covered = cur.fetchone()
         return bookmark, covered
 
-    def _merge(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier,
-               column_list: sql.Composable) -> tuple[int, int]:  # fmt: skip
+    def _merge(
+        self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Identifier, column_list: sql.Composable
+    ) -> tuple[int, int]:
         target = self.target(table)
         if not table.primary_key:
             cur.execute(
@@ -448,8 +484,10 @@ class PostgresDestination:
             return cur.rowcount, 0
         non_key = [c.name for c in table.columns if c.name not in table.primary_key]
         updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n)) for n in non_key]
-        updates += [sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)),
-                    sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(BATCH_ID), sql.Identifier(BATCH_ID))]  # fmt: skip
+        updates += [
+            sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)),
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(BATCH_ID), sql.Identifier(BATCH_ID)),
+        ]
         cur.execute(
             sql.SQL(
                 "WITH merged AS (INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM {stage} "
@@ -461,14 +499,21 @@ class PostgresDestination:
                 stage=stage,
                 pk=sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
                 updates=sql.SQL(", ").join(updates),
-            )  # fmt: skip
+            )
         )
         inserted, updated = cur.fetchone()
         return int(inserted), int(updated)
 
-    def _bookmark(self, cur: psycopg2.extensions.cursor, table: SelectedTable, stage: sql.Composable,
-                  key_range: KeyRange, before: str | None, covered: str | None,
-                  source_max: str | None) -> LoadOutcome:  # fmt: skip
+    def _bookmark(
+        self,
+        cur: psycopg2.extensions.cursor,
+        table: SelectedTable,
+        stage: sql.Composable,
+        key_range: KeyRange,
+        before: str | None,
+        covered: str | None,
+        source_max: str | None,
+    ) -> LoadOutcome:
         """The bookmark rule (``base.py``), in SQL with the key's type: move only when contiguous, never back."""
         key = table.replication_key
         assert key is not None

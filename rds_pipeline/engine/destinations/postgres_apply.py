@@ -65,8 +65,10 @@ def _copy_text(value: Value) -> str:
     if value is None or value is UNCHANGED:
         return "\\N"
     if isinstance(value, bytes):
-        raise LoadError("log-based apply reads text values; the stream sent a binary one. Fix: do not ask "
-                        "pgoutput for binary = true")  # fmt: skip
+        raise LoadError(
+            "log-based apply reads text values; the stream sent a binary one. Fix: do not ask "
+            "pgoutput for binary = true"
+        )
     return value.translate(_COPY_ESCAPES)  # type: ignore[union-attr]
 
 
@@ -76,8 +78,12 @@ def _rows(lines: list[list[str]]) -> io.StringIO:
 
 def _slots_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination) -> sql.Identifier:
     state = sql.Identifier(destination.schema, SLOTS_TABLE)
-    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
-                        "updated_at timestamptz NOT NULL DEFAULT now())").format(state))  # fmt: skip
+    cur.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, lsn text NOT NULL, "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        ).format(state)
+    )
     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS reading boolean NOT NULL DEFAULT false").format(state))
     return state
 
@@ -85,40 +91,65 @@ def _slots_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
 def _write_lsn(cur: psycopg2.extensions.cursor, destination: PostgresDestination, slot: str, lsn: str) -> None:
     """Move the slot's LSN forward to ``lsn`` (never back), in the caller's transaction."""
     state = _slots_table(cur, destination)
-    cur.execute(sql.SQL("INSERT INTO {s} (slot, lsn) VALUES (%(slot)s, %(lsn)s) ON CONFLICT (slot) DO UPDATE SET "
-                        "lsn = EXCLUDED.lsn, updated_at = now() WHERE {s}.lsn::pg_lsn < EXCLUDED.lsn::pg_lsn")
-                .format(s=state), {"slot": slot, "lsn": lsn})  # fmt: skip
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {s} (slot, lsn) VALUES (%(slot)s, %(lsn)s) ON CONFLICT (slot) DO UPDATE SET "
+            "lsn = EXCLUDED.lsn, updated_at = now() WHERE {s}.lsn::pg_lsn < EXCLUDED.lsn::pg_lsn"
+        ).format(s=state),
+        {"slot": slot, "lsn": lsn},
+    )
 
 
-def _apply_table(cur: psycopg2.extensions.cursor, destination: PostgresDestination, table: SelectedTable,
-                 changes: list[RowChange], report: ApplyReport, soft_deletes: bool = False,
-                 enforced: bool = False) -> None:  # fmt: skip
+def _apply_table(
+    cur: psycopg2.extensions.cursor,
+    destination: PostgresDestination,
+    table: SelectedTable,
+    changes: list[RowChange],
+    report: ApplyReport,
+    soft_deletes: bool = False,
+    enforced: bool = False,
+) -> None:
     if not table.primary_key:
-        raise LoadError(f"{table.id}: log-based apply needs a primary key in the destination. Fix: give the table "
-                        "a primary key at the source, or `primary_key:` in the selection")  # fmt: skip
+        raise LoadError(
+            f"{table.id}: log-based apply needs a primary key in the destination. Fix: give the table "
+            "a primary key at the source, or `primary_key:` in the selection"
+        )
     target = destination.target(table)
     names = list(table.column_names)
     key_index = [names.index(k) for k in table.primary_key]
     # primary-key columns are never NULL: plain equality, so the replica's key index serves every join
     keys = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in table.primary_key)
-    typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c)))
-                               for c in table.columns)  # fmt: skip
+    typed = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c))) for c in table.columns
+    )
     upserts = [c for c in changes if c.op != DELETE]
     for change in upserts:
         if change.moved_from is not None:  # a key change that left TOASTed values: they are under the old key
             _fill_from_old_key(cur, table, target, change, key_index)
     deletes = [c for c in changes if c.op == DELETE]
     if deletes:
-        key_types = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(postgres_type(
-            next(c for c in table.columns if c.name == k)))) for k in table.primary_key)  # fmt: skip
-        cur.execute(sql.SQL("CREATE TEMP TABLE _rds_deleted ({}, _rds_at timestamptz) ON COMMIT DROP").format(key_types))
-        cur.copy_expert(sql.SQL("COPY _rds_deleted ({}, _rds_at) FROM STDIN").format(
-            sql.SQL(", ").join(map(sql.Identifier, table.primary_key))).as_string(cur),
-            _rows([[*(_copy_text(v) for v in c.values), _commit_time(c.at)] for c in deletes]))  # fmt: skip
+        key_types = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(
+                sql.Identifier(k), sql.SQL(postgres_type(next(c for c in table.columns if c.name == k)))
+            )
+            for k in table.primary_key
+        )
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE _rds_deleted ({}, _rds_at timestamptz) ON COMMIT DROP").format(key_types)
+        )
+        cur.copy_expert(
+            sql.SQL("COPY _rds_deleted ({}, _rds_at) FROM STDIN")
+            .format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
+            .as_string(cur),
+            _rows([[*(_copy_text(v) for v in c.values), _commit_time(c.at)] for c in deletes]),
+        )
         cur.execute("ANALYZE _rds_deleted")
         if soft_deletes:
-            cur.execute(sql.SQL("UPDATE {} t SET {d} = coalesce(s._rds_at, now()) FROM _rds_deleted s WHERE {k} AND t.{d} IS NULL")
-                        .format(target, d=sql.Identifier(DELETED_AT), k=keys))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} t SET {d} = coalesce(s._rds_at, now()) FROM _rds_deleted s WHERE {k} AND t.{d} IS NULL"
+                ).format(target, d=sql.Identifier(DELETED_AT), k=keys)
+            )
         else:
             cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
         report.deleted[table.id] = report.deleted.get(table.id, 0) + cur.rowcount
@@ -135,14 +166,22 @@ def _refresh(soft_deletes: bool) -> list[sql.Composable]:
     """What every upsert also sets: when and by which batch the row was loaded (and that it is not deleted)."""
     assignments: list[sql.Composable] = [
         sql.SQL("{} = now()").format(sql.Identifier(EXTRACTED_AT)),
-        sql.SQL("{} = current_setting('rds_pipeline.batch_id', true)").format(sql.Identifier(BATCH_ID))]  # fmt: skip
+        sql.SQL("{} = current_setting('rds_pipeline.batch_id', true)").format(sql.Identifier(BATCH_ID)),
+    ]
     if soft_deletes:
         assignments.append(sql.SQL("{} = NULL").format(sql.Identifier(DELETED_AT)))
     return assignments
 
 
-def _upsert_complete(cur: psycopg2.extensions.cursor, table: SelectedTable, target: sql.Composable,
-                     upserts: list[RowChange], typed: sql.Composable, report: ApplyReport, soft_deletes: bool) -> None:  # fmt: skip
+def _upsert_complete(
+    cur: psycopg2.extensions.cursor,
+    table: SelectedTable,
+    target: sql.Composable,
+    upserts: list[RowChange],
+    typed: sql.Composable,
+    report: ApplyReport,
+    soft_deletes: bool,
+) -> None:
     """Whole rows (the common case): one COPY into a stage, one INSERT … ON CONFLICT DO UPDATE."""
     names = list(table.column_names)
     columns = sql.SQL(", ").join(map(sql.Identifier, names))
@@ -150,16 +189,29 @@ def _upsert_complete(cur: psycopg2.extensions.cursor, table: SelectedTable, targ
     text = "".join(map(_copy_line, upserts))
     cur.copy_expert(sql.SQL("COPY _rds_complete ({}) FROM STDIN").format(columns).as_string(cur), io.StringIO(text))
     updates = [sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(n)) for n in names if n not in table.primary_key]
-    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_complete ON CONFLICT ({}) DO UPDATE SET {}").format(
-        target, columns, columns, sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
-        sql.SQL(", ").join([*updates, *_refresh(soft_deletes)])))  # fmt: skip
+    cur.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_complete ON CONFLICT ({}) DO UPDATE SET {}").format(
+            target,
+            columns,
+            columns,
+            sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
+            sql.SQL(", ").join([*updates, *_refresh(soft_deletes)]),
+        )
+    )
     report.upserted[table.id] = report.upserted.get(table.id, 0) + cur.rowcount
     cur.execute("DROP TABLE _rds_complete")
 
 
-def _upsert_partial(cur: psycopg2.extensions.cursor, table: SelectedTable, target: sql.Composable,
-                    upserts: list[RowChange], typed: sql.Composable, keys: sql.Composable, report: ApplyReport,
-                    soft_deletes: bool) -> None:  # fmt: skip
+def _upsert_partial(
+    cur: psycopg2.extensions.cursor,
+    table: SelectedTable,
+    target: sql.Composable,
+    upserts: list[RowChange],
+    typed: sql.Composable,
+    keys: sql.Composable,
+    report: ApplyReport,
+    soft_deletes: bool,
+) -> None:
     """Rows with TOASTed values left UNCHANGED: each such column keeps the destination's current value."""
     names = list(table.column_names)
     cur.execute(sql.SQL("CREATE TEMP TABLE _rds_changed ({}, _rds_unchanged text[]) ON COMMIT DROP").format(typed))
@@ -169,36 +221,63 @@ def _upsert_partial(cur: psycopg2.extensions.cursor, table: SelectedTable, targe
         marker = "{" + ",".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in unchanged) + "}"
         lines.append([*(_copy_text(v) for v in change.values), _copy_text(marker)])
     columns = sql.SQL(", ").join(map(sql.Identifier, names))
-    cur.copy_expert(sql.SQL("COPY _rds_changed ({}, _rds_unchanged) FROM STDIN").format(columns).as_string(cur),
-                    _rows(lines))  # fmt: skip
+    cur.copy_expert(
+        sql.SQL("COPY _rds_changed ({}, _rds_unchanged) FROM STDIN").format(columns).as_string(cur), _rows(lines)
+    )
     cur.execute("ANALYZE _rds_changed")
-    cur.execute(sql.SQL("SELECT count(*) FROM _rds_changed s WHERE cardinality(s._rds_unchanged) > 0 AND NOT EXISTS "
-                        "(SELECT 1 FROM {} t WHERE {})").format(target, keys))  # fmt: skip
+    cur.execute(
+        sql.SQL(
+            "SELECT count(*) FROM _rds_changed s WHERE cardinality(s._rds_unchanged) > 0 AND NOT EXISTS "
+            "(SELECT 1 FROM {} t WHERE {})"
+        ).format(target, keys)
+    )
     if cur.fetchone()[0]:
-        raise LoadError(f"{table.id}: the stream updated rows the destination does not hold, leaving TOASTed values "
-                        "unchanged: the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)")  # fmt: skip
+        raise LoadError(
+            f"{table.id}: the stream updated rows the destination does not hold, leaving TOASTed values "
+            "unchanged: the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)"
+        )
     non_key = [n for n in names if n not in table.primary_key]
-    assignments = [sql.SQL("{c} = CASE WHEN {n} = ANY (s._rds_unchanged) THEN t.{c} ELSE s.{c} END").format(
-        c=sql.Identifier(n), n=sql.Literal(n)) for n in non_key]  # fmt: skip
-    cur.execute(sql.SQL("UPDATE {} t SET {} FROM _rds_changed s WHERE {}").format(
-        target, sql.SQL(", ").join([*assignments, *_refresh(soft_deletes)]), keys))  # fmt: skip
+    assignments = [
+        sql.SQL("{c} = CASE WHEN {n} = ANY (s._rds_unchanged) THEN t.{c} ELSE s.{c} END").format(
+            c=sql.Identifier(n), n=sql.Literal(n)
+        )
+        for n in non_key
+    ]
+    cur.execute(
+        sql.SQL("UPDATE {} t SET {} FROM _rds_changed s WHERE {}").format(
+            target, sql.SQL(", ").join([*assignments, *_refresh(soft_deletes)]), keys
+        )
+    )
     updated = cur.rowcount
-    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_changed s WHERE NOT EXISTS "
-                        "(SELECT 1 FROM {} t WHERE {})").format(target, columns, sql.SQL(", ").join(
-                            sql.SQL("s.{}").format(sql.Identifier(n)) for n in names), target, keys))  # fmt: skip
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} ({}) SELECT {} FROM _rds_changed s WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {})"
+        ).format(
+            target, columns, sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names), target, keys
+        )
+    )
     report.upserted[table.id] = report.upserted.get(table.id, 0) + updated + cur.rowcount
     cur.execute("DROP TABLE _rds_changed")
 
 
-def _fill_from_old_key(cur: psycopg2.extensions.cursor, table: SelectedTable, target: sql.Composable,
-                       change: RowChange, key_index: list[int]) -> None:  # fmt: skip
+def _fill_from_old_key(
+    cur: psycopg2.extensions.cursor,
+    table: SelectedTable,
+    target: sql.Composable,
+    change: RowChange,
+    key_index: list[int],
+) -> None:
     names = list(table.column_names)
     wanted = [i for i, v in enumerate(change.values) if v is UNCHANGED]
-    where = sql.SQL(" AND ").join(sql.SQL("{}::text = %s").format(sql.Identifier(table.primary_key[j]))
-                                  for j in range(len(key_index)))  # fmt: skip
-    cur.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(names[i])) for i in wanted), target, where),
-        list(change.moved_from or ()))  # fmt: skip
+    where = sql.SQL(" AND ").join(
+        sql.SQL("{}::text = %s").format(sql.Identifier(table.primary_key[j])) for j in range(len(key_index))
+    )
+    cur.execute(
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(names[i])) for i in wanted), target, where
+        ),
+        list(change.moved_from or ()),
+    )
     row = cur.fetchone()
     change.moved_from = None
     if row is None:
@@ -229,9 +308,11 @@ class PostgresApplier:
             conn.commit()
         except psycopg2.errors.LockNotAvailable:
             conn.rollback()
-            raise SlotBusy(f"slot {slot!r}: another run is reading it and did not finish within the destination's "
-                           "lock_timeout. Fix: wait for that run (Dagster runs it one at a time per slot), or raise "
-                           "destination.lock_timeout_seconds") from None  # fmt: skip
+            raise SlotBusy(
+                f"slot {slot!r}: another run is reading it and did not finish within the destination's "
+                "lock_timeout. Fix: wait for that run (Dagster runs it one at a time per slot), or raise "
+                "destination.lock_timeout_seconds"
+            ) from None
 
     def unlock_slot(self, slot: str) -> None:
         conn = self.destination.conn
@@ -245,12 +326,18 @@ class PostgresApplier:
     def applied_lsn(self, slot: str) -> str | None:
         """The LSN up to which the self.destination holds the slot's changes (None: nothing applied yet)."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOTS_TABLE)}",))  # fmt: skip
+            cur.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOTS_TABLE)}",),
+            )
             if not cur.fetchone()[0]:
                 return None
-            cur.execute(sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(sql.Identifier(self.destination.schema, SLOTS_TABLE)),
-                        (slot,))  # fmt: skip
+            cur.execute(
+                sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(
+                    sql.Identifier(self.destination.schema, SLOTS_TABLE)
+                ),
+                (slot,),
+            )
             row = cur.fetchone()
         return row[0] if row else None
 
@@ -279,25 +366,33 @@ class PostgresApplier:
     def snapshot_lsns(self, slot: str) -> dict[str, str]:
         """Per log-based table of ``slot`` whose self.destination table exists: the LSN of the snapshot it was copied at."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (f"{quote_ident(self.destination.schema)}.{quote_ident(STATE_TABLE)}",))  # fmt: skip
+            cur.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (f"{quote_ident(self.destination.schema)}.{quote_ident(STATE_TABLE)}",),
+            )
             if not cur.fetchone()[0]:
                 return {}
-            cur.execute(sql.SQL("SELECT table_id, bookmark FROM {} WHERE replication_key = %s AND bookmark IS NOT NULL "
-                                "AND to_regclass(quote_ident(%s) || '.' || quote_ident(destination_table)) IS NOT NULL")
-                        .format(sql.Identifier(self.destination.schema, STATE_TABLE)),
-                        (SLOT_MARK + slot, self.destination.schema))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "SELECT table_id, bookmark FROM {} WHERE replication_key = %s AND bookmark IS NOT NULL "
+                    "AND to_regclass(quote_ident(%s) || '.' || quote_ident(destination_table)) IS NOT NULL"
+                ).format(sql.Identifier(self.destination.schema, STATE_TABLE)),
+                (SLOT_MARK + slot, self.destination.schema),
+            )
             return dict(cur.fetchall())
 
     def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
         """The table holds its rows as of ``lsn``: the stream applies its changes from there on."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute(sql.SQL("INSERT INTO {} (table_id, destination_table, replication_key, bookmark) VALUES "
-                                "(%s, %s, %s, %s) ON CONFLICT (table_id) DO UPDATE SET destination_table = "
-                                "EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
-                                "bookmark = EXCLUDED.bookmark, covered_to = NULL, updated_at = now()")
-                        .format(sql.Identifier(self.destination.schema, STATE_TABLE)),
-                        (table.id, table.destination_table, SLOT_MARK + slot, lsn))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (table_id, destination_table, replication_key, bookmark) VALUES "
+                    "(%s, %s, %s, %s) ON CONFLICT (table_id) DO UPDATE SET destination_table = "
+                    "EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
+                    "bookmark = EXCLUDED.bookmark, covered_to = NULL, updated_at = now()"
+                ).format(sql.Identifier(self.destination.schema, STATE_TABLE)),
+                (table.id, table.destination_table, SLOT_MARK + slot, lsn),
+            )
 
     def forget_slot(self, slot: str) -> int:
         """Forget the slot's position and every table's snapshot under it (after the slot was dropped): the next
@@ -305,38 +400,62 @@ class PostgresApplier:
         with self.destination.conn, self.destination.conn.cursor() as cur:
             forgotten = 0
             for table, column in ((SLOTS_TABLE, "slot"), (STATE_TABLE, "replication_key")):
-                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(self.destination.schema)}.{quote_ident(table)}",))
+                cur.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL",
+                    (f"{quote_ident(self.destination.schema)}.{quote_ident(table)}",),
+                )
                 if cur.fetchone()[0]:
-                    cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                        sql.Identifier(self.destination.schema, table), sql.Identifier(column)),
-                        (slot if table == SLOTS_TABLE else SLOT_MARK + slot,))  # fmt: skip
+                    cur.execute(
+                        sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                            sql.Identifier(self.destination.schema, table), sql.Identifier(column)
+                        ),
+                        (slot if table == SLOTS_TABLE else SLOT_MARK + slot,),
+                    )
                     forgotten = cur.rowcount if table == STATE_TABLE else forgotten
             return forgotten
 
     def forget_table(self, slot: str, table_id: str) -> None:
         """The table's snapshot is void (its changes will not be applied): the next sync copies it again."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
-                sql.Identifier(self.destination.schema, STATE_TABLE)), (table_id, SLOT_MARK + slot))  # fmt: skip
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE table_id = %s AND replication_key = %s").format(
+                    sql.Identifier(self.destination.schema, STATE_TABLE)
+                ),
+                (table_id, SLOT_MARK + slot),
+            )
 
     def slot_age_seconds(self, slot: str) -> int | None:
         """Seconds since the slot's position last moved in the self.destination (None: never)."""
         if self.applied_lsn(slot) is None:
             return None
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
-                sql.Identifier(self.destination.schema, SLOTS_TABLE)), (slot,))  # fmt: skip
+            cur.execute(
+                sql.SQL("SELECT extract(epoch FROM now() - updated_at)::bigint FROM {} WHERE slot = %s").format(
+                    sql.Identifier(self.destination.schema, SLOTS_TABLE)
+                ),
+                (slot,),
+            )
             return cur.fetchone()[0]
 
-    def apply_batch(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch,
-                    slot: str, soft_deletes: bool = False, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+    def apply_batch(
+        self,
+        tables: dict[tuple[str, str], SelectedTable],
+        batch: ChangeBatch,
+        slot: str,
+        soft_deletes: bool = False,
+        source: SourceConnect | None = None,
+    ) -> ApplyReport:
         """Apply ``batch`` (``tables`` by source (schema, name); changes to other relations are ignored) and move the
         slot's LSN to ``batch.end_lsn``, all in one self.destination transaction."""
         report = ApplyReport(lsn=lsn_text(batch.end_lsn) if batch.end_lsn is not None else None)
         conn = self.destination.conn
         try:
-            touched = {(r.namespace, r.name) for segment in batch.segments for oid in segment.changes
-                       if (r := batch.relations.get(oid)) is not None}  # fmt: skip
+            touched = {
+                (r.namespace, r.name)
+                for segment in batch.segments
+                for oid in segment.changes
+                if (r := batch.relations.get(oid)) is not None
+            }
             enforced = {}
             for name, table in tables.items():
                 self.destination.create_if_missing(table)
@@ -348,21 +467,28 @@ class PostgresApplier:
                 for table in tables.values():
                     self.destination.ensure_table(cur, table)
                     if soft_deletes:
-                        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
-                            self.destination.target(table), sql.Identifier(DELETED_AT)))  # fmt: skip
+                        cur.execute(
+                            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
+                                self.destination.target(table), sql.Identifier(DELETED_AT)
+                            )
+                        )
                 for table, changes in batch.in_order(tables):
                     if changes is None:  # a TRUNCATE, in its place
                         target = self.destination.target(table)
                         if soft_deletes:
-                            cur.execute(sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
-                                target, d=sql.Identifier(DELETED_AT)))  # fmt: skip
+                            cur.execute(
+                                sql.SQL("UPDATE {} SET {d} = now() WHERE {d} IS NULL").format(
+                                    target, d=sql.Identifier(DELETED_AT)
+                                )
+                            )
                         else:
                             cur.execute(sql.SQL("TRUNCATE {}").format(target))
                         report.truncated.append(table.id)
                         continue
                     try:
-                        _apply_table(cur, self.destination, table, changes, report, soft_deletes,
-                                     enforced.get(table.id, False))  # fmt: skip
+                        _apply_table(
+                            cur, self.destination, table, changes, report, soft_deletes, enforced.get(table.id, False)
+                        )
                     except (psycopg2.Error, LoadError) as exc:
                         if isinstance(exc, psycopg2.OperationalError) or conn.closed:
                             raise  # the connection, not the table: the caller retries

@@ -11,8 +11,9 @@ from rds_pipeline.engine.destinations.types import binary_refusal
 from rds_pipeline.engine.selection import SelectedTable
 
 
-def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
-                 array_as_json: bool = False, binary: bool = False) -> sql.Composed:  # fmt: skip
+def select_query(
+    table: SelectedTable, key_range: KeyRange, csv: bool = False, array_as_json: bool = False, binary: bool = False
+) -> sql.Composed:
     """``COPY (SELECT cols FROM schema.table [WHERE range]) TO STDOUT``, identifiers quoted by psycopg2.sql."""
     columns = []
     for column in table.columns:
@@ -30,8 +31,9 @@ def select_query(table: SelectedTable, key_range: KeyRange, csv: bool = False,
     return sql.SQL("COPY ({}) TO STDOUT{}").format(select, options)
 
 
-def binary_copy(destination: Destination, table: SelectedTable, wanted: str = "auto",
-                tunnelled: bool = False) -> tuple[bool, str]:  # fmt: skip
+def binary_copy(
+    destination: Destination, table: SelectedTable, wanted: str = "auto", tunnelled: bool = False
+) -> tuple[bool, str]:
     """Whether the rows move as binary COPY (PostgreSQL to PostgreSQL, every column of a type whose binary
     form is exact there, and ``source.copy_format`` allows it), and the format as the extraction log shows it."""
     if not destination.accepts_binary_copy:

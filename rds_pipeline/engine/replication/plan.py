@@ -70,8 +70,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_sync(table: SelectedTable, state: TableState, request: Request,
-              chunks: list[KeyRange] | None = None) -> Plan:  # fmt: skip
+def plan_sync(table: SelectedTable, state: TableState, request: Request, chunks: list[KeyRange] | None = None) -> Plan:
     """The ranges to copy for ``table``. ``chunks`` is the table's partitioning as key ranges, in key order
     (first open below, last open above), used to chunk a history or a full-table sync."""
     if table.method == "key_based":
@@ -102,12 +101,17 @@ def _plan_key_based(table: SelectedTable, state: TableState, request: Request, c
         return Plan([step], False, f"catch-up from the bookmark {state.bookmark} (minus the lookback) to the end")
     wanted = request.key_range
     if request.latest:
-        return Plan([Step(wanted, reach_back_to=state.bookmark, lookback=table.lookback)], False,
-                    "the latest window, reaching back to the bookmark")  # fmt: skip
+        return Plan(
+            [Step(wanted, reach_back_to=state.bookmark, lookback=table.lookback)],
+            False,
+            "the latest window, reaching back to the bookmark",
+        )
     notes = []
     if not state.usable:
-        notes.append("no usable bookmark: this range is copied, and the bookmark moves only once every earlier "
-                     "key has been copied (the next catch-up runs the historical sync)")  # fmt: skip
+        notes.append(
+            "no usable bookmark: this range is copied, and the bookmark moves only once every earlier "
+            "key has been copied (the next catch-up runs the historical sync)"
+        )
     return Plan([Step(wanted)], False, f"the requested range {wanted.describe()}", notes)
 
 
@@ -117,6 +121,7 @@ def _plan_full_table(state: TableState, request: Request, chunks: list[KeyRange]
     reason = "everything was asked for" if request.kind == RequestKind.EVERYTHING else "full table: every chunk"
     if not state.table_exists:
         reason = "the destination table is missing: historical sync"
-    plan = _history(chunks, None, reason) if len(chunks) > 1 else Plan([Step(KeyRange())], not state.table_exists,
-                                                                        reason)  # fmt: skip
+    plan = (
+        _history(chunks, None, reason) if len(chunks) > 1 else Plan([Step(KeyRange())], not state.table_exists, reason)
+    )
     return Plan(plan.steps, not state.table_exists, reason)

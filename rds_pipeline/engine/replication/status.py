@@ -31,14 +31,15 @@ class TableStanding:
     lag_unit: str | None = None
 
 
-def standings(config: IntegrationConfig, selection: list[SelectedTable], destination: Destination) -> list[TableStanding]:
+def standings(
+    config: IntegrationConfig, selection: list[SelectedTable], destination: Destination
+) -> list[TableStanding]:
     """One standing per selected table; a source that cannot be reached leaves lag unknown, with the reason."""
     bookmarks = destination.read_bookmarks()
     synced = destination.read_sync_times()
     applied_lsn = None
     logged = [t for t in selection if t.method == "log_based"]
     if logged:
-        
         applied_lsn = destination.changes().applied_lsn(config.slot_name)
     probes, wal, problem = {}, None, None
     keyed = [t for t in selection if t.method == "key_based" and t.replication_key]
@@ -48,12 +49,15 @@ def standings(config: IntegrationConfig, selection: list[SelectedTable], destina
             with source_connection(config.source, database) as conn:
                 probes |= probe_max_keys(conn, [t for t in keyed if t.relation.database == database], bookmarks)
         with source_connection(config.source) as conn:
-            probes |= probe_max_keys(conn, [t for t in keyed if t.relation.database == config.source.database],
-                                     bookmarks)  # fmt: skip
+            probes |= probe_max_keys(
+                conn, [t for t in keyed if t.relation.database == config.source.database], bookmarks
+            )
             if logged:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)",
-                                (applied_lsn or "0/0",))  # fmt: skip
+                    cur.execute(
+                        "SELECT pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)",
+                        (applied_lsn or "0/0",),
+                    )
                     wal = cur.fetchone()
                 conn.rollback()
     except Exception as exc:  # noqa: BLE001 - the destination's part still stands without the source
@@ -61,21 +65,46 @@ def standings(config: IntegrationConfig, selection: list[SelectedTable], destina
     found = []
     for table in selection:
         bookmark = bookmarks.get(table.id)
-        common = {"table_id": table.id, "destination_table": table.destination_table, "method": table.method,
-                  "synced_at": synced.get(table.id) if table.id in bookmarks else None}  # fmt: skip
+        common = {
+            "table_id": table.id,
+            "destination_table": table.destination_table,
+            "method": table.method,
+            "synced_at": synced.get(table.id) if table.id in bookmarks else None,
+        }
         if table.method == "log_based":
             lag, amount = (problem or NOT_SYNCED, None) if wal is None or applied_lsn is None else _wal_lag(wal[1])
-            found.append(TableStanding(**common, position=applied_lsn, source_position=wal[0] if wal else None,
-                                       lag=lag, lag_amount=amount, lag_unit="bytes" if amount is not None else None))  # fmt: skip
+            found.append(
+                TableStanding(
+                    **common,
+                    position=applied_lsn,
+                    source_position=wal[0] if wal else None,
+                    lag=lag,
+                    lag_amount=amount,
+                    lag_unit="bytes" if amount is not None else None,
+                )
+            )
         elif table.method == "key_based":
             probe = probes.get(table.id)
             lag, amount, unit = _key_lag(table, bookmark, probe.max_key if probe else None, bool(probe and probe.newer))
-            found.append(TableStanding(**common, position=bookmark, source_position=probe.max_key if probe else None,
-                                       lag=problem if probe is None and problem else lag, lag_amount=amount,
-                                       lag_unit=unit))  # fmt: skip
+            found.append(
+                TableStanding(
+                    **common,
+                    position=bookmark,
+                    source_position=probe.max_key if probe else None,
+                    lag=problem if probe is None and problem else lag,
+                    lag_amount=amount,
+                    lag_unit=unit,
+                )
+            )
         else:
-            found.append(TableStanding(**common, position=None, source_position=None,
-                                       lag="full copy each sync" if common["synced_at"] else NOT_SYNCED))  # fmt: skip
+            found.append(
+                TableStanding(
+                    **common,
+                    position=None,
+                    source_position=None,
+                    lag="full copy each sync" if common["synced_at"] else NOT_SYNCED,
+                )
+            )
     return found
 
 
@@ -84,8 +113,9 @@ def _wal_lag(lag_bytes: object) -> tuple[str, float]:
     return (UP_TO_DATE if amount <= 0 else f"{format_size(amount)} of WAL"), max(amount, 0.0)
 
 
-def _key_lag(table: SelectedTable, bookmark: str | None, max_key: str | None,
-             newer: bool) -> tuple[str, float | None, str | None]:  # fmt: skip
+def _key_lag(
+    table: SelectedTable, bookmark: str | None, max_key: str | None, newer: bool
+) -> tuple[str, float | None, str | None]:
     if bookmark is None:
         return NOT_SYNCED, None, None
     if not newer or max_key is None:

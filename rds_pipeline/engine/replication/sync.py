@@ -38,10 +38,21 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMESTAMP_LOOKBACK = "5 minutes"
 # SQLSTATEs worth retrying: serialization failure (includes "conflict with recovery" on a hot standby),
 # deadlock, lock timeout (lock_timeout on the destination), admin shutdown, crash shutdown, cannot connect now.
-TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006",
-                       # two first loads that both create the table (its creator rolled back while they
-                       # waited): the loser's retry sees the table and upserts through the stage
-                       "23505", "42P07"}
+TRANSIENT_SQLSTATES = {
+    "40001",
+    "40P01",
+    "55P03",
+    "57P01",
+    "57P02",
+    "57P03",
+    "08000",
+    "08003",
+    "08006",
+    # two first loads that both create the table (its creator rolled back while they
+    # waited): the loser's retry sees the table and upserts through the stage
+    "23505",
+    "42P07",
+}
 PERMANENT_SQLSTATES = {
     "42501": "permission denied",
     "42703": "a column is missing",
@@ -168,8 +179,9 @@ def sync_table(
     request = request or Request.catch_up()
     if lookback is not None:
         table = dataclasses.replace(table, lookback=lookback)
-    state = _with_retries(table, session, destination, max_attempts, backoff_seconds,
-                          lambda: destination.table_state(table))  # fmt: skip
+    state = _with_retries(
+        table, session, destination, max_attempts, backoff_seconds, lambda: destination.table_state(table)
+    )
     plan = plan_sync(table, state, request, chunks)
     log.info("%s: %s (%d step(s))", table.id, plan.reason, len(plan.steps))
     source_max: list[str | None] = []  # read once per sync, and only for bounded key-based ranges
@@ -179,11 +191,18 @@ def sync_table(
             source_max.append(_source_max_key(session.connection(table.relation.database), table))
         return source_max[0]
 
-    def run_step(step: Step, on: SourceSession, into: Destination,
-                 turn: Callable[[], None] | None = None) -> StepResult:  # fmt: skip
-        return _with_retries(table, on, into, max_attempts, backoff_seconds,
-                             lambda attempt: _copy_step(on, into, table, step, attempt, max_key, turn),
-                             pass_attempt=True)  # fmt: skip
+    def run_step(
+        step: Step, on: SourceSession, into: Destination, turn: Callable[[], None] | None = None
+    ) -> StepResult:
+        return _with_retries(
+            table,
+            on,
+            into,
+            max_attempts,
+            backoff_seconds,
+            lambda attempt: _copy_step(on, into, table, step, attempt, max_key, turn),
+            pass_attempt=True,
+        )
 
     parallel = min(session.config.parallel_chunks, len(plan.steps) - 1)
     if plan.historical and parallel > 1 and destination.parallel_loads:
@@ -198,8 +217,13 @@ def sync_table(
     return result
 
 
-def _in_parallel(steps: list[Step], parallel: int, session: SourceSession, destination: Destination,
-                 run_step: Callable[..., StepResult]) -> list[StepResult]:  # fmt: skip
+def _in_parallel(
+    steps: list[Step],
+    parallel: int,
+    session: SourceSession,
+    destination: Destination,
+    run_step: Callable[..., StepResult],
+) -> list[StepResult]:
     """A history's chunks, ``parallel`` at a time. The first runs alone (it creates the table, and builds its key
     once, after its rows); then each worker copies the next chunk on its own source and destination
     connections. The copies overlap; the commits keep key order (a chunk whose rows are in waits for the
@@ -241,8 +265,15 @@ def _in_parallel(steps: list[Step], parallel: int, session: SourceSession, desti
     return [done[i] for i in range(len(steps))]
 
 
-def _with_retries(table: SelectedTable, session: SourceSession, destination: Destination, max_attempts: int,
-                  backoff_seconds: float, action, pass_attempt: bool = False):  # noqa: ANN001, ANN202
+def _with_retries(
+    table: SelectedTable,
+    session: SourceSession,
+    destination: Destination,
+    max_attempts: int,
+    backoff_seconds: float,
+    action,
+    pass_attempt: bool = False,
+):  # noqa: ANN001, ANN202
     """Run ``action``; retry transient failures with exponential backoff; fail permanent ones at once."""
     attempt = 0
     while True:
@@ -258,10 +289,15 @@ def _with_retries(table: SelectedTable, session: SourceSession, destination: Des
                 raise LoadError(message) from None
             if not is_transient(exc) or attempt >= max_attempts:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                hint = ("check that the source and destination are reachable" if getattr(exc, "pgcode", None) is None
-                        else "resolve the error above")  # fmt: skip
-                raise LoadError(f"{table.id}: sync failed after {attempt} attempt(s): {first}. Fix: {hint}, then "
-                                "sync again (nothing was committed for the failed range)") from exc  # fmt: skip
+                hint = (
+                    "check that the source and destination are reachable"
+                    if getattr(exc, "pgcode", None) is None
+                    else "resolve the error above"
+                )
+                raise LoadError(
+                    f"{table.id}: sync failed after {attempt} attempt(s): {first}. Fix: {hint}, then "
+                    "sync again (nothing was committed for the failed range)"
+                ) from exc
             error: BaseException = exc
         except ConnectionProblem as exc:
             if interrupts.stop_requested():
@@ -270,8 +306,14 @@ def _with_retries(table: SelectedTable, session: SourceSession, destination: Des
                 raise
             error = exc
         delay = backoff_seconds * 2 ** (attempt - 1)
-        log.warning("%s: transient error (attempt %d/%d), retrying in %.1fs: %s", table.id, attempt, max_attempts,
-                    delay, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)  # fmt: skip
+        log.warning(
+            "%s: transient error (attempt %d/%d), retrying in %.1fs: %s",
+            table.id,
+            attempt,
+            max_attempts,
+            delay,
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
         session.reset()
         try:
             destination.reconnect()
@@ -311,35 +353,56 @@ def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) 
     """max(replication key), read before the COPYs: how far a bounded window may claim to be complete. An
     earlier snapshot can only make the claim smaller (safer); rows committed later are the lookback's job."""
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT max({})::text FROM {}").format(
-            sql.Identifier(table.replication_key or ""), sql.Identifier(table.relation.schema, table.relation.name)))  # fmt: skip
+        cur.execute(
+            sql.SQL("SELECT max({})::text FROM {}").format(
+                sql.Identifier(table.replication_key or ""), sql.Identifier(table.relation.schema, table.relation.name)
+            )
+        )
         value = cur.fetchone()[0]
     conn.commit()
     return value
 
 
-def _copy_step(session: SourceSession, destination: Destination, table: SelectedTable, step: Step,
-               attempt: int, max_key: Callable[[], str | None],
-               turn: Callable[[], None] | None = None) -> StepResult:  # fmt: skip
+def _copy_step(
+    session: SourceSession,
+    destination: Destination,
+    table: SelectedTable,
+    step: Step,
+    attempt: int,
+    max_key: Callable[[], str | None],
+    turn: Callable[[], None] | None = None,
+) -> StepResult:
     conn = session.connection(table.relation.database)
     in_recovery = source_in_recovery(conn)
     key_range = resolve_start(conn, table, step)
     source_max = max_key() if table.method == "key_based" and key_range.upper is not None else None
     binary, copy_format = binary_copy(destination, table, session.config.copy_format, session.config.ssh is not None)
-    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
-                         binary=binary)  # fmt: skip
+    query = select_query(
+        table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json, binary=binary
+    )
     extraction = ExtractionLog(
         table=table.id,
         query=query.as_string(conn),
-        parameters={"range": key_range.describe(), "lower": key_range.lower, "upper": key_range.upper,
-                    "format": copy_format},  # fmt: skip
+        parameters={
+            "range": key_range.describe(),
+            "lower": key_range.lower,
+            "upper": key_range.upper,
+            "format": copy_format,
+        },
         started_at=dt.datetime.now(dt.UTC),
         source_in_recovery=in_recovery,
     )
     whole = key_range.lower is None and key_range.upper is None  # the catalog's size speaks of the whole table
-    copy = CopyOut(conn, query, table.id, extraction, stall_seconds=session.config.stall_seconds, binary=binary,
-                   expected_bytes=table.relation.size_bytes if whole else None,
-                   expected_rows=table.relation.row_estimate if whole else None)  # fmt: skip
+    copy = CopyOut(
+        conn,
+        query,
+        table.id,
+        extraction,
+        stall_seconds=session.config.stall_seconds,
+        binary=binary,
+        expected_bytes=table.relation.size_bytes if whole else None,
+        expected_rows=table.relation.row_estimate if whole else None,
+    )
     batch_id = uuid.uuid4().hex
     try:
         report, outcome = destination.load(table, key_range, copy, batch_id, source_max, turn)
@@ -354,6 +417,10 @@ def _copy_step(session: SourceSession, destination: Destination, table: Selected
     extraction.bookmark_after = outcome.bookmark_after
     extraction.null_key_rows = outcome.null_keys
     if outcome.null_keys:
-        log.warning("%s: %d row(s) have a NULL %s; they were loaded and are counted here", table.id,
-                    outcome.null_keys, table.replication_key)  # fmt: skip
+        log.warning(
+            "%s: %d row(s) have a NULL %s; they were loaded and are counted here",
+            table.id,
+            outcome.null_keys,
+            table.replication_key,
+        )
     return StepResult(key_range, extraction, report, attempt)

@@ -42,8 +42,9 @@ def source_count(conn: psycopg2.extensions.connection, table: SelectedTable, key
     return count
 
 
-def row_count_check(source_rows: int, destination_rows: int, key_range: KeyRange,
-                    counted: str = "at the source") -> CheckOutcome:  # fmt: skip
+def row_count_check(
+    source_rows: int, destination_rows: int, key_range: KeyRange, counted: str = "at the source"
+) -> CheckOutcome:
     """``counted``: where ``source_rows`` comes from ("at the source": a count query; or the rows this sync's
     COPY read from the source, which costs production nothing)."""
     return CheckOutcome(
@@ -58,8 +59,11 @@ def primary_key_check(duplicates: int, table: SelectedTable, enforced: bool = Fa
     so no scan was needed; without the constraint, ``duplicates`` comes from a scan."""
     keys = ", ".join(table.primary_key)
     if enforced:
-        return CheckOutcome(True, f"unique by the destination's PRIMARY KEY ({keys})",
-                            {"duplicate_keys": 0, "enforced_by": "PRIMARY KEY constraint"})  # fmt: skip
+        return CheckOutcome(
+            True,
+            f"unique by the destination's PRIMARY KEY ({keys})",
+            {"duplicate_keys": 0, "enforced_by": "PRIMARY KEY constraint"},
+        )
     return CheckOutcome(
         duplicates == 0,
         f"{duplicates} duplicated primary-key value(s) over ({keys})",

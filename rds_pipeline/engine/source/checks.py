@@ -47,8 +47,11 @@ def run_checks(config: IntegrationConfig, selection: list[SelectedTable]) -> lis
         for database in sorted(by_database, key=lambda d: d != config.source.database):
             conn = connect_source(config.source, tunnel, database=database)
             try:
-                findings.extend(check_database(conn, config, database, by_database[database],
-                                               server_checks=database == config.source.database))  # fmt: skip
+                findings.extend(
+                    check_database(
+                        conn, config, database, by_database[database], server_checks=database == config.source.database
+                    )
+                )
             finally:
                 conn.close()
     finally:
@@ -83,7 +86,7 @@ def check_database(
             f"database {database}",
             f"{user} lacks CONNECT",
             f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {quser};",
-        )  # fmt: skip
+        )
     )
     if not tables:
         conn.rollback()
@@ -142,20 +145,27 @@ def check_database(
                     "no default privileges: tables created later will not be readable by " + user,
                     f"ALTER DEFAULT PRIVILEGES{for_role} IN SCHEMA {quote_ident(schema)} GRANT SELECT ON "
                     f"TABLES TO {quser};",
-                )  # fmt: skip
+                )
             )
     for table in tables:
-        findings.extend(_table_findings(table, live.get((table.relation.schema, table.relation.name)),
-                                        can_select.get((table.relation.schema, table.relation.name)), quser,
-                                        config.source.statement_timeout_seconds))  # fmt: skip
+        findings.extend(
+            _table_findings(
+                table,
+                live.get((table.relation.schema, table.relation.name)),
+                can_select.get((table.relation.schema, table.relation.name)),
+                quser,
+                config.source.statement_timeout_seconds,
+            )
+        )
     logged = [t for t in tables if t.method == "log_based"]
     if logged and server_checks:
         findings.extend(log_based_findings(conn, config, logged, user))
     return findings
 
 
-def log_based_findings(conn: psycopg2.extensions.connection, config: IntegrationConfig,
-                       tables: list[SelectedTable], user: str) -> list[Finding]:  # fmt: skip
+def log_based_findings(
+    conn: psycopg2.extensions.connection, config: IntegrationConfig, tables: list[SelectedTable], user: str
+) -> list[Finding]:
     """wal_level, the replication right, each table's replica identity, and a bound on the WAL a slot holds."""
     ready = readiness(conn, tables)
     problems = {subject: (what, fix) for subject, what, fix in ready.problems(tables, user)}
@@ -166,19 +176,33 @@ def log_based_findings(conn: psycopg2.extensions.connection, config: Integration
     for table in tables:
         what, fix = problems.pop(table.id, (None, None))
         identity = IDENTITIES.get(ready.identities.get(table.id, ("?", False))[0], "unknown")
-        findings.append(Finding("error", table.id, what, fix) if what else
-                        Finding("ok", table.id, f"replica identity {identity}: updates and deletes can be streamed"))  # fmt: skip
+        findings.append(
+            Finding("error", table.id, what, fix)
+            if what
+            else Finding("ok", table.id, f"replica identity {identity}: updates and deletes can be streamed")
+        )
     if ready.max_slot_wal_keep_size_mb < 0:
-        setting = ("in the DB parameter group (no reboot needed)" if ready.rds else
-                   "with ALTER SYSTEM SET max_slot_wal_keep_size = '…'; SELECT pg_reload_conf();")  # fmt: skip
-        findings.append(Finding("warning", "max_slot_wal_keep_size",
-                                "is unlimited: a slot nobody reads keeps WAL until the disk is full",
-                                f"set max_slot_wal_keep_size {setting}, e.g. to a quarter of the free storage; a slot "
-                                f"that falls further behind is invalidated instead (the next sync says so and copies "
-                                f"the tables again). Watch it with `rds-pipeline cdc status`"))  # fmt: skip
+        setting = (
+            "in the DB parameter group (no reboot needed)"
+            if ready.rds
+            else "with ALTER SYSTEM SET max_slot_wal_keep_size = '…'; SELECT pg_reload_conf();"
+        )
+        findings.append(
+            Finding(
+                "warning",
+                "max_slot_wal_keep_size",
+                "is unlimited: a slot nobody reads keeps WAL until the disk is full",
+                f"set max_slot_wal_keep_size {setting}, e.g. to a quarter of the free storage; a slot "
+                f"that falls further behind is invalidated instead (the next sync says so and copies "
+                f"the tables again). Watch it with `rds-pipeline cdc status`",
+            )
+        )
     else:
-        findings.append(Finding("ok", "max_slot_wal_keep_size",
-                                f"{ready.max_slot_wal_keep_size_mb} MB bounds the WAL a slot can hold"))  # fmt: skip
+        findings.append(
+            Finding(
+                "ok", "max_slot_wal_keep_size", f"{ready.max_slot_wal_keep_size_mb} MB bounds the WAL a slot can hold"
+            )
+        )
     return findings
 
 
@@ -186,14 +210,25 @@ def _server_findings(facts: dict[str, object], superuser: bool, user: str) -> li
     findings: list[Finding] = []
     version, number = facts["server_version"], int(facts["server_version_num"])  # type: ignore[call-overload]
     if number < MIN_SERVER_VERSION_NUM:
-        findings.append(Finding("error", "server", f"PostgreSQL {version} is not supported (12 or newer needed)",
-                                "upgrade the instance (on RDS: Modify > DB engine version)"))  # fmt: skip
+        findings.append(
+            Finding(
+                "error",
+                "server",
+                f"PostgreSQL {version} is not supported (12 or newer needed)",
+                "upgrade the instance (on RDS: Modify > DB engine version)",
+            )
+        )
     else:
         findings.append(Finding("ok", "server", f"PostgreSQL {version} is supported"))
     if superuser:
-        findings.append(Finding("warning", "user", f"{user} is a superuser; replication needs only SELECT",
-                                "create a least-privilege user: `rds-pipeline grants --user stitch "
-                                "--password-prompt`"))  # fmt: skip
+        findings.append(
+            Finding(
+                "warning",
+                "user",
+                f"{user} is a superuser; replication needs only SELECT",
+                "create a least-privilege user: `rds-pipeline grants --user stitch --password-prompt`",
+            )
+        )
     if facts["in_recovery"]:
         settings = facts["settings"]
         assert isinstance(settings, list)
@@ -201,9 +236,16 @@ def _server_findings(facts: dict[str, object], superuser: bool, user: str) -> li
         hot = next((value for name, value, _ in settings if name == "hot_standby"), "on")
         for advice in standby_advice(millis, hot):
             name = advice.split(" ", 1)[0]
-            findings.append(Finding("warning", "read replica", advice,
-                                    f"set {name} = 28800000 in the replica's parameter group during historical "
-                                    "syncs" if name.startswith("max_standby") else "set hot_standby = on"))  # fmt: skip
+            findings.append(
+                Finding(
+                    "warning",
+                    "read replica",
+                    advice,
+                    f"set {name} = 28800000 in the replica's parameter group during historical syncs"
+                    if name.startswith("max_standby")
+                    else "set hot_standby = on",
+                )
+            )
         findings.append(Finding("ok", "read replica", "reads come from a hot standby, not the primary"))
     return findings
 
@@ -219,8 +261,14 @@ def _table_findings(
     subject = relation.id
     qname = f"{quote_ident(relation.schema)}.{quote_ident(relation.name)}"
     if live is None or can_select is None:
-        return [Finding("error", subject, "selected, but it no longer exists at the source",
-                        "run `rds-pipeline discover`, then remove or rename the entry in `tables:`")]  # fmt: skip
+        return [
+            Finding(
+                "error",
+                subject,
+                "selected, but it no longer exists at the source",
+                "run `rds-pipeline discover`, then remove or rename the entry in `tables:`",
+            )
+        ]
     findings: list[Finding] = []
     if can_select:
         findings.append(Finding("ok", subject, "SELECT granted"))
@@ -238,7 +286,7 @@ def _table_findings(
                     f"replication key {table.replication_key} is not the leading column of any index, so every "
                     "sync scans the whole table",
                     f"CREATE INDEX{concurrently} ON {qname} ({quote_ident(table.replication_key)});",
-                )  # fmt: skip
+                )
             )
     size = live.size_bytes or 0
     if timeout_seconds and size:
@@ -252,6 +300,6 @@ def _table_findings(
                     f"statement_timeout ({timeout_seconds}s)",
                     f"source.statement_timeout_seconds: {int(needed * 2)}   # in rds_pipeline.yaml; or sync it "
                     "in partitions (the Dagster layer does)",
-                )  # fmt: skip
+                )
             )
     return findings

@@ -74,8 +74,12 @@ def libpq_params(
     return params
 
 
-def source_params(config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None,
-                  settings: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def source_params(
+    config: SourceConfig,
+    tunnel: SshTunnel | None = None,
+    database: str | None = None,
+    settings: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """libpq parameters for the source, pointed at the tunnel when there is one; ``settings`` are set at
     connection start (no spaces in their values)."""
     return libpq_params(
@@ -102,7 +106,9 @@ def open_tunnel(config: SourceConfig) -> SshTunnel | None:
 
 
 def connect_source(
-    config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None,
+    config: SourceConfig,
+    tunnel: SshTunnel | None = None,
+    database: str | None = None,
     connection_factory: type[psycopg2.extensions.connection] | None = None,
     settings: dict[str, str] | None = None,
 ) -> psycopg2.extensions.connection:

@@ -173,7 +173,7 @@ def _relation(database: str, row: tuple[Any, ...]) -> Relation:
             kind=_column_kind(c[4], c[6]),
             base_type=c[5],
             category=c[6],
-        )  # fmt: skip
+        )
         for c in raw_columns
     )
     key_types = {c[0]: c[7] for c in raw_columns}
@@ -219,7 +219,7 @@ def key_stats(
             sql.Identifier(column),
             sql.Identifier(column),
             sql.Identifier(relation.schema, relation.name),
-        )  # fmt: skip
+        )
         for relation, column in wanted
     ]
     with conn.cursor() as cur:
@@ -255,8 +255,9 @@ def discover(
                     found = discover_database(conn, name)
                     if stats_for is not None:
                         stats = key_stats(conn, stats_for(found))
-                        found = [dataclasses.replace(r, key_stats=tuple(stats[r.id])) if r.id in stats else r
-                                 for r in found]  # fmt: skip
+                        found = [
+                            dataclasses.replace(r, key_stats=tuple(stats[r.id])) if r.id in stats else r for r in found
+                        ]
                 finally:
                     if conn is not first:
                         conn.close()

@@ -74,7 +74,7 @@ def _column_changes(old: Relation, new: Relation) -> list[Change]:
                 "primary_key_changed",
                 f"primary key changed ({', '.join(old.primary_key) or 'none'}) -> "
                 f"({', '.join(new.primary_key) or 'none'})",
-            )  # fmt: skip
+            )
         )
     return changes
 

@@ -24,9 +24,17 @@ def _saslprep(password: str) -> bytes:
     """RFC 4013 SASLprep as PostgreSQL applies it; like the server, fall back to the raw bytes if it fails."""
     mapped = "".join(" " if stringprep.in_table_c12(ch) else ch for ch in password if not stringprep.in_table_b1(ch))
     normalized = unicodedata.normalize("NFKC", mapped)
-    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
-                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6, stringprep.in_table_c7,
-                  stringprep.in_table_c8, stringprep.in_table_c9)  # fmt: skip
+    prohibited = (
+        stringprep.in_table_c12,
+        stringprep.in_table_c21_c22,
+        stringprep.in_table_c3,
+        stringprep.in_table_c4,
+        stringprep.in_table_c5,
+        stringprep.in_table_c6,
+        stringprep.in_table_c7,
+        stringprep.in_table_c8,
+        stringprep.in_table_c9,
+    )
     if not normalized or any(check(ch) for ch in normalized for check in prohibited):
         return password.encode()
     return normalized.encode()

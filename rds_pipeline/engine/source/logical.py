@@ -26,12 +26,18 @@ class Readiness:
         """(subject, what is wrong, the fix) for each blocker."""
         found = []
         if self.wal_level != "logical":
-            fix = ("set rds.logical_replication = 1 in the instance's DB parameter group, then reboot the instance"
-                   if self.rds else "ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL")  # fmt: skip
+            fix = (
+                "set rds.logical_replication = 1 in the instance's DB parameter group, then reboot the instance"
+                if self.rds
+                else "ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL"
+            )
             found.append(("wal_level", f"is {self.wal_level}; log-based replication needs logical", fix))
         if not self.can_replicate:
-            grant = (f"GRANT rds_replication TO {quote_ident(user)};" if self.rds
-                     else f"ALTER ROLE {quote_ident(user)} REPLICATION;")  # fmt: skip
+            grant = (
+                f"GRANT rds_replication TO {quote_ident(user)};"
+                if self.rds
+                else f"ALTER ROLE {quote_ident(user)} REPLICATION;"
+            )
             found.append((f"user {user}", "may not create or read replication slots", grant))
         for table in tables:
             identity, has_pk = self.identities.get(table.id, ("?", False))
@@ -39,27 +45,36 @@ class Readiness:
             if identity == "?":
                 found.append((table.id, "is not in the source any more", "run `rds-pipeline discover`"))
             elif identity == "n" or (identity == "d" and not has_pk):
-                found.append((table.id, f"has replica identity {IDENTITIES[identity]} and no primary key: adding it "
-                              "to a publication would make its UPDATEs and DELETEs fail on the source",
-                              f"ALTER TABLE {name} ADD PRIMARY KEY (…);  -- or: ALTER TABLE {name} REPLICA IDENTITY FULL;"))  # fmt: skip
+                found.append(
+                    (
+                        table.id,
+                        f"has replica identity {IDENTITIES[identity]} and no primary key: adding it "
+                        "to a publication would make its UPDATEs and DELETEs fail on the source",
+                        f"ALTER TABLE {name} ADD PRIMARY KEY (…);  -- or: ALTER TABLE {name} REPLICA IDENTITY FULL;",
+                    )
+                )
         return found
 
 
 def readiness(conn: psycopg2.extensions.connection, tables: list[SelectedTable]) -> Readiness:
     with conn.cursor() as cur:
-        cur.execute("SELECT current_setting('wal_level'), current_setting('rds.logical_replication', true) IS NOT NULL, "
-                    "r.rolsuper OR r.rolreplication OR pg_has_role(current_user, 'rds_replication', 'MEMBER') IS TRUE, "
-                    "current_setting('max_slot_wal_keep_size')::text FROM pg_roles r WHERE r.rolname = current_user"
-                    if _has_role(cur, "rds_replication") else
-                    "SELECT current_setting('wal_level'), current_setting('rds.logical_replication', true) IS NOT NULL, "
-                    "r.rolsuper OR r.rolreplication, current_setting('max_slot_wal_keep_size')::text "
-                    "FROM pg_roles r WHERE r.rolname = current_user")  # fmt: skip
+        cur.execute(
+            "SELECT current_setting('wal_level'), current_setting('rds.logical_replication', true) IS NOT NULL, "
+            "r.rolsuper OR r.rolreplication OR pg_has_role(current_user, 'rds_replication', 'MEMBER') IS TRUE, "
+            "current_setting('max_slot_wal_keep_size')::text FROM pg_roles r WHERE r.rolname = current_user"
+            if _has_role(cur, "rds_replication")
+            else "SELECT current_setting('wal_level'), current_setting('rds.logical_replication', true) IS NOT NULL, "
+            "r.rolsuper OR r.rolreplication, current_setting('max_slot_wal_keep_size')::text "
+            "FROM pg_roles r WHERE r.rolname = current_user"
+        )
         wal_level, rds, can_replicate, keep = cur.fetchone()
         identities: dict[str, tuple[str, bool]] = {}
         for table in tables:
-            cur.execute("SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
-                        "i.indisprimary) FROM pg_class c WHERE c.oid = to_regclass(%s)",
-                        (f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}",))  # fmt: skip
+            cur.execute(
+                "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
+                "i.indisprimary) FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                (f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}",),
+            )
             row = cur.fetchone()
             if row:
                 identities[table.id] = (row[0], bool(row[1]))

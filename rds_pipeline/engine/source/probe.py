@@ -37,7 +37,7 @@ def probe_max_keys(
                 sql.SQL(postgres_type(column)),
                 key,
                 sql.Identifier(table.relation.schema, table.relation.name),
-            )  # fmt: skip
+            )
         )
     if not parts:
         return {}

@@ -90,9 +90,13 @@ class SourceSession:
             conn.rollback()
             return True
         except (psycopg2.Error, OSError) as exc:
-            log.warning("could not check the abandoned source backend %s (%s); a DBA can end it with "
-                        "SELECT pg_terminate_backend(%s)", pid, str(exc).strip().splitlines()[0] if str(exc).strip()
-                        else type(exc).__name__, pid)  # fmt: skip
+            log.warning(
+                "could not check the abandoned source backend %s (%s); a DBA can end it with "
+                "SELECT pg_terminate_backend(%s)",
+                pid,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                pid,
+            )
             self.reset()
             return False
         except Exception as exc:  # noqa: BLE001 - a ConnectionProblem: reported, the retry reconnects
@@ -146,6 +150,9 @@ class SourceSession:
 def _end_backends(conn: psycopg2.extensions.connection, pids: list[int]) -> int:
     """End those of ``pids`` that are still ours (rds_pipeline, this user); returns how many were there."""
     with conn.cursor() as cur:
-        cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = ANY(%s) "
-                    "AND application_name = 'rds_pipeline' AND usename = current_user", (pids,))  # fmt: skip
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = ANY(%s) "
+            "AND application_name = 'rds_pipeline' AND usename = current_user",
+            (pids,),
+        )
         return int(cur.fetchone()[0])

@@ -93,8 +93,10 @@ class _HostKeyGate(paramiko.MissingHostKeyPolicy):
         if self.config.trust_unknown_host_key:
             log.warning(
                 "Trusting unknown SSH host key %s %s for %s (trust_unknown_host_key: true)",
-                key.get_name(), fingerprint, hostname,
-            )  # fmt: skip
+                key.get_name(),
+                fingerprint,
+                hostname,
+            )
             return
         port_option = f"-p {self.config.port} " if self.config.port != 22 else ""
         raise ConnectionProblem(

@@ -32,8 +32,10 @@ from rds_pipeline.engine.source.logical import readiness
 def log_based(selection: list[SelectedTable]) -> list[SelectedTable]:
     tables = [t for t in selection if t.method == "log_based"]
     if not tables:
-        raise RdsPipelineError("no table is selected with `method: log_based`. Fix: set it on a table in "
-                               "`tables:` (see README.md, 'Log-based replication')")  # fmt: skip
+        raise RdsPipelineError(
+            "no table is selected with `method: log_based`. Fix: set it on a table in "
+            "`tables:` (see README.md, 'Log-based replication')"
+        )
     return tables
 
 
@@ -54,13 +56,17 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
             yield f"-- slot {config.slot_name} already exists"
             return
         statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {})").format(
-            sql.Literal(config.slot_name), sql.Literal(PLUGIN))  # fmt: skip
-        yield from (f"{text};" for text in run_or_ask_admin(
-            conn, [statement], "an admin (or grant the replication right: `rds-pipeline check` prints it)"))
+            sql.Literal(config.slot_name), sql.Literal(PLUGIN)
+        )
+        yield from (
+            f"{text};"
+            for text in run_or_ask_admin(
+                conn, [statement], "an admin (or grant the replication right: `rds-pipeline check` prints it)"
+            )
+        )
 
 
-def status(config: IntegrationConfig, selection: list[SelectedTable],
-           destination: Destination | None) -> Iterator[str]:  # fmt: skip
+def status(config: IntegrationConfig, selection: list[SelectedTable], destination: Destination | None) -> Iterator[str]:
     tables = [t for t in selection if t.method == "log_based"]
     with source_connection(config.source) as conn:
         published = publication_tables(conn, config.publication_name)
@@ -78,14 +84,15 @@ def status(config: IntegrationConfig, selection: list[SelectedTable],
         yield f"slot {config.slot_name}: missing (the first sync creates it; or `rds-pipeline cdc setup`)"
     else:
         reader = f"read by PID {found.active_pid}" if found.active else "idle"
-        yield (f"slot {config.slot_name}: {reader}; confirmed {found.confirmed_flush_lsn}; lag {format_size(found.lag_bytes)}; "
-               f"retained WAL {format_size(found.retained_bytes)}; wal_status {found.wal_status}; safe_wal_size "
-               f"{format_size(found.safe_wal_size) if found.safe_wal_size is not None else 'unlimited'} "
-               f"(max_slot_wal_keep_size {keep})")  # fmt: skip
+        yield (
+            f"slot {config.slot_name}: {reader}; confirmed {found.confirmed_flush_lsn}; lag {format_size(found.lag_bytes)}; "
+            f"retained WAL {format_size(found.retained_bytes)}; wal_status {found.wal_status}; safe_wal_size "
+            f"{format_size(found.safe_wal_size) if found.safe_wal_size is not None else 'unlimited'} "
+            f"(max_slot_wal_keep_size {keep})"
+        )
     if destination is not None:
         lsn, age = _destination_position(destination, config.slot_name)
-        yield (f"destination: changes applied up to {lsn}, {age}" if lsn else
-               "destination: nothing applied yet")  # fmt: skip
+        yield (f"destination: changes applied up to {lsn}, {age}" if lsn else "destination: nothing applied yet")
         snapshots = destination.changes().snapshot_lsns(config.slot_name)
         for table in tables:
             at = snapshots.get(table.id)
@@ -100,14 +107,17 @@ def _destination_position(destination: Destination, slot: str) -> tuple[str | No
     return lsn, f"last moved {seconds // 60} min {seconds % 60} s ago"
 
 
-def drop(config: IntegrationConfig, destination: Destination | None, *,
-         keep_publication: bool = False) -> Iterator[str]:  # fmt: skip
+def drop(
+    config: IntegrationConfig, destination: Destination | None, *, keep_publication: bool = False
+) -> Iterator[str]:
     """Drop the slot (and the publication), then forget the destination's stream state."""
     with source_connection(config.source) as conn:
         found = slot_status(conn, config.slot_name)
         if found is not None and found.active:
-            raise RdsPipelineError(f"slot {config.slot_name} is being read (walsender PID {found.active_pid}). Fix: "
-                                   "wait for the sync to finish (or stop it), then drop")  # fmt: skip
+            raise RdsPipelineError(
+                f"slot {config.slot_name} is being read (walsender PID {found.active_pid}). Fix: "
+                "wait for the sync to finish (or stop it), then drop"
+            )
         statements = []
         if found is not None:
             statements.append(sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(config.slot_name)))
@@ -119,8 +129,10 @@ def drop(config: IntegrationConfig, destination: Destination | None, *,
             yield f"-- no slot {config.slot_name} and no publication {config.publication_name} on the source"
     if destination is not None:
         forgotten = destination.changes().forget_slot(config.slot_name)
-        yield (f"-- destination: stream state of {config.slot_name} forgotten; {forgotten} table(s) will be copied "
-               "again from a new snapshot at the next sync")  # fmt: skip
+        yield (
+            f"-- destination: stream state of {config.slot_name} forgotten; {forgotten} table(s) will be copied "
+            "again from a new snapshot at the next sync"
+        )
 
 
 @contextlib.contextmanager

@@ -39,9 +39,11 @@ def _column(name: str, type_name: str, typtype: str, base: str | None, category:
 
 def live_columns(conn: psycopg2.extensions.connection, table: SelectedTable) -> list[Column] | None:
     """The table's columns now, in the source's catalog (None: the table is gone)."""
-    query = _DESCRIBE.format(name="a.attname", typmod="a.atttypmod", type_oid="a.atttypid",
-                             source="pg_attribute a") + "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND " \
-                                                        "NOT a.attisdropped ORDER BY a.attnum"  # fmt: skip
+    query = (
+        _DESCRIBE.format(name="a.attname", typmod="a.atttypmod", type_oid="a.atttypid", source="pg_attribute a")
+        + "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND "
+        "NOT a.attisdropped ORDER BY a.attnum"
+    )
     with conn.cursor() as cur:
         cur.execute(query, (f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}",))
         found = [_column(*row) for row in cur.fetchall()]
@@ -51,12 +53,21 @@ def live_columns(conn: psycopg2.extensions.connection, table: SelectedTable) -> 
 
 def relation_columns(conn: psycopg2.extensions.connection, relation: Relation) -> list[Column]:
     """The columns a Relation message describes (type OIDs and modifiers), as discovery would spell them."""
-    query = _DESCRIBE.format(name="u.name", typmod="u.typmod", type_oid="u.oid",
-                             source="unnest(%s::oid[], %s::int[], %s::text[]) WITH ORDINALITY AS u(oid, typmod, name, i)")  # fmt: skip
+    query = _DESCRIBE.format(
+        name="u.name",
+        typmod="u.typmod",
+        type_oid="u.oid",
+        source="unnest(%s::oid[], %s::int[], %s::text[]) WITH ORDINALITY AS u(oid, typmod, name, i)",
+    )
     with conn.cursor() as cur:
-        cur.execute(query + " ORDER BY u.i", ([c.type_oid for c in relation.columns],
-                                               [c.type_modifier for c in relation.columns],
-                                               [c.name for c in relation.columns]))  # fmt: skip
+        cur.execute(
+            query + " ORDER BY u.i",
+            (
+                [c.type_oid for c in relation.columns],
+                [c.type_modifier for c in relation.columns],
+                [c.name for c in relation.columns],
+            ),
+        )
         found = [_column(*row) for row in cur.fetchall()]
     conn.rollback()
     return found
@@ -73,8 +84,11 @@ def evolve(table: SelectedTable, columns: list[Column]) -> tuple[SelectedTable, 
             changes.append(f"{column.name}: dropped at the source (kept in the destination, NULL in new rows)")
             continue
         if now is not None and now.type != column.type:
-            kept.append(dataclasses.replace(column, type=now.type, kind=now.kind, base_type=now.base_type,
-                                            category=now.category))  # fmt: skip
+            kept.append(
+                dataclasses.replace(
+                    column, type=now.type, kind=now.kind, base_type=now.base_type, category=now.category
+                )
+            )
             changes.append(f"{column.name}: type {column.type} -> {now.type}")
         else:
             kept.append(column)

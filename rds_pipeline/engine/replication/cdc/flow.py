@@ -68,9 +68,14 @@ class LogBasedResult:
         return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
 
 
-def sync_log_based(config: IntegrationConfig, destination: Destination, tables: list[SelectedTable], *,
-                   chunks: dict[str, list[KeyRange]] | None = None,
-                   ranges: dict[str, KeyRange] | None = None) -> LogBasedResult:  # fmt: skip
+def sync_log_based(
+    config: IntegrationConfig,
+    destination: Destination,
+    tables: list[SelectedTable],
+    *,
+    chunks: dict[str, list[KeyRange]] | None = None,
+    ranges: dict[str, KeyRange] | None = None,
+) -> LogBasedResult:
     """Bring every log-based table of the integration up to the source's WAL position as of now. ``chunks``: how
     to split a table's snapshot; ``ranges``: key ranges to copy again (a backfill), consistently with the stream."""
     started = time.monotonic()
@@ -88,15 +93,22 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
         result.stream = _stream(connect, destination, streamed, result)
         wanted = {t.id: r for t, r in ((t, (ranges or {}).get(t.id)) for t in streamed) if r is not None}
         if wanted:  # copy the ranges under a fresh snapshot, then catch up past it: the ranges converge
-            copied = snapshot_tables(config.source, destination, [t for t in streamed if t.id in wanted],
-                                     temporary_slot_name(result.slot), temporary=True, ranges=wanted,
-                                     tunnel=tunnel)  # fmt: skip
+            copied = snapshot_tables(
+                config.source,
+                destination,
+                [t for t in streamed if t.id in wanted],
+                temporary_slot_name(result.slot),
+                temporary=True,
+                ranges=wanted,
+                tunnel=tunnel,
+            )
             for table_id, exc in copied.failed.items():
                 result.failures[table_id] = f"re-copying its range failed: {_first_line(exc)}. Fix: run it again"
             for table_id, rows in copied.rows.items():
                 result.snapshots[table_id] = rows
-            result.stream.extend(_stream(connect, destination, [t for t in streamed if t.id not in result.failures],
-                                         result))  # fmt: skip
+            result.stream.extend(
+                _stream(connect, destination, [t for t in streamed if t.id not in result.failures], result)
+            )
         for table_id, changes in result.stream.evolved.items():
             result.evolved.setdefault(table_id, []).extend(changes)
         with connect() as conn:
@@ -109,9 +121,14 @@ def sync_log_based(config: IntegrationConfig, destination: Destination, tables: 
     for table in tables:
         if table.id not in result.failures:
             changes = result.changes(table.id)
-            table_done(table.id, result.snapshots.get(table.id, 0) + changes.get("insert", 0), changes.get("update", 0),
-                       changes.get("delete", 0), result.seconds,
-                       "snapshot, then stream" if table.id in result.snapshots else "stream")  # fmt: skip
+            table_done(
+                table.id,
+                result.snapshots.get(table.id, 0) + changes.get("insert", 0),
+                changes.get("update", 0),
+                changes.get("delete", 0),
+                result.seconds,
+                "snapshot, then stream" if table.id in result.snapshots else "stream",
+            )
     return result
 
 
@@ -143,8 +160,10 @@ def _prepare_source(connect: _Connector, tables: list[SelectedTable], result: Lo
         problems = ready.problems(tables, config.source.user)
         blockers = [p for p in problems if p[0] not in {t.id for t in tables}]
         if blockers:
-            raise SetupNeeded("log-based replication cannot start: " + "; ".join(
-                f"{subject} {what}. Fix: {fix}" for subject, what, fix in blockers))  # fmt: skip
+            raise SetupNeeded(
+                "log-based replication cannot start: "
+                + "; ".join(f"{subject} {what}. Fix: {fix}" for subject, what, fix in blockers)
+            )
         for subject, what, fix in problems:
             if subject in {t.id for t in tables}:
                 result.failures[subject] = f"{what}. Fix: {fix}"
@@ -188,32 +207,44 @@ def _forget_others(destination: Destination, slot: str, usable: list[SelectedTab
         destination.changes().forget_table(slot, table_id)
 
 
-def _snapshot(connect: _Connector, destination: Destination, usable: list[SelectedTable],
-              result: LogBasedResult, chunks: dict[str, list[KeyRange]]) -> None:  # fmt: skip
+def _snapshot(
+    connect: _Connector,
+    destination: Destination,
+    usable: list[SelectedTable],
+    result: LogBasedResult,
+    chunks: dict[str, list[KeyRange]],
+) -> None:
     config = connect.config
     with connect() as conn:
         status = slot_status(conn, result.slot)
         lag = None
         if status is not None and status.active:
             with conn.cursor() as cur:
-                cur.execute("SELECT pid, extract(epoch FROM now() - coalesce(reply_time, backend_start)) FROM pg_stat_replication "
-                            "WHERE pid = %s", (status.active_pid,))  # fmt: skip
+                cur.execute(
+                    "SELECT pid, extract(epoch FROM now() - coalesce(reply_time, backend_start)) FROM pg_stat_replication "
+                    "WHERE pid = %s",
+                    (status.active_pid,),
+                )
                 lag = cur.fetchone()
             conn.rollback()
     applied = destination.changes().applied_lsn(result.slot)
     if status is None:
         if applied is not None:
-            raise GapDetected(f"slot {result.slot!r} is gone from the source (dropped, or removed by the server), but "
-                              f"the destination holds its changes up to {applied}: changes since are lost. "
-                              f"Fix: {RESYNC_FIX}")  # fmt: skip
+            raise GapDetected(
+                f"slot {result.slot!r} is gone from the source (dropped, or removed by the server), but "
+                f"the destination holds its changes up to {applied}: changes since are lost. "
+                f"Fix: {RESYNC_FIX}"
+            )
         if not usable:
             return
         copied = snapshot_tables(config.source, destination, usable, result.slot, chunks=chunks, tunnel=connect.tunnel)
         _take(result, copied)
         return
     if status.wal_status == "lost":
-        raise GapDetected(f"slot {result.slot!r} lost WAL it needed (wal_status lost: it fell further behind than "
-                          f"max_slot_wal_keep_size allows). Fix: {RESYNC_FIX}")  # fmt: skip
+        raise GapDetected(
+            f"slot {result.slot!r} lost WAL it needed (wal_status lost: it fell further behind than "
+            f"max_slot_wal_keep_size allows). Fix: {RESYNC_FIX}"
+        )
     if status.active:
         _take_over(connect, result.slot, status, lag[1] if lag else None)
     if applied is None:  # the slot was made by `cdc setup`: every table gets its own snapshot, after its position
@@ -222,9 +253,19 @@ def _snapshot(connect: _Connector, destination: Destination, usable: list[Select
     known = destination.changes().snapshot_lsns(result.slot)
     missing = [t for t in usable if t.id not in known]
     if missing:
-        _take(result, snapshot_tables(config.source, destination, missing, temporary_slot_name(result.slot),
-                                      temporary=True, chunks=chunks, main_slot=result.slot,
-                                      tunnel=connect.tunnel))  # fmt: skip
+        _take(
+            result,
+            snapshot_tables(
+                config.source,
+                destination,
+                missing,
+                temporary_slot_name(result.slot),
+                temporary=True,
+                chunks=chunks,
+                main_slot=result.slot,
+                tunnel=connect.tunnel,
+            ),
+        )
 
 
 def _take(result: LogBasedResult, copied: object) -> None:
@@ -232,8 +273,10 @@ def _take(result: LogBasedResult, copied: object) -> None:
         result.snapshots[table_id] = rows
         result.snapshot_lsn[table_id] = copied.consistent_point  # type: ignore[attr-defined]
     for table_id, exc in copied.failed.items():  # type: ignore[attr-defined]
-        result.failures[table_id] = (f"its snapshot failed: {_first_line(exc)}. Fix: sync again (the table gets a "
-                                     "new snapshot; the others stream meanwhile)")  # fmt: skip
+        result.failures[table_id] = (
+            f"its snapshot failed: {_first_line(exc)}. Fix: sync again (the table gets a "
+            "new snapshot; the others stream meanwhile)"
+        )
 
 
 def _take_over(connect: _Connector, slot: str, status: SlotStatus, silent_seconds: float | None) -> None:
@@ -243,9 +286,11 @@ def _take_over(connect: _Connector, slot: str, status: SlotStatus, silent_second
     if _released(connect, slot, 5):  # a client that just died: its walsender sees the closed socket at once
         return
     if silent_seconds is None or silent_seconds < limit:
-        raise SlotBusy(f"slot {slot!r} is being read by another client (walsender PID {status.active_pid}, last "
-                       f"reply {silent_seconds or 0:.0f}s ago). Fix: wait for that client to finish; a client silent "
-                       f"for {limit}s (log_based.takeover_after_seconds) is treated as gone and taken over")  # fmt: skip
+        raise SlotBusy(
+            f"slot {slot!r} is being read by another client (walsender PID {status.active_pid}, last "
+            f"reply {silent_seconds or 0:.0f}s ago). Fix: wait for that client to finish; a client silent "
+            f"for {limit}s (log_based.takeover_after_seconds) is treated as gone and taken over"
+        )
     with connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (status.active_pid,))
         conn.commit()
@@ -267,8 +312,9 @@ def _released(connect: _Connector, slot: str, seconds: float) -> bool:
             time.sleep(0.2)
 
 
-def _stream(connect: _Connector, destination: Destination, tables: list[SelectedTable],
-            result: LogBasedResult) -> StreamResult:  # fmt: skip
+def _stream(
+    connect: _Connector, destination: Destination, tables: list[SelectedTable], result: LogBasedResult
+) -> StreamResult:
     config = connect.config
     since_by_id = destination.changes().snapshot_lsns(result.slot)
     live = [t for t in tables if t.id in since_by_id]
@@ -276,14 +322,24 @@ def _stream(connect: _Connector, destination: Destination, tables: list[Selected
         by_name = {(t.relation.schema, t.relation.name): t for t in live}
         since = {(t.relation.schema, t.relation.name): since_by_id[t.id] for t in live}
         try:
-            return catch_up(config.source, destination, by_name, result.slot, result.publication, since=since,
-                            soft_deletes=config.log_based.deletes == "soft",
-                            max_batch_changes=config.log_based.max_batch_changes, tunnel=connect.tunnel)  # fmt: skip
+            return catch_up(
+                config.source,
+                destination,
+                by_name,
+                result.slot,
+                result.publication,
+                since=since,
+                soft_deletes=config.log_based.deletes == "soft",
+                max_batch_changes=config.log_based.max_batch_changes,
+                tunnel=connect.tunnel,
+            )
         except TableApplyError as exc:
             # that table's changes cannot be applied: drop it from this run (its snapshot forgotten, so the
             # next run copies it again) and stream the others from where the destination is
             destination.changes().forget_table(result.slot, exc.table_id)
-            result.failures[exc.table_id] = (f"{str(exc).removeprefix(exc.table_id + ': ')}. Fix: the next sync "
-                                             "copies the table again; if it fails the same way, run "
-                                             "`rds-pipeline discover` and check its columns")  # fmt: skip
+            result.failures[exc.table_id] = (
+                f"{str(exc).removeprefix(exc.table_id + ': ')}. Fix: the next sync "
+                "copies the table again; if it fails the same way, run "
+                "`rds-pipeline discover` and check its columns"
+            )
             live = [t for t in live if t.id != exc.table_id]

@@ -287,8 +287,23 @@ def _rollback_prepared(d: PgOutputDecoder, r: _Reader) -> RollbackPrepared:
 
 
 _HANDLERS = {
-    "B": _begin, "C": _commit, "O": _origin, "R": _relation, "Y": _type, "I": _insert, "U": _update,
-    "D": _delete, "T": _truncate, "M": _message, "S": _stream_start, "E": _stream_stop, "c": _stream_commit,
-    "A": _stream_abort, "b": _begin_prepare, "P": _prepare, "K": _commit_prepared, "r": _rollback_prepared,
+    "B": _begin,
+    "C": _commit,
+    "O": _origin,
+    "R": _relation,
+    "Y": _type,
+    "I": _insert,
+    "U": _update,
+    "D": _delete,
+    "T": _truncate,
+    "M": _message,
+    "S": _stream_start,
+    "E": _stream_stop,
+    "c": _stream_commit,
+    "A": _stream_abort,
+    "b": _begin_prepare,
+    "P": _prepare,
+    "K": _commit_prepared,
+    "r": _rollback_prepared,
     "p": lambda d, r: _prepare(d, r, streamed=True),
-}  # fmt: skip
+}

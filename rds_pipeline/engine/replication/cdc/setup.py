@@ -29,15 +29,19 @@ def publication_tables(conn: psycopg2.extensions.connection, publication: str) -
         if row is None:
             conn.rollback()
             return None
-        cur.execute("SELECT n.nspname, c.relname FROM pg_publication_rel p JOIN pg_class c ON c.oid = p.prrelid "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.prpubid = %s", (row[0],))  # fmt: skip
+        cur.execute(
+            "SELECT n.nspname, c.relname FROM pg_publication_rel p JOIN pg_class c ON c.oid = p.prrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.prpubid = %s",
+            (row[0],),
+        )
         found = {(schema, name) for schema, name in cur.fetchall()}
     conn.rollback()
     return found
 
 
-def publication_plan(conn: psycopg2.extensions.connection, publication: str,
-                     tables: list[SelectedTable]) -> list[sql.Composed]:  # fmt: skip
+def publication_plan(
+    conn: psycopg2.extensions.connection, publication: str, tables: list[SelectedTable]
+) -> list[sql.Composed]:
     """The statements that make ``publication`` hold every log-based table (none when it already does)."""
     wanted = [(t.relation.schema, t.relation.name) for t in tables]
     existing = publication_tables(conn, publication)
@@ -46,8 +50,11 @@ def publication_plan(conn: psycopg2.extensions.connection, publication: str,
     missing = [name for name in wanted if name not in existing]
     if not missing:
         return []
-    return [sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-        sql.Identifier(publication), sql.SQL(", ").join(sql.Identifier(s, n) for s, n in missing))]  # fmt: skip
+    return [
+        sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(publication), sql.SQL(", ").join(sql.Identifier(s, n) for s, n in missing)
+        )
+    ]
 
 
 def run_or_ask_admin(conn: psycopg2.extensions.connection, statements: list[sql.Composed], who: str) -> list[str]:
@@ -66,9 +73,11 @@ def run_or_ask_admin(conn: psycopg2.extensions.connection, statements: list[sql.
     return texts
 
 
-def ensure_publication(conn: psycopg2.extensions.connection, publication: str,
-                       tables: list[SelectedTable]) -> list[str]:  # fmt: skip
+def ensure_publication(
+    conn: psycopg2.extensions.connection, publication: str, tables: list[SelectedTable]
+) -> list[str]:
     """Create or extend the publication; returns the SQL it ran. Without the right, raise ``SetupNeeded``
     with the statements for an admin (nothing was changed)."""
-    return run_or_ask_admin(conn, publication_plan(conn, publication, tables),
-                            "an admin (the tables' owner, or rds_superuser on RDS)")
+    return run_or_ask_admin(
+        conn, publication_plan(conn, publication, tables), "an admin (the tables' owner, or rds_superuser on RDS)"
+    )

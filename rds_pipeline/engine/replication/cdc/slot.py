@@ -63,18 +63,25 @@ def create_publication(conn: psycopg2.extensions.connection, name: str, tables: 
     return text
 
 
-def replication_connection(config: SourceConfig, tunnel: SshTunnel | None = None,
-                           database: str | None = None) -> psycopg2.extras.LogicalReplicationConnection:  # fmt: skip
+def replication_connection(
+    config: SourceConfig, tunnel: SshTunnel | None = None, database: str | None = None
+) -> psycopg2.extras.LogicalReplicationConnection:
     """A walsender connection whose session settings make pgoutput's text values exact and unambiguous (UTC,
     ISO dates, full float digits), as on the COPY path: they are set at startup, before any value is sent."""
 
     settings = {name: value.replace(" ", "") for name, value in SESSION_SETTINGS.items()}
-    return connect_source(config, tunnel, database,  # type: ignore[return-value]
-                          connection_factory=psycopg2.extras.LogicalReplicationConnection, settings=settings)  # fmt: skip
+    return connect_source(
+        config,
+        tunnel,
+        database,  # type: ignore[return-value]
+        connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        settings=settings,
+    )
 
 
-def create_slot(conn: psycopg2.extras.LogicalReplicationConnection, slot: str,
-                temporary: bool = False) -> tuple[SlotSnapshot, str]:  # fmt: skip
+def create_slot(
+    conn: psycopg2.extras.LogicalReplicationConnection, slot: str, temporary: bool = False
+) -> tuple[SlotSnapshot, str]:
     """Create a pgoutput slot and export its snapshot (the syntax every server from 12 to 18 accepts); a
     temporary slot is dropped when ``conn`` closes. Keep ``conn`` open and idle until the copy under the
     snapshot has started."""
@@ -107,7 +114,7 @@ def slot_status(conn: psycopg2.extensions.connection, slot: str) -> SlotStatus |
             "ELSE pg_current_wal_lsn() END, restart_lsn)::bigint, wal_status, safe_wal_size "
             "FROM pg_replication_slots WHERE slot_name = %s",
             (slot,),
-        )  # fmt: skip
+        )
         row = cur.fetchone()
     conn.rollback()
     return SlotStatus(slot, *row) if row else None

@@ -45,11 +45,19 @@ class SnapshotResult:
     failed: dict[str, BaseException] = field(default_factory=dict)
 
 
-def snapshot_tables(config: SourceConfig, destination: Destination, tables: list[SelectedTable],
-                    slot: str, *, temporary: bool = False, chunks: dict[str, list[KeyRange]] | None = None,
-                    ranges: dict[str, KeyRange] | None = None, main_slot: str | None = None,
-                    on_table: Callable[[str, int], None] | None = None,
-                    tunnel: SshTunnel | None = None) -> SnapshotResult:  # fmt: skip
+def snapshot_tables(
+    config: SourceConfig,
+    destination: Destination,
+    tables: list[SelectedTable],
+    slot: str,
+    *,
+    temporary: bool = False,
+    chunks: dict[str, list[KeyRange]] | None = None,
+    ranges: dict[str, KeyRange] | None = None,
+    main_slot: str | None = None,
+    on_table: Callable[[str, int], None] | None = None,
+    tunnel: SshTunnel | None = None,
+) -> SnapshotResult:
     """Create ``slot`` (temporary: dropped when this returns) with an exported snapshot and copy ``tables`` as of
     it: whole (in ``chunks`` when given) or only ``ranges[table id]``. A whole table's state records the
     snapshot's LSN under ``main_slot`` (default ``slot``); a permanent slot's position is recorded too.
@@ -69,8 +77,11 @@ def snapshot_tables(config: SourceConfig, destination: Destination, tables: list
                     result.rows[table.id] = sum(_copy(source, destination, table, snapshot, r, config) for r in pieces)
                 except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
                     result.failed[table.id] = exc
-                    if source.closed or source.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
-                        for rest in tables[tables.index(table) + 1:]:  # the snapshot is gone with the transaction
+                    if (
+                        source.closed
+                        or source.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+                    ):
+                        for rest in tables[tables.index(table) + 1 :]:  # the snapshot is gone with the transaction
                             result.failed.setdefault(rest.id, exc)
                         break
                     continue
@@ -91,15 +102,26 @@ def temporary_slot_name(slot: str) -> str:
     return f"{slot[:48]}_snap_{secrets.token_hex(4)}"
 
 
-def _copy(source: psycopg2.extensions.connection, destination: Destination, table: SelectedTable,
-          snapshot: SlotSnapshot, key_range: KeyRange, config: SourceConfig) -> int:  # fmt: skip
+def _copy(
+    source: psycopg2.extensions.connection,
+    destination: Destination,
+    table: SelectedTable,
+    snapshot: SlotSnapshot,
+    key_range: KeyRange,
+    config: SourceConfig,
+) -> int:
     """One range (or the whole table), replaced in the destination; the source transaction (the snapshot)
     stays open for the next one."""
     binary, copy_format = binary_copy(destination, table, config.copy_format, config.ssh is not None)
-    query = select_query(table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json,
-                         binary=binary)  # fmt: skip
-    extraction = ExtractionLog(table=table.id, query=query.as_string(source), started_at=dt.datetime.now(dt.UTC),
-                               parameters={"snapshot": snapshot.snapshot_name, "format": copy_format})  # fmt: skip
+    query = select_query(
+        table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json, binary=binary
+    )
+    extraction = ExtractionLog(
+        table=table.id,
+        query=query.as_string(source),
+        started_at=dt.datetime.now(dt.UTC),
+        parameters={"snapshot": snapshot.snapshot_name, "format": copy_format},
+    )
     copy = CopyOut(source, query, table.id, extraction, binary=binary)
     report, _ = destination.load(table, key_range, copy, uuid.uuid4().hex)
     return report.rows_inserted

@@ -36,8 +36,14 @@ PROTOCOL_VERSION = 1
 WAIT_SECONDS = 1.0  # one bounded wait for the server between two reads
 
 
-def apply_batch(destination: Destination, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch, slot: str,
-                soft_deletes: bool, source: SourceConnect | None = None) -> ApplyReport:  # fmt: skip
+def apply_batch(
+    destination: Destination,
+    tables: dict[tuple[str, str], SelectedTable],
+    batch: ChangeBatch,
+    slot: str,
+    soft_deletes: bool,
+    source: SourceConnect | None = None,
+) -> ApplyReport:
     """The destination's own apply: rows and the slot's LSN in one transaction (a seam the kill tests cut)."""
     return destination.changes().apply_batch(tables, batch, slot, soft_deletes, source)
 
@@ -78,16 +84,28 @@ class StreamResult:
                 mine[kind] = mine.get(kind, 0) + count
 
 
-def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[str, str], SelectedTable],
-             slot: str, publication: str, *, max_batch_changes: int = 50_000, timeout_seconds: float = 600.0,
-             since: dict[tuple[str, str], str] | None = None, soft_deletes: bool = False,
-             tunnel: SshTunnel | None = None) -> StreamResult:  # fmt: skip
+def catch_up(
+    config: SourceConfig,
+    destination: Destination,
+    tables: dict[tuple[str, str], SelectedTable],
+    slot: str,
+    publication: str,
+    *,
+    max_batch_changes: int = 50_000,
+    timeout_seconds: float = 600.0,
+    since: dict[tuple[str, str], str] | None = None,
+    soft_deletes: bool = False,
+    tunnel: SshTunnel | None = None,
+) -> StreamResult:
     """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop. ``since``: per table, the
     LSN of its snapshot (its changes in transactions committed before it are already in the copy)."""
     conn = connect_source(config, tunnel)
     with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
-                    "WHERE slot_name = %s)", (slot,))  # fmt: skip
+        cur.execute(
+            "SELECT pg_current_wal_lsn()::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+            "WHERE slot_name = %s)",
+            (slot,),
+        )
         target_text, confirmed = cur.fetchone()
     if confirmed is None:
         raise RdsPipelineError(f"replication slot {slot!r} does not exist. Fix: run `rds-pipeline cdc setup`")
@@ -97,9 +115,11 @@ def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[
     if applied is not None and lsn_int(confirmed) > lsn_int(applied) and not interrupted:
         # (after a run that stopped mid-stream, a slot ahead of the destination is psycopg2's safe advance past
         # WAL that held nothing for us; the server resends every transaction committed after it)
-        raise GapDetected(f"slot {slot!r} confirmed changes up to {confirmed}, but the destination holds them only up "
-                          f"to {applied}: the changes between are gone from the log. Fix: run `rds-pipeline cdc drop`, "
-                          "then sync again (every log-based table is copied again from a new snapshot)")  # fmt: skip
+        raise GapDetected(
+            f"slot {slot!r} confirmed changes up to {confirmed}, but the destination holds them only up "
+            f"to {applied}: the changes between are gone from the log. Fix: run `rds-pipeline cdc drop`, "
+            "then sync again (every log-based table is copied again from a new snapshot)"
+        )
     result = StreamResult(applied, applied, target_text)
     target, done = lsn_int(target_text), lsn_int(applied) if applied else 0
     if applied is not None:
@@ -107,10 +127,21 @@ def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[
     replication = replication_connection(config, tunnel)
     try:
         cur = replication.cursor()
-        cur.start_replication(slot_name=slot, decode=False, start_lsn=done, status_interval=10,
-                              options={"proto_version": str(PROTOCOL_VERSION), "publication_names": publication})  # fmt: skip
-        reader = _Reader(destination, tables, slot, {name: lsn_int(lsn) for name, lsn in (since or {}).items()},
-                         soft_deletes, lambda: connect_source(config, tunnel))  # fmt: skip
+        cur.start_replication(
+            slot_name=slot,
+            decode=False,
+            start_lsn=done,
+            status_interval=10,
+            options={"proto_version": str(PROTOCOL_VERSION), "publication_names": publication},
+        )
+        reader = _Reader(
+            destination,
+            tables,
+            slot,
+            {name: lsn_int(lsn) for name, lsn in (since or {}).items()},
+            soft_deletes,
+            lambda: connect_source(config, tunnel),
+        )
         try:
             reader.read(cur, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
         finally:
@@ -123,16 +154,24 @@ def catch_up(config: SourceConfig, destination: Destination, tables: dict[tuple[
 class _Reader:
     """One pass over the slot: batches of committed transactions, each applied then confirmed."""
 
-    def __init__(self, destination: Destination, tables: dict[tuple[str, str], SelectedTable], slot: str,
-                 since: dict[tuple[str, str], int], soft_deletes: bool,
-                 connect: Callable[[], psycopg2.extensions.connection]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        destination: Destination,
+        tables: dict[tuple[str, str], SelectedTable],
+        slot: str,
+        since: dict[tuple[str, str], int],
+        soft_deletes: bool,
+        connect: Callable[[], psycopg2.extensions.connection],
+    ) -> None:
         self.destination, self.tables, self.slot = destination, dict(tables), slot
         self.since, self.soft_deletes = since, soft_deletes
         self.layouts = {name: Layout(t.column_names, t.primary_key) for name, t in tables.items()}
         self._connect = connect
         self._catalog: psycopg2.extensions.connection | None = None  # to describe a Relation's types
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rds-cdc-apply")
-        self._pending: tuple[concurrent.futures.Future[Any], ChangeBatch, dict[tuple[str, str], SelectedTable]] | None = None
+        self._pending: (
+            tuple[concurrent.futures.Future[Any], ChangeBatch, dict[tuple[str, str], SelectedTable]] | None
+        ) = None
 
     def close(self) -> None:
         if self._pending is not None:  # an error elsewhere: let the batch in flight end (commit or roll back)
@@ -173,8 +212,9 @@ class _Reader:
                 if not in_transaction and cur.wal_end >= target:
                     break  # caught up with the moment the run started
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"slot {self.slot!r}: did not reach {lsn_text(target)} in time "
-                                       f"(at {lsn_text(cur.wal_end)})")  # fmt: skip
+                    raise TimeoutError(
+                        f"slot {self.slot!r}: did not reach {lsn_text(target)} in time (at {lsn_text(cur.wal_end)})"
+                    )
                 cur.send_feedback(reply=True)  # ask the server where its WAL ends
                 select.select([cur], [], [], WAIT_SECONDS)
                 continue
@@ -222,9 +262,13 @@ class _Reader:
         (upserts and deletes by key, in order)."""
         self.settle(cur, result)
         tables = dict(self.tables)  # the shapes of this batch (a Relation message may change them meanwhile)
-        self._pending = (self._pool.submit(apply_batch, self.destination, tables, batch, self.slot, self.soft_deletes,
-                                            source=self._connect),
-                         batch, tables)  # fmt: skip
+        self._pending = (
+            self._pool.submit(
+                apply_batch, self.destination, tables, batch, self.slot, self.soft_deletes, source=self._connect
+            ),
+            batch,
+            tables,
+        )
         result.partial_flushes += partial
         return self.new_batch(batch)
 
