@@ -22,8 +22,7 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/rds-pipeline demo --ui
 
-test: $(STAMP)
-	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench tools
+test: lint
 	$(BIN)/pytest
 
 # Faults injected mid-copy into a 1.5M-row sync (source through a real sshd, destination on another server);
@@ -53,8 +52,11 @@ bench: $(BENCH_STAMP)
 screenshots: $(STAMP)
 	$(BIN)/python -m tools.screenshots
 
+# ruff's rules and its formatter own the code; mypy is strict on the engine's vocabulary and the destination contract
 lint: $(STAMP)
 	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench tools
+	$(BIN)/ruff format --check rds_pipeline rds_pipeline_tests bench tools
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .demo .dagster_home

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from rds_pipeline.engine.config import load_config
-from rds_pipeline.engine.errors import ConfigError, ConnectionProblem, RdsPipelineError, SelectionError
+from rds_pipeline.engine.errors import ConfigError, ConnectionProblem, RdsPipelineError
 
 
 def _test_connection(args: argparse.Namespace) -> int:
@@ -432,14 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except ConnectionProblem as exc:
-        print(f"Connection test FAILED [{exc.kind}]: {exc.message}\nFix: {exc.fix}", file=sys.stderr)
+    except ConnectionProblem as exc:  # each command names its own failure
+        what = "Connection test" if args.command == "test-connection" else f"{args.command}: the connection"
+        print(f"{what} FAILED [{exc.kind}]: {exc.message}\nFix: {exc.fix}", file=sys.stderr)
         return 1
-    except SelectionError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    except (RdsPipelineError, FileNotFoundError, KeyError) as exc:
-        print(f"Error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    except (RdsPipelineError, FileNotFoundError) as exc:  # anything else is a programming error: its traceback
+        print(f"{args.command} FAILED: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C (or, within a sync, SIGTERM) outside a run: nothing to clean
         print(f"\nStopped by {exc.args[0] if exc.args else 'Ctrl-C'}.", file=sys.stderr)

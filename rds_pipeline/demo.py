@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -125,6 +126,10 @@ def prepare(root: Path) -> tuple[DemoSetup, dict[str, str]]:
     print(f"Discovered and selected {len(names)} Pagila tables and views; catalog: {config.catalog_path}")
     env = dagster_environment(setup)
     os.environ.update(env)
+    exports = setup.root / "env.sh"  # the demo server's password stays in a file, never in the output
+    exports.write_text("".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items()))
+    exports.chmod(0o600)
+    print(f"To point any rds-pipeline or dagster command at this demo while its server runs: source {exports}")
     return setup, env
 
 

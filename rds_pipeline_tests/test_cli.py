@@ -15,7 +15,9 @@ from rds_pipeline_tests.conftest import SOURCE_PASSWORD, SshFixture
 PASSPHRASE_ENV = "TEST_SSH_PASSPHRASE"
 
 
-def run_cli(tmp_path: Path, source: dict, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    tmp_path: Path, source: dict, *args: str, command: str = "test-connection", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     config = {
         "integration_name": "CLI Test",
         "source": {"user": "postgres", "password": "${TEST_PW}", "database": "pagila", "connect_timeout": 3, **source},
@@ -23,12 +25,12 @@ def run_cli(tmp_path: Path, source: dict, *args: str) -> subprocess.CompletedPro
     }
     path = tmp_path / "rds_pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "TEST_PW": SOURCE_PASSWORD, "RDS_PIPELINE_CONFIG": str(path)}
+    environment = {**os.environ, "TEST_PW": SOURCE_PASSWORD, "RDS_PIPELINE_CONFIG": str(path), **(env or {})}
     result = subprocess.run(
-        [sys.executable, "-m", "rds_pipeline.cli", "test-connection", *args],
+        [sys.executable, "-m", "rds_pipeline.cli", command, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=environment,
         timeout=60,
     )
     assert SOURCE_PASSWORD not in result.stdout + result.stderr
@@ -62,6 +64,24 @@ def test_failures_exit_non_zero_with_the_fix(pg18: LocalPostgres, tmp_path: Path
     assert result.returncode == 1
     assert result.stderr.startswith("Connection test FAILED [database_missing]: The database 'missing_db' does not")
     assert "\nFix: " in result.stderr
+    # another command names itself, not a connection test
+    found = run_cli(tmp_path, {"host": pg18.host, "port": pg18.port, "database": "missing_db"}, command="discover")
+    assert found.returncode == 1 and "Traceback" not in found.stderr
+    assert found.stderr.startswith("discover: the connection FAILED [database_missing]: The database 'missing_db'")
+
+
+def test_an_instance_that_cannot_load_names_the_variable(pg18: LocalPostgres, tmp_path: Path) -> None:
+    """`status` with DAGSTER_HOME at the shipped dagster.yaml, its PostgreSQL variables unset: one line, the fix."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.joinpath("dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    unset = {k: "" for k in os.environ if k.startswith("DAGSTER_PG_")}
+    result = run_cli(
+        tmp_path, {"host": pg18.host, "port": pg18.port}, command="status", env={"DAGSTER_HOME": str(home), **unset}
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"status FAILED: the Dagster instance in DAGSTER_HOME={home} cannot load")
+    assert "DAGSTER_PG_" in result.stderr and "Fix: export DAGSTER_PG_" in result.stderr
 
 
 def test_config_errors_exit_2_naming_the_key(pg18: LocalPostgres, tmp_path: Path) -> None:

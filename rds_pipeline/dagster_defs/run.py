@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from rds_pipeline.dagster_defs.run_process import RunProcess
 from rds_pipeline.dagster_defs.slot_wait import bounded_slot_waits
 from rds_pipeline.dagster_defs.stale_runs import clean_stale_runs
 from rds_pipeline.engine.config import find_config_path, load_config
+from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.stop import StopState
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,22 @@ log = logging.getLogger(__name__)
 
 def instance_for_cli() -> dg.DagsterInstance:
     """The instance in $DAGSTER_HOME (so runs show in the UI); an ephemeral one, with a warning, without it."""
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        try:
+            return dg.DagsterInstance.get()
+        except dg.DagsterInvalidConfigError as exc:
+            missing = sorted(set(re.findall(r'environment variable "(\w+)" which is not set', str(exc))))
+            if missing:
+                raise RdsPipelineError(
+                    f"the Dagster instance in DAGSTER_HOME={home} cannot load: its dagster.yaml reads "
+                    f"{', '.join(missing)}, not set here. Fix: export {missing[0]}=… (for the demo: source "
+                    ".demo/env.sh, which `make demo` writes), or unset DAGSTER_HOME for a temporary instance"
+                ) from None
+            raise RdsPipelineError(
+                f"the Dagster instance in DAGSTER_HOME={home} cannot load: {str(exc).splitlines()[0]}. "
+                f"Fix: correct {home}/dagster.yaml, or unset DAGSTER_HOME for a temporary instance"
+            ) from None
     log.warning("DAGSTER_HOME is not set: this run is recorded in a temporary instance, not in your UI")
     return dg.DagsterInstance.ephemeral()
 

@@ -11,6 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from rds_pipeline.engine.config import quote_env_refs
+from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.engine.selection import SelectedTable, find_relation, resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog
 
@@ -43,7 +44,9 @@ def edit_selection(
     index = _find(tables, name, catalog, default_database)
     if remove:
         if index is None:
-            raise KeyError(f"{name} is not selected; nothing to remove")
+            raise RdsPipelineError(
+                f"{name} is not selected; nothing to remove. Fix: `rds-pipeline tables` lists the selection"
+            )
         del tables[index]
     else:
         entry: Any = tables[index] if index is not None else CommentedMap([("name", name)])

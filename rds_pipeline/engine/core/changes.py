@@ -86,8 +86,8 @@ class ChangeBatch:
                 if table is not None and changes:
                     yield table, list(changes.values())
             for oid in segment.truncate.relation_oids if segment.truncate is not None else ():
-                relation = self.relations.get(oid)
-                table = tables.get((relation.namespace, relation.name)) if relation is not None else None
+                wiped = self.relations.get(oid)
+                table = tables.get((wiped.namespace, wiped.name)) if wiped is not None else None
                 if table is not None:
                     yield table, None
 

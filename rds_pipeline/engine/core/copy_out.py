@@ -21,6 +21,7 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.errors import CopyStalled
 from rds_pipeline.engine.progress import copying
 
@@ -111,7 +112,7 @@ class PipeReader:
 def source_in_recovery(conn: psycopg2.extensions.connection) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_is_in_recovery()")
-        value = bool(cur.fetchone()[0])
+        value = bool(one(cur.fetchone())[0])
     conn.commit()
     return value
 

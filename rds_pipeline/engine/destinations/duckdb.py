@@ -23,6 +23,7 @@ from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.state import TableState
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
@@ -102,7 +103,7 @@ class DuckDBDestination:
             "duckdb", lambda: self.conn.interrupt()
         )  # a stop request ends a statement
         # qualify every name with the file's catalog: a schema named like the file would be ambiguous
-        self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
+        self.catalog: str = one(self.conn.execute("SELECT current_database()").fetchone())[0]
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Open the file, waiting while another process holds DuckDB's single-writer lock."""
@@ -189,10 +190,12 @@ class DuckDBDestination:
 
     def _table_exists(self, schema: str, name: str) -> bool:
         return bool(
-            self.conn.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
-                [self.catalog, schema, name],
-            ).fetchone()[0]
+            one(
+                self.conn.execute(
+                    "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
+                    [self.catalog, schema, name],
+                ).fetchone()
+            )[0]
         )
 
     def _loaded_tables(self, schema: str) -> list[str]:
@@ -237,7 +240,7 @@ class DuckDBDestination:
         self.conn.execute("COMMIT")
 
     def row_count(self, table: SelectedTable) -> int:
-        return int(run(self.conn, f"SELECT count(*) FROM {self.target(table)}").fetchone()[0])
+        return int(one(run(self.conn, f"SELECT count(*) FROM {self.target(table)}").fetchone())[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
     def _existing_types(self, table: SelectedTable) -> dict[str, str]:
@@ -259,12 +262,14 @@ class DuckDBDestination:
         text = {name for _, name in decimals if _canonical(existing.get(name, "")) == "VARCHAR"}
         unknown = [(i, name) for i, name in decimals if name not in text]
         if unknown:
-            flags = run(
-                self.conn,
-                f"SELECT {', '.join(f'coalesce(bool_or(c{i} = {chr(39)}NaN{chr(39)}), false)' for i, _ in unknown)} "
-                f"FROM {source}",
-                [csv_path],
-            ).fetchone()
+            flags = one(
+                run(
+                    self.conn,
+                    f"SELECT {', '.join(f'coalesce(bool_or(c{i} = {chr(39)}NaN{chr(39)}), false)' for i, _ in unknown)} "
+                    f"FROM {source}",
+                    [csv_path],
+                ).fetchone()
+            )
             text |= {name for (_, name), nan in zip(unknown, flags, strict=True) if nan}
         return text
 
@@ -383,14 +388,16 @@ class DuckDBDestination:
                 if table.method in REPLACING:
                     # straight from the file into the table: no stage (it would hold the whole copy once more)
                     where, params = self._predicate(table, key_range)
-                    report.rows_deleted = int(run(c, f"DELETE FROM {target}{where}", params).fetchone()[0])
+                    report.rows_deleted = int(one(run(c, f"DELETE FROM {target}{where}", params).fetchone())[0])
                     report.rows_inserted = int(
-                        run(
-                            c,
-                            f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
-                            f"SELECT {converted}, now(), ? FROM {source}",
-                            [batch_id, name],
-                        ).fetchone()[0]
+                        one(
+                            run(
+                                c,
+                                f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                                f"SELECT {converted}, now(), ? FROM {source}",
+                                [batch_id, name],
+                            ).fetchone()
+                        )[0]
                     )
                     report.rows_at_commit = report.rows_inserted  # the range was emptied in this transaction
                 else:
@@ -421,7 +428,7 @@ class DuckDBDestination:
 
     def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
         c, target = self.conn, self.target(table)
-        total = int(c.execute("SELECT count(*) FROM _rds_stage").fetchone()[0])
+        total = int(one(c.execute("SELECT count(*) FROM _rds_stage").fetchone())[0])
         if not table.primary_key:
             run(
                 c,
@@ -433,9 +440,11 @@ class DuckDBDestination:
         pk = ", ".join(dq(k) for k in table.primary_key)
         join = " AND ".join(f"t.{dq(k)} IS NOT DISTINCT FROM s.{dq(k)}" for k in table.primary_key)
         existing = int(
-            run(
-                c, f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {join})"
-            ).fetchone()[0]
+            one(
+                run(
+                    c, f"SELECT count(*) FROM _rds_stage s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {join})"
+                ).fetchone()
+            )[0]
         )
         # delete-then-insert is DuckDB's reliable upsert inside one transaction (ON CONFLICT DO UPDATE cannot
         # touch the same key twice in a transaction)
@@ -450,7 +459,7 @@ class DuckDBDestination:
 
     def _le(self, kind: str, low: str, high: str) -> bool:
         """``low <= high`` as values of the key's type (both are PostgreSQL text forms)."""
-        return bool(run(self.conn, f"SELECT CAST(? AS {kind}) <= CAST(? AS {kind})", [low, high]).fetchone()[0])
+        return bool(one(run(self.conn, f"SELECT CAST(? AS {kind}) <= CAST(? AS {kind})", [low, high]).fetchone())[0])
 
     def _greatest(self, kind: str, *values: str | None) -> str | None:
         best = None
@@ -468,7 +477,7 @@ class DuckDBDestination:
         column = next(col for col in table.columns if col.name == key)
         kind = duckdb_type(column)
         c = self.conn
-        nulls = int(run(c, f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone()[0])
+        nulls = int(one(run(c, f"SELECT count(*) FROM _rds_stage WHERE {dq(key)} IS NULL").fetchone())[0])
         row = run(
             c, f"SELECT _raw_key FROM _rds_stage WHERE {dq(key)} IS NOT NULL ORDER BY {dq(key)} DESC LIMIT 1"
         ).fetchone()
@@ -486,7 +495,7 @@ class DuckDBDestination:
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
         where, params = self._predicate(table, key_range)
-        return int(run(self.conn, f"SELECT count(*) FROM {self.target(table)}{where}", params).fetchone()[0])
+        return int(one(run(self.conn, f"SELECT count(*) FROM {self.target(table)}{where}", params).fetchone())[0])
 
     def primary_key_enforced(self, table: SelectedTable) -> bool:
         """Whether the replica has a PRIMARY KEY constraint on exactly the table's key columns."""
@@ -501,7 +510,7 @@ class DuckDBDestination:
     def duplicate_keys(self, table: SelectedTable) -> int:
         keys = ", ".join(dq(k) for k in table.primary_key)
         query = f"SELECT count(*) FROM (SELECT 1 FROM {self.target(table)} GROUP BY {keys} HAVING count(*) > 1)"
-        return int(run(self.conn, query).fetchone()[0])
+        return int(one(run(self.conn, query).fetchone())[0])
 
     def column_names(self, table: SelectedTable) -> list[str]:
         rows = run(

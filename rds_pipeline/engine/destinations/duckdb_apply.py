@@ -15,10 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     DELETED_AT,
@@ -74,14 +76,16 @@ class _ArrayJson:
     """PostgreSQL array text -> the JSON the snapshot stores, by the source's own ``to_json``."""
 
     def __init__(self, source: SourceConnect | None) -> None:
-        self.source, self.conn = source, None
+        self.source = source
+        self.conn: psycopg2.extensions.connection | None = None
 
     def __call__(self, column: Column, values: list[str]) -> list[str]:
         if self.source is None:
             raise LoadError(f"column {column.name}: an array needs the source to convert it to JSON for DuckDB")
         if self.conn is None:
             self.conn = self.source()
-        with self.conn.cursor() as cur:
+        conn = self.conn
+        with conn.cursor() as cur:
             cur.execute(
                 sql.SQL(
                     "SELECT to_json(v::{})::text FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) ORDER BY i"
@@ -89,7 +93,7 @@ class _ArrayJson:
                 (values,),
             )
             converted = [row[0] for row in cur.fetchall()]
-        self.conn.rollback()
+        conn.rollback()
         return converted
 
     def close(self) -> None:
@@ -154,7 +158,8 @@ def _apply_table(
         for i, column in enumerate(columns):  # arrays: the source's to_json, as the snapshot query does
             if column.kind == "array":
                 present = [r for r in rows if isinstance(r[i], str)]
-                for row, value in zip(present, arrays(column, [r[i] for r in present]), strict=True):
+                texts = [str(r[i]) for r in present]
+                for row, value in zip(present, arrays(column, texts), strict=True):
                     row[i] = value
         as_text: set[str] = set()
         if rows:  # numeric columns holding NaN become VARCHAR, decided as the loader decides
@@ -206,15 +211,17 @@ def _apply_table(
                 )
             else:
                 deleted = run(c, f"DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM _rds_deleted s WHERE {keys})")
-            report.deleted[table.id] = report.deleted.get(table.id, 0) + int(deleted.fetchone()[0])
+            report.deleted[table.id] = report.deleted.get(table.id, 0) + int(one(deleted.fetchone())[0])
             c.execute("DROP TABLE _rds_deleted")
         if not upserts:
             return
-        missing = run(
-            c,
-            f"SELECT count(*) FROM _rds_changed s WHERE s._rds_u LIKE '%1%' AND NOT EXISTS "
-            f"(SELECT 1 FROM {target} t WHERE {keys})",
-        ).fetchone()[0]
+        missing = one(
+            run(
+                c,
+                f"SELECT count(*) FROM _rds_changed s WHERE s._rds_u LIKE '%1%' AND NOT EXISTS "
+                f"(SELECT 1 FROM {target} t WHERE {keys})",
+            ).fetchone()
+        )[0]
         if missing:
             raise LoadError(
                 "the stream updated rows the destination does not hold, leaving TOASTed values unchanged: "
@@ -341,11 +348,13 @@ class DuckDBApplier:
         self.destination.conn.execute("BEGIN TRANSACTION")
         try:
             run(self.destination.conn, f"DELETE FROM {_slots(self.destination)} WHERE slot = ?", [slot])
-            count = run(
-                self.destination.conn,
-                f"DELETE FROM {self.destination.state_table()} WHERE replication_key = ?",
-                [SLOT_MARK + slot],
-            ).fetchone()[0]
+            count = one(
+                run(
+                    self.destination.conn,
+                    f"DELETE FROM {self.destination.state_table()} WHERE replication_key = ?",
+                    [SLOT_MARK + slot],
+                ).fetchone()
+            )[0]
             self.destination.conn.execute("COMMIT")
         except BaseException:
             self.destination.conn.execute("ROLLBACK")

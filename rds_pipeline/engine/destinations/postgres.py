@@ -23,6 +23,7 @@ from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import DestinationConfig, IntegrationConfig
 from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.core.state import TableState
 from rds_pipeline.engine.destinations.base import (
@@ -72,7 +73,7 @@ class PostgresDestination:
 
     def _connect(self) -> psycopg2.extensions.connection:
         config = self.config
-        conn = psycopg2.connect(
+        conn: psycopg2.extensions.connection = psycopg2.connect(
             **libpq_params(
                 host=config.host or "",
                 port=config.port,
@@ -127,7 +128,7 @@ class PostgresDestination:
                 ).format(meta, sql.Identifier(REGISTRY))
             )
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(META_SCHEMA)}.integrations",))
-            if cur.fetchone()[0]:  # the registry of earlier versions, keyed by source: carried over
+            if one(cur.fetchone())[0]:  # the registry of earlier versions, keyed by source: carried over
                 cur.execute(
                     sql.SQL(
                         "INSERT INTO {m}.{r} (schema_name, integration_name, source_key) SELECT schema_name, "
@@ -164,7 +165,7 @@ class PostgresDestination:
     def _loaded_tables(self, cur: psycopg2.extensions.cursor, schema: str) -> list[str]:
         """The source tables another integration's schema holds data of (its state rows)."""
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(STATE_TABLE)}",))
-        if not cur.fetchone()[0]:
+        if not one(cur.fetchone())[0]:
             return []
         cur.execute(sql.SQL("SELECT table_id FROM {}").format(sql.Identifier(schema, STATE_TABLE)))
         return [r[0] for r in cur.fetchall()]
@@ -184,7 +185,7 @@ class PostgresDestination:
                 ).format(s=self.state_table()),
                 (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}", table.id, table.id),
             )
-            exists, bookmark, covered_to = cur.fetchone()
+            exists, bookmark, covered_to = one(cur.fetchone())
         return TableState(bool(exists), bookmark if exists else None, covered_to if exists else None)
 
     def read_bookmark(self, table: SelectedTable) -> str | None:
@@ -217,7 +218,7 @@ class PostgresDestination:
     def row_count(self, table: SelectedTable) -> int:
         with self.conn, self.conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(self.target(table)))
-            return int(cur.fetchone()[0])
+            return int(one(cur.fetchone())[0])
 
     # -- table shape ---------------------------------------------------------------------------------------
     def ensure_table(
@@ -411,7 +412,7 @@ class PostgresDestination:
             if self._exists(cur, table):
                 return False
             cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
-            if cur.fetchone()[0]:
+            if one(cur.fetchone())[0]:
                 if not self._exists(cur, table):  # and no one can create it before this transaction ends
                     return True
             else:
@@ -430,7 +431,7 @@ class PostgresDestination:
             "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
             (self.schema, table.destination_table),
         )
-        return bool(cur.fetchone()[0])
+        return bool(one(cur.fetchone())[0])
 
     def add_primary_key(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> None:
         """The primary key of a table created with ``key_later``, built once over the loaded rows."""
@@ -451,7 +452,7 @@ class PostgresDestination:
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), to_regclass(%s) IS NULL",
                 (f"rds_pipeline create {name}", name),
             )
-            if not cur.fetchone()[1]:
+            if not one(cur.fetchone())[1]:
                 return False
             self.ensure_table(cur, table)
             cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.state_table()), (table.id,))
@@ -470,7 +471,7 @@ class PostgresDestination:
             sql.SQL("SELECT bookmark, covered_to FROM {} WHERE table_id = %s FOR UPDATE").format(self.state_table()),
             (table.id,),
         )
-        bookmark, covered = cur.fetchone()
+        bookmark, covered = one(cur.fetchone())
         return bookmark, covered
 
     def _merge(
@@ -501,7 +502,7 @@ class PostgresDestination:
                 updates=sql.SQL(", ").join(updates),
             )
         )
-        inserted, updated = cur.fetchone()
+        inserted, updated = one(cur.fetchone())
         return int(inserted), int(updated)
 
     def _bookmark(
@@ -530,7 +531,7 @@ class PostgresDestination:
             ).format(k=sql.Identifier(key), t=kind, s=stage),
             {"lower": key_range.lower, "upper": key_range.upper, "b": before, "c": covered, "m": source_max},
         )
-        contiguous, bookmark, covered_to, nulls = cur.fetchone()
+        contiguous, bookmark, covered_to, nulls = one(cur.fetchone())
         return LoadOutcome(before, bookmark, int(nulls), bool(contiguous) and bookmark != before, covered_to)
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
@@ -540,7 +541,7 @@ class PostgresDestination:
             query = sql.SQL("{} WHERE {}").format(query, predicate)
         with self.conn, self.conn.cursor() as cur:
             cur.execute(query)
-            return int(cur.fetchone()[0])
+            return int(one(cur.fetchone())[0])
 
     def primary_key_enforced(self, table: SelectedTable) -> bool:
         """Whether the replica has a PRIMARY KEY constraint on exactly the table's key columns."""
@@ -551,7 +552,7 @@ class PostgresDestination:
                 "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'p'",
                 (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}",),
             )
-            columns = cur.fetchone()[0]
+            columns = one(cur.fetchone())[0]
         return bool(table.primary_key) and sorted(columns or []) == sorted(table.primary_key)
 
     def duplicate_keys(self, table: SelectedTable) -> int:
@@ -562,7 +563,7 @@ class PostgresDestination:
                     self.target(table), keys
                 )
             )
-            return int(cur.fetchone()[0])
+            return int(one(cur.fetchone())[0])
 
     def column_names(self, table: SelectedTable) -> list[str]:
         with self.conn, self.conn.cursor() as cur:

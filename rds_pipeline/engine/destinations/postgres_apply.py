@@ -25,6 +25,7 @@ from psycopg2 import sql
 
 from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     DELETED_AT,
@@ -231,7 +232,7 @@ def _upsert_partial(
             "(SELECT 1 FROM {} t WHERE {})"
         ).format(target, keys)
     )
-    if cur.fetchone()[0]:
+    if one(cur.fetchone())[0]:
         raise LoadError(
             f"{table.id}: the stream updated rows the destination does not hold, leaving TOASTed values "
             "unchanged: the replica is missing rows. Fix: re-snapshot the table (rds-pipeline reset)"
@@ -330,7 +331,7 @@ class PostgresApplier:
                 "SELECT to_regclass(%s) IS NOT NULL",
                 (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOTS_TABLE)}",),
             )
-            if not cur.fetchone()[0]:
+            if not one(cur.fetchone())[0]:
                 return None
             cur.execute(
                 sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(
@@ -370,7 +371,7 @@ class PostgresApplier:
                 "SELECT to_regclass(%s) IS NOT NULL",
                 (f"{quote_ident(self.destination.schema)}.{quote_ident(STATE_TABLE)}",),
             )
-            if not cur.fetchone()[0]:
+            if not one(cur.fetchone())[0]:
                 return {}
             cur.execute(
                 sql.SQL(
@@ -404,7 +405,7 @@ class PostgresApplier:
                     "SELECT to_regclass(%s) IS NOT NULL",
                     (f"{quote_ident(self.destination.schema)}.{quote_ident(table)}",),
                 )
-                if cur.fetchone()[0]:
+                if one(cur.fetchone())[0]:
                     cur.execute(
                         sql.SQL("DELETE FROM {} WHERE {} = %s").format(
                             sql.Identifier(self.destination.schema, table), sql.Identifier(column)
@@ -435,7 +436,8 @@ class PostgresApplier:
                 ),
                 (slot,),
             )
-            return cur.fetchone()[0]
+            seconds: int | None = one(cur.fetchone())[0]
+            return seconds
 
     def apply_batch(
         self,

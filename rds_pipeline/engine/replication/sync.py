@@ -24,6 +24,7 @@ from psycopg2 import sql
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.core.copy_out import CopyOut, ExtractionLog, source_in_recovery
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import Destination, LoadingReport
 from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.errors import ConnectionProblem, LoadError
@@ -344,7 +345,7 @@ def resolve_start(conn: psycopg2.extensions.connection, table: SelectedTable, st
         params["w"] = key_range.lower
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT {}::text").format(start), params)
-        lower = cur.fetchone()[0]
+        lower = one(cur.fetchone())[0]
     conn.commit()
     return dataclasses.replace(key_range, column=table.replication_key, lower=lower)
 
@@ -358,7 +359,7 @@ def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) 
                 sql.Identifier(table.replication_key or ""), sql.Identifier(table.relation.schema, table.relation.name)
             )
         )
-        value = cur.fetchone()[0]
+        value = one(cur.fetchone())[0]
     conn.commit()
     return value
 

@@ -8,6 +8,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import METADATA_COLUMNS
 from rds_pipeline.engine.selection import SelectedTable
 
@@ -37,7 +38,7 @@ def source_count(conn: psycopg2.extensions.connection, table: SelectedTable, key
         query = sql.SQL("{} WHERE {}").format(query, predicate)
     with conn.cursor() as cur:
         cur.execute(query)
-        count = int(cur.fetchone()[0])
+        count = int(one(cur.fetchone())[0])
     conn.rollback()
     return count
 

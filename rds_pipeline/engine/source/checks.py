@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
@@ -77,7 +78,7 @@ def check_database(
         findings.extend(_server_findings(facts, superuser, user))
     with conn.cursor() as cur:
         cur.execute("SELECT has_database_privilege(current_database(), 'CONNECT')")
-        can_connect = cur.fetchone()[0]
+        can_connect = one(cur.fetchone())[0]
     findings.append(
         Finding("ok", f"database {database}", "CONNECT granted")
         if can_connect

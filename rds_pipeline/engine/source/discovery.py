@@ -11,6 +11,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 
@@ -245,7 +246,7 @@ def discover(
         try:
             with first.cursor() as cur:
                 cur.execute("SELECT current_setting('server_version')")
-                version = cur.fetchone()[0]
+                version = one(cur.fetchone())[0]
             names = databases or list_databases(first)
             first.rollback()
             relations: list[Relation] = []

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psycopg2.extensions
 
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 
@@ -84,7 +85,7 @@ def readiness(conn: psycopg2.extensions.connection, tables: list[SelectedTable])
 
 def _has_role(cur: psycopg2.extensions.cursor, role: str) -> bool:
     cur.execute("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (role,))
-    return bool(cur.fetchone()[0])
+    return bool(one(cur.fetchone())[0])
 
 
 def _megabytes(setting: str) -> int:

@@ -17,6 +17,7 @@ import psycopg2.extensions
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.core.copy_out import CANCEL_WAIT_SECONDS, bounded
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 
@@ -155,4 +156,4 @@ def _end_backends(conn: psycopg2.extensions.connection, pids: list[int]) -> int:
             "AND application_name = 'rds_pipeline' AND usename = current_user",
             (pids,),
         )
-        return int(cur.fetchone()[0])
+        return int(one(cur.fetchone())[0])

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.errors import RdsPipelineError, SetupNeeded
@@ -73,7 +74,7 @@ def status(config: IntegrationConfig, selection: list[SelectedTable], destinatio
         found = slot_status(conn, config.slot_name)
         with conn.cursor() as cur:
             cur.execute("SELECT current_setting('max_slot_wal_keep_size')")
-            keep = cur.fetchone()[0]
+            keep = one(cur.fetchone())[0]
         conn.rollback()
     if published is None:
         yield f"publication {config.publication_name}: missing (run `rds-pipeline cdc setup`)"
