@@ -457,37 +457,6 @@ def test_a_long_copy_logs_its_progress(pg18: LocalPostgres, monkeypatch: pytest.
     dest.close()
 
 
-def test_the_bookmark_moves_only_over_what_was_copied(pg18: LocalPostgres) -> None:
-    """Windows in order move it; a window past a gap does not; an older window never moves it back; a window
-    claims completeness only up to what the source held, so a later window cannot skip rows that arrive after."""
-    scratch = make_scratch(pg18)
-    scratch.sql(
-        "CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k SELECT g, 'v' FROM generate_series(1, 15) g"
-    )
-    table = scratch.one({"name": "public.k", "method": "key_based", "replication_key": "id"})
-    first, second, last = KeyRange("id", upper=10, include_nulls=True), KeyRange("id", 10, 100), KeyRange("id", 100)
-    dest = scratch.destination()
-    with scratch.session() as session:
-        # past a gap: copied, bookmark unmoved (a closed window: the latest one, without a bookmark, is a history)
-        assert sync_table(session, dest, table, KeyRange("id", 100, 200)).bookmark is None
-        assert sync_table(session, dest, table, second).bookmark is None
-        assert sync_table(session, dest, table, first).bookmark == "9"  # from the start: contiguous
-        assert dest.table_state(table).covered_to == "10"
-        assert sync_table(session, dest, table, second).bookmark == "15"  # now contiguous
-        assert dest.table_state(table).covered_to == "15"  # not 100: the source held keys up to 15 only
-        assert sync_table(session, dest, table, first).bookmark == "15"  # an older window: never backwards
-        scratch.sql("INSERT INTO k VALUES (50, 'late in the window'), (150, 'next window')")
-        later = sync_table(session, dest, table, KeyRange("id", 100, 200))
-        assert later.bookmark == "15"  # 16..99 may hold rows not copied yet (50 does): no jump past them
-        caught = sync_table(session, dest, table)  # the catch-up from 15 brings 50 (and 150 again)
-        assert caught.bookmark == "150" and caught.plan.reason.startswith("catch-up")
-        scratch.sql("INSERT INTO k VALUES (120, 'behind the bookmark'), (160, 'after it')")
-        latest = sync_table(session, dest, table, last)  # the latest window reaches back to the bookmark
-        assert latest.key_range.lower == "100" and latest.bookmark == "160"  # least(window start, bookmark)
-    assert dest.fetch_rows(table) == scratch.source_rows(table)
-    dest.close()
-
-
 def test_concurrent_runs_of_one_table_converge(pg18: LocalPostgres) -> None:
     """A backfill's windows and a tick running at once on a table never synced: both commit (the one that
     lost the race to create the table retries), and the bookmark ends at the greatest key, not behind it."""
