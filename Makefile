@@ -52,7 +52,7 @@ bench: $(BENCH_STAMP)
 screenshots: $(STAMP)
 	$(BIN)/python -m tools.screenshots
 
-# ruff's rules and its formatter own the code; mypy is strict on the engine's vocabulary and the destination contract
+# ruff's rules and its formatter own the code; mypy checks the package, strictly in the engine
 lint: $(STAMP)
 	$(BIN)/ruff check rds_pipeline rds_pipeline_tests bench tools
 	$(BIN)/ruff format --check rds_pipeline rds_pipeline_tests bench tools

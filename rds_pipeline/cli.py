@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from rds_pipeline.engine.config import load_config
@@ -72,8 +73,8 @@ def _discover(args: argparse.Namespace) -> int:
     )
     if previous is not None:
         report = compare(previous, catalog)
-        for line in report.changes:
-            print(f"  changed: {line}")
+        for change in report.changes:
+            print(f"  changed: {change}")
     for entry in config.tables:
         name = entry.get("name") if isinstance(entry, dict) else entry
         if name and not find_relation(catalog, str(name), config.source.database):
@@ -175,7 +176,7 @@ def _grants(args: argparse.Namespace) -> int:
         tables.append((schema, table))
     schemas = args.schema or sorted({s for s, _ in tables}) or ["public"]
     rds = args.target == "rds" or (
-        args.target == "auto" and bool(config) and config.source.host.endswith(".rds.amazonaws.com")
+        args.target == "auto" and config is not None and config.source.host.endswith(".rds.amazonaws.com")
     )
     request = GrantRequest(args.user, password, database, schemas, tables, args.log_based, rds, args.owner)
     sys.stdout.write(grants_sql(request))
@@ -316,6 +317,7 @@ def _cdc(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _, selection = _load_selection(config)
+    lines: Iterable[str]
     if args.action == "setup":
         lines = admin.setup(config, selection)
     else:

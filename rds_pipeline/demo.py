@@ -24,7 +24,7 @@ DEMO_INTEGRATION = "Pagila Demo"
 REPO = Path(__file__).resolve().parents[1]
 DEV_STOP_SECONDS = 60  # `dagster dev` stops its webserver, daemon and code server within this
 # Two key-based tables exercise time windows and integer key ranges; the rest is full table.
-KEY_BASED = {
+KEY_BASED: dict[str, dict[str, str | int]] = {
     "public.payment": {"method": "key_based", "replication_key": "payment_date", "granularity": "monthly"},
     "public.rental": {"method": "key_based", "replication_key": "rental_id", "chunk_rows": 5000},
 }

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 UNPRIVILEGED_USER = "nobody"
 
@@ -103,7 +104,7 @@ class LocalPostgres:
         self.host = "127.0.0.1"
 
     # -- process helpers -----------------------------------------------------------------------------------
-    def _run_kwargs(self) -> dict[str, object]:
+    def _run_kwargs(self) -> dict[str, Any]:
         if not _running_as_root():
             return {}
         user = pwd.getpwnam(UNPRIVILEGED_USER)
@@ -128,7 +129,7 @@ class LocalPostgres:
             input=input_text,
             timeout=timeout,
             cwd=str(self.base_dir),
-            **self._run_kwargs(),  # type: ignore[arg-type]
+            **self._run_kwargs(),
         )
         if check and result.returncode != 0:
             raise RuntimeError(f"{program} {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")

@@ -59,7 +59,8 @@ class RecoveringExecutor(Executor):
             yield from self._inner.execute(plan_context, execution_plan)
 
 
-@dg.executor(name=BASE.name, config_schema=BASE.config_schema, requirements=BASE.get_requirements)
+# (the overload names only user-written schemas; BASE.config_schema is the built one it becomes)
+@dg.executor(name=BASE.name, config_schema=BASE.config_schema, requirements=BASE.get_requirements)  # type: ignore[call-overload]
 def recovering_executor(init_context: dg.InitExecutorContext) -> Executor:
     """Dagster's default executor; first, the runs killed without a trace are cleaned (rds_pipeline)."""
     return RecoveringExecutor(BASE.executor_creation_fn(init_context))  # type: ignore[misc]

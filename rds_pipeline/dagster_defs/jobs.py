@@ -7,7 +7,7 @@ materializations and check results. ``pick_tables`` splits the tables into ``par
 ``sync_tables`` step takes a slot of the ``rds_source`` pool: a tick uses every slot the pool allows.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
@@ -91,18 +91,18 @@ def sync_assets(
     request: Request,
     source: RdsSourceResource,
     destination: RdsDestinationResource,
-    logged: list[TableAsset] = (),
-) -> None:  # type: ignore[assignment]
+    logged: Sequence[TableAsset] = (),
+) -> None:
     """Sync each table in turn; a failure is reported with the table named and its fix, and the others go on.
     Log-based tables are read from their slot once (``logged``: all of them, since they share its position)."""
     failures: list[TableFailure] = []
     synced = 0
     if any(a.table.method == "log_based" for a in chosen):
         try:
-            run = stream(list(logged), {}, source, destination, context.instance)
-            list(emit_stream(context, run, set()))
-            failures.extend(stream_failures(context, run))
-            synced += len(run.runs)
+            streamed = stream(list(logged), {}, source, destination, context.instance)
+            list(emit_stream(context, streamed, set()))
+            failures.extend(stream_failures(context, streamed))
+            synced += len(streamed.runs)
         except Exception as exc:  # noqa: BLE001 - the slot's failure stops its tables, not the others
             interrupts.checkpoint()  # unless it was a stop request's doing
             for asset in logged:

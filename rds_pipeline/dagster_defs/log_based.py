@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from rds_pipeline.dagster_defs.execute import TableFailure, TableRun, partition_keys
+from rds_pipeline.dagster_defs.execute import TableFailure, partition_keys
 from rds_pipeline.dagster_defs.materializations import record_partitions
 from rds_pipeline.dagster_defs.partitions import chunk_ranges, range_for_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
@@ -35,9 +35,19 @@ CHECK_SLOT = "slot_lag"
 
 
 @dataclass
+class StreamedTable:
+    """One log-based table a stream run brought up to date, as Dagster will record it."""
+
+    asset: TableAsset
+    partitions: list[str]  # the partitions it materializes
+    metadata: dict[str, Any]
+    checks: list[tuple[str, CheckOutcome]]
+
+
+@dataclass
 class StreamRun:
     result: LogBasedResult
-    runs: list[TableRun]  # one per log-based table the run brought up to date
+    runs: list[StreamedTable]  # one per log-based table the run brought up to date
     failures: dict[str, str]  # table id -> error with its fix
 
 
@@ -82,7 +92,7 @@ def stream(
             )
         ]
         outcomes.append((CHECK_SLOT, slot_check(result, config.log_based)))
-        runs.append(TableRun(asset, None, partitions, table_metadata(result, table_id), outcomes))  # type: ignore[arg-type]
+        runs.append(StreamedTable(asset, partitions, table_metadata(result, table_id), outcomes))
     return StreamRun(result, runs, dict(result.failures))
 
 
@@ -197,7 +207,7 @@ def emit_stream(
                 )
             elif not as_asset:
                 context.log_event(
-                    dg.AssetCheckEvaluation(
+                    dg.AssetCheckEvaluation(  # type: ignore[arg-type]  # as in execute.log_run
                         asset_key=key,
                         check_name=name,
                         passed=outcome.passed,

@@ -136,13 +136,17 @@ def key_range_for(
         return KeyRange()
     is_first = first_key == all_keys[0]
     is_last = last_key == all_keys[-1]
+    lower: str | int | None
+    upper: str | int | None
     if plan.kind == "time":
         assert window is not None
         lower = None if is_first else _literal(window.start, plan.column_type)
         upper = None if is_last else _literal(window.end, plan.column_type)
     else:
-        lower = None if is_first else range_bounds(first_key)[0]
-        upper = None if is_last else range_bounds(last_key)[1]
+        lower, upper = (
+            None if is_first else range_bounds(first_key)[0],
+            None if is_last else range_bounds(last_key)[1],
+        )
     return KeyRange(plan.column, lower=lower, upper=upper, include_nulls=is_first)
 
 

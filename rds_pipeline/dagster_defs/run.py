@@ -84,7 +84,9 @@ def run_sync(
     cleaned = [c.line() for c in clean_stale_runs(instance, by=f"run {run_id[:8]} ({process.describe()})")]
     for message in cleaned:
         (report or log.warning)(message)
-    ensure_single_writer_pools(instance, {node.definition.pool for node in job.graph.nodes if node.definition.pool})
+    ensure_single_writer_pools(
+        instance, {pool for node in job.graph.nodes if (pool := getattr(node.definition, "pool", None))}
+    )
     if stop is not None:
         stop.on_stop.append(lambda: _mark_canceling(instance, run_id, stop))
         stop.on_exit.append(lambda: _end_run(instance, run_id, stop))

@@ -142,7 +142,8 @@ def _latest_failures(instance: dg.DagsterInstance) -> dict[str, tuple[float, str
         data = event.step_failure_data if event else None
         user = data.user_failure_data if data else None
         failed = user.metadata.get("failed_tables") if user else None
-        for item in (failed.value if failed is not None else None) or []:  # type: ignore[union-attr]
+        items: Any = failed.value if failed is not None else None
+        for item in items or []:
             found.setdefault(item["table"], (record.event_log_entry.timestamp, item["error"]))
     return found
 

@@ -312,7 +312,7 @@ class _Reader:
         return value
 
     def choice(self, parent: str, data: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.string(parent, data, name, default=default)
+        value: str = self.string(parent, data, name, default=default)
         if value not in allowed:
             self.problem(
                 _join(parent, name),
@@ -347,7 +347,7 @@ class _Reader:
 
     def host(self, parent: str, data: dict[str, Any]) -> str:
         key = _join(parent, "host")
-        host = self.string(parent, data, "host")
+        host: str = self.string(parent, data, "host")
         if "://" in host:
             self.problem(key, f"'{host}' looks like a URL. Fix: give only the host name, without a scheme")
             return host

@@ -54,8 +54,8 @@ def parse_frequency(raw: Any, key: str = "schedule") -> Frequency:
         if interval not in INTERVALS:
             raise FrequencyError(f"{key}: interval '{raw['interval']}' is not one of {', '.join(INTERVALS)}")
         minutes = INTERVALS[interval]
-        cron = {30: "*/30 * * * *", 60: "0 * * * *", 360: "0 */6 * * *", 720: "0 */12 * * *", 1440: "0 0 * * *"}
-        return Frequency(cron[minutes], timezone, f"every {interval}", minutes)
+        by_minutes = {30: "*/30 * * * *", 60: "0 * * * *", 360: "0 */6 * * *", 720: "0 */12 * * *", 1440: "0 0 * * *"}
+        return Frequency(by_minutes[minutes], timezone, f"every {interval}", minutes)
     if "every_hours" in raw:
         hours = raw["every_hours"]
         if not isinstance(hours, int) or not 1 <= hours <= 24:

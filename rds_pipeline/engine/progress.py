@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 PROGRESS = logging.getLogger("rds_pipeline.progress")
 
@@ -43,7 +44,7 @@ def copying(
 
 
 @contextmanager
-def console_progress(verbose: bool = False, stream=sys.stderr) -> Iterator[None]:  # noqa: ANN001
+def console_progress(verbose: bool = False, stream: TextIO = sys.stderr) -> Iterator[None]:
     """Print progress lines as they come; without ``verbose``, keep library warnings (and Dagster's event
     lines, which the caller silences) off the console: they are in the Dagster UI."""
     handler = logging.StreamHandler(stream)

@@ -8,6 +8,7 @@ configured database, or ``database.schema.table``; or, when a name itself holds 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -346,7 +347,7 @@ def chunkable_key(relation: Relation) -> str | None:
     return column.name if base in INTEGER_TYPES else None
 
 
-def stats_wanted(entries: list[Any], default_database: str):  # noqa: ANN201 - returns the discovery hook
+def stats_wanted(entries: list[Any], default_database: str) -> Callable[[list[Relation]], list[tuple[Relation, str]]]:
     """For discovery: which (relation, column) min/max to collect for the selected tables."""
 
     def wanted(found: list[Relation]) -> list[tuple[Relation, str]]:

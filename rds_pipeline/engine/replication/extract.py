@@ -15,7 +15,7 @@ def select_query(
     table: SelectedTable, key_range: KeyRange, csv: bool = False, array_as_json: bool = False, binary: bool = False
 ) -> sql.Composed:
     """``COPY (SELECT cols FROM schema.table [WHERE range]) TO STDOUT``, identifiers quoted by psycopg2.sql."""
-    columns = []
+    columns: list[sql.Composable] = []
     for column in table.columns:
         ident = sql.Identifier(column.name)
         if array_as_json and column.kind == "array":

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
-from rds_pipeline.engine.source.probe import probe_max_keys
+from rds_pipeline.engine.source.probe import KeyProbe, probe_max_keys
 
 NOT_SYNCED = "not synced yet"
 UP_TO_DATE = "up to date"
@@ -41,7 +42,9 @@ def standings(
     logged = [t for t in selection if t.method == "log_based"]
     if logged:
         applied_lsn = destination.changes().applied_lsn(config.slot_name)
-    probes, wal, problem = {}, None, None
+    probes: dict[str, KeyProbe] = {}
+    wal: tuple[Any, ...] | None = None
+    problem: str | None = None
     keyed = [t for t in selection if t.method == "key_based" and t.replication_key]
     databases = sorted({t.relation.database for t in keyed} - {config.source.database})
     try:
@@ -65,7 +68,7 @@ def standings(
     found = []
     for table in selection:
         bookmark = bookmarks.get(table.id)
-        common = {
+        common: dict[str, Any] = {  # the fields every standing shares
             "table_id": table.id,
             "destination_table": table.destination_table,
             "method": table.method,
@@ -108,7 +111,7 @@ def standings(
     return found
 
 
-def _wal_lag(lag_bytes: object) -> tuple[str, float]:
+def _wal_lag(lag_bytes: float | None) -> tuple[str, float]:
     amount = float(lag_bytes or 0)
     return (UP_TO_DATE if amount <= 0 else f"{format_size(amount)} of WAL"), max(amount, 0.0)
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -35,6 +36,7 @@ from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.session import SourceSession
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_TIMESTAMP_LOOKBACK = "5 minutes"
 # SQLSTATEs worth retrying: serialization failure (includes "conflict with recovery" on a hot standby),
@@ -272,9 +274,9 @@ def _with_retries(
     destination: Destination,
     max_attempts: int,
     backoff_seconds: float,
-    action,
+    action: Callable[..., T],
     pass_attempt: bool = False,
-):  # noqa: ANN001, ANN202
+) -> T:
     """Run ``action``; retry transient failures with exponential backoff; fail permanent ones at once."""
     attempt = 0
     while True:
@@ -359,7 +361,7 @@ def _source_max_key(conn: psycopg2.extensions.connection, table: SelectedTable) 
                 sql.Identifier(table.replication_key or ""), sql.Identifier(table.relation.schema, table.relation.name)
             )
         )
-        value = one(cur.fetchone())[0]
+        value: str | None = one(cur.fetchone())[0]
     conn.commit()
     return value
 

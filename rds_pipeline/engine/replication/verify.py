@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2.extensions
 from psycopg2 import sql
@@ -17,7 +18,7 @@ from rds_pipeline.engine.selection import SelectedTable
 class CheckOutcome:
     passed: bool
     description: str
-    metadata: dict[str, object]
+    metadata: dict[str, Any]
 
 
 def combined(parts: list[tuple[str, CheckOutcome]]) -> CheckOutcome:
@@ -26,7 +27,7 @@ def combined(parts: list[tuple[str, CheckOutcome]]) -> CheckOutcome:
     one per part: Dagster writes each event on its own, and at 1,000 tables per tick that is most of the run.)"""
     ordered = [p for p in parts if not p[1].passed] + [p for p in parts if p[1].passed]
     description = "; ".join(f"{'FAILED ' if not o.passed else ''}{name}: {o.description}" for name, o in ordered)
-    metadata: dict[str, object] = {f"{name}/{key}": value for name, o in parts for key, value in o.metadata.items()}
+    metadata: dict[str, Any] = {f"{name}/{key}": value for name, o in parts for key, value in o.metadata.items()}
     metadata["failed"] = ", ".join(name for name, o in parts if not o.passed) or "none"
     return CheckOutcome(all(o.passed for _, o in parts), description, metadata)
 

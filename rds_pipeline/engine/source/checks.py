@@ -12,6 +12,7 @@ from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.catalog import Relation
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 from rds_pipeline.engine.source.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
 from rds_pipeline.engine.source.discovery import discover_database
@@ -72,7 +73,7 @@ def check_database(
     facts = inspect_connection(conn)
     with conn.cursor() as cur:
         cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
-        user, superuser = cur.fetchone()
+        user, superuser = one(cur.fetchone())
     quser = quote_ident(user)
     if server_checks:
         findings.extend(_server_findings(facts, superuser, user))
@@ -253,10 +254,10 @@ def _server_findings(facts: dict[str, object], superuser: bool, user: str) -> li
 
 def _table_findings(
     table: SelectedTable,
-    live,
+    live: Relation | None,
     can_select: bool | None,
     quser: str,
-    timeout_seconds: int,  # noqa: ANN001
+    timeout_seconds: int,
 ) -> list[Finding]:
     relation = table.relation
     subject = relation.id

@@ -120,7 +120,8 @@ def connect_source(
         params = source_params(config, tunnel, database, settings)
         if connection_factory is not None:
             params["connection_factory"] = connection_factory
-        return psycopg2.connect(**params)
+        conn: psycopg2.extensions.connection = psycopg2.connect(**params)
+        return conn
     except psycopg2.OperationalError as exc:
         raise classify_connect_error(exc, config, via_tunnel=tunnel is not None, database=database) from None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 
 # Stitch's setup guide: during a historical sync from a read replica, raise both delays to 8-12 hours.
@@ -73,7 +74,7 @@ def inspect_connection(conn: psycopg2.extensions.connection) -> dict[str, object
             FROM (SELECT 1) one LEFT JOIN pg_stat_ssl s ON s.pid = pg_backend_pid()
             """
         )
-        version, version_num, ssl, ssl_version, cipher, in_recovery = cur.fetchone()
+        version, version_num, ssl, ssl_version, cipher, in_recovery = one(cur.fetchone())
         cur.execute(
             "SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
             (list(_STANDBY_SETTINGS),),
@@ -121,11 +122,12 @@ def run_connection_test(config: SourceConfig) -> ConnectionReport:
         millis = {name: int(setting) for name, setting, unit in settings if unit == "ms"}
         hot = next((setting for name, setting, _ in settings if name == "hot_standby"), "on")
         advice = standby_advice(millis, hot)
-    if int(facts["server_version_num"]) < MIN_SERVER_VERSION_NUM:  # type: ignore[arg-type]
+    version_num = int(str(facts["server_version_num"]))
+    if version_num < MIN_SERVER_VERSION_NUM:
         advice.insert(0, f"PostgreSQL {facts['server_version']} is not supported: rds_pipeline needs 12 or newer.")
     return ConnectionReport(
         server_version=str(facts["server_version"]),
-        server_version_num=int(facts["server_version_num"]),  # type: ignore[arg-type]
+        server_version_num=version_num,
         seconds=seconds,
         via_tunnel=tunnel is not None,
         ssl_in_use=bool(facts["ssl"]),

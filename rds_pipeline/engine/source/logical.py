@@ -68,7 +68,7 @@ def readiness(conn: psycopg2.extensions.connection, tables: list[SelectedTable])
             "r.rolsuper OR r.rolreplication, current_setting('max_slot_wal_keep_size')::text "
             "FROM pg_roles r WHERE r.rolname = current_user"
         )
-        wal_level, rds, can_replicate, keep = cur.fetchone()
+        wal_level, rds, can_replicate, keep = one(cur.fetchone())
         identities: dict[str, tuple[str, bool]] = {}
         for table in tables:
             cur.execute(

@@ -77,7 +77,7 @@ class SourceSession:
         if stuck and pid is not None and self.terminate_backend(pid, database):
             self._live.discard(pid)
         if conn is not None and not conn.closed and bounded(conn.close, CANCEL_WAIT_SECONDS, "rds-close-source"):
-            self._live.discard(pid)  # type: ignore[arg-type]
+            self._live.discard(pid)
         if not stuck:
             self.reset()
 
@@ -130,7 +130,7 @@ class SourceSession:
                 self._conn.close()
             except psycopg2.Error:
                 pass
-            self._live.discard(self._backend_pid)  # type: ignore[arg-type]
+            self._live.discard(self._backend_pid)
         self._conn = None
 
     def close(self) -> None:

@@ -33,7 +33,8 @@ def load_private_key(path: Path, passphrase: str | None) -> paramiko.PKey:
             "ssh_key_missing", f"SSH private key {path} does not exist.", "set source.ssh.private_key to the key file"
         )
     try:
-        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
+        # cryptography takes the passphrase as bytes (types-paramiko says str)
+        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)  # type: ignore[arg-type]
     except TypeError as exc:  # cryptography says whether a passphrase was missing or superfluous
         if "not encrypted" in str(exc):
             raise ConnectionProblem(
@@ -314,7 +315,8 @@ class SshTunnel:
     def _pump(self, local: socket.socket, channel: paramiko.Channel) -> None:
         try:
             while not self._stop.is_set():
-                readable, _, _ = select.select([local, channel], [], [], 0.5)
+                watched: list[socket.socket | paramiko.Channel] = [local, channel]
+                readable, _, _ = select.select(watched, [], [], 0.5)
                 if local in readable:
                     data = local.recv(_BUFFER)
                     if not data:

@@ -142,6 +142,6 @@ def destination_of(config: IntegrationConfig) -> Iterator[Destination]:
 
     destination = open_destination(config)
     try:
-        yield destination  # type: ignore[misc]
+        yield destination
     finally:
         destination.close()

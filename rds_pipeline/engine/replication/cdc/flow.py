@@ -36,7 +36,7 @@ from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
 from rds_pipeline.engine.replication.cdc.setup import ensure_publication
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
-from rds_pipeline.engine.replication.cdc.snapshot import snapshot_tables, temporary_slot_name
+from rds_pipeline.engine.replication.cdc.snapshot import SnapshotResult, snapshot_tables, temporary_slot_name
 from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
@@ -120,12 +120,12 @@ def sync_log_based(
     result.seconds = time.monotonic() - started
     for table in tables:
         if table.id not in result.failures:
-            changes = result.changes(table.id)
+            applied = result.changes(table.id)
             table_done(
                 table.id,
-                result.snapshots.get(table.id, 0) + changes.get("insert", 0),
-                changes.get("update", 0),
-                changes.get("delete", 0),
+                result.snapshots.get(table.id, 0) + applied.get("insert", 0),
+                applied.get("update", 0),
+                applied.get("delete", 0),
                 result.seconds,
                 "snapshot, then stream" if table.id in result.snapshots else "stream",
             )
@@ -268,11 +268,11 @@ def _snapshot(
         )
 
 
-def _take(result: LogBasedResult, copied: object) -> None:
-    for table_id, rows in copied.rows.items():  # type: ignore[attr-defined]
+def _take(result: LogBasedResult, copied: SnapshotResult) -> None:
+    for table_id, rows in copied.rows.items():
         result.snapshots[table_id] = rows
-        result.snapshot_lsn[table_id] = copied.consistent_point  # type: ignore[attr-defined]
-    for table_id, exc in copied.failed.items():  # type: ignore[attr-defined]
+        result.snapshot_lsn[table_id] = copied.consistent_point
+    for table_id, exc in copied.failed.items():
         result.failures[table_id] = (
             f"its snapshot failed: {_first_line(exc)}. Fix: sync again (the table gets a "
             "new snapshot; the others stream meanwhile)"

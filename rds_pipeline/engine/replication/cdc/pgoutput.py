@@ -13,6 +13,7 @@ the update did not touch (never to be written as NULL).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from rds_pipeline.engine.core.messages import (
     UNCHANGED,
@@ -62,26 +63,31 @@ class _Reader:
         return value
 
     def i16(self) -> int:
+        value: int
         (value,) = _I16.unpack_from(self.data, self.pos)
         self.pos += 2
         return value
 
     def i32(self) -> int:
+        value: int
         (value,) = _I32.unpack_from(self.data, self.pos)
         self.pos += 4
         return value
 
     def u32(self) -> int:
+        value: int
         (value,) = _U32.unpack_from(self.data, self.pos)
         self.pos += 4
         return value
 
     def i64(self) -> int:
+        value: int
         (value,) = _I64.unpack_from(self.data, self.pos)
         self.pos += 8
         return value
 
     def u64(self) -> int:
+        value: int
         (value,) = _U64.unpack_from(self.data, self.pos)
         self.pos += 8
         return value
@@ -282,11 +288,15 @@ def _commit_prepared(d: PgOutputDecoder, r: _Reader) -> CommitPrepared:
     return CommitPrepared(r.u8(), r.u64(), r.u64(), r.i64(), r.u32(), r.string())
 
 
+def _stream_prepare(d: PgOutputDecoder, r: _Reader) -> Prepare:
+    return _prepare(d, r, streamed=True)
+
+
 def _rollback_prepared(d: PgOutputDecoder, r: _Reader) -> RollbackPrepared:
     return RollbackPrepared(r.u8(), r.u64(), r.u64(), r.i64(), r.i64(), r.u32(), r.string())
 
 
-_HANDLERS = {
+_HANDLERS: dict[str, Callable[[PgOutputDecoder, _Reader], Message]] = {
     "B": _begin,
     "C": _commit,
     "O": _origin,
@@ -305,5 +315,5 @@ _HANDLERS = {
     "P": _prepare,
     "K": _commit_prepared,
     "r": _rollback_prepared,
-    "p": lambda d, r: _prepare(d, r, streamed=True),
+    "p": _stream_prepare,
 }

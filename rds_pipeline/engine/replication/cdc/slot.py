@@ -17,6 +17,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import SourceConfig
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import SESSION_SETTINGS
 from rds_pipeline.engine.source.connection import connect_source
 
@@ -91,7 +92,7 @@ def create_slot(
     text = statement.as_string(conn)
     with conn.cursor() as cur:
         cur.execute(text)
-        name, consistent_point, snapshot_name, _plugin = cur.fetchone()
+        name, consistent_point, snapshot_name, _plugin = one(cur.fetchone())
     return SlotSnapshot(name, consistent_point, snapshot_name), text
 
 

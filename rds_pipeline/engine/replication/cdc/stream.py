@@ -21,6 +21,7 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.core.changes import ChangeBatch, Layout
 from rds_pipeline.engine.core.messages import Begin, Commit, Relation, lsn_text
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import ApplyReport, Destination, SourceConnect
 from rds_pipeline.engine.errors import GapDetected, RdsPipelineError
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
@@ -106,7 +107,7 @@ def catch_up(
             "WHERE slot_name = %s)",
             (slot,),
         )
-        target_text, confirmed = cur.fetchone()
+        target_text, confirmed = one(cur.fetchone())
     if confirmed is None:
         raise RdsPipelineError(f"replication slot {slot!r} does not exist. Fix: run `rds-pipeline cdc setup`")
     state = destination.changes()
