@@ -210,18 +210,62 @@ def pagila_catalog(pg18: LocalPostgres):  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def logical_servers(work_dir: Path) -> Iterator[list[LocalPostgres]]:
-    """PostgreSQL 18 (the wheel) and 15 (Debian) with wal_level=logical, for the log-based replication tests."""
+def logical18(work_dir: Path) -> Iterator[LocalPostgres]:
+    """PostgreSQL 18 (the wheel) with wal_level=logical, for the log-based replication tests."""
+    from rds_pipeline_tests.engine.pgoutput_capture import LOGICAL_SETTINGS
+
+    server = LocalPostgres(
+        embedded_bin_dir(), work_dir / "logical18", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def logical15(work_dir: Path) -> Iterator[LocalPostgres]:
+    """PostgreSQL 15 (Debian's) with wal_level=logical: the tests that run on both versions."""
     from rds_pipeline_tests.engine.pgoutput_capture import LOGICAL_SETTINGS
 
     if not (PG15_BIN / "postgres").exists():
         pytest.skip("Debian postgresql-15 is not installed (apt-get install postgresql-15; .ci/run does this)")
-    servers = [
-        LocalPostgres(embedded_bin_dir(), work_dir / "logical18", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS),
-        LocalPostgres(PG15_BIN, work_dir / "logical15", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS),
-    ]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
+    server = LocalPostgres(PG15_BIN, work_dir / "logical15", password=SOURCE_PASSWORD, settings=LOGICAL_SETTINGS)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def logical_servers(logical18: LocalPostgres, logical15: LocalPostgres) -> list[LocalPostgres]:
+    """Both logical servers, for the tests parametrized over PostgreSQL 18 and 15."""
+    return [logical18, logical15]
+
+
+def _logical_slots(server: LocalPostgres) -> dict[str, str]:
+    """Every logical slot on the server: name -> its database."""
+    text = server.psql("SELECT slot_name || '|' || database FROM pg_replication_slots WHERE slot_type = 'logical'")
+    return dict(line.split("|", 1) for line in text.splitlines() if line)
+
+
+@pytest.fixture(autouse=True)
+def _no_slot_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A log-based test that fails before its own clean-up must not leave a slot holding WAL on the servers the
+    other tests share: after each test, the slots it created are dropped (their walsenders ended first)."""
+    names = [n for n in ("logical18", "logical15") if n in request.fixturenames]
+    servers: list[LocalPostgres] = [request.getfixturevalue(n) for n in names]
+    before = [set(_logical_slots(s)) for s in servers]
+    yield
+    for server, existed in zip(servers, before, strict=True):
+        for slot, database in _logical_slots(server).items():
+            if slot in existed:
+                continue
+            server.psql(
+                f"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' "
+                "AND active_pid IS NOT NULL"
+            )
+            server.psql(
+                "DO $$ BEGIN PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                f"WHERE slot_name = '{slot}'; EXCEPTION WHEN object_in_use THEN PERFORM pg_sleep(1); "
+                f"PERFORM pg_drop_replication_slot('{slot}'); END $$",
+                database,
+            )

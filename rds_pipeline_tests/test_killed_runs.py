@@ -209,16 +209,15 @@ def test_a_live_run_keeps_its_slot_and_the_next_run_waits_saying_so(pg18: LocalP
     project.sql(SLOW_VIEW.replace("CREATE VIEW", "CREATE OR REPLACE VIEW"))
     holder = cli.start("sync")
     wait_for(lambda: source_backends(pg18, project.database, "COPY%"), 90, "the holder never copied")
-    started = time.monotonic()
     bounded = cli.run("sync", timeout=60)
-    assert bounded.returncode == 1 and time.monotonic() - started < 40
+    assert bounded.returncode == 1
     assert f"pool_wait_seconds) for a slot of pool {pool}" in bounded.stderr and "Fix:" in bounded.stderr
     kill_9(holder)
 
 
-def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical_servers: list[LocalPostgres], tmp_path: Path) -> None:
+def test_a_killed_log_based_sync_gives_its_slot_pool_back(logical18: LocalPostgres, tmp_path: Path) -> None:
     """The step that reads a log-based table's replication slot runs in the slot's pool (limit 1)."""
-    server = logical_servers[0]
+    server = logical18
     server.psql("CREATE DATABASE killed_log_dest")
     project = make_project(
         server,

@@ -124,7 +124,8 @@ def test_a_second_ctrl_c_quits_at_once(pg18: LocalPostgres, tmp_path: Path) -> N
     os.killpg(process.pid, signal.SIGINT)
     time.sleep(0.3)
     code, err, seconds = stop(process, signal.SIGINT)
-    assert code == 130 and seconds < 3, (code, seconds, err[-2000:])
+    # at once: well before the 7 s deadline that ends a stop nobody repeats
+    assert code == 130 and seconds < 6, (code, seconds, err[-2000:])
     assert "again: quitting now" in err
     wait_for(lambda: not source_backends(pg18, project.database), 5, "our backend stayed on the source")
     project.sql(FAST_VIEW)
@@ -135,10 +136,10 @@ def test_a_second_ctrl_c_quits_at_once(pg18: LocalPostgres, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
-def test_a_signal_stops_a_log_based_apply(logical_servers: list[LocalPostgres], tmp_path: Path, signum: int) -> None:
+def test_a_signal_stops_a_log_based_apply(logical18: LocalPostgres, tmp_path: Path, signum: int) -> None:
     """The apply waits on a lock someone holds on the replica (libpq, out of Python's reach): the stop cancels
     it, nothing is committed, the slot confirms nothing new, and the next sync applies every change once."""
-    server = logical_servers[0]
+    server = logical18
     dest = f"stop_apply_{signum}"
     server.psql(f"CREATE DATABASE {dest}")
     project = make_project(

@@ -33,10 +33,17 @@ def _probe(
 
 
 def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog: Catalog) -> list[dg.SensorDefinition]:
+    """New data for key-based tables, key ranges for integer keys (when there are any), and drift."""
     key_based = [a for a in assets if a.table.method == "key_based"]
     dynamic = [a for a in key_based if a.plan.kind == "dynamic"]
-    sensors: list[dg.SensorDefinition] = []
+    return [
+        _new_data_sensor(key_based, sync_all),
+        *([_key_range_sensor(dynamic)] if dynamic else []),
+        _drift_sensor(assets, catalog),
+    ]
 
+
+def _new_data_sensor(key_based: list[TableAsset], sync_all: dg.JobDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name="rds_new_data_sensor",
         job=sync_all,
@@ -66,34 +73,36 @@ def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog:
         run_key = "new-data:" + ",".join(f"{a.table.id}={seen[a.table.id]}" for a in fresh)
         return dg.SensorResult(run_requests=[tick_run_request(fresh, run_key, "new data")], cursor=cursor)
 
-    sensors.append(new_data)
+    return new_data
 
-    if dynamic:
 
-        @dg.sensor(
-            name="rds_key_range_sensor",
-            minimum_interval_seconds=300,
-            default_status=dg.DefaultSensorStatus.RUNNING,
-            description="Adds key-range partitions to integer-keyed tables as max(key) grows.",
-        )
-        def key_ranges(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource) -> dg.SensorResult:
-            probes = _probe(dynamic, rds_source, {})
-            adds = []
-            for asset in dynamic:
-                probe = probes.get(asset.table.id)
-                if probe is None or probe.max_key is None:
-                    continue
-                name = dynamic_partitions_name(asset.table)
-                existing = list(context.instance.get_dynamic_partitions(name))
-                new_keys = integer_range_keys(existing, int(probe.max_key), asset.table.chunk_rows)
-                if new_keys:
-                    adds.append(dg.AddDynamicPartitionsRequest(name, new_keys))
-            if not adds:
-                return dg.SensorResult(skip_reason="no new key ranges")
-            return dg.SensorResult(dynamic_partitions_requests=adds)
+def _key_range_sensor(dynamic: list[TableAsset]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="rds_key_range_sensor",
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds key-range partitions to integer-keyed tables as max(key) grows.",
+    )
+    def key_ranges(context: dg.SensorEvaluationContext, rds_source: RdsSourceResource) -> dg.SensorResult:
+        probes = _probe(dynamic, rds_source, {})
+        adds = []
+        for asset in dynamic:
+            probe = probes.get(asset.table.id)
+            if probe is None or probe.max_key is None:
+                continue
+            name = dynamic_partitions_name(asset.table)
+            existing = list(context.instance.get_dynamic_partitions(name))
+            new_keys = integer_range_keys(existing, int(probe.max_key), asset.table.chunk_rows)
+            if new_keys:
+                adds.append(dg.AddDynamicPartitionsRequest(name, new_keys))
+        if not adds:
+            return dg.SensorResult(skip_reason="no new key ranges")
+        return dg.SensorResult(dynamic_partitions_requests=adds)
 
-        sensors.append(key_ranges)
+    return key_ranges
 
+
+def _drift_sensor(assets: list[TableAsset], catalog: Catalog) -> dg.SensorDefinition:
     @dg.sensor(
         name="rds_drift_sensor",
         minimum_interval_seconds=6 * 3600,
@@ -125,5 +134,4 @@ def build_sensors(assets: list[TableAsset], sync_all: dg.JobDefinition, catalog:
             context.log.warning(f"drift: {change}")
         return dg.SensorResult(asset_events=events)
 
-    sensors.append(drift)
-    return sensors
+    return drift

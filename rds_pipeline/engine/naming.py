@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from rds_pipeline.engine.errors import ConfigError
+
 MAX_IDENTIFIER = 63  # PostgreSQL truncates longer identifiers, which would make names collide silently
 
 
@@ -20,7 +22,12 @@ def snake_case(name: str) -> str:
     """``"Stitch Amazon PostgreSQL RDS"`` -> ``"stitch_amazon_postgresql_rds"``."""
     text = re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
     if not text:
-        raise ValueError(f"integration_name {name!r} has no letters or digits to build a schema name from")
+        raise ConfigError(
+            [
+                f"integration_name: {name!r} has no letters or digits to build a schema name from. Fix: name the "
+                "integration with letters or digits, e.g. `integration_name: Amazon RDS replica`"
+            ]
+        )
     if text[0].isdigit():
         text = f"i_{text}"
     return text[:MAX_IDENTIFIER]

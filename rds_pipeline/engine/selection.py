@@ -142,14 +142,68 @@ def resolve_selection(entries: list[Any], catalog: Catalog, default_database: st
     return selected
 
 
+class _Refused(Exception):
+    """An entry that cannot be selected: its problem is already in the list."""
+
+
+def _refuse(problems: list[str], problem: str) -> _Refused:
+    problems.append(problem)
+    return _Refused(problem)
+
+
 def _resolve_entry(
     where: str, entry: Any, catalog: Catalog, default_database: str, problems: list[str]
 ) -> SelectedTable | None:
+    """One `tables:` entry checked against the catalog, each problem named with its fix (None: refused)."""
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict):
         problems.append(f"{where}: expected a mapping with at least `name:`, got {entry!r}")
         return None
+    try:
+        relation = _entry_relation(where, entry, catalog, default_database, problems)
+        label = f"{where} ({display_name(relation, default_database)})"
+        method, key = _method_and_key(label, entry, relation, problems)
+        primary_key = _primary_key(label, entry, relation, problems)
+        if method == "log_based":
+            _check_log_based(label, relation, primary_key, default_database, problems)
+        notices: list[str] = []
+        columns = _columns(label, entry, relation, primary_key, key, default_database, notices, problems)
+        if not relation.can_select:
+            notices.append(
+                f"{display_name(relation, default_database)}: this user lacks SELECT on it; "
+                "`rds-pipeline check` gives the GRANT"
+            )
+        destination, granularity, chunk_rows = _entry_options(label, entry, relation, default_database, problems)
+    except _Refused:
+        return None
+    before = len(problems)
+    owners = parse_owners(entry.get("owners"), f"{label}.owners", problems)
+    tags = parse_tags(entry.get("tags"), f"{label}.tags", problems)
+    if len(problems) > before:
+        return None
+    return SelectedTable(
+        relation,
+        method,
+        key,
+        columns,
+        primary_key,
+        destination,
+        tuple(notices),
+        entry.get("schedule"),
+        granularity,
+        chunk_rows,
+        entry.get("lookback"),
+        entry.get("columns") is None,
+        owners,
+        tags,
+    )
+
+
+def _entry_relation(
+    where: str, entry: dict[str, Any], catalog: Catalog, default_database: str, problems: list[str]
+) -> Relation:
+    """The one catalog relation the entry names (its unknown keys reported on the way)."""
     for key in entry:
         if key not in ENTRY_KEYS:
             close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
@@ -167,156 +221,158 @@ def _resolve_entry(
             if (r.database, r.schema, r.name) == (database, entry["schema"], entry["table"])
         ]
     else:
-        problems.append(f"{where}: has no `name:`. Fix: add `name: schema.table`")
-        return None
+        raise _refuse(problems, f"{where}: has no `name:`. Fix: add `name: schema.table`")
     label = f"{where} ({name})"
     if not matches:
         known = [display_name(r, default_database) for r in catalog.relations]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        problems.append(
+        raise _refuse(
+            problems,
             f"{label}: no table or view '{name}' in the catalog (databases: {', '.join(catalog.databases)}); "
             f"it does not exist, or it was dropped or renamed at the source.{hint} Fix: correct the name, or run "
-            "`rds-pipeline discover` if it is new, or remove the entry"
+            "`rds-pipeline discover` if it is new, or remove the entry",
         )
-        return None
     if len(matches) > 1:
-        problems.append(
+        raise _refuse(
+            problems,
             f"{label}: the name is ambiguous ({', '.join(r.id for r in matches)}). Fix: use the keys "
-            "`database:`, `schema:` and `table:` instead of `name:`"
+            "`database:`, `schema:` and `table:` instead of `name:`",
         )
-        return None
-    relation = matches[0]
-    label = f"{where} ({display_name(relation, default_database)})"
+    return matches[0]
+
+
+def _method_and_key(
+    label: str, entry: dict[str, Any], relation: Relation, problems: list[str]
+) -> tuple[str, str | None]:
+    """The method, and the replication key a key-based table orders by (only it has one)."""
     method = str(entry.get("method") or "full_table")
     if method not in METHODS:
-        problems.append(f"{label}.method: '{method}' is not a method. Fix: use one of {', '.join(METHODS)}")
-        return None
-    notices: list[str] = []
+        raise _refuse(problems, f"{label}.method: '{method}' is not a method. Fix: use one of {', '.join(METHODS)}")
     key = entry.get("replication_key")
-    if method == "key_based":
-        if not key:
-            candidates = ", ".join(relation.replication_key_candidates) or "none found"
-            problems.append(
-                f"{label}: method key_based needs a replication_key. Fix: add `replication_key:` "
-                f"(candidates, indexed first: {candidates})"
+    if method != "key_based":
+        if key:
+            raise _refuse(
+                problems,
+                f"{label}.replication_key: applies only to method key_based. Fix: remove it, or set "
+                "`method: key_based`",
             )
-            return None
-        column = relation.column(str(key))
-        if column is None:
-            problems.append(_unknown_column(label + ".replication_key", str(key), relation))
-            return None
-        if not orderable(column):
-            problems.append(
-                f"{label}.replication_key: column '{key}' is of type {column.type}, which cannot be ordered, so it "
-                f"cannot mark progress. Fix: choose a timestamp, date or integer column "
-                f"(candidates: {', '.join(relation.replication_key_candidates) or 'none found'})"
-            )
-            return None
-    elif key:
-        problems.append(
-            f"{label}.replication_key: applies only to method key_based. Fix: remove it, or set `method: key_based`"
+        return method, None
+    if not key:
+        candidates = ", ".join(relation.replication_key_candidates) or "none found"
+        raise _refuse(
+            problems,
+            f"{label}: method key_based needs a replication_key. Fix: add `replication_key:` "
+            f"(candidates, indexed first: {candidates})",
         )
-        return None
-    primary_key = tuple(relation.primary_key)
-    if entry.get("primary_key"):
-        override = [str(c) for c in _as_list(entry["primary_key"])]
-        missing = [c for c in override if relation.column(c) is None]
-        if missing:
-            problems.append(_unknown_column(label + ".primary_key", missing[0], relation))
-            return None
-        primary_key = tuple(override)
-    if method == "log_based":
-        quoted = f"{quote_ident(relation.schema)}.{quote_ident(relation.name)}"
-        if relation.kind not in LOG_KINDS:
-            problems.append(
-                f"{label}.method: log_based reads the write-ahead log, which holds no changes for a "
-                f"{relation.kind.replace('_', ' ')}. Fix: use full_table, or select the tables it reads"
-            )
-            return None
-        if relation.database != default_database:
-            problems.append(
-                f"{label}.method: a replication slot reads one database, the configured one "
-                f"({default_database}). Fix: use full_table or key_based for tables of other databases"
-            )
-            return None
-        if not primary_key:
-            problems.append(
-                f"{label}: log_based needs a primary key to apply updates and deletes by. Fix: "
-                f"`ALTER TABLE {quoted} ADD PRIMARY KEY (…);` at the source, or `ALTER TABLE {quoted} "
-                "REPLICA IDENTITY FULL;` and `primary_key: [columns that identify a row]` here"
-            )
-            return None
+    column = relation.column(str(key))
+    if column is None:
+        raise _refuse(problems, _unknown_column(label + ".replication_key", str(key), relation))
+    if not orderable(column):
+        raise _refuse(
+            problems,
+            f"{label}.replication_key: column '{key}' is of type {column.type}, which cannot be ordered, so it "
+            f"cannot mark progress. Fix: choose a timestamp, date or integer column "
+            f"(candidates: {', '.join(relation.replication_key_candidates) or 'none found'})",
+        )
+    return method, str(key)
+
+
+def _primary_key(label: str, entry: dict[str, Any], relation: Relation, problems: list[str]) -> tuple[str, ...]:
+    """The source's primary key, or the entry's own (`primary_key:`), every column known."""
+    if not entry.get("primary_key"):
+        return tuple(relation.primary_key)
+    override = [str(c) for c in _as_list(entry["primary_key"])]
+    missing = [c for c in override if relation.column(c) is None]
+    if missing:
+        raise _refuse(problems, _unknown_column(label + ".primary_key", missing[0], relation))
+    return tuple(override)
+
+
+def _check_log_based(
+    label: str, relation: Relation, primary_key: tuple[str, ...], default_database: str, problems: list[str]
+) -> None:
+    """What log-based replication needs of the relation itself: a table, in the slot's database, with a key."""
+    quoted = f"{quote_ident(relation.schema)}.{quote_ident(relation.name)}"
+    if relation.kind not in LOG_KINDS:
+        raise _refuse(
+            problems,
+            f"{label}.method: log_based reads the write-ahead log, which holds no changes for a "
+            f"{relation.kind.replace('_', ' ')}. Fix: use full_table, or select the tables it reads",
+        )
+    if relation.database != default_database:
+        raise _refuse(
+            problems,
+            f"{label}.method: a replication slot reads one database, the configured one "
+            f"({default_database}). Fix: use full_table or key_based for tables of other databases",
+        )
+    if not primary_key:
+        raise _refuse(
+            problems,
+            f"{label}: log_based needs a primary key to apply updates and deletes by. Fix: "
+            f"`ALTER TABLE {quoted} ADD PRIMARY KEY (…);` at the source, or `ALTER TABLE {quoted} "
+            "REPLICA IDENTITY FULL;` and `primary_key: [columns that identify a row]` here",
+        )
+
+
+def _columns(
+    label: str,
+    entry: dict[str, Any],
+    relation: Relation,
+    primary_key: tuple[str, ...],
+    key: str | None,
+    default_database: str,
+    notices: list[str],
+    problems: list[str],
+) -> tuple[Column, ...]:
+    """The selected columns (`columns:`, or all), with the key columns always in."""
     wanted = entry.get("columns")
     if wanted is None:
-        columns = relation.columns
-    else:
-        names = [str(c) for c in _as_list(wanted)]
-        unknown = [c for c in names if relation.column(c) is None]
-        for name in unknown:
-            problems.append(_unknown_column(label + ".columns", name, relation))
-        if unknown:
-            return None
-        required = [*primary_key, *([str(key)] if key else [])]
-        for name in required:
-            if name not in names:
-                role = "replication-key" if name == key else "primary-key"
-                notices.append(
-                    f"{display_name(relation, default_database)}: {role} column '{name}' is always "
-                    "replicated, so it was added to the selected columns"
-                )
-        keep = set(names) | set(required)
-        columns = tuple(c for c in relation.columns if c.name in keep)
-    if not relation.can_select:
-        notices.append(
-            f"{display_name(relation, default_database)}: this user lacks SELECT on it; "
-            "`rds-pipeline check` gives the GRANT"
-        )
+        return tuple(relation.columns)
+    names = [str(c) for c in _as_list(wanted)]
+    unknown = [c for c in names if relation.column(c) is None]
+    for name in unknown:
+        problems.append(_unknown_column(label + ".columns", name, relation))
+    if unknown:
+        raise _Refused(label)
+    required = [*primary_key, *([key] if key else [])]
+    for name in required:
+        if name not in names:
+            role = "replication-key" if name == key else "primary-key"
+            notices.append(
+                f"{display_name(relation, default_database)}: {role} column '{name}' is always "
+                "replicated, so it was added to the selected columns"
+            )
+    keep = set(names) | set(required)
+    return tuple(c for c in relation.columns if c.name in keep)
+
+
+def _entry_options(
+    label: str, entry: dict[str, Any], relation: Relation, default_database: str, problems: list[str]
+) -> tuple[str, str | None, int]:
+    """The destination table's name, the time-window granularity and the chunk size; the schedule is checked."""
     destination = str(
         entry.get("destination_table")
         or destination_table_name(relation.database, relation.schema, relation.name, default_database)
     )
     if len(destination.encode()) > MAX_IDENTIFIER:
-        problems.append(
+        raise _refuse(
+            problems,
             f"{label}: destination table name '{destination}' is longer than {MAX_IDENTIFIER} bytes. "
-            "Fix: set a shorter `destination_table:`"
+            "Fix: set a shorter `destination_table:`",
         )
-        return None
     granularity = str(entry["granularity"]) if entry.get("granularity") else None
     if granularity is not None and granularity not in GRANULARITIES:
-        problems.append(f"{label}.granularity: '{granularity}' is not one of {', '.join(GRANULARITIES)}")
-        return None
+        raise _refuse(problems, f"{label}.granularity: '{granularity}' is not one of {', '.join(GRANULARITIES)}")
     chunk_rows = entry.get("chunk_rows") or DEFAULT_CHUNK_ROWS
     if not isinstance(chunk_rows, int) or chunk_rows < 1000:
-        problems.append(f"{label}.chunk_rows: expected a whole number of at least 1000, got {chunk_rows!r}")
-        return None
+        raise _refuse(problems, f"{label}.chunk_rows: expected a whole number of at least 1000, got {chunk_rows!r}")
     if entry.get("schedule") is not None:
         try:
             parse_frequency(entry["schedule"], key=f"{label}.schedule")
         except FrequencyError as exc:
-            problems.append(str(exc))
-            return None
-    before = len(problems)
-    owners = parse_owners(entry.get("owners"), f"{label}.owners", problems)
-    tags = parse_tags(entry.get("tags"), f"{label}.tags", problems)
-    if len(problems) > before:
-        return None
-    return SelectedTable(
-        relation,
-        method,
-        str(key) if key else None,
-        columns,
-        primary_key,
-        destination,
-        tuple(notices),
-        entry.get("schedule"),
-        granularity,
-        chunk_rows,
-        entry.get("lookback"),
-        wanted is None,
-        owners,
-        tags,
-    )
+            raise _refuse(problems, str(exc)) from None
+    return destination, granularity, chunk_rows
 
 
 def _unknown_column(label: str, name: str, relation: Relation) -> str:

@@ -29,10 +29,8 @@ def materializations(instance: dg.DagsterInstance, name: str) -> list[dg.AssetMa
     return [r.asset_materialization for r in records if r.asset_materialization is not None]
 
 
-def test_log_based_tables_in_dagster(
-    logical_servers: list[LocalPostgres], tmp_path: Path, instance: dg.DagsterInstance
-) -> None:
-    server = logical_servers[0]
+def test_log_based_tables_in_dagster(logical18: LocalPostgres, tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    server = logical18
     server.psql("CREATE DATABASE dg_log_dest")
     project: Project = make_project(
         server,

@@ -34,6 +34,34 @@ def replica_rows(project: Project, table: str) -> list[tuple[int, str]]:
         dest.close()
 
 
+def replica_columns(project: Project, table: str) -> list[str]:
+    """The replica table's columns in order ([] when it does not exist)."""
+    dest = project.destination()
+    try:
+        found = dest.conn.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'dagster_test' AND table_name = ? "
+            "ORDER BY column_index",
+            [table],
+        ).fetchall()
+        return [name for (name,) in found]
+    finally:
+        dest.close()
+
+
+def whole_rows(project: Project, table: str, columns: str, replica: bool = False) -> list[tuple[str | None, ...]]:
+    """``columns`` of every row as text, from the source or the replica, in id order."""
+    if not replica:
+        query = f"SELECT {columns.replace(', ', '::text, ')}::text FROM {table} ORDER BY {table}.id"
+        text = project.server.psql(query, project.database, "-F", "\t")
+        return [tuple(v or None for v in line.split("\t")) for line in text.splitlines() if line]
+    dest = project.destination()
+    try:
+        found = dest.conn.execute(f'SELECT {columns} FROM dagster_test."{table}" ORDER BY id').fetchall()
+        return [tuple(None if v is None else str(v) for v in row) for row in found]
+    finally:
+        dest.close()
+
+
 def tick(project: Project, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     """What the schedule does: evaluate its tick, then execute the run it asks for."""
     defs = project.defs()
@@ -134,7 +162,7 @@ def test_reset_and_a_dropped_table_bring_the_whole_history_back(
     # the CLI: reset, then sync: every row comes back (not only the last windows)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert cli(["reset", "public.hist", "--config", str(project.path)]) == 0
-    assert replica_rows.__name__ and bookmark(project, "hist") is None
+    assert bookmark(project, "hist") is None and replica_columns(project, "hist") == []  # the table went too
     assert cli(["sync", "--config", str(project.path)]) == 0
     assert replica_rows(project, "hist") == source_rows(project, "hist")
     # the reset_table job: the same, and every window shows as materialized again
@@ -204,3 +232,10 @@ def test_full_table_deletions_and_a_failing_table_among_others(
     assert outcome.success
     for table in "abc":
         assert replica_rows(project, table) == source_rows(project, table)
+    # every column, not only id and v: the added one arrives with its values; the dropped one stays in the
+    # replica (no data is dropped for the user), NULL in every row the full copy replaced
+    assert whole_rows(project, "a", "id, v, added") == whole_rows(project, "a", "id, v, added", replica=True)
+    assert {r[2] for r in whole_rows(project, "a", "id, v, added", replica=True)} == {"7"}
+    assert [c for c in replica_columns(project, "c") if not c.startswith("_rds_")] == ["id", "v", "gone"]
+    kept = whole_rows(project, "c", "id, v, gone", replica=True)
+    assert [r[:2] for r in kept] == whole_rows(project, "c", "id, v") and {r[2] for r in kept} == {None}

@@ -42,8 +42,8 @@ def changes(server: LocalPostgres, database: str, slot: str) -> ChangeBatch:
     return batch
 
 
-def test_changes_apply_exactly_with_their_lsn(logical_servers: list[LocalPostgres]) -> None:
-    server = logical_servers[0]
+def test_changes_apply_exactly_with_their_lsn(logical18: LocalPostgres) -> None:
+    server = logical18
     scratch = make_scratch(server)
     scratch.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text, big text); ALTER TABLE t ALTER COLUMN big SET STORAGE "

@@ -54,8 +54,8 @@ def test_type_zoo_through_the_log(logical_servers: list[LocalPostgres], index: i
     drop_slot(scratch)
 
 
-def test_schema_changes_mid_stream_and_a_partitioned_table(logical_servers: list[LocalPostgres]) -> None:
-    scratch = make_scratch(logical_servers[0], "Evolve Log")
+def test_schema_changes_mid_stream_and_a_partitioned_table(logical18: LocalPostgres) -> None:
+    scratch = make_scratch(logical18, "Evolve Log")
     scratch.sql(
         "CREATE TABLE e (id int PRIMARY KEY, n int, gone text); INSERT INTO e VALUES (1, 1, 'g'); "
         "CREATE TABLE p (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region); "
@@ -98,8 +98,8 @@ def test_schema_changes_mid_stream_and_a_partitioned_table(logical_servers: list
     drop_slot(scratch)
 
 
-def test_aborted_transactions_and_an_idle_database(logical_servers: list[LocalPostgres]) -> None:
-    scratch = make_scratch(logical_servers[1], "Abort Log")
+def test_aborted_transactions_and_an_idle_database(logical15: LocalPostgres) -> None:
+    scratch = make_scratch(logical15, "Abort Log")
     scratch.sql("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE unpublished (x int)")
     table = scratch.one({"name": "public.a", "method": "log_based"})
     dest = scratch.destination()

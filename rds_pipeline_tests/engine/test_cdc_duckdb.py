@@ -57,8 +57,8 @@ def test_type_zoo_through_the_log_into_duckdb(logical_servers: list[LocalPostgre
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")
 
 
-def test_toast_keys_truncate_and_soft_deletes_into_duckdb(logical_servers: list[LocalPostgres], tmp_path: Path) -> None:
-    server = logical_servers[0]
+def test_toast_keys_truncate_and_soft_deletes_into_duckdb(logical18: LocalPostgres, tmp_path: Path) -> None:
+    server = logical18
     scratch = make_scratch(
         server,
         "Toast Duck",

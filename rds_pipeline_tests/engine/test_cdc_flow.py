@@ -142,8 +142,8 @@ def test_log_based_timeline(logical_servers: list[LocalPostgres], index: int) ->
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")
 
 
-def test_soft_deletes_keep_the_row_with_its_deletion_time(logical_servers: list[LocalPostgres]) -> None:
-    server = logical_servers[0]
+def test_soft_deletes_keep_the_row_with_its_deletion_time(logical18: LocalPostgres) -> None:
+    server = logical18
     scratch = make_scratch(server, "Soft Deletes", log_based={"deletes": "soft"})
     scratch.sql(
         "CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' FROM generate_series(1, 10) g"

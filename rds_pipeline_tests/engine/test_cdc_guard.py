@@ -26,8 +26,8 @@ def status_of(server: LocalPostgres, database: str, slot: str):  # noqa: ANN201
     return found
 
 
-def test_the_lag_guard_from_reserved_to_lost(logical_servers: list[LocalPostgres]) -> None:
-    server = logical_servers[0]
+def test_the_lag_guard_from_reserved_to_lost(logical18: LocalPostgres) -> None:
+    server = logical18
     scratch = make_scratch(server, "Guard", log_based={"lag_warn_mb": 8, "lag_fail_mb": 512})
     scratch.sql(
         "CREATE TABLE g (id int PRIMARY KEY, v text); INSERT INTO g VALUES (1, 'a'); CREATE TABLE junk (v text)"
@@ -70,8 +70,8 @@ def test_the_lag_guard_from_reserved_to_lost(logical_servers: list[LocalPostgres
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")
 
 
-def test_a_busy_slot_is_refused_by_name(logical_servers: list[LocalPostgres]) -> None:
-    server = logical_servers[0]
+def test_a_busy_slot_is_refused_by_name(logical18: LocalPostgres) -> None:
+    server = logical18
     scratch = make_scratch(server, "Busy", log_based={"takeover_after_seconds": 3})
     scratch.sql("CREATE TABLE b (id int PRIMARY KEY)")
     table = scratch.one({"name": "public.b", "method": "log_based"})

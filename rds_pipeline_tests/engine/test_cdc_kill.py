@@ -65,8 +65,8 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("moment", ["before", "after"])
-def test_kill_9_around_the_destination_commit(logical_servers: list[LocalPostgres], moment: str) -> None:
-    server = logical_servers[0]
+def test_kill_9_around_the_destination_commit(logical18: LocalPostgres, moment: str) -> None:
+    server = logical18
     scratch = make_scratch(
         server,
         f"Kill {moment}",

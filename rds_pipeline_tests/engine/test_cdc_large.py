@@ -37,8 +37,8 @@ CHILD = textwrap.dedent("""
 FINGERPRINT = "SELECT count(*), sum(hashtext(id::text || v)) FROM {}"
 
 
-def test_a_huge_transaction_stays_within_the_memory_bound(logical_servers: list[LocalPostgres]) -> None:
-    server = logical_servers[0]
+def test_a_huge_transaction_stays_within_the_memory_bound(logical18: LocalPostgres) -> None:
+    server = logical18
     tables = [{"name": "public.huge", "method": "log_based"}]
     scratch = make_scratch(server, "Huge Txn", tables=tables)
     scratch.sql("CREATE TABLE huge (id bigint PRIMARY KEY, v text); INSERT INTO huge VALUES (0, 'before')")

@@ -20,8 +20,8 @@ from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 
 
-def test_catch_up_applies_then_confirms(logical_servers: list[LocalPostgres], monkeypatch: pytest.MonkeyPatch) -> None:
-    server = logical_servers[0]
+def test_catch_up_applies_then_confirms(logical18: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = logical18
     scratch = make_scratch(server)
     scratch.sql("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE other (id int)")
     conn = psycopg2.connect(**server.dsn(scratch.source_db))

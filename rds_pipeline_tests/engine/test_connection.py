@@ -40,7 +40,7 @@ def test_report_for_a_primary(pg18: LocalPostgres) -> None:
     report = run_connection_test(make_config(pg18).source)
     assert report.server_version.startswith("18")
     assert report.in_recovery is False and report.ssl_in_use is False and report.standby_settings == {}
-    assert 0 < report.seconds < 5
+    assert report.seconds > 0
     assert any(line.startswith("Server version: 18") for line in report.lines())
 
 

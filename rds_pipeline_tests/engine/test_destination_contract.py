@@ -51,8 +51,8 @@ def open_destination(kind: str, scratch: Scratch, tmp_path: Path) -> Destination
 
 
 @pytest.fixture
-def setup(kind: str, logical_servers: list[LocalPostgres], tmp_path: Path) -> Iterator[tuple[Scratch, Destination]]:
-    scratch = make_scratch(logical_servers[0])
+def setup(kind: str, logical18: LocalPostgres, tmp_path: Path) -> Iterator[tuple[Scratch, Destination]]:
+    scratch = make_scratch(logical18)
     dest = open_destination(kind, scratch, tmp_path)
     yield scratch, dest
     dest.close()

@@ -199,7 +199,7 @@ def test_bad_bytes_fail_clearly() -> None:
         decoder.decode(begin + b"\x00\x00\x00\x00")  # a Begin with an Int64 xid, as pypgoutput reads it
     with pytest.raises(DecodeError, match="runs past the end"):
         decoder.decode(b"I" + struct.pack("!I", 7) + b"N" + struct.pack("!h", 1) + b"b" + struct.pack("!i", 99))
-    with pytest.raises(ValueError, match="not 1, 2, 3 or 4"):
+    with pytest.raises(DecodeError, match="not 1, 2, 3 or 4"):
         PgOutputDecoder(5)
 
 

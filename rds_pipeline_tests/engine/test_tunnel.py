@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg2
 import pytest
 
 from rds_pipeline.engine.errors import ConnectionProblem
-from rds_pipeline.engine.source.connection import source_connection
+from rds_pipeline.engine.source.connection import connect_source, source_connection
 from rds_pipeline.engine.source.diagnostics import run_connection_test
 from rds_pipeline.engine.source.tunnel import SshTunnel
 from rds_pipeline.local_postgres import LocalPostgres, free_port
@@ -149,11 +150,18 @@ def test_tunnel_closes_threads_and_sockets(pg18: LocalPostgres, sshd: SshFixture
     threads_before = set(threading.enumerate())
     with SshTunnel(config.source.ssh, "127.0.0.1", pg18.port) as tunnel:
         assert tunnel.is_active
-        for _ in range(3):  # several connections over one transport
-            with source_connection(config.source) as conn, conn.cursor() as cur:
-                cur.execute("SELECT 1")
-        import psycopg2
-
+        transport = tunnel._client.get_transport() if tunnel._client else None
+        assert transport is not None
+        # several connections at once over this one tunnel: one SSH transport, a channel (and a backend) each
+        opened = [connect_source(config.source, tunnel) for _ in range(3)]
+        pids = set()
+        for each in opened:
+            with each.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                pids.add(cur.fetchone()[0])
+        assert len(pids) == 3 and tunnel._client.get_transport() is transport
+        for each in opened:
+            each.close()
         conn = psycopg2.connect(
             host="127.0.0.1", port=tunnel.local_port, user=pg18.superuser, password=pg18.password, dbname="pagila"
         )

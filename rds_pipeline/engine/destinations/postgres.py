@@ -55,6 +55,17 @@ def _format(copy: CopyOut, freeze: bool = False) -> sql.Composable:
     return sql.SQL(f" WITH ({', '.join(options)})") if options else sql.SQL("")
 
 
+def _copy_in(
+    cur: psycopg2.extensions.cursor, into: sql.Composable, table: SelectedTable, copy: CopyOut, freeze: bool = False
+) -> int:
+    """COPY what ``copy`` streams into ``into``; returns the rows stored (after any trigger). ``freeze``: the
+    table was created in this transaction, so the rows are written frozen (no hint-bit rewrite on first read)."""
+    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN{}").format(into, columns, _format(copy, freeze=freeze))
+    cur.copy_expert(statement.as_string(cur), copy.pipe, size=1 << 20)
+    return int(cur.rowcount)
+
+
 class PostgresDestination:
     """``Destination`` (``base.py``) on a PostgreSQL database: rows by COPY into the integration's schema."""
 
@@ -308,7 +319,6 @@ class PostgresDestination:
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         target = self.target(table)
-        column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
         try:
             with self.conn.cursor() as cur:
                 created = self._claim_creation(cur, table)
@@ -318,78 +328,26 @@ class PostgresDestination:
                 report.warnings = tuple(warnings)
                 cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
                 copy.start()
-                # created in this transaction: FREEZE writes the rows frozen (no hint-bit rewrite on first read)
-                into = _format(copy, freeze=created)
                 if table.method in REPLACING:
-                    predicate = key_range.predicate()
-                    delete = sql.SQL("DELETE FROM {}").format(target)
-                    if predicate is not None:
-                        delete = sql.SQL("{} WHERE {}").format(delete, predicate)
-                    cur.execute(delete)
-                    report.rows_deleted = cur.rowcount
-                    cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, into).as_string(cur),
-                        copy.pipe,
-                        size=1 << 20,
-                    )
-                    report.rows_inserted = cur.rowcount
-                    # the range was emptied in this transaction: it holds what this COPY stored (its count is
-                    # after any trigger), so the row-count check needs no scan of the replica
-                    report.rows_at_commit = cur.rowcount
-                    if created:
-                        self.add_primary_key(cur, table)
+                    self._replace_range(cur, table, key_range, copy, report, created)
+                    before, _ = locked_state()  # no bookmark; the state row is locked (and written below)
+                    outcome = LoadOutcome(before, before)
                 elif created:
                     # historical sync into a table created in this transaction: nothing to merge with, so
                     # COPY straight in (the stage and upsert would double the work), then index once
-                    cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list, into).as_string(cur),
-                        copy.pipe,
-                        size=1 << 20,
-                    )
-                    report.rows_inserted = cur.rowcount
+                    report.rows_inserted = _copy_in(cur, target, table, copy, freeze=True)
                     self.add_primary_key(cur, table)
                     outcome = self._bookmark(cur, table, target, key_range, *locked_state(), source_max)
                 else:
-                    stage = sql.Identifier("_rds_stage")
-                    cur.execute(
-                        sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
-                            stage,
-                            sql.SQL(", ").join(
-                                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c)))
-                                for c in table.columns
-                            ),
-                        )
-                    )
-                    cur.copy_expert(
-                        sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, column_list, _format(copy)).as_string(cur),
-                        copy.pipe,
-                        size=1 << 20,
-                    )
-                    inserted, updated = self._merge(cur, table, stage, column_list)
-                    report.rows_inserted, report.rows_updated = inserted, updated
+                    stage = self._stage(cur, table, copy)
+                    column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+                    report.rows_inserted, report.rows_updated = self._merge(cur, table, stage, column_list)
                     outcome = self._bookmark(cur, table, stage, key_range, *locked_state(), source_max)
-                if table.method in REPLACING:  # no bookmark; the state row is still locked (and updated below)
-                    before, _ = locked_state()
-                    outcome = LoadOutcome(before, before)
                 copy.join()
                 if copy.error is not None:
                     raise copy.error
                 if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
-                    cur.execute(
-                        sql.SQL(
-                            "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, covered_to, "
-                            "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
-                            "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
-                            "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
-                        ).format(self.state_table()),
-                        (
-                            table.id,
-                            table.destination_table,
-                            table.replication_key,
-                            outcome.bookmark_after,
-                            outcome.covered_to if table.method == "key_based" else None,
-                        ),
-                    )
+                    self._write_state(cur, table, outcome)
             self.conn.commit()  # data, metadata and bookmark move together, or not at all
         except BaseException:
             copy.abort()
@@ -402,6 +360,58 @@ class PostgresDestination:
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report, outcome
+
+    def _replace_range(
+        self,
+        cur: psycopg2.extensions.cursor,
+        table: SelectedTable,
+        key_range: KeyRange,
+        copy: CopyOut,
+        report: LoadingReport,
+        created: bool,
+    ) -> None:
+        """Empty the range and COPY its rows in (full table, and a log-based table's snapshot)."""
+        target = self.target(table)
+        predicate = key_range.predicate()
+        delete = sql.SQL("DELETE FROM {}").format(target)
+        if predicate is not None:
+            delete = sql.SQL("{} WHERE {}").format(delete, predicate)
+        cur.execute(delete)
+        report.rows_deleted = cur.rowcount
+        report.rows_inserted = _copy_in(cur, target, table, copy, freeze=created)
+        # the range was emptied in this transaction: it holds what this COPY stored (its count is after any
+        # trigger), so the row-count check needs no scan of the replica
+        report.rows_at_commit = report.rows_inserted
+        if created:
+            self.add_primary_key(cur, table)
+
+    def _stage(self, cur: psycopg2.extensions.cursor, table: SelectedTable, copy: CopyOut) -> sql.Identifier:
+        """The copy in a temporary table of the source's types, to merge from (dropped at commit)."""
+        stage = sql.Identifier("_rds_stage")
+        typed = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c))) for c in table.columns
+        )
+        cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(stage, typed))
+        _copy_in(cur, stage, table, copy)
+        return stage
+
+    def _write_state(self, cur: psycopg2.extensions.cursor, table: SelectedTable, outcome: LoadOutcome) -> None:
+        """The table's state row, in the load's transaction."""
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_id, destination_table, replication_key, bookmark, covered_to, "
+                "updated_at) VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (table_id) DO UPDATE SET "
+                "destination_table = EXCLUDED.destination_table, replication_key = EXCLUDED.replication_key, "
+                "bookmark = EXCLUDED.bookmark, covered_to = EXCLUDED.covered_to, updated_at = now()"
+            ).format(self.state_table()),
+            (
+                table.id,
+                table.destination_table,
+                table.replication_key,
+                outcome.bookmark_after,
+                outcome.covered_to if table.method == "key_based" else None,
+            ),
+        )
 
     def _claim_creation(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> bool:
         """True when this load creates the table, inside its own transaction (so the first COPY can FREEZE

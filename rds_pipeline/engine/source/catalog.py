@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rds_pipeline.engine.errors import RdsPipelineError
+
 CATALOG_VERSION = 1
 RELATION_KINDS = ("table", "partitioned_table", "view", "materialized_view", "foreign_table")
 
@@ -120,9 +122,9 @@ class Catalog:
     def from_json(cls, text: str) -> Catalog:
         data = json.loads(text)
         if data.get("catalog_version") != CATALOG_VERSION:
-            raise ValueError(
-                f"catalog_version {data.get('catalog_version')} is not {CATALOG_VERSION}: "
-                "run `rds-pipeline discover` to rewrite it"
+            raise RdsPipelineError(
+                f"the catalog's catalog_version {data.get('catalog_version')} is not {CATALOG_VERSION}. "
+                "Fix: run `rds-pipeline discover` to rewrite it"
             )
         relations = []
         for raw in data["relations"]:
@@ -143,7 +145,7 @@ class Catalog:
     @classmethod
     def load(cls, path: Path) -> Catalog:
         if not path.is_file():
-            raise FileNotFoundError(f"catalog {path} not found. Fix: run `rds-pipeline discover` first")
+            raise RdsPipelineError(f"catalog {path} not found. Fix: run `rds-pipeline discover` first")
         return cls.from_json(path.read_text(encoding="utf-8"))
 
 

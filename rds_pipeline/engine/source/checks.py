@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2.extensions
 
@@ -69,17 +70,17 @@ def check_database(
     tables: list[SelectedTable],
     server_checks: bool = True,
 ) -> list[Finding]:
+    """The user's rights in one database, its schemas and selected tables (and the server, once)."""
     findings: list[Finding] = []
     facts = inspect_connection(conn)
     with conn.cursor() as cur:
         cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
         user, superuser = one(cur.fetchone())
+        cur.execute("SELECT has_database_privilege(current_database(), 'CONNECT')")
+        can_connect = one(cur.fetchone())[0]
     quser = quote_ident(user)
     if server_checks:
         findings.extend(_server_findings(facts, superuser, user))
-    with conn.cursor() as cur:
-        cur.execute("SELECT has_database_privilege(current_database(), 'CONNECT')")
-        can_connect = one(cur.fetchone())[0]
     findings.append(
         Finding("ok", f"database {database}", "CONNECT granted")
         if can_connect
@@ -94,6 +95,24 @@ def check_database(
         conn.rollback()
         return findings
     live = {(r.schema, r.name): r for r in discover_database(conn, database)}
+    schema_rows, can_select = _schema_and_table_rights(conn, tables)
+    for row in schema_rows:
+        findings.extend(_schema_findings(database, row, user, superuser))
+    for table in tables:
+        name = (table.relation.schema, table.relation.name)
+        findings.extend(
+            _table_findings(table, live.get(name), can_select.get(name), quser, config.source.statement_timeout_seconds)
+        )
+    logged = [t for t in tables if t.method == "log_based"]
+    if logged and server_checks:
+        findings.extend(log_based_findings(conn, config, logged, user))
+    return findings
+
+
+def _schema_and_table_rights(
+    conn: psycopg2.extensions.connection, tables: list[SelectedTable]
+) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], bool]]:
+    """Per selected schema: exists, USAGE, a default SELECT grant, its main owner; per table: SELECT."""
     schemas = sorted({t.relation.schema for t in tables})
     with conn.cursor() as cur:
         cur.execute(
@@ -120,49 +139,38 @@ def check_database(
             """,
             ([t.relation.schema for t in tables], [t.relation.name for t in tables]),
         )
-        can_select = {(s, t): ok for s, t, ok in cur.fetchall()}
+        can_select = {(s, t): bool(ok) for s, t, ok in cur.fetchall()}
     conn.rollback()
-    for schema, exists, usage, default_select, owner in schema_rows:
-        subject = f"schema {database}.{schema}"
-        if not exists:
-            findings.append(
-                Finding("error", subject, "does not exist", "run `rds-pipeline discover` and fix `tables:`")
-            )
-            continue
-        findings.append(
-            Finding("ok", subject, "USAGE granted")
-            if usage or superuser
-            else Finding(
-                "error", subject, f"{user} lacks USAGE", f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quser};"
+    return schema_rows, can_select
+
+
+def _schema_findings(database: str, row: tuple[Any, ...], user: str, superuser: bool) -> list[Finding]:
+    schema, exists, usage, default_select, owner = row
+    subject = f"schema {database}.{schema}"
+    if not exists:
+        return [Finding("error", subject, "does not exist", "run `rds-pipeline discover` and fix `tables:`")]
+    quser = quote_ident(user)
+    found = [
+        Finding("ok", subject, "USAGE granted")
+        if usage or superuser
+        else Finding(
+            "error", subject, f"{user} lacks USAGE", f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quser};"
+        )
+    ]
+    if default_select or superuser:
+        found.append(Finding("ok", subject, "default privileges grant SELECT on future tables"))
+    else:
+        for_role = f" FOR ROLE {quote_ident(owner)}" if owner and owner != user else ""
+        found.append(
+            Finding(
+                "warning",
+                subject,
+                "no default privileges: tables created later will not be readable by " + user,
+                f"ALTER DEFAULT PRIVILEGES{for_role} IN SCHEMA {quote_ident(schema)} GRANT SELECT ON "
+                f"TABLES TO {quser};",
             )
         )
-        if default_select or superuser:
-            findings.append(Finding("ok", subject, "default privileges grant SELECT on future tables"))
-        else:
-            for_role = f" FOR ROLE {quote_ident(owner)}" if owner and owner != user else ""
-            findings.append(
-                Finding(
-                    "warning",
-                    subject,
-                    "no default privileges: tables created later will not be readable by " + user,
-                    f"ALTER DEFAULT PRIVILEGES{for_role} IN SCHEMA {quote_ident(schema)} GRANT SELECT ON "
-                    f"TABLES TO {quser};",
-                )
-            )
-    for table in tables:
-        findings.extend(
-            _table_findings(
-                table,
-                live.get((table.relation.schema, table.relation.name)),
-                can_select.get((table.relation.schema, table.relation.name)),
-                quser,
-                config.source.statement_timeout_seconds,
-            )
-        )
-    logged = [t for t in tables if t.method == "log_based"]
-    if logged and server_checks:
-        findings.extend(log_based_findings(conn, config, logged, user))
-    return findings
+    return found
 
 
 def log_based_findings(

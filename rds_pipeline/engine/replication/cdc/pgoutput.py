@@ -151,7 +151,7 @@ class PgOutputDecoder:
 
     def __init__(self, protocol_version: int = 1) -> None:
         if protocol_version not in (1, 2, 3, 4):
-            raise ValueError(f"pgoutput protocol version {protocol_version} is not 1, 2, 3 or 4")
+            raise DecodeError(f"pgoutput protocol version {protocol_version} is not 1, 2, 3 or 4")
         self.protocol_version = protocol_version
         self.in_stream = False
 
