@@ -40,23 +40,12 @@ ENTRY_KEYS = (
 )
 GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
 DEFAULT_CHUNK_ROWS = 1_000_000
+# fmt: off
 _UNORDERED_TYPES = {
-    "json",
-    "jsonb",
-    "xml",
-    "tsvector",
-    "tsquery",
-    "point",
-    "line",
-    "lseg",
-    "box",
-    "path",
-    "polygon",
-    "circle",
-    "bytea",
-    "txid_snapshot",
-    "pg_snapshot",
+    "json", "jsonb", "xml", "tsvector", "tsquery", "point", "line", "lseg", "box", "path", "polygon", "circle",
+    "bytea", "txid_snapshot", "pg_snapshot",
 }
+# fmt: on
 
 
 @dataclass(frozen=True)
