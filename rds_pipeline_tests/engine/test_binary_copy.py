@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
+from rds_pipeline.engine.core.types import binary_refusal
 from rds_pipeline.engine.destinations.postgres import PostgresDestination
-from rds_pipeline.engine.destinations.types import binary_refusal
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline_tests.engine.sync_helpers import make_scratch, rows_as_text
 from rds_pipeline_tests.engine.test_sync_postgres import ZOO_DDL

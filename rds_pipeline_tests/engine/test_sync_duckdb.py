@@ -14,9 +14,9 @@ from psycopg2 import sql
 from rds_pipeline.engine.config import parse_config
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.session_settings import apply_session_settings
+from rds_pipeline.engine.core.types import duckdb_type
 from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, dq, run
 from rds_pipeline.engine.destinations.factory import open_destination
-from rds_pipeline.engine.destinations.types import duckdb_type
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog

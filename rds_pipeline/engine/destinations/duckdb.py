@@ -25,6 +25,7 @@ from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.core.types import duckdb_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
@@ -40,7 +41,6 @@ from rds_pipeline.engine.destinations.base import (
 )
 from rds_pipeline.engine.destinations.duckdb_apply import DuckDBApplier
 from rds_pipeline.engine.destinations.duckdb_sql import convert, csv_source, dq, run
-from rds_pipeline.engine.destinations.types import duckdb_type
 from rds_pipeline.engine.errors import DestinationBusy
 from rds_pipeline.engine.quoting import quote_literal
 from rds_pipeline.engine.selection import SelectedTable

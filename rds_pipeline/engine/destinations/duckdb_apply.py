@@ -21,6 +21,7 @@ from psycopg2 import sql
 from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.core.rows import one
+from rds_pipeline.engine.core.types import BUILTIN_TYPES, bare_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     DELETED_AT,
@@ -31,7 +32,6 @@ from rds_pipeline.engine.destinations.base import (
     SourceConnect,
 )
 from rds_pipeline.engine.destinations.duckdb_sql import convert, csv_source, dq, run
-from rds_pipeline.engine.destinations.types import BUILTIN_TYPES, bare_type
 from rds_pipeline.engine.errors import LoadError, TableApplyError
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column

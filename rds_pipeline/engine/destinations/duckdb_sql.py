@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from rds_pipeline.engine.destinations.types import duckdb_type
+from rds_pipeline.engine.core.types import duckdb_type
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.source.catalog import Column
 

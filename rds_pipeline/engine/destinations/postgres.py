@@ -26,6 +26,7 @@ from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import apply_session_settings
 from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
@@ -40,7 +41,6 @@ from rds_pipeline.engine.destinations.base import (
     rename_refusal,
 )
 from rds_pipeline.engine.destinations.postgres_apply import PostgresApplier
-from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import libpq_params

@@ -26,6 +26,7 @@ from psycopg2 import sql
 from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.core.rows import one
+from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     DELETED_AT,
@@ -36,7 +37,6 @@ from rds_pipeline.engine.destinations.base import (
     ApplyReport,
     SourceConnect,
 )
-from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.errors import LoadError, SlotBusy, TableApplyError
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable

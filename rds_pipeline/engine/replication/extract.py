@@ -6,8 +6,8 @@ from __future__ import annotations
 from psycopg2 import sql
 
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.types import binary_refusal
 from rds_pipeline.engine.destinations.base import Destination
-from rds_pipeline.engine.destinations.types import binary_refusal
 from rds_pipeline.engine.selection import SelectedTable
 
 

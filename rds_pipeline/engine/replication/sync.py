@@ -26,8 +26,8 @@ from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.core.copy_out import CopyOut, ExtractionLog, source_in_recovery
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
+from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.destinations.base import Destination, LoadingReport
-from rds_pipeline.engine.destinations.types import postgres_type
 from rds_pipeline.engine.errors import ConnectionProblem, LoadError
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.extract import binary_copy, select_query

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import psycopg2.extensions
 from psycopg2 import sql
 
-from rds_pipeline.engine.destinations.types import postgres_type
+from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.selection import SelectedTable
 
 
