@@ -327,8 +327,8 @@ class SshTunnel:
                     if not data:
                         break
                     local.sendall(data)
-        except OSError:
-            pass
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the bastion or the client went away: both ends are closed below (the client retries)
         finally:
             with self._lock:
                 self._open.discard(local)
