@@ -11,9 +11,10 @@ import threading
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.errors import GapDetected
+from rds_pipeline.engine.errors import GapDetected, SetupNeeded
 from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 from rds_pipeline.engine.replication.cdc.slot import slot_status
+from rds_pipeline.engine.source.checks import run_checks
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import Scratch, make_scratch
 
@@ -158,3 +159,80 @@ def test_soft_deletes_keep_the_row_with_its_deletion_time(logical18: LocalPostgr
         assert cur.fetchall() == [(1, "v", True), (2, "back", False), (3, "v", True), (4, "v", False)]
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")
+
+
+def test_a_publication_that_would_drop_changes_is_refused_by_name(logical18: LocalPostgres) -> None:
+    """Someone else made the publication this integration uses: a row filter, a column list, operations it does
+    not publish. Each is refused by name with its fix, before any copy; the other tables stream meanwhile;
+    once fixed, the next sync copies the table and the replica equals the source."""
+    scratch = make_scratch(logical18, "Odd Publication")
+    pub = scratch.config.publication_name
+    scratch.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g;"
+        "CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u SELECT g, 'u' FROM generate_series(1, 10) g;"
+        f"CREATE PUBLICATION {pub} FOR TABLE t WHERE (id > 50), u"
+    )
+    t = scratch.one({"name": "public.t", "method": "log_based"})
+    u = scratch.one({"name": "public.u", "method": "log_based"})
+    dest = scratch.destination()
+
+    # the filtered table is refused, naming the filter and the fix; `check` says the same; u streams
+    first = sync_log_based(scratch.config, dest, [t, u])
+    assert set(first.failures) == {t.id}
+    assert "row filter WHERE (id > 50)" in first.failures[t.id] and "DROP TABLE" in first.failures[t.id]
+    assert t.id not in first.snapshots and t.id not in dest.changes().snapshot_lsns(scratch.config.slot_name)
+    findings = {f.subject: f for f in run_checks(scratch.config, [t, u]) if f.severity == "error"}
+    assert "row filter" in findings[t.id].message and findings[t.id].fix and "ADD TABLE" in findings[t.id].fix
+    equal(scratch, dest, u)
+    scratch.sql("UPDATE t SET v = 'changed' WHERE id IN (10, 60); DELETE FROM u WHERE id = 1")
+    second = sync_log_based(scratch.config, dest, [t, u])
+    assert set(second.failures) == {t.id}
+    equal(scratch, dest, u)
+
+    # fixed as the message says: the table is copied whole, then streams
+    scratch.sql(f"ALTER PUBLICATION {pub} DROP TABLE t; ALTER PUBLICATION {pub} ADD TABLE t")
+    third = sync_log_based(scratch.config, dest, [t, u])
+    assert not third.failures and third.snapshots[t.id] == 100
+    scratch.sql("UPDATE t SET v = 'after' WHERE id IN (5, 95)")
+    sync_log_based(scratch.config, dest, [t, u])
+    equal(scratch, dest, t, u)
+
+    # a column list that leaves a selected column out: that table is refused, the other streams
+    scratch.sql(f"ALTER PUBLICATION {pub} SET TABLE t (id), u")
+    listed = sync_log_based(scratch.config, dest, [t, u])
+    assert set(listed.failures) == {t.id} and "leaves out v" in listed.failures[t.id]
+    scratch.sql(f"ALTER PUBLICATION {pub} SET TABLE t, u")
+
+    # deletes and truncates not published: the whole run is refused, naming the publication, before any change
+    scratch.sql(f"ALTER PUBLICATION {pub} SET (publish = 'insert, update')")
+    scratch.sql("DELETE FROM u WHERE id = 2")
+    with pytest.raises(SetupNeeded, match=f"publication {pub} does not publish delete, truncate"):
+        sync_log_based(scratch.config, dest, [t, u])
+    assert (
+        "publish = 'insert, update, delete, truncate'"
+        in {f.subject: f for f in run_checks(scratch.config, [t, u])}[f"publication {pub}"].fix
+    )
+    # the delete of 2 never reached the slot: once fixed, every table is copied again, and nothing is lost
+    scratch.sql(f"ALTER PUBLICATION {pub} SET (publish = 'insert, update, delete, truncate')")
+    scratch.sql("DELETE FROM u WHERE id = 3")
+    fixed = sync_log_based(scratch.config, dest, [t, u])
+    assert not fixed.failures and set(fixed.snapshots) == {t.id, u.id}
+    equal(scratch, dest, t, u)
+    scratch.sql("DELETE FROM u WHERE id = 4; UPDATE t SET v = 'streamed' WHERE id = 7")
+    assert not sync_log_based(scratch.config, dest, [t, u]).snapshots  # and then it streams again
+    equal(scratch, dest, t, u)
+
+    # a partitioned table whose changes would arrive under its partitions' names: refused, with the fix
+    scratch.sql(
+        "CREATE TABLE p (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);"
+        "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);"
+        "INSERT INTO p SELECT g, 'p' FROM generate_series(1, 20) g;"
+        f"ALTER PUBLICATION {pub} ADD TABLE p; ALTER PUBLICATION {pub} SET (publish_via_partition_root = false)"
+    )
+    parted = scratch.one({"name": "public.p", "method": "log_based"})
+    with pytest.raises(SetupNeeded, match="publish_via_partition_root = false: the changes of .*public.p"):
+        sync_log_based(scratch.config, dest, [t, u, parted])
+    scratch.sql(f"ALTER PUBLICATION {pub} SET (publish_via_partition_root = true); UPDATE p SET v = 'q' WHERE id = 3")
+    sync_log_based(scratch.config, dest, [t, u, parted])
+    equal(scratch, dest, t, u, parted)
+    dest.close()

@@ -17,7 +17,7 @@ from rds_pipeline.engine.source.catalog import Relation
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 from rds_pipeline.engine.source.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
 from rds_pipeline.engine.source.discovery import discover_database
-from rds_pipeline.engine.source.logical import IDENTITIES, readiness
+from rds_pipeline.engine.source.logical import IDENTITIES, publication_facts, readiness
 
 # A deliberately pessimistic read rate for a production source, to size statement_timeout.
 ASSUMED_READ_BYTES_PER_SECOND = 20 * 1024 * 1024
@@ -178,11 +178,17 @@ def log_based_findings(
 ) -> list[Finding]:
     """wal_level, the replication right, each table's replica identity, and a bound on the WAL a slot holds."""
     ready = readiness(conn, tables)
+    published = publication_facts(conn, config.publication_name, tables)
+    publication = published.problems(tables) if published is not None else []
     problems = {subject: (what, fix) for subject, what, fix in ready.problems(tables, user)}
+    for table_id, problem, remedy in publication:  # a table's own replica-identity problem is shown first
+        if table_id in {t.id for t in tables}:
+            problems.setdefault(table_id, (problem, remedy))
     findings = []
     for subject, ok in (("wal_level", "is logical"), (f"user {user}", "may create and read replication slots")):
         what, fix = problems.pop(subject, (None, None))
         findings.append(Finding("error", subject, what, fix) if what else Finding("ok", subject, ok))
+    findings.extend(Finding("error", s, w, f) for s, w, f in publication if s.startswith("publication "))
     for table in tables:
         what, fix = problems.pop(table.id, (None, None))
         identity = IDENTITIES.get(ready.identities.get(table.id, ("?", False))[0], "unknown")

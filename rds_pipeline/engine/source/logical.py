@@ -98,3 +98,106 @@ def _megabytes(setting: str) -> int:
         if text.endswith(unit):
             return int(float(text[: -len(unit)]) * factor)
     return int(text)
+
+
+PUBLISHED_OPERATIONS = ("insert", "update", "delete", "truncate")
+
+
+@dataclass(frozen=True)
+class PublicationFacts:
+    """What an existing publication sends: an exact replica needs every operation, the partition root's name
+    for a partitioned table, and each selected table whole (no row filter, no column list leaving one out)."""
+
+    name: str
+    missing_operations: tuple[str, ...]  # of PUBLISHED_OPERATIONS
+    via_root: bool
+    filters: dict[str, str]  # table id -> its row filter (PostgreSQL 15+)
+    left_out: dict[str, tuple[str, ...]]  # table id -> selected columns its column list leaves out (15+)
+
+    def problems(self, tables: list[SelectedTable]) -> list[tuple[str, str, str]]:
+        """(subject, what is wrong, the fix): the publication itself (every table), or one table by id."""
+        pub = quote_ident(self.name)
+        found = []
+        if self.missing_operations:
+            every = ", ".join(PUBLISHED_OPERATIONS)
+            found.append(
+                (
+                    f"publication {self.name}",
+                    f"does not publish {', '.join(self.missing_operations)}: those changes would never reach "
+                    "the replica",
+                    f"ALTER PUBLICATION {pub} SET (publish = '{every}'); -- or set log_based.publication to a "
+                    "publication of our own",
+                )
+            )
+        partitioned = [t.id for t in tables if t.relation.kind == "partitioned_table"]
+        if partitioned and not self.via_root:
+            found.append(
+                (
+                    f"publication {self.name}",
+                    f"has publish_via_partition_root = false: the changes of {', '.join(partitioned)} would "
+                    "arrive under their partitions' names, which are not selected",
+                    f"ALTER PUBLICATION {pub} SET (publish_via_partition_root = true);",
+                )
+            )
+        for table in tables:
+            name = f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}"
+            readd = f"ALTER PUBLICATION {pub} DROP TABLE {name}; ALTER PUBLICATION {pub} ADD TABLE {name};"
+            if table.id in self.filters:
+                found.append(
+                    (
+                        table.id,
+                        f"is published by {self.name} with the row filter WHERE {self.filters[table.id]}: changes "
+                        "to other rows would never reach the replica",
+                        readd,
+                    )
+                )
+            elif table.id in self.left_out:
+                found.append(
+                    (
+                        table.id,
+                        f"is published by {self.name} with a column list that leaves out "
+                        f"{', '.join(self.left_out[table.id])}: the replica would lose those values",
+                        readd,
+                    )
+                )
+        return found
+
+
+def publication_facts(
+    conn: psycopg2.extensions.connection, publication: str, tables: list[SelectedTable]
+) -> PublicationFacts | None:
+    """The existing publication's settings, and its filters on the selected tables (None: it does not exist)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT oid, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_publication "
+            "WHERE pubname = %s",
+            (publication,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            conn.rollback()
+            return None
+        oid, *flags, via_root = row
+        missing = tuple(op for op, on in zip(PUBLISHED_OPERATIONS, flags, strict=True) if not on)
+        filters: dict[str, str] = {}
+        left_out: dict[str, tuple[str, ...]] = {}
+        if conn.server_version >= 150000 and tables:  # row filters and column lists came with PostgreSQL 15
+            by_name = {f"{quote_ident(t.relation.schema)}.{quote_ident(t.relation.name)}": t for t in tables}
+            cur.execute(
+                "SELECT w.name, pg_get_expr(p.prqual, p.prrelid), "
+                "(SELECT array_agg(a.attname::text) FROM pg_attribute a "
+                " WHERE a.attrelid = p.prrelid AND a.attnum = ANY(p.prattrs)) "
+                "FROM unnest(%s::text[]) AS w(name) JOIN pg_publication_rel p "
+                "ON p.prrelid = to_regclass(w.name) AND p.prpubid = %s",
+                (list(by_name), oid),
+            )
+            for name, qual, attributes in cur.fetchall():
+                table = by_name[name]
+                if qual is not None:
+                    filters[table.id] = qual
+                if attributes is not None:
+                    gone = tuple(c for c in table.column_names if c not in set(attributes))
+                    if gone:
+                        left_out[table.id] = gone
+    conn.rollback()
+    return PublicationFacts(publication, missing, bool(via_root), filters, left_out)

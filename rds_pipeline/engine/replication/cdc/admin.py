@@ -27,7 +27,7 @@ from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
 from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
-from rds_pipeline.engine.source.logical import readiness
+from rds_pipeline.engine.source.logical import publication_facts, readiness
 
 
 def log_based(selection: list[SelectedTable]) -> list[SelectedTable]:
@@ -46,6 +46,9 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
     tables = log_based(selection)
     with source_connection(config.source) as conn:
         problems = readiness(conn, tables).problems(tables, config.source.user)
+        published = publication_facts(conn, config.publication_name, tables)
+        if published is not None:
+            problems += published.problems(tables)
         if problems:
             lines = [f"{subject}: {what}\n  fix: {fix}" for subject, what, fix in problems]
             raise SetupNeeded("the source is not ready for log-based replication:\n" + "\n".join(lines))

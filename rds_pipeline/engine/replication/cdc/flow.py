@@ -40,7 +40,7 @@ from rds_pipeline.engine.replication.cdc.snapshot import SnapshotResult, snapsho
 from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
-from rds_pipeline.engine.source.logical import readiness
+from rds_pipeline.engine.source.logical import publication_facts, readiness
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
     from rds_pipeline.engine.source.tunnel import SshTunnel
@@ -86,7 +86,7 @@ def sync_log_based(
     try:
         tunnel = open_tunnel(config.source)
         connect = _Connector(config, tunnel)
-        usable = _prepare_source(connect, tables, result)
+        usable = _prepare_source(connect, destination, tables, result)
         _forget_others(destination, result.slot, usable)
         _snapshot(connect, destination, usable, result, chunks or {})
         streamed = [t for t in usable if t.id not in result.failures]
@@ -152,12 +152,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _prepare_source(connect: _Connector, tables: list[SelectedTable], result: LogBasedResult) -> list[SelectedTable]:
+def _prepare_source(
+    connect: _Connector, destination: Destination, tables: list[SelectedTable], result: LogBasedResult
+) -> list[SelectedTable]:
     """Readiness, the heartbeat and the publication. Returns the tables that can be streamed."""
     config = connect.config
     with connect() as conn:
         ready = readiness(conn, tables)
         problems = ready.problems(tables, config.source.user)
+        published = publication_facts(conn, result.publication, tables)  # one made by someone else, maybe
+        dropping = published.problems(tables) if published is not None else []
+        if any(subject.startswith("publication ") for subject, _, _ in dropping):
+            # the slot decoded changes through it, so some may be gone: every table is copied again once fixed
+            for table in tables:
+                destination.changes().forget_table(result.slot, table.id)
+            raise SetupNeeded(
+                "log-based replication cannot go on: "
+                + "; ".join(f"{subject} {what}. Fix: {fix}" for subject, what, fix in dropping)
+                + ". Changes made meanwhile may not have reached the slot: once it is fixed, the next sync copies "
+                "every log-based table again"
+            )
+        problems += dropping  # a table's own filter: that table is refused (and its copy forgotten)
         blockers = [p for p in problems if p[0] not in {t.id for t in tables}]
         if blockers:
             raise SetupNeeded(
