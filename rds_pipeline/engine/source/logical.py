@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg2.extensions
+from psycopg2 import sql
 
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.quoting import quote_ident
@@ -168,9 +169,11 @@ def publication_facts(
 ) -> PublicationFacts | None:
     """The existing publication's settings, and its filters on the selected tables (None: it does not exist)."""
     with conn.cursor() as cur:
+        root_column = sql.SQL("pubviaroot" if conn.server_version >= 130000 else "true")  # PostgreSQL 13+
         cur.execute(
-            "SELECT oid, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_publication "
-            "WHERE pubname = %s",
+            sql.SQL(
+                "SELECT oid, pubinsert, pubupdate, pubdelete, pubtruncate, {} FROM pg_publication WHERE pubname = %s"
+            ).format(root_column),
             (publication,),
         )
         row = cur.fetchone()
