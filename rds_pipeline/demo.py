@@ -173,6 +173,20 @@ def run_demo(root: Path, keep_running: bool = False) -> int:
             setup.server.stop()
 
 
+def dagster_dev_command(port: int) -> list[str]:
+    """`dagster dev` on the project's workspace, on 127.0.0.1:<port> (the demo's UI, and the UI tests')."""
+    return [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(REPO / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+
+
 def run_ui(root: Path, port: int = 3000) -> int:
     """`make dev`: the same setup, then the Dagster UI (webserver and daemon) on http://127.0.0.1:<port>.
     Ctrl-C or SIGTERM stops everything it started: `dagster dev` (which stops its webserver, daemon and code
@@ -187,16 +201,7 @@ def run_ui(root: Path, port: int = 3000) -> int:
     print(f"Dagster UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
     try:
         dev = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("dagster")),
-                "dev",
-                "-w",
-                str(REPO / "workspace.yaml"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
+            dagster_dev_command(port),
             env={**os.environ, **env},
             cwd=REPO,
         )

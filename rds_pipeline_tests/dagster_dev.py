@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from rds_pipeline.demo import dagster_dev_command
 from rds_pipeline.local_postgres import LocalPostgres, free_port
 from rds_pipeline_tests.test_webserver import graphql, stop_group
 
@@ -68,16 +69,7 @@ def dagster_dev(server: LocalPostgres, config_path: Path, home: Path, dagster_ya
     log = home / "dagster_dev.log"
     with open(log, "wb") as output:
         dev = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("dagster")),
-                "dev",
-                "-w",
-                str(REPO / "workspace.yaml"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
+            dagster_dev_command(port),
             env=env,
             cwd=REPO,
             stdout=output,

@@ -7,12 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from rds_pipeline.demo import dagster_dev_command
 from rds_pipeline.local_postgres import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,16 +82,7 @@ def test_graphql_asset_graph_and_partition_launch(tmp_path: Path) -> None:
     setup, env = prepare(tmp_path / "demo")
     port = free_port()
     process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "dev",
-            "-w",
-            str(REPO / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        dagster_dev_command(port),
         env={**os.environ, **env},
         cwd=REPO,
         stdout=subprocess.DEVNULL,

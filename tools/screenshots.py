@@ -14,6 +14,7 @@ from pathlib import Path
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from rds_pipeline.demo import dagster_dev_command
 from rds_pipeline.local_postgres import free_port
 from rds_pipeline_tests.chromium import body_text, chromium, open_page
 from rds_pipeline_tests.test_webserver import graphql, stop_group
@@ -71,16 +72,7 @@ def main() -> int:
                     return 1
             port = free_port()
             process = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("dagster")),
-                    "dev",
-                    "-w",
-                    str(REPO / "workspace.yaml"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                ],
+                dagster_dev_command(port),
                 env={**os.environ, **env},
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
