@@ -40,7 +40,8 @@ def test_snapshot_plus_changes_hold_every_row_once(logical_servers: list[LocalPo
         text = create_publication(conn, "rds_pipeline_pub", [("public", ODD), ("public", "plain")])
         assert text == (
             f'CREATE PUBLICATION "rds_pipeline_pub" FOR TABLE "public".{QUOTED}, "public"."plain" '
-            "WITH (publish_via_partition_root = true)"
+            "WITH (publish_via_partition_root = true"
+            + (", publish_generated_columns = stored)" if conn.server_version >= 180000 else ")")
         )
         published = server.psql(
             "SELECT string_agg(tablename, ',' ORDER BY tablename), bool_and(p.pubviaroot) "

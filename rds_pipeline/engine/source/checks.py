@@ -180,7 +180,9 @@ def log_based_findings(
     ready = readiness(conn, tables)
     published = publication_facts(conn, config.publication_name, tables)
     publication = published.problems(tables) if published is not None else []
-    problems = {subject: (what, fix) for subject, what, fix in ready.problems(tables, user)}
+    problems: dict[str, tuple[str | None, str | None]] = {}
+    for subject, first, remedy in ready.problems(tables, user, published):  # a table's first problem is shown
+        problems.setdefault(subject, (first, remedy))
     for table_id, problem, remedy in publication:  # a table's own replica-identity problem is shown first
         if table_id in {t.id for t in tables}:
             problems.setdefault(table_id, (problem, remedy))
@@ -192,10 +194,17 @@ def log_based_findings(
     for table in tables:
         what, fix = problems.pop(table.id, (None, None))
         identity = IDENTITIES.get(ready.identities.get(table.id, ("?", False))[0], "unknown")
+        computed = [c.name for c in ready.not_streamed(table.id, published)]
+        generated = (
+            f"; the generated column(s) {', '.join(computed)} are not in the stream: the source computes them "
+            "for each changed row"
+            if computed
+            else ""
+        )
         findings.append(
             Finding("error", table.id, what, fix)
             if what
-            else Finding("ok", table.id, f"replica identity {identity}: updates and deletes can be streamed")
+            else Finding("ok", table.id, f"replica identity {identity}: updates and deletes can be streamed{generated}")
         )
     if ready.max_slot_wal_keep_size_mb < 0:
         setting = (

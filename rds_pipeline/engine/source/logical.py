@@ -4,7 +4,7 @@ start without it (``replication/cdc/setup.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg2.extensions
 from psycopg2 import sql
@@ -14,6 +14,56 @@ from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 
 IDENTITIES = {"d": "default", "n": "nothing", "f": "full", "i": "index"}
+PUBLISHES_GENERATED = 180000  # publish_generated_columns (stored ones only) came with PostgreSQL 18
+
+
+@dataclass(frozen=True)
+class GeneratedColumn:
+    """A generated column: its expression (``pg_get_expr``) over the columns it reads."""
+
+    name: str
+    expression: str
+    virtual: bool  # PostgreSQL 18's default kind: computed on read, never stored, never published
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """A table's row type as the source has it now: every column in order, and the generated ones."""
+
+    fields: tuple[str, ...]
+    generated: tuple[GeneratedColumn, ...]
+
+
+def row_shapes(conn: psycopg2.extensions.connection, names: list[str]) -> dict[str, RowShape]:
+    """Per quoted ``schema.table`` that has generated columns, its row shape (PostgreSQL 12+: attgenerated)."""
+    if not names:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT w.name, a.attname, a.attgenerated, pg_get_expr(d.adbin, d.adrelid), "
+            "(SELECT array_agg(r.attname::text ORDER BY r.attnum) FROM pg_depend p JOIN pg_attribute r "
+            " ON r.attrelid = p.refobjid AND r.attnum = p.refobjsubid WHERE p.classid = 'pg_attrdef'::regclass "
+            " AND p.objid = d.oid AND p.refobjid = a.attrelid AND p.refobjsubid > 0) "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS w(name, i) "
+            "JOIN pg_attribute a ON a.attrelid = to_regclass(w.name) AND a.attnum > 0 AND NOT a.attisdropped "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "ORDER BY w.i, a.attnum",
+            (names,),
+        )
+        rows = cur.fetchall()
+    conn.rollback()
+    fields: dict[str, list[str]] = {}
+    generated: dict[str, list[GeneratedColumn]] = {}
+    for name, column, kind, expression, inputs in rows:
+        fields.setdefault(name, []).append(column)
+        if kind in ("s", "v"):
+            generated.setdefault(name, []).append(GeneratedColumn(column, expression, kind == "v", tuple(inputs or ())))
+    return {name: RowShape(tuple(fields[name]), tuple(found)) for name, found in generated.items()}
+
+
+def qualified(table: SelectedTable) -> str:
+    return f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}"
 
 
 @dataclass(frozen=True)
@@ -23,9 +73,14 @@ class Readiness:
     can_replicate: bool  # superuser, REPLICATION or rds_replication
     max_slot_wal_keep_size_mb: int  # -1: no limit
     identities: dict[str, tuple[str, bool]]  # table id -> (relreplident, has a primary key)
+    server_version: int = 0
+    shapes: dict[str, RowShape] = field(default_factory=dict)  # table id -> its row, when it has generated columns
 
-    def problems(self, tables: list[SelectedTable], user: str) -> list[tuple[str, str, str]]:
-        """(subject, what is wrong, the fix) for each blocker."""
+    def problems(
+        self, tables: list[SelectedTable], user: str, published: PublicationFacts | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(subject, what is wrong, the fix) for each blocker. ``published``: the publication as it exists (None:
+        it does not yet, and is created publishing stored generated columns where the server can)."""
         found = []
         if self.wal_level != "logical":
             fix = (
@@ -43,19 +98,68 @@ class Readiness:
             found.append((f"user {user}", "may not create or read replication slots", grant))
         for table in tables:
             identity, has_pk = self.identities.get(table.id, ("?", False))
-            name = f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}"
+            name = qualified(table)
             if identity == "?":
                 found.append((table.id, "is not in the source any more", "run `rds-pipeline discover`"))
-            elif identity == "n" or (identity == "d" and not has_pk):
+                continue
+            unsendable = self.unpublished(table.id, published)
+            if identity == "n" or (identity == "d" and not has_pk):
+                full = f"  -- or: ALTER TABLE {name} REPLICA IDENTITY FULL;" if not unsendable else ""
                 found.append(
                     (
                         table.id,
                         f"has replica identity {IDENTITIES[identity]} and no primary key: adding it "
                         "to a publication would make its UPDATEs and DELETEs fail on the source",
-                        f"ALTER TABLE {name} ADD PRIMARY KEY (…);  -- or: ALTER TABLE {name} REPLICA IDENTITY FULL;",
+                        f"ALTER TABLE {name} ADD PRIMARY KEY (…);{full}",
+                    )
+                )
+            elif identity == "f" and unsendable:
+                # PostgreSQL 18 refuses an UPDATE whose replica identity (the whole row) holds a column the
+                # publication does not send: never add such a table, and never suggest FULL for it
+                stored = [c for c in unsendable if not c.virtual]
+                publish = (
+                    f" -- or, as its generated columns are stored: ALTER PUBLICATION "
+                    f"{quote_ident(published.name if published else '…')} SET (publish_generated_columns = stored);"
+                    if stored == unsendable
+                    else ""
+                )
+                found.append(
+                    (
+                        table.id,
+                        f"has REPLICA IDENTITY FULL and the generated column(s) {', '.join(c.name for c in unsendable)}"
+                        " that the publication does not send: once published, PostgreSQL 18 makes its UPDATEs fail "
+                        "(Replica identity must not contain unpublished generated columns)",
+                        f"ALTER TABLE {name} ADD PRIMARY KEY (…); ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"
+                        f"{publish}",
+                    )
+                )
+            keyed = [c.name for c in self.not_streamed(table.id, published) if c.name in table.primary_key]
+            if keyed:
+                found.append(
+                    (
+                        table.id,
+                        f"is keyed by the generated column(s) {', '.join(keyed)}, which the stream does not carry",
+                        "set `primary_key:` for it in the selection to columns that are not generated",
                     )
                 )
         return found
+
+    def not_streamed(self, table_id: str, published: PublicationFacts | None) -> list[GeneratedColumn]:
+        """The table's generated columns pgoutput leaves out: all before PostgreSQL 18; the virtual ones, and the
+        stored ones unless the publication sets publish_generated_columns = stored, on 18."""
+        shape = self.shapes.get(table_id)
+        if shape is None:
+            return []
+        sends_stored = self.server_version >= PUBLISHES_GENERATED and (
+            published is None or published.sends_stored_generated
+        )
+        return [c for c in shape.generated if c.virtual or not sends_stored]
+
+    def unpublished(self, table_id: str, published: PublicationFacts | None) -> list[GeneratedColumn]:
+        """The generated columns that make an UPDATE under REPLICA IDENTITY FULL fail once published (18+)."""
+        if self.server_version < PUBLISHES_GENERATED:
+            return []
+        return self.not_streamed(table_id, published)
 
 
 def readiness(conn: psycopg2.extensions.connection, tables: list[SelectedTable]) -> Readiness:
@@ -75,13 +179,17 @@ def readiness(conn: psycopg2.extensions.connection, tables: list[SelectedTable])
             cur.execute(
                 "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
                 "i.indisprimary) FROM pg_class c WHERE c.oid = to_regclass(%s)",
-                (f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}",),
+                (qualified(table),),
             )
             row = cur.fetchone()
             if row:
                 identities[table.id] = (row[0], bool(row[1]))
     conn.rollback()
-    return Readiness(wal_level, bool(rds), bool(can_replicate), _megabytes(keep), identities)
+    by_name = {qualified(t): t.id for t in tables}
+    shapes = {by_name[name]: shape for name, shape in row_shapes(conn, list(by_name)).items()}
+    return Readiness(
+        wal_level, bool(rds), bool(can_replicate), _megabytes(keep), identities, conn.server_version, shapes
+    )
 
 
 def _has_role(cur: psycopg2.extensions.cursor, role: str) -> bool:
@@ -114,6 +222,7 @@ class PublicationFacts:
     via_root: bool
     filters: dict[str, str]  # table id -> its row filter (PostgreSQL 15+)
     left_out: dict[str, tuple[str, ...]]  # table id -> selected columns its column list leaves out (15+)
+    sends_stored_generated: bool = False  # publish_generated_columns = stored (PostgreSQL 18+)
 
     def problems(self, tables: list[SelectedTable]) -> list[tuple[str, str, str]]:
         """(subject, what is wrong, the fix): the publication itself (every table), or one table by id."""
@@ -170,17 +279,19 @@ def publication_facts(
     """The existing publication's settings, and its filters on the selected tables (None: it does not exist)."""
     with conn.cursor() as cur:
         root_column = sql.SQL("pubviaroot" if conn.server_version >= 130000 else "true")  # PostgreSQL 13+
+        generated = sql.SQL("pubgencols = 's'" if conn.server_version >= PUBLISHES_GENERATED else "false")
         cur.execute(
             sql.SQL(
-                "SELECT oid, pubinsert, pubupdate, pubdelete, pubtruncate, {} FROM pg_publication WHERE pubname = %s"
-            ).format(root_column),
+                "SELECT oid, pubinsert, pubupdate, pubdelete, pubtruncate, {}, {} FROM pg_publication "
+                "WHERE pubname = %s"
+            ).format(root_column, generated),
             (publication,),
         )
         row = cur.fetchone()
         if row is None:
             conn.rollback()
             return None
-        oid, *flags, via_root = row
+        oid, *flags, via_root, sends_stored = row
         missing = tuple(op for op, on in zip(PUBLISHED_OPERATIONS, flags, strict=True) if not on)
         filters: dict[str, str] = {}
         left_out: dict[str, tuple[str, ...]] = {}
@@ -203,4 +314,4 @@ def publication_facts(
                     if gone:
                         left_out[table.id] = gone
     conn.rollback()
-    return PublicationFacts(publication, missing, bool(via_root), filters, left_out)
+    return PublicationFacts(publication, missing, bool(via_root), filters, left_out, bool(sends_stored))

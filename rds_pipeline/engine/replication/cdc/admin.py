@@ -45,8 +45,8 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
     copies each table under its own)."""
     tables = log_based(selection)
     with source_connection(config.source) as conn:
-        problems = readiness(conn, tables).problems(tables, config.source.user)
         published = publication_facts(conn, config.publication_name, tables)
+        problems = readiness(conn, tables).problems(tables, config.source.user, published)
         if published is not None:
             problems += published.problems(tables)
         if problems:

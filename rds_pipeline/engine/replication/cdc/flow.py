@@ -63,6 +63,8 @@ class LogBasedResult:
     heartbeat: bool = False
     seconds: float = 0.0
     evolved: dict[str, list[str]] = field(default_factory=dict)  # table id -> columns added, dropped, retyped
+    generated: dict[str, set[str]] = field(default_factory=dict)  # table id -> its generated columns
+    computed: dict[str, list[str]] = field(default_factory=dict)  # table id -> generated columns not in the stream
 
     def changes(self, table_id: str) -> dict[str, int]:
         return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
@@ -159,8 +161,8 @@ def _prepare_source(
     config = connect.config
     with connect() as conn:
         ready = readiness(conn, tables)
-        problems = ready.problems(tables, config.source.user)
         published = publication_facts(conn, result.publication, tables)  # one made by someone else, maybe
+        problems = ready.problems(tables, config.source.user, published)
         dropping = published.problems(tables) if published is not None else []
         if any(subject.startswith("publication ") for subject, _, _ in dropping):
             # the slot decoded changes through it, so some may be gone: every table is copied again once fixed
@@ -173,6 +175,9 @@ def _prepare_source(
                 "every log-based table again"
             )
         problems += dropping  # a table's own filter: that table is refused (and its copy forgotten)
+        for table_id, shape in ready.shapes.items():
+            result.generated[table_id] = {c.name for c in shape.generated}
+            result.computed[table_id] = [c.name for c in ready.not_streamed(table_id, published)]
         blockers = [p for p in problems if p[0] not in {t.id for t in tables}]
         if blockers:
             raise SetupNeeded(
@@ -347,6 +352,7 @@ def _stream(
                 soft_deletes=config.log_based.deletes == "soft",
                 max_batch_changes=config.log_based.max_batch_changes,
                 tunnel=connect.tunnel,
+                generated=result.generated,
             )
         except TableApplyError as exc:
             # that table's changes cannot be applied: drop it from this run (its snapshot forgotten, so the

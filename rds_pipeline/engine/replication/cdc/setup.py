@@ -46,7 +46,7 @@ def publication_plan(
     wanted = [(t.relation.schema, t.relation.name) for t in tables]
     existing = publication_tables(conn, publication)
     if existing is None:
-        return [publication_statement(publication, wanted)] if wanted else []
+        return [publication_statement(publication, wanted, conn.server_version)] if wanted else []
     missing = [name for name in wanted if name not in existing]
     if not missing:
         return []

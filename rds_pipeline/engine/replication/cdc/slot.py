@@ -47,16 +47,19 @@ class SlotStatus:
     safe_wal_size: int | None  # bytes that can still be written before the slot is in danger (None: no limit)
 
 
-def publication_statement(name: str, tables: list[tuple[str, str]]) -> sql.Composed:
+def publication_statement(name: str, tables: list[tuple[str, str]], server_version: int = 0) -> sql.Composed:
     """``CREATE PUBLICATION … FOR TABLE …`` for the log-based tables only (``FOR ALL TABLES`` needs a
-    superuser, rds_superuser on RDS), publishing a partitioned table's changes under its root."""
-    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)").format(
-        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in tables)
+    superuser, rds_superuser on RDS), publishing a partitioned table's changes under its root and, on
+    PostgreSQL 18, stored generated columns' values (so the stream carries them, and a table with
+    REPLICA IDENTITY FULL keeps accepting UPDATEs)."""
+    generated = sql.SQL(", publish_generated_columns = stored" if server_version >= 180000 else "")
+    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true{})").format(
+        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in tables), generated
     )
 
 
 def create_publication(conn: psycopg2.extensions.connection, name: str, tables: list[tuple[str, str]]) -> str:
-    statement = publication_statement(name, tables)
+    statement = publication_statement(name, tables, conn.server_version)
     text = statement.as_string(conn)
     with conn.cursor() as cur:
         cur.execute(statement)

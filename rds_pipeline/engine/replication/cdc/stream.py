@@ -25,6 +25,7 @@ from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import ApplyReport, Destination, SourceConnect
 from rds_pipeline.engine.errors import GapDetected, RdsPipelineError
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
+from rds_pipeline.engine.replication.cdc.generated import GeneratedFiller
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
 from rds_pipeline.engine.replication.cdc.slot import replication_connection
 from rds_pipeline.engine.selection import SelectedTable
@@ -97,9 +98,11 @@ def catch_up(
     since: dict[tuple[str, str], str] | None = None,
     soft_deletes: bool = False,
     tunnel: SshTunnel | None = None,
+    generated: dict[str, set[str]] | None = None,
 ) -> StreamResult:
     """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop. ``since``: per table, the
-    LSN of its snapshot (its changes in transactions committed before it are already in the copy)."""
+    LSN of its snapshot (its changes in transactions committed before it are already in the copy).
+    ``generated``: per table id, its generated columns (the stream may leave them out: see ``generated.py``)."""
     conn = connect_source(config, tunnel)
     with contextlib.closing(conn), conn.cursor() as cur:
         cur.execute(
@@ -142,6 +145,7 @@ def catch_up(
             {name: lsn_int(lsn) for name, lsn in (since or {}).items()},
             soft_deletes,
             lambda: connect_source(config, tunnel),
+            generated or {},
         )
         try:
             reader.read(cur, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
@@ -163,11 +167,14 @@ class _Reader:
         since: dict[tuple[str, str], int],
         soft_deletes: bool,
         connect: Callable[[], psycopg2.extensions.connection],
+        generated: dict[str, set[str]],
     ) -> None:
         self.destination, self.tables, self.slot = destination, dict(tables), slot
         self.since, self.soft_deletes = since, soft_deletes
         self.layouts = {name: Layout(t.column_names, t.primary_key) for name, t in tables.items()}
         self._connect = connect
+        self.generated = generated
+        self._filler = GeneratedFiller(connect, {t for t, names in generated.items() if names})
         self._catalog: psycopg2.extensions.connection | None = None  # to describe a Relation's types
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rds-cdc-apply")
         self._pending: (
@@ -178,6 +185,7 @@ class _Reader:
         if self._pending is not None:  # an error elsewhere: let the batch in flight end (commit or roll back)
             concurrent.futures.wait([self._pending[0]])
         self._pool.shutdown(wait=True)
+        self._filler.close()
         if self._catalog is not None:
             self._catalog.close()
 
@@ -187,7 +195,12 @@ class _Reader:
         name = (relation.namespace, relation.name)
         if self._catalog is None:
             self._catalog = self._connect()
-        table, changes = evolve(self.tables[name], relation_columns(self._catalog, relation))
+        current = self.tables[name]
+        columns = relation_columns(self._catalog, relation)
+        sent = {c.name for c in columns}
+        # a generated column the stream leaves out is still there (filled before the apply), not dropped
+        columns += [c for c in current.columns if c.name in self.generated.get(current.id, ()) and c.name not in sent]
+        table, changes = evolve(current, columns)
         if not changes:
             return batch
         if batch.messages:
@@ -264,14 +277,17 @@ class _Reader:
         self.settle(cur, result)
         tables = dict(self.tables)  # the shapes of this batch (a Relation message may change them meanwhile)
         self._pending = (
-            self._pool.submit(
-                apply_batch, self.destination, tables, batch, self.slot, self.soft_deletes, source=self._connect
-            ),
+            self._pool.submit(self._fill_and_apply, tables, batch),
             batch,
             tables,
         )
         result.partial_flushes += partial
         return self.new_batch(batch)
+
+    def _fill_and_apply(self, tables: dict[tuple[str, str], SelectedTable], batch: ChangeBatch) -> ApplyReport:
+        """In the applying thread: the generated values the stream left out, then the destination's apply."""
+        self._filler.fill(batch, tables)
+        return apply_batch(self.destination, tables, batch, self.slot, self.soft_deletes, source=self._connect)
 
     def settle(self, cur: Any, result: StreamResult) -> None:
         """Wait for the batch in flight; once its rows and LSN are committed, confirm it to the server."""
