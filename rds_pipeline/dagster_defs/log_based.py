@@ -123,6 +123,8 @@ def table_metadata(result: LogBasedResult, table_id: str) -> dict[str, Any]:
         "retained_wal_bytes": status.retained_bytes if status and status.retained_bytes is not None else -1,
         "wal_status": (status.wal_status or "") if status else "",
         "heartbeat": result.heartbeat,
+        "slot_recovered": result.recovered or "",
+        "generated_computed": ", ".join(result.computed.get(table_id, [])),
         "batch_id": report.batch_id,
         "plan": "snapshot, then stream" if snapshot else "stream",
         "loading_report": dg.MetadataValue.json(report.as_dict()),
@@ -132,6 +134,13 @@ def table_metadata(result: LogBasedResult, table_id: str) -> dict[str, Any]:
 def slot_check(result: LogBasedResult, options: LogBasedConfig) -> CheckOutcome:
     """Retained WAL (what the slot makes the server keep) and lag, against the configured thresholds."""
     status = result.status
+    if result.recovered:  # the run recovered, but changes were lost from the log: say it once, loudly
+        return CheckOutcome(
+            False,
+            f"slot {result.slot} was lost and re-created ({result.recovered}). Fix: sync more often than "
+            "max_slot_wal_keep_size allows the slot to fall behind",
+            {"severity": "ERROR", "slot_recovered": result.recovered},
+        )
     if status is None:
         return CheckOutcome(False, f"slot {result.slot} is missing on the source", {"severity": "ERROR"})
     retained_mb = (status.retained_bytes or 0) / 2**20

@@ -41,6 +41,7 @@ class TableStatus:
     rows_loaded: int | None  # rows the last sync copied
     next_tick: str | None  # ISO time of the next tick of the table's frequency
     automation: str  # "schedule <name> running|stopped", or the automation sensor's state
+    slot_lost: str | None = None  # log-based: when and why the source last lost the slot, and what was done
 
 
 def collect_status(config_path: str | Path | None, instance: dg.DagsterInstance) -> list[TableStatus]:
@@ -108,6 +109,7 @@ def _row(
         rows_loaded=rows,
         next_tick=next_tick.astimezone(dt.UTC).isoformat(timespec="seconds"),
         automation=state,
+        slot_lost=standing.lost,
     )
 
 

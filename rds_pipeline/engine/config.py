@@ -113,6 +113,10 @@ class LogBasedConfig:
     lag_fail_minutes: int = 24 * 60
     takeover_after_seconds: int = 120  # a reader silent this long is gone: its walsender may be ended
     max_batch_changes: int = 50_000  # changes per destination transaction (memory stays bounded)
+    on_slot_lost: str = "resnapshot"  # resnapshot: re-create the slot and copy its tables again; fail: stop
+
+
+SLOT_LOST_MODES = ("resnapshot", "fail")
 
 
 @dataclass(frozen=True)
@@ -441,6 +445,13 @@ class _Reader:
                 f"'{deletes}' is not a mode. Fix: use hard (rows are deleted) or soft "
                 "(rows stay, with _rds_deleted_at set)",
             )
+        lost = self.string("log_based", data, "on_slot_lost", default="resnapshot")
+        if lost not in SLOT_LOST_MODES:
+            self.problem(
+                "log_based.on_slot_lost",
+                f"'{lost}' is not a mode. Fix: use resnapshot (a new slot, and the slot's tables copied again) or "
+                "fail (stop, and wait for `rds-pipeline cdc drop`)",
+            )
         numbers = {
             name: self.integer("log_based", data, name, getattr(defaults, name), 1, 10**9)
             for name in (
@@ -464,6 +475,7 @@ class _Reader:
             publication=self.string("log_based", data, "publication", default=None),
             deletes=deletes,
             heartbeat=self.boolean("log_based", data, "heartbeat", True),
+            on_slot_lost=lost,
             **numbers,
         )
 

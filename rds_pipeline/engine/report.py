@@ -80,6 +80,8 @@ def format_status(rows: Iterable[dict[str, Any]]) -> str:
     if automation:
         lines.append("")
         lines.extend(f"ticks: {a}" for a in automation)
+    for lost in sorted({str(r["slot_lost"]) for r in rows if r.get("slot_lost")}):
+        lines.append(f"LOST {lost}")
     for r in rows:
         if r["error"]:
             lines.append(f"FAILED {r['table']}: {r['error']}")

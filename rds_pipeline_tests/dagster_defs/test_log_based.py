@@ -11,7 +11,8 @@ import dagster as dg
 import psycopg2
 
 from rds_pipeline.dagster_defs.run import run_sync
-from rds_pipeline.dagster_defs.status import collect_status
+from rds_pipeline.dagster_defs.status import as_json, collect_status
+from rds_pipeline.engine.report import format_status
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.dagster_defs.project import Project, key, make_project
 
@@ -122,5 +123,31 @@ def test_log_based_tables_in_dagster(logical18: LocalPostgres, tmp_path: Path, i
     assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
     assert materializations(instance, "t")[0].metadata["snapshot_rows"].value == len(
         rows(server, project.database, "t")
+    )
+
+    # the slot lost behind our back (dropped, or a failover to a server without it): the run re-creates it and
+    # copies the table again; the materialization, the failed check and `status` say so; the next run streams
+    project.sql(f"SELECT pg_drop_replication_slot('{project.config.slot_name}')")
+    project.sql("UPDATE t SET v = 'while lost' WHERE id = 3")
+    lost = run_sync(project.path, instance=instance, quiet=True)
+    assert lost.success
+    assert rows(server, "dg_log_dest", replica) == rows(server, project.database, "t")
+    meta = materializations(instance, "t")[0].metadata
+    assert "is gone from the source" in meta["slot_recovered"].value and meta["snapshot_rows"].value > 0
+    slot_check = dg.AssetCheckKey(key("t"), "slot_lag")
+    assert (
+        instance.event_log_storage.get_latest_asset_check_execution_by_key([slot_check])[slot_check].status.value
+        == "FAILED"
+    )
+    (row,) = [r for r in collect_status(project.path, instance) if r.table.endswith(".t")]
+    assert row.slot_lost and "is gone from the source" in row.slot_lost
+    assert "LOST slot lost at" in format_status(as_json(collect_status(project.path, instance)))
+    project.sql("UPDATE t SET v = 'found' WHERE id = 4")
+    assert run_sync(project.path, instance=instance, quiet=True).success
+    meta = materializations(instance, "t")[0].metadata
+    assert meta["plan"].value == "stream" and meta["slot_recovered"].value == ""
+    assert (
+        instance.event_log_storage.get_latest_asset_check_execution_by_key([slot_check])[slot_check].status.value
+        == "SUCCEEDED"
     )
     project.sql(f"SELECT pg_drop_replication_slot('{project.config.slot_name}')")

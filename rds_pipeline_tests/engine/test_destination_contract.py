@@ -241,7 +241,16 @@ def test_state_recorded_read_and_forgotten(setup: tuple[Scratch, Destination]) -
     applier.mark_reading(slot, False)
     assert not applier.was_reading(slot)
 
-    assert applier.forget_slot(slot) == 1  # the position and every snapshot under it, together
+    assert applier.slot_lost(slot) is None
+    applier.record_snapshot(other, slot, "0/200")
+    assert applier.forget_slot(slot) == 2  # the position and every snapshot under it, together
+    assert applier.applied_lsn(slot) is None and applier.snapshot_lsns(slot) == {}
+    assert applier.slot_lost(slot) is None  # a deliberate drop (`cdc drop`) is not a loss
+    applier.record_lsn(slot, "0/300")
+    applier.record_snapshot(table, slot, "0/300")
+    assert applier.forget_slot(slot, lost="slot 's' lost the WAL it needed (wal_removed)") == 1
+    when, why = applier.slot_lost(slot) or (None, None)
+    assert why == "slot 's' lost the WAL it needed (wal_removed)" and when is not None
     assert applier.applied_lsn(slot) is None and applier.snapshot_lsns(slot) == {}
     assert applier.forget_slot(slot) == 0
     applier.lock_slot(slot)  # one reader per slot; released (and releasable twice)

@@ -46,6 +46,7 @@ METADATA_COLUMNS = (EXTRACTED_AT, BATCH_ID)
 REPLACING = ("full_table", "log_based")
 SLOTS_TABLE = "_rds_pipeline_slots"  # one row per slot: the LSN up to which the destination holds its changes
 DELETED_AT = "_rds_deleted_at"  # soft deletes: when the source deleted the row
+SLOT_EVENTS_TABLE = "_rds_pipeline_slot_events"  # when and why a slot was lost and re-created (append-only)
 SLOT_MARK = "slot:"  # replication_key of a log-based table's state row: "slot:<name>"
 
 SourceConnect = Callable[[], psycopg2.extensions.connection]
@@ -186,9 +187,14 @@ class ChangeApplier(Protocol):
     def forget_table(self, slot: str, table_id: str) -> None:
         """Void the table's snapshot: the next sync copies it again. One statement; idempotent."""
 
-    def forget_slot(self, slot: str) -> int:
+    def forget_slot(self, slot: str, lost: str | None = None) -> int:
         """Forget the slot's position and every table's snapshot under it, in one transaction (after the slot
-        was dropped). Returns how many tables will be copied again. Idempotent (then 0)."""
+        was dropped). ``lost``: why the source lost the slot, recorded in the same transaction (see
+        ``slot_lost``). Returns how many tables will be copied again. Idempotent (then 0)."""
+        ...
+
+    def slot_lost(self, slot: str) -> tuple[dt.datetime, str] | None:
+        """When the source last lost the slot and why, as ``forget_slot`` recorded it (None: never). Read-only."""
         ...
 
     def slot_age_seconds(self, slot: str) -> int | None:

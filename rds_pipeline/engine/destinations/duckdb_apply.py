@@ -10,6 +10,7 @@ a value lands exactly as the snapshot would have written it. Arrays are turned i
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     DELETED_AT,
     EXTRACTED_AT,
+    SLOT_EVENTS_TABLE,
     SLOT_MARK,
     SLOTS_TABLE,
     ApplyReport,
@@ -343,8 +345,15 @@ class DuckDBApplier:
             [table_id, SLOT_MARK + slot],
         )
 
-    def forget_slot(self, slot: str) -> int:
+    def forget_slot(self, slot: str, lost: str | None = None) -> int:
         _ensure_slots(self.destination)
+        events = f"{dq(self.destination.catalog)}.{dq(self.destination.schema)}.{dq(SLOT_EVENTS_TABLE)}"
+        if lost is not None:
+            run(
+                self.destination.conn,
+                f"CREATE TABLE IF NOT EXISTS {events} (slot VARCHAR NOT NULL, lost_at TIMESTAMPTZ NOT NULL DEFAULT "
+                "now(), lost VARCHAR NOT NULL, tables INTEGER NOT NULL)",
+            )
         self.destination.conn.execute("BEGIN TRANSACTION")
         try:
             run(self.destination.conn, f"DELETE FROM {_slots(self.destination)} WHERE slot = ?", [slot])
@@ -355,11 +364,31 @@ class DuckDBApplier:
                     [SLOT_MARK + slot],
                 ).fetchone()
             )[0]
+            if lost is not None:
+                run(
+                    self.destination.conn,
+                    f"INSERT INTO {events} (slot, lost, tables) VALUES (?, ?, ?)",
+                    [slot, lost, int(count)],
+                )
             self.destination.conn.execute("COMMIT")
         except BaseException:
             self.destination.conn.execute("ROLLBACK")
             raise
         return int(count)
+
+    def slot_lost(self, slot: str) -> tuple[dt.datetime, str] | None:
+        found = run(
+            self.destination.conn,
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
+            [self.destination.catalog, self.destination.schema, SLOT_EVENTS_TABLE],
+        ).fetchone()
+        if not found or not found[0]:
+            return None
+        events = f"{dq(self.destination.catalog)}.{dq(self.destination.schema)}.{dq(SLOT_EVENTS_TABLE)}"
+        row = run(
+            self.destination.conn, f"SELECT lost_at, lost FROM {events} WHERE slot = ? ORDER BY lost_at DESC LIMIT 1", [slot]
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def apply_batch(
         self,

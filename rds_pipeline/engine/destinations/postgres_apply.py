@@ -14,6 +14,7 @@ transactions committed at or after it). No row, or no destination table: the tab
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import zlib
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     DELETED_AT,
     EXTRACTED_AT,
+    SLOT_EVENTS_TABLE,
     SLOT_MARK,
     SLOTS_TABLE,
     STATE_TABLE,
@@ -395,7 +397,7 @@ class PostgresApplier:
                 (table.id, table.destination_table, SLOT_MARK + slot, lsn),
             )
 
-    def forget_slot(self, slot: str) -> int:
+    def forget_slot(self, slot: str, lost: str | None = None) -> int:
         """Forget the slot's position and every table's snapshot under it (after the slot was dropped): the next
         sync snapshots the tables again. Returns how many tables will be snapshotted again."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
@@ -413,7 +415,36 @@ class PostgresApplier:
                         (slot if table == SLOTS_TABLE else SLOT_MARK + slot,),
                     )
                     forgotten = cur.rowcount if table == STATE_TABLE else forgotten
+            if lost is not None:
+                events = sql.Identifier(self.destination.schema, SLOT_EVENTS_TABLE)
+                cur.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (slot text NOT NULL, lost_at timestamptz NOT NULL DEFAULT now(), "
+                        "lost text NOT NULL, tables integer NOT NULL)"
+                    ).format(events)
+                )
+                cur.execute(
+                    sql.SQL("INSERT INTO {} (slot, lost, tables) VALUES (%s, %s, %s)").format(events),
+                    (slot, lost, forgotten),
+                )
             return forgotten
+
+    def slot_lost(self, slot: str) -> tuple[dt.datetime, str] | None:
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            cur.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOT_EVENTS_TABLE)}",),
+            )
+            if not one(cur.fetchone())[0]:
+                return None
+            cur.execute(
+                sql.SQL("SELECT lost_at, lost FROM {} WHERE slot = %s ORDER BY lost_at DESC LIMIT 1").format(
+                    sql.Identifier(self.destination.schema, SLOT_EVENTS_TABLE)
+                ),
+                (slot,),
+            )
+            row = cur.fetchone()
+        return (row[0], row[1]) if row else None
 
     def forget_table(self, slot: str, table_id: str) -> None:
         """The table's snapshot is void (its changes will not be applied): the next sync copies it again."""

@@ -30,6 +30,7 @@ class TableStanding:
     lag: str  # in words: "2 h 5 min of keys", "1,200 keys", "3.2 MB of WAL", "up to date", ...
     lag_amount: float | None = None  # seconds of keys, keys, or bytes of WAL (see lag_unit), for --json
     lag_unit: str | None = None
+    lost: str | None = None  # log-based: when and why the source last lost the slot (re-created, tables copied again)
 
 
 def standings(
@@ -39,9 +40,14 @@ def standings(
     bookmarks = destination.read_bookmarks()
     synced = destination.read_sync_times()
     applied_lsn = None
+    lost = None
     logged = [t for t in selection if t.method == "log_based"]
     if logged:
         applied_lsn = destination.changes().applied_lsn(config.slot_name)
+        event = destination.changes().slot_lost(config.slot_name)
+        if event is not None:
+            at, why = event
+            lost = f"slot lost at {at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC ({why}); re-created, tables copied again"
     probes: dict[str, KeyProbe] = {}
     wal: tuple[Any, ...] | None = None
     problem: str | None = None
@@ -84,6 +90,7 @@ def standings(
                     lag=lag,
                     lag_amount=amount,
                     lag_unit="bytes" if amount is not None else None,
+                    lost=lost,
                 )
             )
         elif table.method == "key_based":

@@ -35,7 +35,7 @@ from rds_pipeline.engine.errors import GapDetected, SetupNeeded, SlotBusy, Table
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
 from rds_pipeline.engine.replication.cdc.setup import ensure_publication
-from rds_pipeline.engine.replication.cdc.slot import SlotStatus, slot_status
+from rds_pipeline.engine.replication.cdc.slot import SlotStatus, drop_slot, slot_status
 from rds_pipeline.engine.replication.cdc.snapshot import SnapshotResult, snapshot_tables, temporary_slot_name
 from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
 from rds_pipeline.engine.selection import SelectedTable
@@ -65,6 +65,7 @@ class LogBasedResult:
     evolved: dict[str, list[str]] = field(default_factory=dict)  # table id -> columns added, dropped, retyped
     generated: dict[str, set[str]] = field(default_factory=dict)  # table id -> its generated columns
     computed: dict[str, list[str]] = field(default_factory=dict)  # table id -> generated columns not in the stream
+    recovered: str | None = None  # the slot was lost and re-created this run (on_slot_lost: resnapshot): why
 
     def changes(self, table_id: str) -> dict[str, int]:
         return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
@@ -248,23 +249,18 @@ def _snapshot(
                 lag = cur.fetchone()
             conn.rollback()
     applied = destination.changes().applied_lsn(result.slot)
+    lost = _lost(result.slot, status, applied)
+    if lost is not None:
+        if config.log_based.on_slot_lost == "fail":
+            raise GapDetected(f"{lost}: changes since are lost. Fix: {RESYNC_FIX}")
+        _recover(connect, destination, result, status, lost)
+        status = applied = None
     if status is None:
-        if applied is not None:
-            raise GapDetected(
-                f"slot {result.slot!r} is gone from the source (dropped, or removed by the server), but "
-                f"the destination holds its changes up to {applied}: changes since are lost. "
-                f"Fix: {RESYNC_FIX}"
-            )
         if not usable:
             return
         copied = snapshot_tables(config.source, destination, usable, result.slot, chunks=chunks, tunnel=connect.tunnel)
         _take(result, copied)
         return
-    if status.wal_status == "lost":
-        raise GapDetected(
-            f"slot {result.slot!r} lost WAL it needed (wal_status lost: it fell further behind than "
-            f"max_slot_wal_keep_size allows). Fix: {RESYNC_FIX}"
-        )
     if status.active:
         _take_over(connect, result.slot, status, lag[1] if lag else None)
     if applied is None:  # the slot was made by `cdc setup`: every table gets its own snapshot, after its position
@@ -286,6 +282,46 @@ def _snapshot(
                 tunnel=connect.tunnel,
             ),
         )
+
+
+def _lost(slot: str, status: SlotStatus | None, applied: str | None) -> str | None:
+    """Why the slot's changes since the destination's position can no longer be read (None: they can)."""
+    if status is None:
+        if applied is None:
+            return None  # never streamed: the first run creates it
+        return (
+            f"slot {slot!r} is gone from the source (dropped, or this server is a promoted standby that did not "
+            f"have it), but the destination holds its changes up to {applied}"
+        )
+    if status.lost is None:
+        return None
+    why = {
+        "wal_removed": "it fell further behind than max_slot_wal_keep_size allows",
+        "rows_removed": "the primary removed rows it still needed (a standby's slot without hot_standby_feedback)",
+        "wal_level_insufficient": "wal_level was lowered below logical",
+        "idle_timeout": "it was idle longer than idle_replication_slot_timeout",
+    }.get(status.lost, "the server invalidated it")
+    return f"slot {slot!r} lost the WAL it needed ({status.lost}: {why})"
+
+
+def _recover(
+    connect: _Connector, destination: Destination, result: LogBasedResult, status: SlotStatus | None, lost: str
+) -> None:
+    """``on_slot_lost: resnapshot``: drop what is left of the slot, forget its position and every table's
+    snapshot under it (recording why, in the same destination transaction), so this run creates a new slot and
+    copies the slot's tables again under its snapshot. Never silent: the run, ``status`` and the check say so."""
+    if status is not None:
+        with connect() as conn:
+            try:
+                drop_slot(conn, result.slot)
+            except psycopg2.errors.ObjectInUse:
+                conn.rollback()
+                raise SlotBusy(
+                    f"slot {result.slot!r} is lost and must be re-created, but a client still holds it (walsender "
+                    f"PID {status.active_pid}). Fix: end that client, then sync again"
+                ) from None
+    tables = destination.changes().forget_slot(result.slot, lost=lost)
+    result.recovered = f"{lost}; a new slot was created and its {tables} table(s) are copied again"
 
 
 def _take(result: LogBasedResult, copied: SnapshotResult) -> None:

@@ -45,6 +45,16 @@ class SlotStatus:
     retained_bytes: int | None  # WAL the server keeps for the slot: current LSN minus its restart LSN
     wal_status: str | None  # reserved, extended, unreserved, lost
     safe_wal_size: int | None  # bytes that can still be written before the slot is in danger (None: no limit)
+    invalidated: str | None = None  # why the server gave the slot up (wal_removed, rows_removed, ...): unusable
+    failover: bool | None = None  # PostgreSQL 17+: created to be synchronized to standbys
+    synced: bool | None = None  # PostgreSQL 17+: a standby's copy of a primary's failover slot
+
+    @property
+    def lost(self) -> str | None:
+        """Why the slot can no longer be read (None: it can): the changes it held are gone."""
+        if self.invalidated:
+            return self.invalidated
+        return "wal_removed" if self.wal_status == "lost" else None
 
 
 def publication_statement(name: str, tables: list[tuple[str, str]], server_version: int = 0) -> sql.Composed:
@@ -109,14 +119,26 @@ def use_snapshot(conn: psycopg2.extensions.connection, snapshot: SlotSnapshot) -
 
 
 def slot_status(conn: psycopg2.extensions.connection, slot: str) -> SlotStatus | None:
-    """The slot's activity, position, retained WAL and risk (``wal_status``, ``safe_wal_size``)."""
+    """The slot's activity, position, retained WAL and risk (``wal_status``, ``safe_wal_size``), and whether the
+    server invalidated it (PostgreSQL 17+ says why; 16 says ``conflicting`` on a standby)."""
+    version = conn.server_version
+    invalidated = (
+        "invalidation_reason"
+        if version >= 170000
+        else "CASE WHEN conflicting THEN 'rows_removed' END"
+        if version >= 160000
+        else "NULL::text"
+    )
+    failover = "failover, synced" if version >= 170000 else "NULL::boolean, NULL::boolean"
+    position = "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, "
-            "pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
-            " confirmed_flush_lsn)::bigint, pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-            "ELSE pg_current_wal_lsn() END, restart_lsn)::bigint, wal_status, safe_wal_size "
-            "FROM pg_replication_slots WHERE slot_name = %s",
+            sql.SQL(
+                "SELECT active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, "
+                "pg_wal_lsn_diff({position}, confirmed_flush_lsn)::bigint, "
+                "pg_wal_lsn_diff({position}, restart_lsn)::bigint, wal_status, safe_wal_size, {invalidated}, "
+                "{failover} FROM pg_replication_slots WHERE slot_name = %s"
+            ).format(position=sql.SQL(position), invalidated=sql.SQL(invalidated), failover=sql.SQL(failover)),
             (slot,),
         )
         row = cur.fetchone()
