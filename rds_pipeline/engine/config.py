@@ -445,13 +445,7 @@ class _Reader:
                 f"'{deletes}' is not a mode. Fix: use hard (rows are deleted) or soft "
                 "(rows stay, with _rds_deleted_at set)",
             )
-        lost = self.string("log_based", data, "on_slot_lost", default="resnapshot")
-        if lost not in SLOT_LOST_MODES:
-            self.problem(
-                "log_based.on_slot_lost",
-                f"'{lost}' is not a mode. Fix: use resnapshot (a new slot, and the slot's tables copied again) or "
-                "fail (stop, and wait for `rds-pipeline cdc drop`)",
-            )
+        lost = self.choice("log_based", data, "on_slot_lost", "resnapshot", SLOT_LOST_MODES)
         numbers = {
             name: self.integer("log_based", data, name, getattr(defaults, name), 1, 10**9)
             for name in (

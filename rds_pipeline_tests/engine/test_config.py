@@ -191,3 +191,11 @@ def test_owners_and_tags_are_checked_before_dagster_sees_them(config_dir: Path) 
     assert "tags.tier: 'a b' is not a valid tag value" in found
     good = load_config(write(config_dir, VALID + "owners: [data@example.com]\ntags: {domain: sales}\n"))
     assert good.owners == ("data@example.com",) and good.tags == {"domain": "sales"}
+
+
+def test_on_slot_lost_defaults_to_resnapshot_and_refuses_other_words(config_dir: Path) -> None:
+    assert load_config(write(config_dir, VALID)).log_based.on_slot_lost == "resnapshot"
+    assert load_config(write(config_dir, VALID + "log_based: {on_slot_lost: fail}\n")).log_based.on_slot_lost == "fail"
+    assert problems(VALID + "log_based: {on_slot_lost: panic}\n", config_dir) == [
+        "log_based.on_slot_lost: 'panic' is not one of resnapshot, fail. Fix: write e.g. `on_slot_lost: resnapshot`"
+    ]

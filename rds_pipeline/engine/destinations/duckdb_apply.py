@@ -386,7 +386,9 @@ class DuckDBApplier:
             return None
         events = f"{dq(self.destination.catalog)}.{dq(self.destination.schema)}.{dq(SLOT_EVENTS_TABLE)}"
         row = run(
-            self.destination.conn, f"SELECT lost_at, lost FROM {events} WHERE slot = ? ORDER BY lost_at DESC LIMIT 1", [slot]
+            self.destination.conn,
+            f"SELECT lost_at, lost FROM {events} WHERE slot = ? ORDER BY lost_at DESC LIMIT 1",
+            [slot],
         ).fetchone()
         return (row[0], row[1]) if row else None
 

@@ -91,6 +91,12 @@ def _slots_table(cur: psycopg2.extensions.cursor, destination: PostgresDestinati
     return state
 
 
+def _exists(cur: psycopg2.extensions.cursor, destination: PostgresDestination, table: str) -> bool:
+    """Whether the destination schema holds ``table`` (one of our state tables, made on first use)."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(destination.schema)}.{quote_ident(table)}",))
+    return bool(one(cur.fetchone())[0])
+
+
 def _write_lsn(cur: psycopg2.extensions.cursor, destination: PostgresDestination, slot: str, lsn: str) -> None:
     """Move the slot's LSN forward to ``lsn`` (never back), in the caller's transaction."""
     state = _slots_table(cur, destination)
@@ -329,11 +335,7 @@ class PostgresApplier:
     def applied_lsn(self, slot: str) -> str | None:
         """The LSN up to which the self.destination holds the slot's changes (None: nothing applied yet)."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOTS_TABLE)}",),
-            )
-            if not one(cur.fetchone())[0]:
+            if not _exists(cur, self.destination, SLOTS_TABLE):
                 return None
             cur.execute(
                 sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(
@@ -369,11 +371,7 @@ class PostgresApplier:
     def snapshot_lsns(self, slot: str) -> dict[str, str]:
         """Per log-based table of ``slot`` whose self.destination table exists: the LSN of the snapshot it was copied at."""
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f"{quote_ident(self.destination.schema)}.{quote_ident(STATE_TABLE)}",),
-            )
-            if not one(cur.fetchone())[0]:
+            if not _exists(cur, self.destination, STATE_TABLE):
                 return {}
             cur.execute(
                 sql.SQL(
@@ -403,11 +401,7 @@ class PostgresApplier:
         with self.destination.conn, self.destination.conn.cursor() as cur:
             forgotten = 0
             for table, column in ((SLOTS_TABLE, "slot"), (STATE_TABLE, "replication_key")):
-                cur.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL",
-                    (f"{quote_ident(self.destination.schema)}.{quote_ident(table)}",),
-                )
-                if one(cur.fetchone())[0]:
+                if _exists(cur, self.destination, table):
                     cur.execute(
                         sql.SQL("DELETE FROM {} WHERE {} = %s").format(
                             sql.Identifier(self.destination.schema, table), sql.Identifier(column)
@@ -431,11 +425,7 @@ class PostgresApplier:
 
     def slot_lost(self, slot: str) -> tuple[dt.datetime, str] | None:
         with self.destination.conn, self.destination.conn.cursor() as cur:
-            cur.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f"{quote_ident(self.destination.schema)}.{quote_ident(SLOT_EVENTS_TABLE)}",),
-            )
-            if not one(cur.fetchone())[0]:
+            if not _exists(cur, self.destination, SLOT_EVENTS_TABLE):
                 return None
             cur.execute(
                 sql.SQL("SELECT lost_at, lost FROM {} WHERE slot = %s ORDER BY lost_at DESC LIMIT 1").format(
