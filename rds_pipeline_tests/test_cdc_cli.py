@@ -92,7 +92,7 @@ def test_check_and_cdc_commands(logical18: LocalPostgres, tmp_path: Path) -> Non
     assert setup.stdout.splitlines() == [
         'CREATE PUBLICATION "rds_pipeline_cdc_cli" FOR TABLE "public"."t", "public"."nokey" WITH '
         "(publish_via_partition_root = true, publish_generated_columns = stored);",
-        "SELECT pg_create_logical_replication_slot('rds_pipeline_cdc_cli', 'pgoutput');",
+        "SELECT pg_create_logical_replication_slot('rds_pipeline_cdc_cli', 'pgoutput', false, false, true);",
     ]
     rechecked = cli(path, "check", password=password)  # ready now: warnings only, so it passes
     assert rechecked.returncode == 0, rechecked.stdout + rechecked.stderr

@@ -114,6 +114,7 @@ class LogBasedConfig:
     takeover_after_seconds: int = 120  # a reader silent this long is gone: its walsender may be ended
     max_batch_changes: int = 50_000  # changes per destination transaction (memory stays bounded)
     on_slot_lost: str = "resnapshot"  # resnapshot: re-create the slot and copy its tables again; fail: stop
+    slot_create_wait_seconds: int = 120  # creating a slot waits for running transactions (a standby: the primary)
 
 
 SLOT_LOST_MODES = ("resnapshot", "fail")
@@ -455,6 +456,7 @@ class _Reader:
                 "lag_fail_minutes",
                 "takeover_after_seconds",
                 "max_batch_changes",
+                "slot_create_wait_seconds",
             )
         }
         for warn, fail in (("lag_warn_mb", "lag_fail_mb"), ("lag_warn_minutes", "lag_fail_minutes")):

@@ -8,8 +8,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2 import sql
+
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.destinations.base import Destination
+from rds_pipeline.engine.replication.cdc.slot import WAL_POSITION
 from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import INTEGER_TYPES, SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
@@ -64,7 +67,7 @@ def standings(
             if logged:
                 with conn.cursor() as cur:
                     cur.execute(
-                        "SELECT pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)",
+                        sql.SQL("SELECT {0}::text, pg_wal_lsn_diff({0}, %s::pg_lsn)").format(WAL_POSITION),
                         (applied_lsn or "0/0",),
                     )
                     wal = cur.fetchone()

@@ -17,7 +17,13 @@ from rds_pipeline.engine.source.catalog import Relation
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
 from rds_pipeline.engine.source.diagnostics import MIN_SERVER_VERSION_NUM, inspect_connection, standby_advice
 from rds_pipeline.engine.source.discovery import discover_database
-from rds_pipeline.engine.source.logical import IDENTITIES, publication_facts, readiness
+from rds_pipeline.engine.source.logical import (
+    IDENTITIES,
+    publication_facts,
+    readiness,
+    replica_facts,
+    replica_findings,
+)
 
 # A deliberately pessimistic read rate for a production source, to size statement_timeout.
 ASSUMED_READ_BYTES_PER_SECOND = 20 * 1024 * 1024
@@ -206,6 +212,8 @@ def log_based_findings(
             if what
             else Finding("ok", table.id, f"replica identity {identity}: updates and deletes can be streamed{generated}")
         )
+    for severity, subject, what, fix in replica_findings(replica_facts(conn, config.slot_name), config.slot_name):
+        findings.append(Finding(severity, subject, what, fix))
     if ready.max_slot_wal_keep_size_mb < 0:
         setting = (
             "in the DB parameter group (no reboot needed)"

@@ -315,3 +315,128 @@ def publication_facts(
                         left_out[table.id] = gone
     conn.rollback()
     return PublicationFacts(publication, missing, bool(via_root), filters, left_out, bool(sends_stored))
+
+
+DECODES_ON_STANDBY = 160000  # logical decoding on a hot standby came with PostgreSQL 16
+FAILOVER_SLOTS = 170000  # failover slots, synchronized to standbys, came with 17
+
+
+@dataclass(frozen=True)
+class ReplicaFacts:
+    """Where the slot lives, for the read-replica and failover advice of ``check``."""
+
+    standby: bool
+    server_version: int
+    hot_standby_feedback: bool
+    sync_replication_slots: bool | None  # a 17+ standby synchronizes the primary's failover slots
+    synchronized_standby_slots: str | None  # a 17+ primary waits for these standbys before sending changes
+    slot_failover: bool | None  # the slot exists and is a failover slot (17+); None: no slot, or before 17
+
+
+def replica_facts(conn: psycopg2.extensions.connection, slot: str) -> ReplicaFacts:
+    version = conn.server_version
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback') = 'on'")
+        standby, feedback = one(cur.fetchone())
+        synced = waits = failover = None
+        if version >= FAILOVER_SLOTS:
+            cur.execute(
+                "SELECT current_setting('sync_replication_slots') = 'on', "
+                "current_setting('synchronized_standby_slots'), "
+                "(SELECT failover FROM pg_replication_slots WHERE slot_name = %s)",
+                (slot,),
+            )
+            synced, waits, failover = one(cur.fetchone())
+    conn.rollback()
+    return ReplicaFacts(bool(standby), version, bool(feedback), synced, waits or None, failover)
+
+
+def replica_findings(facts: ReplicaFacts, slot: str) -> list[tuple[str, str, str, str | None]]:
+    """(severity, subject, what, fix): a standby as the source, and whether a failover keeps the slot."""
+    major = facts.server_version // 10000
+    if facts.standby:
+        if facts.server_version < DECODES_ON_STANDBY:
+            return [
+                (
+                    "error",
+                    "standby",
+                    f"the source is a standby running PostgreSQL {major}, which cannot decode logical changes "
+                    "(16+ can)",
+                    "point source at the primary for log-based tables, or upgrade the replica to 16 or newer",
+                )
+            ]
+        found: list[tuple[str, str, str, str | None]] = [
+            (
+                "ok",
+                "standby",
+                "the source is a standby: snapshots and the stream read it, and the primary carries only its WAL. "
+                "The heartbeat cannot be written here; lag is measured against the replay position",
+                None,
+            )
+        ]
+        if not facts.hot_standby_feedback:
+            found.append(
+                (
+                    "warning",
+                    "hot_standby_feedback",
+                    "is off: the primary's VACUUM may remove rows a slot here still needs, and the server then "
+                    "invalidates the slot (rows_removed); the next sync copies every log-based table again",
+                    "set hot_standby_feedback = on in the replica's parameter group (a self-managed replica also "
+                    "wants a physical slot on the primary: primary_slot_name)",
+                )
+            )
+        if facts.server_version >= FAILOVER_SLOTS and facts.sync_replication_slots:
+            found.append(
+                (
+                    "ok",
+                    "failover",
+                    "this standby synchronizes the primary's failover slots; a slot made here is its own and is lost "
+                    "if the standby is promoted (the tables are then copied again)",
+                    None,
+                )
+            )
+        return found
+    if facts.server_version < FAILOVER_SLOTS:
+        return [
+            (
+                "ok",
+                "failover",
+                f"PostgreSQL {major} has no failover slots: after a failover the new primary has no slot "
+                "and the next sync copies every log-based table again (on_slot_lost: resnapshot)",
+                None,
+            )
+        ]
+    found = []
+    if facts.slot_failover is False:
+        found.append(
+            (
+                "warning",
+                f"slot {slot}",
+                "is not a failover slot: a standby cannot keep it, so a failover means copying every table again",
+                f'psql "dbname=… replication=database" -c \'ALTER_REPLICATION_SLOT {quote_ident(slot)} '
+                "(FAILOVER true)'  -- or `rds-pipeline cdc drop` and sync (a new slot is made with failover)",
+            )
+        )
+    if facts.synchronized_standby_slots:
+        found.append(
+            (
+                "ok",
+                "failover",
+                f"the slot is a failover slot and the primary sends changes only once the standby slot(s) "
+                f"{facts.synchronized_standby_slots} have them: after a failover the stream goes on, nothing lost",
+                None,
+            )
+        )
+    else:
+        found.append(
+            (
+                "warning",
+                "failover",
+                "synchronized_standby_slots is empty: the slot may reach a standby late (or never), and changes "
+                "we applied may be missing on a promoted standby",
+                "on the primary: ALTER SYSTEM SET synchronized_standby_slots = '<the standby's physical slot>'; "
+                "on the standby: sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name, and a "
+                "dbname in primary_conninfo. On RDS, a Multi-AZ instance fails over with its slots; see the README",
+            )
+        )
+    return found

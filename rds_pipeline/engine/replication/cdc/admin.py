@@ -27,7 +27,7 @@ from rds_pipeline.engine.replication.cdc.slot import PLUGIN, slot_status
 from rds_pipeline.engine.report import format_size
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import source_connection
-from rds_pipeline.engine.source.logical import publication_facts, readiness
+from rds_pipeline.engine.source.logical import FAILOVER_SLOTS, publication_facts, readiness, replica_facts
 
 
 def log_based(selection: list[SelectedTable]) -> list[SelectedTable]:
@@ -59,8 +59,12 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
         if slot_status(conn, config.slot_name) is not None:
             yield f"-- slot {config.slot_name} already exists"
             return
-        statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {})").format(
-            sql.Literal(config.slot_name), sql.Literal(PLUGIN)
+        failover = sql.SQL(", false, false, true" if conn.server_version >= FAILOVER_SLOTS else "")
+        standby = replica_facts(conn, config.slot_name).standby
+        if standby:  # nothing can be created on a standby but its own slot, which cannot be a failover one
+            failover = sql.SQL("")
+        statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {}{})").format(
+            sql.Literal(config.slot_name), sql.Literal(PLUGIN), failover
         )
         yield from (
             f"{text};"

@@ -7,13 +7,17 @@ holds) and what to do about a slot another client holds. The order:
 1. One run per slot at a time: a session advisory lock on the destination (bounded by ``lock_timeout``).
 2. The source is ready (``wal_level``, the replication right); a table without a usable replica identity is
    refused by name, before anything is added to a publication.
-3. A heartbeat (a logical message), so the slot advances even when the selected tables are idle.
-4. The publication holds every log-based table (created or extended; or the SQL for an admin).
-5. No slot: create it with an exported snapshot and copy every table under it. A slot: tables without a
-   snapshot (added to the selection, reset, or failed before) get one from a temporary slot.
-6. Catch up: apply the slot's changes to ``pg_current_wal_lsn()`` as of now, in batches, confirming each only
-   after the destination committed it. A table whose changes cannot be applied is dropped from this run (its
-   snapshot is forgotten, so the next run copies it again) and the others go on.
+3. A heartbeat (a logical message), so the slot advances even when the selected tables are idle (not on a
+   standby, which cannot write).
+4. The publication holds every log-based table (created or extended; or the SQL for an admin; on a standby,
+   the SQL to run on the primary).
+5. No slot, or a lost one (``on_slot_lost``): create it with an exported snapshot (failover where PostgreSQL
+   17+ can) and copy every table under it. A slot: tables without a snapshot (added to the selection, reset,
+   or failed before) get one from a temporary slot.
+6. Catch up: apply the slot's changes to the source's WAL position as of now (on a standby, its replay
+   position), in batches, confirming each only after the destination committed it. A table whose changes
+   cannot be applied is dropped from this run (its snapshot is forgotten, so the next run copies it again) and
+   the others go on.
 """
 
 from __future__ import annotations
@@ -30,17 +34,18 @@ import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.ranges import KeyRange
+from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.errors import GapDetected, SetupNeeded, SlotBusy, TableApplyError
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
-from rds_pipeline.engine.replication.cdc.setup import ensure_publication
+from rds_pipeline.engine.replication.cdc.setup import ensure_publication, publication_plan
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, drop_slot, slot_status
 from rds_pipeline.engine.replication.cdc.snapshot import SnapshotResult, snapshot_tables, temporary_slot_name
 from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
-from rds_pipeline.engine.source.logical import publication_facts, readiness
+from rds_pipeline.engine.source.logical import DECODES_ON_STANDBY, publication_facts, readiness
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
     from rds_pipeline.engine.source.tunnel import SshTunnel
@@ -66,6 +71,7 @@ class LogBasedResult:
     generated: dict[str, set[str]] = field(default_factory=dict)  # table id -> its generated columns
     computed: dict[str, list[str]] = field(default_factory=dict)  # table id -> generated columns not in the stream
     recovered: str | None = None  # the slot was lost and re-created this run (on_slot_lost: resnapshot): why
+    standby: bool = False  # the source is a hot standby (PostgreSQL 16+ decodes there)
 
     def changes(self, table_id: str) -> dict[str, int]:
         return dict(self.stream.per_table.get(table_id, {})) if self.stream else {}
@@ -104,6 +110,7 @@ def sync_log_based(
                 temporary=True,
                 ranges=wanted,
                 tunnel=tunnel,
+                wait_seconds=config.log_based.slot_create_wait_seconds,
             )
             for table_id, exc in copied.failed.items():
                 result.failures[table_id] = f"re-copying its range failed: {_first_line(exc)}. Fix: run it again"
@@ -161,6 +168,7 @@ def _prepare_source(
     """Readiness, the heartbeat and the publication. Returns the tables that can be streamed."""
     config = connect.config
     with connect() as conn:
+        result.standby = _standby(conn)
         ready = readiness(conn, tables)
         published = publication_facts(conn, result.publication, tables)  # one made by someone else, maybe
         problems = ready.problems(tables, config.source.user, published)
@@ -200,11 +208,35 @@ def _prepare_source(
             if changes:
                 result.evolved[table.id] = changes
             usable.append(table)
-        if config.log_based.heartbeat and usable:
+        if config.log_based.heartbeat and usable and not result.standby:  # a standby cannot write WAL
             result.heartbeat = _heartbeat(conn)
-        if usable:
+        if usable and result.standby:
+            missing = publication_plan(conn, result.publication, usable)
+            if missing:
+                raise SetupNeeded(
+                    "the source is a standby, where nothing can be created: a publication is made on the primary "
+                    "and reaches the standby with the WAL. Fix: run on the primary:\n  "
+                    + ";\n  ".join(s.as_string(conn) for s in missing)
+                    + ";"
+                )
+        elif usable:
             result.statements = ensure_publication(conn, result.publication, usable)
         return usable
+
+
+def _standby(conn: psycopg2.extensions.connection) -> bool:
+    """Whether the source is a hot standby; before PostgreSQL 16 one cannot decode, which is refused here."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        standby = bool(one(cur.fetchone())[0])
+    conn.rollback()
+    if standby and conn.server_version < DECODES_ON_STANDBY:
+        raise SetupNeeded(
+            f"the source is a standby running PostgreSQL {conn.server_version // 10000}, which cannot decode "
+            "logical changes (16+ can). Fix: point source at the primary for log-based tables, or upgrade the "
+            "replica to PostgreSQL 16 or newer"
+        )
+    return standby
 
 
 def _heartbeat(conn: psycopg2.extensions.connection) -> bool:
@@ -258,7 +290,16 @@ def _snapshot(
     if status is None:
         if not usable:
             return
-        copied = snapshot_tables(config.source, destination, usable, result.slot, chunks=chunks, tunnel=connect.tunnel)
+        copied = snapshot_tables(
+            config.source,
+            destination,
+            usable,
+            result.slot,
+            chunks=chunks,
+            tunnel=connect.tunnel,
+            failover=not result.standby,  # PostgreSQL 17+: kept in step on standbys that sync slots
+            wait_seconds=config.log_based.slot_create_wait_seconds,
+        )
         _take(result, copied)
         return
     if status.active:
@@ -280,6 +321,7 @@ def _snapshot(
                 chunks=chunks,
                 main_slot=result.slot,
                 tunnel=connect.tunnel,
+                wait_seconds=config.log_based.slot_create_wait_seconds,
             ),
         )
 

@@ -9,9 +9,11 @@ returned as text, so a command can print what it runs, or what an administrator 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
@@ -19,12 +21,16 @@ from psycopg2 import sql
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import SESSION_SETTINGS
+from rds_pipeline.engine.errors import SetupNeeded
 from rds_pipeline.engine.source.connection import connect_source
+from rds_pipeline.engine.source.logical import FAILOVER_SLOTS
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
     from rds_pipeline.engine.source.tunnel import SshTunnel
 
 PLUGIN = "pgoutput"
+# where the source's WAL ends now: on a standby, what it has replayed (all a slot there can decode)
+WAL_POSITION = sql.SQL("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END")
 
 
 @dataclass(frozen=True)
@@ -94,19 +100,51 @@ def replication_connection(
 
 
 def create_slot(
-    conn: psycopg2.extras.LogicalReplicationConnection, slot: str, temporary: bool = False
+    conn: psycopg2.extras.LogicalReplicationConnection,
+    slot: str,
+    temporary: bool = False,
+    *,
+    failover: bool = False,
+    wait_seconds: float | None = None,
 ) -> tuple[SlotSnapshot, str]:
-    """Create a pgoutput slot and export its snapshot (the syntax every server from 12 to 18 accepts); a
-    temporary slot is dropped when ``conn`` closes. Keep ``conn`` open and idle until the copy under the
-    snapshot has started."""
-    statement = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} EXPORT_SNAPSHOT").format(
-        sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""), sql.Identifier(PLUGIN)
-    )
+    """Create a pgoutput slot and export its snapshot; a temporary slot is dropped when ``conn`` closes. Keep
+    ``conn`` open and idle until the copy under the snapshot has started. ``failover``: on a PostgreSQL 17+
+    primary, mark it to be synchronized to standbys. The server waits for every transaction running at that
+    moment to end (on a standby, for the primary to log them): ``wait_seconds`` bounds that, then the
+    creation is cancelled and ``SetupNeeded`` says what keeps it waiting."""
+    if failover and not temporary and conn.server_version >= FAILOVER_SLOTS:
+        statement = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} (SNAPSHOT 'export', FAILOVER true)").format(
+            sql.Identifier(slot), sql.Identifier(PLUGIN)
+        )
+    else:  # the syntax every server from 12 to 18 accepts
+        statement = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} EXPORT_SNAPSHOT").format(
+            sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""), sql.Identifier(PLUGIN)
+        )
     text = statement.as_string(conn)
-    with conn.cursor() as cur:
-        cur.execute(text)
-        name, consistent_point, snapshot_name, _plugin = one(cur.fetchone())
+    timer = threading.Timer(wait_seconds, conn.cancel) if wait_seconds else None
+    try:
+        with conn.cursor() as cur:
+            if timer is not None:
+                timer.start()
+            cur.execute(text)
+            name, consistent_point, snapshot_name, _plugin = one(cur.fetchone())
+    except psycopg2.errors.QueryCanceled:
+        raise SetupNeeded(
+            f"creating slot {slot!r} waited {wait_seconds:.0f}s (log_based.slot_create_wait_seconds) for the "
+            "transactions running on the source to end, and was cancelled. Fix: " + WAITING_FIX
+        ) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     return SlotSnapshot(name, consistent_point, snapshot_name), text
+
+
+WAITING_FIX = (
+    "on a standby the slot waits for the primary to log its running transactions: run SELECT "
+    "pg_log_standby_snapshot(); on the primary (or write anything there; RDS's own heartbeat does within "
+    "minutes), then sync again. On a primary, a long transaction keeps it waiting: find it in pg_stat_activity "
+    "(the oldest xact_start with a backend_xid) and end it. Nothing was created, so no slot holds WAL"
+)
 
 
 def use_snapshot(conn: psycopg2.extensions.connection, snapshot: SlotSnapshot) -> None:
@@ -130,7 +168,6 @@ def slot_status(conn: psycopg2.extensions.connection, slot: str) -> SlotStatus |
         else "NULL::text"
     )
     failover = "failover, synced" if version >= 170000 else "NULL::boolean, NULL::boolean"
-    position = "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
@@ -138,7 +175,7 @@ def slot_status(conn: psycopg2.extensions.connection, slot: str) -> SlotStatus |
                 "pg_wal_lsn_diff({position}, confirmed_flush_lsn)::bigint, "
                 "pg_wal_lsn_diff({position}, restart_lsn)::bigint, wal_status, safe_wal_size, {invalidated}, "
                 "{failover} FROM pg_replication_slots WHERE slot_name = %s"
-            ).format(position=sql.SQL(position), invalidated=sql.SQL(invalidated), failover=sql.SQL(failover)),
+            ).format(position=WAL_POSITION, invalidated=sql.SQL(invalidated), failover=sql.SQL(failover)),
             (slot,),
         )
         row = cur.fetchone()

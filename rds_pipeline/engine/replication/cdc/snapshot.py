@@ -57,14 +57,17 @@ def snapshot_tables(
     main_slot: str | None = None,
     on_table: Callable[[str, int], None] | None = None,
     tunnel: SshTunnel | None = None,
+    failover: bool = False,
+    wait_seconds: float | None = None,
 ) -> SnapshotResult:
     """Create ``slot`` (temporary: dropped when this returns) with an exported snapshot and copy ``tables`` as of
     it: whole (in ``chunks`` when given) or only ``ranges[table id]``. A whole table's state records the
     snapshot's LSN under ``main_slot`` (default ``slot``); a permanent slot's position is recorded too.
-    A table that fails is in ``failed``; the others still commit."""
+    A table that fails is in ``failed``; the others still commit. ``failover`` and ``wait_seconds``: see
+    ``create_slot``."""
     replication = replication_connection(config, tunnel)
     try:
-        snapshot, _ = create_slot(replication, slot, temporary=temporary)
+        snapshot, _ = create_slot(replication, slot, temporary, failover=failover, wait_seconds=wait_seconds)
         source = connect_source(config, tunnel)
         try:
             apply_session_settings(source)

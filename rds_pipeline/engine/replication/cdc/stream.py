@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
+from psycopg2 import sql
 
 from rds_pipeline.engine.config import SourceConfig
 from rds_pipeline.engine.core.changes import ChangeBatch, Layout
@@ -27,7 +28,7 @@ from rds_pipeline.engine.errors import GapDetected, RdsPipelineError
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
 from rds_pipeline.engine.replication.cdc.generated import GeneratedFiller
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
-from rds_pipeline.engine.replication.cdc.slot import replication_connection
+from rds_pipeline.engine.replication.cdc.slot import WAL_POSITION, replication_connection
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source
 
@@ -100,14 +101,15 @@ def catch_up(
     tunnel: SshTunnel | None = None,
     generated: dict[str, set[str]] | None = None,
 ) -> StreamResult:
-    """Apply the slot's changes up to ``pg_current_wal_lsn()`` as of now, then stop. ``since``: per table, the
+    """Apply the slot's changes up to the source's WAL position as of now (``WAL_POSITION``), then stop. ``since``: per table, the
     LSN of its snapshot (its changes in transactions committed before it are already in the copy).
     ``generated``: per table id, its generated columns (the stream may leave them out: see ``generated.py``)."""
     conn = connect_source(config, tunnel)
     with contextlib.closing(conn), conn.cursor() as cur:
         cur.execute(
-            "SELECT pg_current_wal_lsn()::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
-            "WHERE slot_name = %s)",
+            sql.SQL(
+                "SELECT {}::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s)"
+            ).format(WAL_POSITION),
             (slot,),
         )
         target_text, confirmed = one(cur.fetchone())
