@@ -11,7 +11,7 @@ import threading
 import psycopg2
 import pytest
 
-from rds_pipeline.engine.errors import SetupNeeded
+from rds_pipeline.engine.errors import SelectionError, SetupNeeded
 from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 from rds_pipeline.engine.replication.cdc.slot import slot_status
 from rds_pipeline.engine.source.checks import run_checks
@@ -234,3 +234,33 @@ def test_a_publication_that_would_drop_changes_is_refused_by_name(logical18: Loc
     sync_log_based(scratch.config, dest, [t, u, parted])
     equal(scratch, dest, t, u, parted)
     dest.close()
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["pg18", "pg15"])
+def test_a_keyless_table_needs_a_key_of_the_users_choosing(logical_servers: list[LocalPostgres], index: int) -> None:
+    """A table with REPLICA IDENTITY FULL and no key is refused at selection, with the fix: we do not apply
+    changes by matching whole rows, as PostgreSQL's own subscriber does, because a keyless table may hold
+    duplicates (one of two equal rows deleted must leave one, which a set-based apply cannot say) and each
+    change would scan the replica. With `primary_key:` it streams; a `primary_key:` the rows do not honour is
+    refused by name when the copy finds the duplicate, and the other table streams on."""
+    scratch = make_scratch(logical_servers[index], f"Keyless {index}")
+    scratch.sql(
+        "CREATE TABLE k (a int, b text); ALTER TABLE k REPLICA IDENTITY FULL; INSERT INTO k VALUES (1, 'x'), (2, 'y');"
+        "CREATE TABLE d (a int, b text); ALTER TABLE d REPLICA IDENTITY FULL; INSERT INTO d VALUES (1, 'x'), (1, 'x');"
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)"
+    )
+    with pytest.raises(SelectionError, match=r"log_based needs a primary key.*REPLICA IDENTITY FULL.*primary_key:"):
+        scratch.one({"name": "public.k", "method": "log_based"})
+    k = scratch.one({"name": "public.k", "method": "log_based", "primary_key": ["a"]})
+    d = scratch.one({"name": "public.d", "method": "log_based", "primary_key": ["a"]})
+    t = scratch.one({"name": "public.t", "method": "log_based"})
+    dest = scratch.destination()
+    first = sync_log_based(scratch.config, dest, [k, d, t])
+    assert set(first.failures) == {d.id} and "not unique on its key: set `primary_key:`" in first.failures[d.id]
+    scratch.sql("UPDATE k SET b = 'z' WHERE a = 2; DELETE FROM k WHERE a = 1; INSERT INTO k VALUES (3, 'w')")
+    scratch.sql("INSERT INTO t VALUES (2)")
+    second = sync_log_based(scratch.config, dest, [k, d, t])
+    assert set(second.failures) == {d.id} and second.changes(k.id) == {"update": 1, "delete": 1, "insert": 1}
+    equal(scratch, dest, k, t)
+    dest.close()
+    scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")

@@ -371,10 +371,22 @@ def _take(result: LogBasedResult, copied: SnapshotResult) -> None:
         result.snapshots[table_id] = rows
         result.snapshot_lsn[table_id] = copied.consistent_point
     for table_id, exc in copied.failed.items():
-        result.failures[table_id] = (
-            f"its snapshot failed: {_first_line(exc)}. Fix: sync again (the table gets a "
-            "new snapshot; the others stream meanwhile)"
+        fix = (
+            "the rows are not unique on its key: set `primary_key:` to columns that identify a row, or use full_table"
+            if _duplicates(exc)
+            else "sync again (the table gets a new snapshot; the others stream meanwhile)"
         )
+        result.failures[table_id] = f"its snapshot failed: {_first_line(exc)}. Fix: {fix}"
+
+
+def _duplicates(exc: BaseException) -> bool:
+    """Whether the copy failed because two rows share the key (a `primary_key:` the table does not honour)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg2.errors.UniqueViolation) or "could not create unique index" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _take_over(connect: _Connector, slot: str, status: SlotStatus, silent_seconds: float | None) -> None:
