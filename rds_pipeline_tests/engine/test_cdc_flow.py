@@ -264,3 +264,34 @@ def test_a_keyless_table_needs_a_key_of_the_users_choosing(logical_servers: list
     equal(scratch, dest, k, t)
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["pg18", "pg15"])
+def test_publications_for_all_tables_or_a_schema_are_used_as_they_are(
+    logical_servers: list[LocalPostgres], index: int
+) -> None:
+    """A publication made by someone else `FOR TABLES IN SCHEMA` or `FOR ALL TABLES` already sends the tables:
+    nothing is altered (ALTER PUBLICATION … ADD TABLE fails on FOR ALL TABLES), a table created later in the
+    schema streams once selected, and the replica equals the source."""
+    server = logical_servers[index]
+    for kind, clause in (("schema", "FOR TABLES IN SCHEMA app"), ("all", "FOR ALL TABLES")):
+        scratch = make_scratch(server, f"Wide {kind} {index}")
+        pub = scratch.config.publication_name
+        scratch.sql(
+            "CREATE SCHEMA app; CREATE TABLE app.a (id int PRIMARY KEY, v text); INSERT INTO app.a VALUES (1, 'a');"
+            f"CREATE PUBLICATION {pub} {clause}"
+        )
+        a = scratch.one({"name": "app.a", "method": "log_based"})
+        dest = scratch.destination()
+        first = sync_log_based(scratch.config, dest, [a])
+        assert not first.failures and not first.statements and first.snapshots == {a.id: 1}
+        scratch.sql("CREATE TABLE app.b (id int PRIMARY KEY, v text); INSERT INTO app.b VALUES (1, 'b')")
+        scratch.sql("UPDATE app.a SET v = 'changed'")
+        b = scratch.one({"name": "app.b", "method": "log_based"})
+        added = sync_log_based(scratch.config, dest, [a, b])
+        assert not added.failures and not added.statements and set(added.snapshots) == {b.id}
+        scratch.sql("DELETE FROM app.a; INSERT INTO app.b VALUES (2, 'c')")
+        sync_log_based(scratch.config, dest, [a, b])
+        equal(scratch, dest, a, b)
+        dest.close()
+        scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")

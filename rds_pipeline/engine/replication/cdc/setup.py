@@ -22,18 +22,14 @@ from rds_pipeline.engine.selection import SelectedTable
 
 
 def publication_tables(conn: psycopg2.extensions.connection, publication: str) -> set[tuple[str, str]] | None:
-    """The tables a publication holds (None: it does not exist)."""
+    """The tables a publication sends (None: it does not exist): named ones, and those it takes in through
+    ``FOR ALL TABLES`` or ``FOR TABLES IN SCHEMA`` (PostgreSQL 15+), as ``pg_publication_tables`` lists them."""
     with conn.cursor() as cur:
-        cur.execute("SELECT oid, puballtables FROM pg_publication WHERE pubname = %s", (publication,))
-        row = cur.fetchone()
-        if row is None:
+        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
+        if cur.fetchone() is None:
             conn.rollback()
             return None
-        cur.execute(
-            "SELECT n.nspname, c.relname FROM pg_publication_rel p JOIN pg_class c ON c.oid = p.prrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.prpubid = %s",
-            (row[0],),
-        )
+        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))
         found = {(schema, name) for schema, name in cur.fetchall()}
     conn.rollback()
     return found
