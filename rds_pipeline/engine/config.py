@@ -115,9 +115,11 @@ class LogBasedConfig:
     max_batch_changes: int = 50_000  # changes per destination transaction (memory stays bounded)
     on_slot_lost: str = "resnapshot"  # resnapshot: re-create the slot and copy its tables again; fail: stop
     slot_create_wait_seconds: int = 120  # creating a slot waits for running transactions (a standby: the primary)
+    snapshot: str = "chunked"  # chunked: a big table chunk by chunk between stream catch-ups; exported: one snapshot
 
 
 SLOT_LOST_MODES = ("resnapshot", "fail")
+SNAPSHOT_MODES = ("chunked", "exported")
 
 
 @dataclass(frozen=True)
@@ -447,6 +449,7 @@ class _Reader:
                 "(rows stay, with _rds_deleted_at set)",
             )
         lost = self.choice("log_based", data, "on_slot_lost", "resnapshot", SLOT_LOST_MODES)
+        snapshot = self.choice("log_based", data, "snapshot", "chunked", SNAPSHOT_MODES)
         numbers = {
             name: self.integer("log_based", data, name, getattr(defaults, name), 1, 10**9)
             for name in (
@@ -472,6 +475,7 @@ class _Reader:
             deletes=deletes,
             heartbeat=self.boolean("log_based", data, "heartbeat", True),
             on_slot_lost=lost,
+            snapshot=snapshot,
             **numbers,
         )
 

@@ -130,3 +130,38 @@ def test_a_golden_stream_reduces_to_the_source_state() -> None:
             table.clear()
     assert list(table) == ["4"] and table["4"][1] == "from upstream"  # after the TRUNCATE, only the origin row
     assert batch.end_lsn == next(m for m in reversed(messages) if isinstance(m, Commit)).end_lsn
+
+
+@pytest.mark.parametrize("layouts", [False, True], ids=["whole rows", "selected layout"])
+def test_a_table_copied_chunk_by_chunk_takes_only_the_changes_its_copies_lack(layouts: bool) -> None:
+    """Chunks [..100) at LSN 50 and [100..200) at LSN 80 are copied; keys from 200 are not yet. A transaction
+    committed at 60 touches the first chunk only; one at 90 both; none touches keys past the last chunk. A key
+    moved out of a copied chunk deletes it there; one moved in from beyond is upserted whole."""
+    from rds_pipeline.engine.core.changes import ChunkFilter, Layout
+
+    batch = ChangeBatch(layouts={("public", "t"): Layout(("id", "v", "big"), ("id",))} if layouts else None)
+    batch.ranged = {("public", "t"): ChunkFilter((100, 200), (50, 80))}
+    batch.add(T)
+
+    def at(lsn: int, *messages: object) -> None:
+        batch.commit_lsn = lsn
+        for message in messages:
+            batch.add(message)
+
+    at(40, Insert(None, 1, ("1", "too old", "b")))  # before both copies: in them already
+    at(60, Insert(None, 1, ("2", "after the first", "b")), Insert(None, 1, ("150", "before the second", "b")))
+    at(90, Update(None, 1, None, None, ("151", "after both", "b")), Delete(None, 1, "K", ("152", None, None)))
+    at(95, Insert(None, 1, ("250", "not copied yet", "b")))
+    at(96, Update(None, 1, "K", ("3", None, None), ("300", "moved out", "b")))  # leaves chunk 1 for beyond
+    at(97, Update(None, 1, "K", ("400", None, None), ("4", "moved in", "b")))  # arrives in chunk 1 from beyond
+    changes = {key: (c.op, c.values[1] if c.op == UPSERT else None) for key, c in batch.segments[0].changes[1].items()}
+    assert changes == {
+        ("2",): (UPSERT, "after the first"),
+        ("151",): (UPSERT, "after both"),
+        ("152",): (DELETE, None),
+        ("3",): (DELETE, None),
+        ("4",): (UPSERT, "moved in"),
+    }
+    assert batch.counts == {"insert": 1, "update": 3, "delete": 1, "truncate": 0}
+    open_end = ChunkFilter((100, None), (50, 80))  # the last chunk runs to the end: every key is copied
+    assert open_end.allows("10000", 81) and not open_end.allows("10000", 79) and not open_end.allows(None, 99)

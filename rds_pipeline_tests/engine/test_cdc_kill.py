@@ -15,9 +15,9 @@ import textwrap
 import psycopg2
 import pytest
 
+from rds_pipeline.engine.core.messages import lsn_int
 from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 from rds_pipeline.engine.replication.cdc.slot import slot_status
-from rds_pipeline.engine.replication.cdc.stream import lsn_int
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 

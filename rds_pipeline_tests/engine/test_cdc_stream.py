@@ -6,6 +6,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
+from rds_pipeline.engine.core.messages import lsn_int
 from rds_pipeline.engine.destinations.base import SLOTS_TABLE
 from rds_pipeline.engine.errors import GapDetected
 from rds_pipeline.engine.replication.cdc import stream
@@ -15,7 +16,7 @@ from rds_pipeline.engine.replication.cdc.slot import (
     replication_connection,
     slot_status,
 )
-from rds_pipeline.engine.replication.cdc.stream import catch_up, lsn_int
+from rds_pipeline.engine.replication.cdc.stream import catch_up
 from rds_pipeline.local_postgres import LocalPostgres
 from rds_pipeline_tests.engine.sync_helpers import make_scratch
 

@@ -14,12 +14,15 @@ operation wins. Pure: no I/O.
   the selected primary key whatever the replica identity, and changes to unselected tables are not kept.
   Under REPLICA IDENTITY FULL the old row is whole, so an ``UNCHANGED`` new value takes the old one.
 - ``skip`` names tables whose changes the current transaction must not touch (a table snapshotted after it).
+- ``ranged`` holds, per table whose snapshot is being copied chunk by chunk, which keys the current transaction
+  may touch (``ChunkFilter``): those of copied chunks whose snapshot it committed after.
 - Changes of a transaction that did not commit never reach a batch (the reader adds only committed ones), and
   those of a rolled-back subtransaction of a streamed transaction are dropped by ``xid``.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -38,6 +41,25 @@ class Layout:
 
     columns: tuple[str, ...]
     key: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChunkFilter:
+    """A table copied chunk by chunk (integer key ranges in key order, each under its own snapshot): a change to
+    a key of a copied chunk applies only from transactions committed at or after that chunk's snapshot (what
+    came before is in the copy); a key past the last copied chunk is skipped (its chunk's copy will hold it)."""
+
+    uppers: tuple[int | None, ...]  # each copied chunk's exclusive upper key, in key order (None: to the end)
+    lsns: tuple[int, ...]  # each chunk's snapshot LSN
+
+    def allows(self, key: Value, commit_lsn: int) -> bool:
+        if not isinstance(key, str):
+            return False
+        bounded = [upper for upper in self.uppers if upper is not None]  # only the last may be open
+        index = bisect.bisect_right(bounded, int(key))
+        if index >= len(self.uppers):
+            return False
+        return commit_lsn >= self.lsns[index]
 
 
 @dataclass(slots=True)
@@ -70,6 +92,8 @@ class ChangeBatch:
     layouts: dict[tuple[str, str], Layout] | None = None  # None: keep every table, whole rows, replica identity keys
     skip: frozenset[tuple[str, str]] = frozenset()  # tables the current transaction must leave alone
     commit_time: int | None = None  # of the current transaction
+    commit_lsn: int = 0  # of the current transaction (for ``ranged``)
+    ranged: dict[tuple[str, str], ChunkFilter] = field(default_factory=dict)  # tables copied chunk by chunk
     per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     _projection: dict[int, tuple[Relation, Layout, tuple[int | None, ...] | None, tuple[int, ...]]] = field(
         default_factory=dict, repr=False
@@ -107,15 +131,18 @@ class ChangeBatch:
                 layout = self.layouts.get(name)
                 if layout is None or name in self.skip:
                     return
-                self.messages += 1
                 positions, keys = self._positions(relation, layout)
                 new = (
                     message.new
                     if positions is None
                     else tuple(message.new[i] if i is not None else None for i in positions)
                 )
+                key = tuple([new[i] for i in keys])
+                if self.ranged and name in self.ranged and not self.ranged[name].allows(key[0], self.commit_lsn):
+                    return
+                self.messages += 1
                 rows = self.segments[-1].changes.setdefault(relation.oid, {})
-                rows[tuple([new[i] for i in keys])] = RowChange(UPSERT, new)  # replaces any earlier change
+                rows[key] = RowChange(UPSERT, new)  # replaces any earlier change
                 self.counts["insert"] += 1
                 table = self.per_table.get(name)
                 if table is None:
@@ -145,29 +172,49 @@ class ChangeBatch:
             raise BatchError(f"a change for relation {message.relation_oid} came before its Relation message")
         if not self._kept(relation):
             return
-        self.messages += 1
         rows = segment.changes.setdefault(relation.oid, {})
         if isinstance(message, Insert):
-            self._upsert(rows, relation, self._row(relation, message.new))
-            self._count(relation, "insert")
+            new = self._row(relation, message.new)
+            if self._allowed(relation, self._key(relation, new)):
+                self.messages += 1
+                self._upsert(rows, relation, new)
+                self._count(relation, "insert")
         elif isinstance(message, Update):
             new = message.new
             if message.old_kind == "O" and message.old is not None:  # REPLICA IDENTITY FULL: the old row is whole
                 new = tuple(old if value is UNCHANGED else value for value, old in zip(new, message.old, strict=True))
             new = self._row(relation, new)
+            new_key = self._key(relation, new)
             old_key = self._key(relation, self._row(relation, message.old)) if message.old is not None else None
-            if old_key is not None and old_key != self._key(relation, new):  # the key itself changed
-                carried = rows.pop(old_key, None)
-                rows[old_key] = RowChange(DELETE, old_key, at=self.commit_time)
-                self._upsert(rows, relation, new, carried, moved_from=old_key)
-            else:
+            if old_key is not None and old_key != new_key:  # the key itself changed
+                removed, added = self._allowed(relation, old_key), self._allowed(relation, new_key)
+                if not (removed or added):
+                    return
+                self.messages += 1
+                carried = rows.pop(old_key, None) if removed else None
+                if removed:
+                    rows[old_key] = RowChange(DELETE, old_key, at=self.commit_time)
+                if added:
+                    self._upsert(rows, relation, new, carried, moved_from=old_key)
+            elif self._allowed(relation, new_key):
+                self.messages += 1
                 self._upsert(rows, relation, new)
+            else:
+                return
             self._count(relation, "update")
         else:
             key = self._key(relation, self._row(relation, message.old))
+            if not self._allowed(relation, key):
+                return
+            self.messages += 1
             rows.pop(key, None)  # re-inserted later? it goes after the delete, in order
             rows[key] = RowChange(DELETE, key, at=self.commit_time)
             self._count(relation, "delete")
+
+    def _allowed(self, relation: Relation, key: tuple[Value, ...]) -> bool:
+        """Whether the current transaction may touch ``key`` of a table copied chunk by chunk (any other: yes)."""
+        chunks = self.ranged.get((relation.namespace, relation.name)) if self.ranged else None
+        return chunks is None or chunks.allows(key[0], self.commit_lsn)
 
     def _kept(self, relation: Relation | None) -> bool:
         if relation is None:

@@ -37,6 +37,12 @@ def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+def lsn_int(text: str) -> int:
+    """``0/16B3748`` -> its position as a number (to compare and order LSNs)."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
 def timestamp(microseconds: int) -> dt.datetime:
     return POSTGRES_EPOCH + dt.timedelta(microseconds=microseconds)
 

@@ -46,6 +46,7 @@ METADATA_COLUMNS = (EXTRACTED_AT, BATCH_ID)
 REPLACING = ("full_table", "log_based")
 SLOTS_TABLE = "_rds_pipeline_slots"  # one row per slot: the LSN up to which the destination holds its changes
 DELETED_AT = "_rds_deleted_at"  # soft deletes: when the source deleted the row
+SNAPSHOT_CHUNKS_TABLE = "_rds_pipeline_snapshot_chunks"  # a table's snapshot, copied chunk by chunk, so far
 SLOT_EVENTS_TABLE = "_rds_pipeline_slot_events"  # when and why a slot was lost and re-created (append-only)
 SLOT_MARK = "slot:"  # replication_key of a log-based table's state row: "slot:<name>"
 
@@ -181,11 +182,21 @@ class ChangeApplier(Protocol):
         ...
 
     def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
-        """The table holds its rows as of ``lsn``: write its state row under the slot, in one statement.
-        Idempotent (the row is replaced)."""
+        """The table holds its rows as of ``lsn``: write its state row under the slot and drop its chunk
+        progress, in one transaction. Idempotent (the row is replaced)."""
+
+    def record_chunk(self, table: SelectedTable, slot: str, upper: int | None, lsn: str) -> None:
+        """One chunk of the table's snapshot (its keys below ``upper``, from where the last chunk ended; None:
+        to the end) holds its rows as of ``lsn``. One statement; the chunk's rows were committed before it."""
+
+    def snapshot_progress(self, slot: str) -> dict[str, list[tuple[int | None, str]]]:
+        """Per table whose snapshot is being copied chunk by chunk under ``slot``: its chunks so far, as
+        ``(upper, lsn)`` in key order. Read-only."""
+        ...
 
     def forget_table(self, slot: str, table_id: str) -> None:
-        """Void the table's snapshot: the next sync copies it again. One statement; idempotent."""
+        """Void the table's snapshot (and its chunk progress): the next sync copies it again. One transaction;
+        idempotent."""
 
     def forget_slot(self, slot: str, lost: str | None = None) -> int:
         """Forget the slot's position and every table's snapshot under it, in one transaction (after the slot

@@ -10,9 +10,11 @@ a value lands exactly as the snapshot would have written it. Arrays are turned i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,7 @@ from rds_pipeline.engine.destinations.base import (
     SLOT_EVENTS_TABLE,
     SLOT_MARK,
     SLOTS_TABLE,
+    SNAPSHOT_CHUNKS_TABLE,
     ApplyReport,
     SourceConnect,
 )
@@ -305,13 +308,8 @@ class DuckDBApplier:
         return row[0] if row else None
 
     def record_lsn(self, slot: str, lsn: str) -> None:
-        self.destination.conn.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             _write_lsn(self.destination, slot, lsn)
-            self.destination.conn.execute("COMMIT")
-        except BaseException:
-            self.destination.conn.execute("ROLLBACK")
-            raise
 
     def snapshot_lsns(self, slot: str) -> dict[str, str]:
         rows = run(
@@ -331,19 +329,78 @@ class DuckDBApplier:
         return {table_id: lsn for table_id, lsn, name in rows if name in existing}
 
     def record_snapshot(self, table: SelectedTable, slot: str, lsn: str) -> None:
+        with self._transaction():
+            run(
+                self.destination.conn,
+                f"INSERT OR REPLACE INTO {self.destination.state_table()} (table_id, destination_table, "
+                "replication_key, bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
+                [table.id, table.destination_table, SLOT_MARK + slot, lsn],
+            )
+            self._drop_chunks(slot, table.id)
+
+    def record_chunk(self, table: SelectedTable, slot: str, upper: int | None, lsn: str) -> None:
         run(
             self.destination.conn,
-            f"INSERT OR REPLACE INTO {self.destination.state_table()} (table_id, destination_table, replication_key, "
-            "bookmark, updated_at, covered_to) VALUES (?, ?, ?, ?, now(), NULL)",
-            [table.id, table.destination_table, SLOT_MARK + slot, lsn],
+            f"CREATE TABLE IF NOT EXISTS {self._chunks()} (slot VARCHAR NOT NULL, table_id VARCHAR NOT NULL, "
+            "upper_key BIGINT, lsn VARCHAR NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        run(
+            self.destination.conn,
+            f"INSERT INTO {self._chunks()} (slot, table_id, upper_key, lsn) VALUES (?, ?, ?, ?)",
+            [slot, table.id, upper, lsn],
         )
 
-    def forget_table(self, slot: str, table_id: str) -> None:
-        run(
+    def snapshot_progress(self, slot: str) -> dict[str, list[tuple[int | None, str]]]:
+        if not self._has(SNAPSHOT_CHUNKS_TABLE):
+            return {}
+        found: dict[str, list[tuple[int | None, str]]] = {}
+        for table_id, upper, lsn in run(
             self.destination.conn,
-            f"DELETE FROM {self.destination.state_table()} WHERE table_id = ? AND replication_key = ?",
-            [table_id, SLOT_MARK + slot],
-        )
+            f"SELECT table_id, upper_key, lsn FROM {self._chunks()} WHERE slot = ? "
+            "ORDER BY table_id, upper_key NULLS LAST",
+            [slot],
+        ).fetchall():
+            found.setdefault(table_id, []).append((upper, lsn))
+        return found
+
+    def _chunks(self) -> str:
+        return f"{dq(self.destination.catalog)}.{dq(self.destination.schema)}.{dq(SNAPSHOT_CHUNKS_TABLE)}"
+
+    def _has(self, table: str) -> bool:
+        found = run(
+            self.destination.conn,
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
+            [self.destination.catalog, self.destination.schema, table],
+        ).fetchone()
+        return bool(found and found[0])
+
+    def _drop_chunks(self, slot: str, table_id: str | None = None) -> None:
+        """Forget chunk progress under ``slot`` (one table's, or all), in the caller's transaction."""
+        if self._has(SNAPSHOT_CHUNKS_TABLE):
+            run(
+                self.destination.conn,
+                f"DELETE FROM {self._chunks()} WHERE slot = ? AND (CAST(? AS VARCHAR) IS NULL OR table_id = ?)",
+                [slot, table_id, table_id],
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.destination.conn.execute("BEGIN TRANSACTION")
+        try:
+            yield
+            self.destination.conn.execute("COMMIT")
+        except BaseException:
+            self.destination.conn.execute("ROLLBACK")
+            raise
+
+    def forget_table(self, slot: str, table_id: str) -> None:
+        with self._transaction():
+            run(
+                self.destination.conn,
+                f"DELETE FROM {self.destination.state_table()} WHERE table_id = ? AND replication_key = ?",
+                [table_id, SLOT_MARK + slot],
+            )
+            self._drop_chunks(slot, table_id)
 
     def forget_slot(self, slot: str, lost: str | None = None) -> int:
         _ensure_slots(self.destination)
@@ -354,8 +411,7 @@ class DuckDBApplier:
                 f"CREATE TABLE IF NOT EXISTS {events} (slot VARCHAR NOT NULL, lost_at TIMESTAMPTZ NOT NULL DEFAULT "
                 "now(), lost VARCHAR NOT NULL, tables INTEGER NOT NULL)",
             )
-        self.destination.conn.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             run(self.destination.conn, f"DELETE FROM {_slots(self.destination)} WHERE slot = ?", [slot])
             count = one(
                 run(
@@ -364,25 +420,17 @@ class DuckDBApplier:
                     [SLOT_MARK + slot],
                 ).fetchone()
             )[0]
+            self._drop_chunks(slot)
             if lost is not None:
                 run(
                     self.destination.conn,
                     f"INSERT INTO {events} (slot, lost, tables) VALUES (?, ?, ?)",
                     [slot, lost, int(count)],
                 )
-            self.destination.conn.execute("COMMIT")
-        except BaseException:
-            self.destination.conn.execute("ROLLBACK")
-            raise
         return int(count)
 
     def slot_lost(self, slot: str) -> tuple[dt.datetime, str] | None:
-        found = run(
-            self.destination.conn,
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
-            [self.destination.catalog, self.destination.schema, SLOT_EVENTS_TABLE],
-        ).fetchone()
-        if not found or not found[0]:
+        if not self._has(SLOT_EVENTS_TABLE):
             return None
         events = f"{dq(self.destination.catalog)}.{dq(self.destination.schema)}.{dq(SLOT_EVENTS_TABLE)}"
         row = run(

@@ -35,6 +35,7 @@ from rds_pipeline.engine.destinations.base import (
     SLOT_EVENTS_TABLE,
     SLOT_MARK,
     SLOTS_TABLE,
+    SNAPSHOT_CHUNKS_TABLE,
     STATE_TABLE,
     ApplyReport,
     SourceConnect,
@@ -394,6 +395,46 @@ class PostgresApplier:
                 ).format(sql.Identifier(self.destination.schema, STATE_TABLE)),
                 (table.id, table.destination_table, SLOT_MARK + slot, lsn),
             )
+            self._drop_chunks(cur, slot, table.id)
+
+    def record_chunk(self, table: SelectedTable, slot: str, upper: int | None, lsn: str) -> None:
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            chunks = sql.Identifier(self.destination.schema, SNAPSHOT_CHUNKS_TABLE)
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (slot text NOT NULL, table_id text NOT NULL, upper_key bigint, "
+                    "lsn text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())"
+                ).format(chunks)
+            )
+            cur.execute(
+                sql.SQL("INSERT INTO {} (slot, table_id, upper_key, lsn) VALUES (%s, %s, %s, %s)").format(chunks),
+                (slot, table.id, upper, lsn),
+            )
+
+    def snapshot_progress(self, slot: str) -> dict[str, list[tuple[int | None, str]]]:
+        with self.destination.conn, self.destination.conn.cursor() as cur:
+            if not _exists(cur, self.destination, SNAPSHOT_CHUNKS_TABLE):
+                return {}
+            cur.execute(
+                sql.SQL(
+                    "SELECT table_id, upper_key, lsn FROM {} WHERE slot = %s ORDER BY table_id, upper_key NULLS LAST"
+                ).format(sql.Identifier(self.destination.schema, SNAPSHOT_CHUNKS_TABLE)),
+                (slot,),
+            )
+            found: dict[str, list[tuple[int | None, str]]] = {}
+            for table_id, upper, lsn in cur.fetchall():
+                found.setdefault(table_id, []).append((upper, lsn))
+            return found
+
+    def _drop_chunks(self, cur: psycopg2.extensions.cursor, slot: str, table_id: str | None = None) -> None:
+        """Forget chunk progress under ``slot`` (one table's, or all), in the caller's transaction."""
+        if _exists(cur, self.destination, SNAPSHOT_CHUNKS_TABLE):
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE slot = %s AND (%s::text IS NULL OR table_id = %s)").format(
+                    sql.Identifier(self.destination.schema, SNAPSHOT_CHUNKS_TABLE)
+                ),
+                (slot, table_id, table_id),
+            )
 
     def forget_slot(self, slot: str, lost: str | None = None) -> int:
         """Forget the slot's position and every table's snapshot under it (after the slot was dropped): the next
@@ -409,6 +450,7 @@ class PostgresApplier:
                         (slot if table == SLOTS_TABLE else SLOT_MARK + slot,),
                     )
                     forgotten = cur.rowcount if table == STATE_TABLE else forgotten
+            self._drop_chunks(cur, slot)
             if lost is not None:
                 events = sql.Identifier(self.destination.schema, SLOT_EVENTS_TABLE)
                 cur.execute(
@@ -445,6 +487,7 @@ class PostgresApplier:
                 ),
                 (table_id, SLOT_MARK + slot),
             )
+            self._drop_chunks(cur, slot, table_id)
 
     def slot_age_seconds(self, slot: str) -> int | None:
         """Seconds since the slot's position last moved in the self.destination (None: never)."""

@@ -33,11 +33,13 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from rds_pipeline.engine.config import IntegrationConfig
+from rds_pipeline.engine.core.messages import lsn_int
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.errors import GapDetected, SetupNeeded, SlotBusy, TableApplyError
 from rds_pipeline.engine.progress import table_done
+from rds_pipeline.engine.replication.cdc.chunked import chunk_filter, chunked, copy_in_chunks
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
 from rds_pipeline.engine.replication.cdc.setup import ensure_publication, publication_plan
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, drop_slot, slot_status
@@ -97,10 +99,16 @@ def sync_log_based(
         connect = _Connector(config, tunnel)
         usable = _prepare_source(connect, destination, tables, result)
         _forget_others(destination, result.slot, usable)
-        _snapshot(connect, destination, usable, result, chunks or {})
+        in_chunks = _snapshot(connect, destination, usable, result, chunks or {})
         streamed = [t for t in usable if t.id not in result.failures]
         result.stream = _stream(connect, destination, streamed, result)
-        wanted = {t.id: r for t, r in ((t, (ranges or {}).get(t.id)) for t in streamed) if r is not None}
+        for table in in_chunks:  # each chunk a short read, the stream caught up between them
+            _copy_in_chunks(connect, destination, table, (chunks or {})[table.id], streamed, result)
+        wanted = {
+            t.id: r
+            for t, r in ((t, (ranges or {}).get(t.id)) for t in streamed)
+            if r is not None and t not in in_chunks
+        }
         if wanted:  # copy the ranges under a fresh snapshot, then catch up past it: the ranges converge
             copied = snapshot_tables(
                 config.source,
@@ -256,7 +264,8 @@ def _forget_others(destination: Destination, slot: str, usable: list[SelectedTab
     """A table whose changes this run will not apply (deselected, or refused) must not keep its snapshot: the
     slot moves past its changes, so if it comes back it needs a new copy."""
     keep = {t.id for t in usable}
-    for table_id in set(destination.changes().snapshot_lsns(slot)) - keep:
+    held = set(destination.changes().snapshot_lsns(slot)) | set(destination.changes().snapshot_progress(slot))
+    for table_id in held - keep:
         destination.changes().forget_table(slot, table_id)
 
 
@@ -266,8 +275,12 @@ def _snapshot(
     usable: list[SelectedTable],
     result: LogBasedResult,
     chunks: dict[str, list[KeyRange]],
-) -> None:
+) -> list[SelectedTable]:
+    """Copy what needs a snapshot now; returns the tables whose snapshot goes chunk by chunk, interleaved with
+    the stream (``chunked.py``)."""
     config = connect.config
+    in_chunks = [t for t in usable if chunked(config, t, chunks.get(t.id, []))]
+    whole = [t for t in usable if t not in in_chunks]
     with connect() as conn:
         status = slot_status(conn, result.slot)
         lag = None
@@ -289,11 +302,11 @@ def _snapshot(
         status = applied = None
     if status is None:
         if not usable:
-            return
-        copied = snapshot_tables(
+            return []
+        copied = snapshot_tables(  # the slot, and the tables copied whole under its exported snapshot
             config.source,
             destination,
-            usable,
+            whole,
             result.slot,
             chunks=chunks,
             tunnel=connect.tunnel,
@@ -301,14 +314,14 @@ def _snapshot(
             wait_seconds=config.log_based.slot_create_wait_seconds,
         )
         _take(result, copied)
-        return
+        return in_chunks
     if status.active:
         _take_over(connect, result.slot, status, lag[1] if lag else None)
     if applied is None:  # the slot was made by `cdc setup`: every table gets its own snapshot, after its position
         assert status.confirmed_flush_lsn is not None
         destination.changes().record_lsn(result.slot, status.confirmed_flush_lsn)
     known = destination.changes().snapshot_lsns(result.slot)
-    missing = [t for t in usable if t.id not in known]
+    missing = [t for t in whole if t.id not in known]
     if missing:
         _take(
             result,
@@ -324,6 +337,39 @@ def _snapshot(
                 wait_seconds=config.log_based.slot_create_wait_seconds,
             ),
         )
+    return [t for t in in_chunks if t.id not in known]
+
+
+def _copy_in_chunks(
+    connect: _Connector,
+    destination: Destination,
+    table: SelectedTable,
+    chunks: list[KeyRange],
+    streamed: list[SelectedTable],
+    result: LogBasedResult,
+) -> None:
+    """One table's snapshot, chunk by chunk; after each chunk every streamed table catches up."""
+    assert result.stream is not None
+
+    def catch_up_all() -> bool:
+        assert result.stream is not None
+        result.stream.extend(
+            _stream(connect, destination, [t for t in streamed if t.id not in result.failures], result)
+        )
+        return table.id not in result.failures  # a TRUNCATE meanwhile voids the copy
+
+    rows, final, failure = copy_in_chunks(
+        connect.config, destination, table, chunks, result.slot, catch_up_all, connect.tunnel
+    )
+    if table.id in result.failures:  # the stream refused it meanwhile (a TRUNCATE): already forgotten
+        return
+    if failure is not None:
+        destination.changes().forget_table(result.slot, table.id)
+        _take(result, SnapshotResult(result.slot, "", failed={table.id: failure}))
+        return
+    result.snapshots[table.id] = rows
+    if final is not None:
+        result.snapshot_lsn[table.id] = final
 
 
 def _lost(slot: str, status: SlotStatus | None, applied: str | None) -> str | None:
@@ -426,11 +472,21 @@ def _stream(
     connect: _Connector, destination: Destination, tables: list[SelectedTable], result: LogBasedResult
 ) -> StreamResult:
     config = connect.config
-    since_by_id = destination.changes().snapshot_lsns(result.slot)
+    known = destination.changes().snapshot_lsns(result.slot)
+    since_by_id = dict(known)
+    progress = destination.changes().snapshot_progress(result.slot)
+    for table_id, done in progress.items():  # copied chunk by chunk so far: nothing before its first chunk counts
+        if table_id not in since_by_id and done:
+            since_by_id[table_id] = min((lsn for _, lsn in done), key=lsn_int)
     live = [t for t in tables if t.id in since_by_id]
     while True:
         by_name = {(t.relation.schema, t.relation.name): t for t in live}
         since = {(t.relation.schema, t.relation.name): since_by_id[t.id] for t in live}
+        ranged = {
+            (t.relation.schema, t.relation.name): chunk_filter(progress[t.id])
+            for t in live
+            if t.id in progress and t.id not in known
+        }
         try:
             return catch_up(
                 config.source,
@@ -443,6 +499,7 @@ def _stream(
                 max_batch_changes=config.log_based.max_batch_changes,
                 tunnel=connect.tunnel,
                 generated=result.generated,
+                ranged=ranged,
             )
         except TableApplyError as exc:
             # that table's changes cannot be applied: drop it from this run (its snapshot forgotten, so the

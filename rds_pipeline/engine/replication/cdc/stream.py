@@ -20,11 +20,11 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from rds_pipeline.engine.config import SourceConfig
-from rds_pipeline.engine.core.changes import ChangeBatch, Layout
-from rds_pipeline.engine.core.messages import Begin, Commit, Relation, lsn_text
+from rds_pipeline.engine.core.changes import ChangeBatch, ChunkFilter, Layout
+from rds_pipeline.engine.core.messages import Begin, Commit, Relation, Truncate, lsn_int, lsn_text
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import ApplyReport, Destination, SourceConnect
-from rds_pipeline.engine.errors import GapDetected, RdsPipelineError
+from rds_pipeline.engine.errors import GapDetected, RdsPipelineError, TableApplyError
 from rds_pipeline.engine.replication.cdc.evolve import evolve, relation_columns
 from rds_pipeline.engine.replication.cdc.generated import GeneratedFiller
 from rds_pipeline.engine.replication.cdc.pgoutput import PgOutputDecoder
@@ -49,11 +49,6 @@ def apply_batch(
 ) -> ApplyReport:
     """The destination's own apply: rows and the slot's LSN in one transaction (a seam the kill tests cut)."""
     return destination.changes().apply_batch(tables, batch, slot, soft_deletes, source)
-
-
-def lsn_int(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 @dataclass
@@ -100,10 +95,12 @@ def catch_up(
     soft_deletes: bool = False,
     tunnel: SshTunnel | None = None,
     generated: dict[str, set[str]] | None = None,
+    ranged: dict[tuple[str, str], ChunkFilter] | None = None,
 ) -> StreamResult:
     """Apply the slot's changes up to the source's WAL position as of now (``WAL_POSITION``), then stop. ``since``: per table, the
     LSN of its snapshot (its changes in transactions committed before it are already in the copy).
-    ``generated``: per table id, its generated columns (the stream may leave them out: see ``generated.py``)."""
+    ``generated``: per table id, its generated columns (the stream may leave them out: see ``generated.py``).
+    ``ranged``: per table being copied chunk by chunk, which keys each transaction may touch."""
     conn = connect_source(config, tunnel)
     with contextlib.closing(conn), conn.cursor() as cur:
         cur.execute(
@@ -148,6 +145,7 @@ def catch_up(
             soft_deletes,
             lambda: connect_source(config, tunnel),
             generated or {},
+            ranged or {},
         )
         try:
             reader.read(cur, target, done, result, max_batch_changes, time.monotonic() + timeout_seconds)
@@ -170,12 +168,14 @@ class _Reader:
         soft_deletes: bool,
         connect: Callable[[], psycopg2.extensions.connection],
         generated: dict[str, set[str]],
+        ranged: dict[tuple[str, str], ChunkFilter] | None = None,
     ) -> None:
         self.destination, self.tables, self.slot = destination, dict(tables), slot
         self.since, self.soft_deletes = since, soft_deletes
         self.layouts = {name: Layout(t.column_names, t.primary_key) for name, t in tables.items()}
         self._connect = connect
         self.generated = generated
+        self.ranged = ranged or {}
         self._filler = GeneratedFiller(connect, {t for t, names in generated.items() if names})
         self._catalog: psycopg2.extensions.connection | None = None  # to describe a Relation's types
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rds-cdc-apply")
@@ -213,10 +213,10 @@ class _Reader:
         return batch
 
     def new_batch(self, previous: ChangeBatch | None = None) -> ChangeBatch:
-        batch = ChangeBatch(layouts=self.layouts)
+        batch = ChangeBatch(layouts=self.layouts, ranged=self.ranged)
         if previous is not None:  # Relation messages are sent once per session: keep them (and the transaction's state)
             batch.relations = dict(previous.relations)
-            batch.skip, batch.commit_time = previous.skip, previous.commit_time
+            batch.skip, batch.commit_time, batch.commit_lsn = previous.skip, previous.commit_time, previous.commit_lsn
         return batch
 
     def read(self, cur: Any, target: int, done: int, result: StreamResult, max_changes: int, deadline: float) -> None:
@@ -237,7 +237,7 @@ class _Reader:
             decoded = decoder.decode(message.payload)
             if isinstance(decoded, Begin):
                 in_transaction, skipping = True, decoded.final_lsn < done
-                batch.commit_time = decoded.commit_time
+                batch.commit_time, batch.commit_lsn = decoded.commit_time, decoded.final_lsn
                 batch.skip = frozenset(name for name, lsn in self.since.items() if decoded.final_lsn < lsn)
                 continue
             if isinstance(decoded, Commit):
@@ -253,6 +253,8 @@ class _Reader:
             name = (decoded.namespace, decoded.name) if isinstance(decoded, Relation) else None
             if name in self.tables and not skipping and name not in batch.skip:  # only shapes still to apply
                 batch = self.evolve(cur, batch, decoded, result)  # type: ignore[arg-type]
+            if isinstance(decoded, Truncate) and not skipping and self.ranged:
+                self.refuse_truncate(batch, decoded)
             if not skipping or isinstance(decoded, Relation):  # a Relation comes once per session: always keep it
                 batch.add(decoded)
                 if batch.messages >= max_changes:  # one huge transaction: apply what it has so far (see flush)
@@ -269,6 +271,18 @@ class _Reader:
         self.destination.changes().mark_reading(self.slot, False)  # a clean end
         _await_reply(cur)
         result.end_lsn = lsn_text(reached)
+
+    def refuse_truncate(self, batch: ChangeBatch, truncate: Truncate) -> None:
+        """A TRUNCATE of a table copied chunk by chunk would wipe chunks copied after it too: that table's copy
+        is void (the flow forgets it, and the next sync copies it again); the others stream on."""
+        for oid in truncate.relation_oids:
+            relation = batch.relations.get(oid)
+            name = (relation.namespace, relation.name) if relation is not None else None
+            if name in self.ranged and name not in batch.skip:
+                raise TableApplyError(
+                    self.tables[name].id,
+                    "was truncated while its snapshot was being copied in chunks",
+                )
 
     def flush(self, cur: Any, batch: ChangeBatch, result: StreamResult, partial: bool = False) -> ChangeBatch:
         """Apply ``batch`` in the background (the destination works while the next batch is read and decoded:
