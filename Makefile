@@ -39,6 +39,7 @@ cdc: $(STAMP)
 # Log-based against PostgreSQL's own subscriber (1M changes), lag under 5k changes/s: writes bench/CDC.md.
 bench-cdc: $(STAMP)
 	$(BIN)/python -m bench.bench_cdc
+	$(BIN)/python -m bench.bench_snapshot
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -35,3 +35,13 @@ def test_tick_benchmark_smoke() -> None:
     assert result["tables"] == 12
     assert float(result["cli_sync_seconds"]) > 0 and float(result["launched_run_seconds"]) > 0  # type: ignore[arg-type]
     assert float(result["psql_loop_seconds"]) > 0  # type: ignore[arg-type]
+
+
+def test_snapshot_benchmark_smoke(tmp_path: Path) -> None:
+    from bench import bench_snapshot
+
+    report = bench_snapshot.measure(rows=60_000, chunks=4, rate=500)
+    text = bench_snapshot.write(report, tmp_path)
+    runs = {r["mode"]: r for r in report["runs"]}
+    assert set(runs) == {"exported", "chunked"} and "| chunked |" in text
+    assert all(r["rows_copied"] >= 60_000 and r["changes_written"] > 0 for r in runs.values())

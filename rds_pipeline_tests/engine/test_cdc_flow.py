@@ -159,11 +159,14 @@ def test_soft_deletes_keep_the_row_with_its_deletion_time(logical18: LocalPostgr
     scratch.sql(f"SELECT pg_drop_replication_slot('{scratch.config.slot_name}')")
 
 
-def test_a_publication_that_would_drop_changes_is_refused_by_name(logical18: LocalPostgres) -> None:
+@pytest.mark.parametrize("index", [0, 1], ids=["pg18", "pg15"])
+def test_a_publication_that_would_drop_changes_is_refused_by_name(
+    logical_servers: list[LocalPostgres], index: int
+) -> None:
     """Someone else made the publication this integration uses: a row filter, a column list, operations it does
     not publish. Each is refused by name with its fix, before any copy; the other tables stream meanwhile;
     once fixed, the next sync copies the table and the replica equals the source."""
-    scratch = make_scratch(logical18, "Odd Publication")
+    scratch = make_scratch(logical_servers[index], f"Odd Publication {index}")
     pub = scratch.config.publication_name
     scratch.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g;"
