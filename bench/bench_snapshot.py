@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg2
 
+from bench.bench_cdc import SETTINGS as CDC_SETTINGS
 from bench.bench_engine import machine
 from rds_pipeline.engine.config import parse_config
 from rds_pipeline.engine.core.ranges import KeyRange
@@ -33,16 +34,7 @@ from rds_pipeline.engine.source.discovery import discover
 from rds_pipeline.local_postgres import LocalPostgres, embedded_bin_dir
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = {
-    "wal_level": "logical",
-    "max_replication_slots": "10",
-    "max_wal_senders": "10",
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-    "max_wal_size": "8GB",
-    "shared_buffers": "512MB",
-}
+SETTINGS = {**CDC_SETTINGS, "max_wal_size": "8GB"}  # bench_cdc's logical server
 
 
 def writer(server: LocalPostgres, rows: int, rate: int, stop: threading.Event, done: list[int]) -> None:
