@@ -27,6 +27,7 @@ import pytest
 from rds_pipeline.engine.config import IntegrationConfig, parse_config
 from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.errors import SetupNeeded
+from rds_pipeline.engine.replication.cdc import admin
 from rds_pipeline.engine.replication.cdc.flow import sync_log_based
 from rds_pipeline.engine.replication.status import standings
 from rds_pipeline.engine.selection import SelectedTable, resolve_selection
@@ -122,6 +123,8 @@ def test_a_read_replica_is_the_source(pair18: Pair) -> None:
         sync_log_based(config, dest, [table])
     statement = re.search(r"CREATE PUBLICATION .*;", str(refused.value))
     assert statement is not None and not logical_slots(standby)
+    with pytest.raises(SetupNeeded, match="run on the primary"):  # `cdc setup` says the same
+        list(admin.setup(config, [table]))
     primary.psql(statement.group(0), "src")
     pair18.replayed()
 

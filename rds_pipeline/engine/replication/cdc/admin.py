@@ -19,6 +19,7 @@ from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.errors import RdsPipelineError, SetupNeeded
 from rds_pipeline.engine.replication.cdc.setup import (
+    ask_primary,
     ensure_publication,
     publication_tables,
     run_or_ask_admin,
@@ -52,17 +53,18 @@ def setup(config: IntegrationConfig, selection: list[SelectedTable]) -> Iterator
         if problems:
             lines = [f"{subject}: {what}\n  fix: {fix}" for subject, what, fix in problems]
             raise SetupNeeded("the source is not ready for log-based replication:\n" + "\n".join(lines))
-        statements = ensure_publication(conn, config.publication_name, tables)
+        standby = replica_facts(conn, config.slot_name).standby
+        if standby:
+            ask_primary(conn, config.publication_name, tables)
+        statements = [] if standby else ensure_publication(conn, config.publication_name, tables)
         yield from (f"{text};" for text in statements)
         if not statements:
             yield f"-- publication {config.publication_name} already holds the {len(tables)} log-based table(s)"
         if slot_status(conn, config.slot_name) is not None:
             yield f"-- slot {config.slot_name} already exists"
             return
-        failover = sql.SQL(", false, false, true" if conn.server_version >= FAILOVER_SLOTS else "")
-        standby = replica_facts(conn, config.slot_name).standby
-        if standby:  # nothing can be created on a standby but its own slot, which cannot be a failover one
-            failover = sql.SQL("")
+        # a standby's own slot cannot be a failover one
+        failover = sql.SQL(", false, false, true" if conn.server_version >= FAILOVER_SLOTS and not standby else "")
         statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {}{})").format(
             sql.Literal(config.slot_name), sql.Literal(PLUGIN), failover
         )

@@ -41,7 +41,7 @@ from rds_pipeline.engine.errors import GapDetected, SetupNeeded, SlotBusy, Table
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.cdc.chunked import chunk_filter, chunked, copy_in_chunks
 from rds_pipeline.engine.replication.cdc.evolve import evolve, live_columns
-from rds_pipeline.engine.replication.cdc.setup import ensure_publication, publication_plan
+from rds_pipeline.engine.replication.cdc.setup import ask_primary, ensure_publication
 from rds_pipeline.engine.replication.cdc.slot import SlotStatus, drop_slot, slot_status
 from rds_pipeline.engine.replication.cdc.snapshot import SnapshotResult, snapshot_tables, temporary_slot_name
 from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
@@ -219,14 +219,7 @@ def _prepare_source(
         if config.log_based.heartbeat and usable and not result.standby:  # a standby cannot write WAL
             result.heartbeat = _heartbeat(conn)
         if usable and result.standby:
-            missing = publication_plan(conn, result.publication, usable)
-            if missing:
-                raise SetupNeeded(
-                    "the source is a standby, where nothing can be created: a publication is made on the primary "
-                    "and reaches the standby with the WAL. Fix: run on the primary:\n  "
-                    + ";\n  ".join(s.as_string(conn) for s in missing)
-                    + ";"
-                )
+            ask_primary(conn, result.publication, usable)
         elif usable:
             result.statements = ensure_publication(conn, result.publication, usable)
         return usable

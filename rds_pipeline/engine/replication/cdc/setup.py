@@ -77,3 +77,16 @@ def ensure_publication(
     return run_or_ask_admin(
         conn, publication_plan(conn, publication, tables), "an admin (the tables' owner, or rds_superuser on RDS)"
     )
+
+
+def ask_primary(conn: psycopg2.extensions.connection, publication: str, tables: list[SelectedTable]) -> None:
+    """On a standby nothing but a slot can be created: a publication missing a table is refused with the SQL
+    to run on the primary (it reaches the standby with the WAL)."""
+    missing = publication_plan(conn, publication, tables)
+    if missing:
+        raise SetupNeeded(
+            "the source is a standby, where nothing can be created: a publication is made on the primary and "
+            "reaches the standby with the WAL. Fix: run on the primary:\n  "
+            + ";\n  ".join(statement.as_string(conn) for statement in missing)
+            + ";"
+        )
