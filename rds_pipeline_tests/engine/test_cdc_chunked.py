@@ -112,9 +112,10 @@ def test_a_big_table_is_copied_chunk_by_chunk_between_catch_ups(
     assert rows(dest, scratch, small)[0] == rows(dest, scratch, small)[1]
 
     # 2. time passes: changes stream as for any table
+    updated = int(scratch.sql("SELECT count(*) FROM big WHERE id < 100"))  # the writer deleted or moved a few
     scratch.sql("UPDATE big SET v = 'later' WHERE id < 100; DELETE FROM big WHERE id BETWEEN 100 AND 150")
     later = sync_log_based(scratch.config, dest, [small, big], chunks={big.id: CHUNKS})
-    assert not later.snapshots and later.changes(big.id).get("update", 0) >= 90
+    assert not later.snapshots and later.changes(big.id).get("update") == updated > 80
     assert rows(dest, scratch, big)[0] == rows(dest, scratch, big)[1]
     dest.close()
     scratch.sql(f"SELECT pg_drop_replication_slot('{slot}')")
