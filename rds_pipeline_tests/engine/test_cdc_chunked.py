@@ -102,7 +102,9 @@ def test_a_big_table_is_copied_chunk_by_chunk_between_catch_ups(
     finally:
         stop.set()
         thread.join(30)
-    assert not added.failures and ROWS - 1000 < added.snapshots[big.id] < ROWS + 5000
+    assert (
+        not added.failures and ROWS - 2000 < added.snapshots[big.id] < 2 * ROWS
+    )  # every chunk (moves may count twice)
     assert len(positions) == 4 and positions == sorted(positions) and positions[-1] > positions[0]
     assert added.changes(small.id).get("update", 0) > 0  # the other table streamed during the copy
     assert dest.changes().snapshot_progress(slot) == {} and big.id in dest.changes().snapshot_lsns(slot)
