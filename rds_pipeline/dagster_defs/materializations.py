@@ -5,7 +5,8 @@ One event per partition, the counts on the last one only (so sums over partition
 windows took 15 s, one at a time. Dagster writes a partition-range output's materializations through its batch
 writer (``EventLogStorage.store_event_batch``, on when ``DAGSTER_EVENT_BATCH_SIZE`` > 0): one INSERT for the
 events and one update of the asset's index. ``log_event`` takes no batch marker, so this builds the very events
-``log_event`` builds, with one. Where those internals are missing it falls back to ``log_event``.
+``log_event`` builds, with one. Where those internals are missing it falls back to ``log_event``. Dagster's SQLite
+event log (the default instance) has no batch writer of its own: ``sqlite_batch.py`` gives it one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def record_partitions(
             context.log_event(event)
         return
     from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+
+    from rds_pipeline.dagster_defs.sqlite_batch import install
+
+    install()  # the default instance's SQLite event log writes the batch in one transaction per file
 
     # process-wide and never unset: a batch another thread has open must still flush at its end. A user's own
     # value wins (0 turns batching off, and each event is then written on its own, as before).

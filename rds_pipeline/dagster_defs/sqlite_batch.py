@@ -1,0 +1,82 @@
+"""One transaction per database file for a batch of asset events in Dagster's SQLite event log.
+
+Dagster's default instance (no dagster.yaml) keeps its event log in SQLite, and its ``store_event_batch`` writes
+a batch one event at a time. Each event creates two engines, opens two database files and commits twice, and each
+commit waits for the disk. A first key-based sync of a small table with 957 monthly windows records a
+materialization per window: 9.3 s of its 11 s went there (profiled).
+
+``store_event_batch`` here writes a batch of asset events of one run as ``store_event`` would, in two
+transactions:
+- the events into the run's file;
+- their mirror into the index file, with their tags and each asset key's latest entry.
+
+Anything else goes through Dagster's own loop. If the index step fails after the run's file committed, it is
+redone event by event (never the run's part, so nothing is written twice). If the run's part itself fails,
+Dagster falls back to writing the events one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+INSTALLED = "_rds_pipeline_batched"
+
+
+def install() -> None:
+    """Give ``SqliteEventLogStorage`` the batched ``store_event_batch`` (idempotent; other storages untouched)."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    if getattr(SqliteEventLogStorage.store_event_batch, INSTALLED, False):
+        return
+    original = SqliteEventLogStorage.store_event_batch
+
+    def store_event_batch(self: Any, events: Sequence[Any]) -> None:
+        if not _batchable(events):
+            original(self, events)
+            return
+        statements = [self.prepare_insert_event(event) for event in events]
+        with self.run_connection(events[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        try:
+            with self.index_transaction() as conn:
+                _mirror(self, conn, events, statements)
+        except Exception:  # noqa: BLE001 - the run's part is stored: redo only the index, event by event
+            for event, statement in zip(events, statements, strict=True):
+                with self.index_transaction() as conn:
+                    _mirror(self, conn, [event], [statement])
+
+    setattr(store_event_batch, INSTALLED, True)
+    SqliteEventLogStorage.store_event_batch = store_event_batch  # type: ignore[method-assign]
+
+
+def _batchable(events: Sequence[Any]) -> bool:
+    """Asset events (materializations, observations, planned), all of one run: what ``store_event`` handles
+    with no more than the run's file and the index."""
+    from dagster._core.events import ASSET_EVENTS
+
+    return len(events) > 1 and all(
+        e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS and e.run_id == events[0].run_id for e in events
+    )
+
+
+def _mirror(storage: Any, conn: Any, events: Sequence[Any], statements: Sequence[Any]) -> None:
+    """What ``store_event`` writes to the index for asset events: the event, its tags, the key's latest entry
+    (written once per key and event type, from its last event: the same final row as one write per event)."""
+    from dagster._core.errors import DagsterInvariantViolationError
+    from dagster._core.storage.sqlalchemy_compat import db_result
+
+    ids = []
+    for statement in statements:
+        with db_result(conn, statement) as result:
+            event_id = result.inserted_primary_key[0]
+        if event_id is None:
+            raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+        ids.append(event_id)
+    storage._store_asset_event_tags(conn, list(events), ids)
+    latest = {}
+    for event, event_id in zip(events, ids, strict=True):
+        latest[(event.dagster_event.asset_key, event.dagster_event_type)] = (event, event_id)
+    for event, event_id in latest.values():
+        storage._store_asset_event(conn, event, event_id)
