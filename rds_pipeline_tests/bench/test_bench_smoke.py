@@ -23,6 +23,8 @@ def test_make_bench_smoke_writes_the_report(tmp_path: Path) -> None:
         and "| rds-pipeline sync (through Dagster) |" in text
     )
     assert "1,000 found and upserted" in text
+    assert "s on the default instance, " in text and "x its full-table sync" in text
+    assert report["windows"]["windows"] > 900 and report["windows"]["default_ratio"] > 0
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     engine = next(r for r in report["pg_to_pg"] if r["name"] == "rds_pipeline engine")
     assert engine["rows_per_s"] > 0 and engine["peak_rss_mb"] < 300
