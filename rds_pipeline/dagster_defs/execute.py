@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
 
-from rds_pipeline.dagster_defs.materializations import record_partitions
+from rds_pipeline.dagster_defs.materializations import TableEvents
 from rds_pipeline.dagster_defs.partitions import chunk_ranges, covered_keys, window_starts
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import (
@@ -188,16 +188,20 @@ def failure(failures: list[TableFailure], synced: int) -> dg.Failure:
     )
 
 
-def log_run(context: dg.OpExecutionContext, run: TableRun) -> None:
+def log_run(events: TableEvents, run: TableRun) -> None:
     """Record a table's sync from a job: every covered partition, then the check results."""
-    record_partitions(context, run.asset.key, run.partitions, run.metadata)
-    for name, outcome in run.checks:
-        context.log_event(
-            dg.AssetCheckEvaluation(  # type: ignore[arg-type]  # Dagster logs check evaluations too; its annotation lags
+    events.add(
+        run.asset.key,
+        run.partitions,
+        run.metadata,
+        [
+            dg.AssetCheckEvaluation(
                 asset_key=run.asset.key,
                 check_name=name,
                 passed=outcome.passed,
                 description=outcome.description,
                 metadata=outcome.metadata,
             )
-        )
+            for name, outcome in run.checks
+        ],
+    )

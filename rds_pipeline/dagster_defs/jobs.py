@@ -20,6 +20,7 @@ from rds_pipeline.dagster_defs.execute import (
     stops_without_retry,
 )
 from rds_pipeline.dagster_defs.log_based import emit_stream, stream, stream_failures
+from rds_pipeline.dagster_defs.materializations import TableEvents
 from rds_pipeline.dagster_defs.partitions import integer_range_keys
 from rds_pipeline.dagster_defs.resources import RdsDestinationResource, RdsSourceResource
 from rds_pipeline.dagster_defs.tables import TableAsset
@@ -115,18 +116,22 @@ def sync_assets(
             add_key_ranges(context.instance, dynamic, source)
         except Exception as exc:  # noqa: BLE001 - the tables' own syncs report the cause
             context.log.warning(f"could not add key ranges: {exc}")
-    for asset in chosen:
-        try:
-            run = run_table(asset, request, source, destination, context.instance)
-        except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
-            interrupts.checkpoint()  # unless it was a stop request's doing: then no other table starts
-            failures.append(describe_failure(asset, exc))
-            context.log.error(f"FAILED {failures[-1].line()}")
-            continue
-        for warning in run.result.report.warnings:
-            context.log.warning(f"{asset.table.id}: {warning}")
-        log_run(context, run)  # the counts and the plan are the materialization's metadata: no log line per table
-        synced += 1
+    events = TableEvents(context)
+    try:
+        for asset in chosen:
+            try:
+                run = run_table(asset, request, source, destination, context.instance)
+            except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
+                interrupts.checkpoint()  # unless it was a stop request's doing: then no other table starts
+                failures.append(describe_failure(asset, exc))
+                context.log.error(f"FAILED {failures[-1].line()}")
+                continue
+            for warning in run.result.report.warnings:
+                context.log.warning(f"{asset.table.id}: {warning}")
+            log_run(events, run)  # the counts and the plan are the materialization's metadata: no log line per table
+            synced += 1
+    finally:
+        events.flush()  # what a stop or a failure left unwritten: the tables synced so far are recorded
     if synced:
         context.log.info(f"{synced} table(s) synced, {len(failures)} failed")
     if failures:

@@ -5,10 +5,13 @@ a batch one event at a time. Each event creates two engines, opens two database 
 commit waits for the disk. A first key-based sync of a small table with 957 monthly windows records a
 materialization per window: 9.3 s of its 11 s went there (profiled).
 
-``store_event_batch`` here writes a batch of asset events of one run as ``store_event`` would, in two
-transactions:
+``store_event_batch`` here writes a batch of asset events and check evaluations of one run as ``store_event``
+would, in two transactions:
 - the events into the run's file;
-- their mirror into the index file, with their tags and each asset key's latest entry.
+- their mirror into the index file, with the asset events' tags and each asset key's latest entry.
+
+Then each check evaluation updates its check's execution record, as ``store_event`` does. A tick over many tables
+writes its events this way (``materializations.TableEvents``).
 
 Anything else goes through Dagster's own loop. If the index step fails after the run's file committed, it is
 redone event by event (never the run's part, so nothing is written twice). If the run's part itself fails,
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
 
 INSTALLED = "_rds_pipeline_batched"
 
@@ -41,29 +46,35 @@ def install() -> None:
                 conn.execute(statement)
         try:
             with self.index_transaction() as conn:
-                _mirror(self, conn, events, statements)
+                ids = _mirror(self, conn, events, statements)
         except Exception:  # noqa: BLE001 - the run's part is stored: redo only the index, event by event
+            ids = []
             for event, statement in zip(events, statements, strict=True):
                 with self.index_transaction() as conn:
-                    _mirror(self, conn, [event], [statement])
+                    ids += _mirror(self, conn, [event], [statement])
+        for event, event_id in zip(events, ids, strict=True):
+            if event.dagster_event_type in ASSET_CHECK_EVENTS:
+                self.store_asset_check_event(event, event_id)
 
     setattr(store_event_batch, INSTALLED, True)
     SqliteEventLogStorage.store_event_batch = store_event_batch  # type: ignore[method-assign]
 
 
 def _batchable(events: Sequence[Any]) -> bool:
-    """Asset events (materializations, observations, planned), all of one run: what ``store_event`` handles
-    with no more than the run's file and the index."""
-    from dagster._core.events import ASSET_EVENTS
-
+    """Asset events (materializations, observations, planned) and check evaluations, all of one run: what
+    ``store_event`` handles with no more than the run's file and the index."""
     return len(events) > 1 and all(
-        e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS and e.run_id == events[0].run_id for e in events
+        e.is_dagster_event
+        and (e.dagster_event_type in ASSET_EVENTS or e.dagster_event_type in ASSET_CHECK_EVENTS)
+        and e.run_id == events[0].run_id
+        for e in events
     )
 
 
-def _mirror(storage: Any, conn: Any, events: Sequence[Any], statements: Sequence[Any]) -> None:
-    """What ``store_event`` writes to the index for asset events: the event, its tags, the key's latest entry
-    (written once per key and event type, from its last event: the same final row as one write per event)."""
+def _mirror(storage: Any, conn: Any, events: Sequence[Any], statements: Sequence[Any]) -> list[int]:
+    """What ``store_event`` writes to the index: every event; for asset events their tags and the key's latest
+    entry (written once per key and event type, from its last event: the same final row as one write per
+    event). Returns the events' ids in the index."""
     from dagster._core.errors import DagsterInvariantViolationError
     from dagster._core.storage.sqlalchemy_compat import db_result
 
@@ -74,9 +85,12 @@ def _mirror(storage: Any, conn: Any, events: Sequence[Any], statements: Sequence
         if event_id is None:
             raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
         ids.append(event_id)
-    storage._store_asset_event_tags(conn, list(events), ids)
+    assets = [(e, i) for e, i in zip(events, ids, strict=True) if e.dagster_event_type not in ASSET_CHECK_EVENTS]
+    if assets:
+        storage._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
     latest = {}
-    for event, event_id in zip(events, ids, strict=True):
+    for event, event_id in assets:
         latest[(event.dagster_event.asset_key, event.dagster_event_type)] = (event, event_id)
     for event, event_id in latest.values():
         storage._store_asset_event(conn, event, event_id)
+    return ids

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from rds_pipeline.dagster_defs import sqlite_batch
-from rds_pipeline.dagster_defs.materializations import record_partitions
+from rds_pipeline.dagster_defs.materializations import TableEvents, record_partitions
 
 PARTITIONS = dg.StaticPartitionsDefinition([f"p{i:04d}" for i in range(600)])
 
@@ -22,18 +22,24 @@ def windows(context) -> None:  # noqa: ANN001 - Dagster reads the annotation, wh
     record_partitions(context, context.asset_key, keys[:-1], {"batch_id": "b1", "plan": "history", "rows_inserted": 3})
 
 
+def count_mirrors(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many events each batched index write holds, as they happen."""
+    mirrored: list[int] = []
+    real = sqlite_batch._mirror
+
+    def counting(storage: Any, conn: Any, events: Any, statements: Any) -> list[int]:
+        mirrored.append(len(events))
+        return real(storage, conn, events, statements)
+
+    monkeypatch.setattr(sqlite_batch, "_mirror", counting)
+    return mirrored
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "one by one"])
 def test_partitions_recorded_in_a_batch_read_back_as_dagster_writes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
-    mirrored: list[int] = []
-    real = sqlite_batch._mirror
-
-    def counting(storage: Any, conn: Any, events: Any, statements: Any) -> None:
-        mirrored.append(len(events))
-        real(storage, conn, events, statements)
-
-    monkeypatch.setattr(sqlite_batch, "_mirror", counting)
+    mirrored = count_mirrors(monkeypatch)
     if not batched:
         monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "0")  # Dagster's own path: each event on its own
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
@@ -52,3 +58,33 @@ def test_partitions_recorded_in_a_batch_read_back_as_dagster_writes_them(
         ordered = [r.partition_key for r in reversed(records)]
         assert ordered[:3] == ["p0000", "p0001", "p0002"]
         assert mirrored == ([599] if batched else [])
+
+
+@dg.op
+def many_tables(context) -> None:  # noqa: ANN001 - Dagster reads the annotation, which postponed evaluation hides
+    events = TableEvents(context)
+    for i in range(150):
+        key = dg.AssetKey(["tick", f"t{i:03d}"])
+        check = dg.AssetCheckEvaluation(asset_key=key, check_name="rows", passed=i != 7, metadata={"n": i})
+        events.add(key, ["all"], {"batch_id": "b", "plan": "full", "rows_inserted": i}, [check])
+    events.flush()
+
+
+def test_a_tick_over_many_tables_writes_their_events_a_hundred_tables_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """150 tables' materializations and check results in two writes (100, then 50 tables), read back as Dagster
+    reads events written one by one: each table's latest materialization and its check's latest execution."""
+    mirrored = count_mirrors(monkeypatch)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job = dg.GraphDefinition(name="tick", node_defs=[many_tables]).to_job()
+        assert job.execute_in_process(instance=instance).success
+        assert mirrored == [200, 100]  # a materialization and a check result per table
+        for i in (0, 7, 99, 100, 149):
+            key = dg.AssetKey(["tick", f"t{i:03d}"])
+            latest = instance.get_latest_materialization_event(key)
+            assert latest is not None and latest.asset_materialization is not None
+            assert latest.asset_materialization.metadata["rows_inserted"].value == i
+            check = dg.AssetCheckKey(key, "rows")
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check]
+            assert record.status.value == ("FAILED" if i == 7 else "SUCCEEDED")
