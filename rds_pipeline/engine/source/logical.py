@@ -174,18 +174,14 @@ def readiness(conn: psycopg2.extensions.connection, tables: list[SelectedTable])
             "FROM pg_roles r WHERE r.rolname = current_user"
         )
         wal_level, rds, can_replicate, keep = one(cur.fetchone())
-        identities: dict[str, tuple[str, bool]] = {}
-        for table in tables:
-            cur.execute(
-                "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
-                "i.indisprimary) FROM pg_class c WHERE c.oid = to_regclass(%s)",
-                (qualified(table),),
-            )
-            row = cur.fetchone()
-            if row:
-                identities[table.id] = (row[0], bool(row[1]))
+        by_name = {qualified(t): t.id for t in tables}
+        cur.execute(  # every table in one statement
+            "SELECT w.name, c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
+            "i.indisprimary) FROM unnest(%s::text[]) AS w(name) JOIN pg_class c ON c.oid = to_regclass(w.name)",
+            (list(by_name),),
+        )
+        identities = {by_name[name]: (identity, bool(keyed)) for name, identity, keyed in cur.fetchall()}
     conn.rollback()
-    by_name = {qualified(t): t.id for t in tables}
     shapes = {by_name[name]: shape for name, shape in row_shapes(conn, list(by_name)).items()}
     return Readiness(
         wal_level, bool(rds), bool(can_replicate), _megabytes(keep), identities, conn.server_version, shapes
@@ -250,7 +246,7 @@ class PublicationFacts:
                 )
             )
         for table in tables:
-            name = f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}"
+            name = qualified(table)
             readd = f"ALTER PUBLICATION {pub} DROP TABLE {name}; ALTER PUBLICATION {pub} ADD TABLE {name};"
             if table.id in self.filters:
                 found.append(
@@ -296,7 +292,7 @@ def publication_facts(
         filters: dict[str, str] = {}
         left_out: dict[str, tuple[str, ...]] = {}
         if conn.server_version >= 150000 and tables:  # row filters and column lists came with PostgreSQL 15
-            by_name = {f"{quote_ident(t.relation.schema)}.{quote_ident(t.relation.name)}": t for t in tables}
+            by_name = {qualified(t): t for t in tables}
             cur.execute(
                 "SELECT w.name, pg_get_expr(p.prqual, p.prrelid), "
                 "(SELECT array_agg(a.attname::text) FROM pg_attribute a "

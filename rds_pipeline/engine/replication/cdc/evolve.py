@@ -16,9 +16,9 @@ import dataclasses
 import psycopg2.extensions
 
 from rds_pipeline.engine.core.messages import Relation
-from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
+from rds_pipeline.engine.source.logical import qualified
 
 _KINDS = {"b": "base", "e": "enum", "d": "domain", "r": "range", "m": "multirange", "c": "composite", "p": "pseudo"}
 _DESCRIBE = """
@@ -45,7 +45,7 @@ def live_columns(conn: psycopg2.extensions.connection, table: SelectedTable) -> 
         "NOT a.attisdropped ORDER BY a.attnum"
     )
     with conn.cursor() as cur:
-        cur.execute(query, (f"{quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)}",))
+        cur.execute(query, (qualified(table),))
         found = [_column(*row) for row in cur.fetchall()]
     conn.rollback()
     return found or None

@@ -35,7 +35,6 @@ import psycopg2.extensions
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.messages import lsn_int
 from rds_pipeline.engine.core.ranges import KeyRange
-from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.destinations.base import Destination
 from rds_pipeline.engine.errors import GapDetected, SetupNeeded, SlotBusy, TableApplyError
 from rds_pipeline.engine.progress import table_done
@@ -47,7 +46,7 @@ from rds_pipeline.engine.replication.cdc.snapshot import SnapshotResult, snapsho
 from rds_pipeline.engine.replication.cdc.stream import StreamResult, catch_up
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.connection import connect_source, open_tunnel
-from rds_pipeline.engine.source.logical import DECODES_ON_STANDBY, publication_facts, readiness
+from rds_pipeline.engine.source.logical import publication_facts, readiness, replica_facts, replica_findings
 
 if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
     from rds_pipeline.engine.source.tunnel import SshTunnel
@@ -176,7 +175,7 @@ def _prepare_source(
     """Readiness, the heartbeat and the publication. Returns the tables that can be streamed."""
     config = connect.config
     with connect() as conn:
-        result.standby = _standby(conn)
+        result.standby = _standby(conn, result.slot)
         ready = readiness(conn, tables)
         published = publication_facts(conn, result.publication, tables)  # one made by someone else, maybe
         problems = ready.problems(tables, config.source.user, published)
@@ -225,19 +224,14 @@ def _prepare_source(
         return usable
 
 
-def _standby(conn: psycopg2.extensions.connection) -> bool:
-    """Whether the source is a hot standby; before PostgreSQL 16 one cannot decode, which is refused here."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_is_in_recovery()")
-        standby = bool(one(cur.fetchone())[0])
-    conn.rollback()
-    if standby and conn.server_version < DECODES_ON_STANDBY:
-        raise SetupNeeded(
-            f"the source is a standby running PostgreSQL {conn.server_version // 10000}, which cannot decode "
-            "logical changes (16+ can). Fix: point source at the primary for log-based tables, or upgrade the "
-            "replica to PostgreSQL 16 or newer"
-        )
-    return standby
+def _standby(conn: psycopg2.extensions.connection, slot: str) -> bool:
+    """Whether the source is a hot standby; one that cannot decode (before PostgreSQL 16) is refused here, with
+    the words ``check`` uses."""
+    facts = replica_facts(conn, slot)
+    for severity, _, what, fix in replica_findings(facts, slot):
+        if severity == "error":
+            raise SetupNeeded(f"{what}. Fix: {fix}")
+    return facts.standby
 
 
 def _heartbeat(conn: psycopg2.extensions.connection) -> bool:
