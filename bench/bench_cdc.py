@@ -1,11 +1,12 @@
 """Log-based replication against PostgreSQL's own logical replication, on one embedded PostgreSQL 18.
 
-The anchor is the native subscriber (``CREATE SUBSCRIPTION``) applying the same WAL. A 1M-row table is copied to
-two destination databases; two slots are created at the same LSN; then a workload of 1M changes (60% inserts,
+The anchors are the native subscriber (``CREATE SUBSCRIPTION``) applying the same WAL, in text and in ``binary =
+true``. A 1M-row table is copied to the destination databases; the slots are created at the same LSN; then a workload of 1M changes (60% inserts,
 30% updates, 10% deletes, in transactions of 1,000) is written. Each consumer then applies the same WAL, and
 is timed from its start until the destination equals the source (same rows, checked by a hash of each side).
 The key-based method, given the same changes, is timed too: it cannot see the deletes (the rows it keeps are
-counted). Then the lag under a steady writer, and the decoder's speed on the captured stream.
+counted). Each run's CPU is reported per process (the walsender, the consumer, the destination backend), sampled
+every 50 ms, so the limit shows. Then the lag under a steady writer, and the decoder's speed on the captured stream.
 
     .venv/bin/python -m bench.bench_cdc [--rows 1000000] [--changes 1000000] [--rate 5000] [--seconds 30]
 """
@@ -13,6 +14,7 @@ counted). Then the lag under a steady writer, and the decoder's speed on the cap
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import tempfile
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 
 from bench.bench_engine import machine
@@ -44,6 +47,7 @@ SETTINGS = {
     "shared_buffers": "512MB",
 }
 DDL = "CREATE TABLE c (id bigint PRIMARY KEY, n int, v text, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+NATIVE = {"native": "false", "native_binary": "true"}  # subscription (and its slot and database) -> binary
 FINGERPRINT = "SELECT count(*), coalesce(sum(hashtext(id::text || '|' || coalesce(n::text, '') || '|' || coalesce(v, ''))), 0) FROM {t}"
 
 
@@ -89,23 +93,79 @@ def workload(server: LocalPostgres, rows: int, changes: int, per_transaction: in
     return time.monotonic() - started
 
 
-def native(server: LocalPostgres, target: str) -> float:
+class CpuSampler:
+    """CPU seconds per role while a consumer runs: the walsender of ``slot`` and the backends of ``database``
+    (PostgreSQL's processes, sampled every 50 ms: a process's last 50 ms may be missed), and this process."""
+
+    def __init__(self, server: LocalPostgres, slot: str, database: str) -> None:
+        self.server, self.slot, self.database = server, slot, database
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self.ours = time.process_time()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.ours = time.process_time() - self.ours - self.own  # less the sampler's own
+
+    def run(self) -> None:
+        self.own, started = 0.0, time.thread_time()
+        conn = connect(self.server, "postgres")
+        with conn.cursor() as cur:
+            while not self.stop.is_set():
+                cur.execute(
+                    "SELECT pid, 'walsender' FROM pg_stat_activity WHERE backend_type = 'walsender' AND pid = "
+                    "(SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s) UNION ALL "
+                    "SELECT pid, 'destination' FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (self.slot, self.database),
+                )
+                for pid, role in cur.fetchall():
+                    try:
+                        times = psutil.Process(pid).cpu_times()
+                    except psutil.Error:
+                        continue
+                    self.seen[pid] = (role, times.user + times.system)
+                self.own = time.thread_time() - started
+                time.sleep(0.05)
+        conn.close()
+
+    def seconds(self, consumer: bool) -> dict[str, float]:
+        found = {"walsender": 0.0, "destination": 0.0}
+        for role, cpu in self.seen.values():
+            found[role] += cpu
+        if consumer:
+            found["consumer"] = self.ours
+        return {role: round(cpu, 2) for role, cpu in found.items()}
+
+
+def native(server: LocalPostgres, target: str, name: str = "native") -> tuple[float, dict[str, float]]:
     """Enable a subscription on the pre-created slot and wait until it confirmed everything written."""
+    database = f"dst_{name}"
     end = scalar(server, "src", "SELECT pg_current_wal_lsn()::text")
-    conn = connect(server, "dst_native")
-    with conn.cursor() as cur:
+    conn = connect(server, database)
+    with conn.cursor() as cur, CpuSampler(server, name, database) as cpu:
         started = time.monotonic()
-        cur.execute("ALTER SUBSCRIPTION native ENABLE")
+        cur.execute(sql_enable(name))
         while True:
             cur.execute(
-                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'native'", (end,)
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (end, name)
             )
             # confirmed means applied (and flushed) by the subscriber; then check the data
-            if cur.fetchone()[0] and scalar(server, "dst_native", FINGERPRINT.format(t="c")) == target:
+            if cur.fetchone()[0] and scalar(server, database, FINGERPRINT.format(t="c")) == target:
                 break
             time.sleep(0.05)
+        seconds = time.monotonic() - started
     conn.close()
-    return time.monotonic() - started
+    return seconds, cpu.seconds(consumer=False)
+
+
+def sql_enable(name: str) -> str:
+    return f"ALTER SUBSCRIPTION {name} ENABLE"
 
 
 def config(server: LocalPostgres, database: str, name: str) -> Any:
@@ -120,16 +180,17 @@ def config(server: LocalPostgres, database: str, name: str) -> Any:
     )
 
 
-def ours(server: LocalPostgres, cfg: Any, table: Any, target: Any) -> tuple[float, dict[str, int]]:
+def ours(server: LocalPostgres, cfg: Any, table: Any, target: Any) -> tuple[float, dict[str, int], dict[str, float]]:
     dest = PostgresDestination(cfg.destination, cfg.destination_schema)
     dest.prepare(cfg)
-    started = time.monotonic()
-    result = sync_log_based(cfg, dest, [table])
-    seconds = time.monotonic() - started
+    with CpuSampler(server, cfg.log_based.slot, "dst_ours") as cpu:
+        started = time.monotonic()
+        result = sync_log_based(cfg, dest, [table])
+        seconds = time.monotonic() - started
     got = scalar(server, "dst_ours", FINGERPRINT.format(t=f'"{cfg.destination_schema}".c'))
     dest.close()
     assert got == target, f"replica differs: {got} != {target}"
-    return seconds, result.changes(table.id)
+    return seconds, result.changes(table.id), cpu.seconds(consumer=True)
 
 
 def lag_under_writer(server: LocalPostgres, cfg: Any, table: Any, rate: int, seconds: int) -> dict[str, float]:
@@ -207,23 +268,27 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
     server = LocalPostgres(embedded_bin_dir(), base / "pg", settings=SETTINGS)
     server.start()
     try:
-        for database in ("src", "dst_native", "dst_ours", "dst_key"):
+        for database in ("src", "dst_native", "dst_native_binary", "dst_ours", "dst_key"):
             server.psql(f"CREATE DATABASE {database}")
         server.psql(
             DDL + f"; INSERT INTO c (id, n, v) SELECT g, g % 1000, 'row ' || g FROM generate_series(1, {rows}) g;"
             " CREATE PUBLICATION bench_pub FOR TABLE c; ANALYZE c",
             "src",
         )
-        server.psql(DDL, "dst_native")
         dump = scalar(server, "src", "SELECT count(*) FROM c")
         assert dump == rows
-        with connect(server, "src") as src, connect(server, "dst_native") as dst, src.cursor() as a, dst.cursor() as b:
-            import io
-
-            buffer = io.StringIO()
-            a.copy_expert("COPY c TO STDOUT", buffer)
-            buffer.seek(0)
-            b.copy_expert("COPY c FROM STDIN", buffer)
+        for name in NATIVE:
+            server.psql(DDL, f"dst_{name}")
+            with (
+                connect(server, "src") as src,
+                connect(server, f"dst_{name}") as dst,
+                src.cursor() as a,
+                dst.cursor() as b,
+            ):
+                buffer = io.StringIO()
+                a.copy_expert("COPY c TO STDOUT", buffer)
+                buffer.seek(0)
+                b.copy_expert("COPY c FROM STDIN", buffer)
         cfg = config(server, "dst_ours", "bench_ours")
         catalog = discover(cfg.source, databases=["src"])
         [table] = resolve_selection([{"name": "public.c", "method": "log_based"}], catalog, "src")
@@ -231,13 +296,14 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
         dest.prepare(cfg)
         sync_log_based(cfg, dest, [table])  # the snapshot: our slot and our copy of the 1M rows
         dest.close()
-        server.psql("SELECT pg_create_logical_replication_slot('native', 'pgoutput')", "src")
-        server.psql(
-            f"CREATE SUBSCRIPTION native CONNECTION 'host={server.host} port={server.port} dbname=src "
-            f"user={server.superuser} password={server.password}' PUBLICATION bench_pub WITH "
-            "(create_slot = false, slot_name = native, copy_data = false, enabled = false)",
-            "dst_native",
-        )
+        for name, binary in NATIVE.items():
+            server.psql(f"SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')", "src")
+            server.psql(
+                f"CREATE SUBSCRIPTION {name} CONNECTION 'host={server.host} port={server.port} dbname=src "
+                f"user={server.superuser} password={server.password}' PUBLICATION bench_pub WITH "
+                f"(create_slot = false, slot_name = {name}, copy_data = false, enabled = false, binary = {binary})",
+                f"dst_{name}",
+            )
         key_cfg = parse_config(
             {
                 "integration_name": "bench key",
@@ -268,11 +334,24 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
         key_dest.prepare(key_cfg)
         with SourceSession(key_cfg.source) as session:
             sync_table(session, key_dest, keyed)  # the history, before the changes
+        # every slot starts at the same LSN: ours catches up past the copies written since it was made (WAL it
+        # would otherwise decode and skip), and the native slots move to where it stands
+        dest = PostgresDestination(cfg.destination, cfg.destination_schema)
+        sync_log_based(cfg, dest, [table])
+        dest.close()
+        start = scalar(
+            server,
+            "src",
+            f"SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{cfg.log_based.slot}'",
+        )
+        for name in NATIVE:
+            server.psql(f"SELECT pg_replication_slot_advance('{name}', '{start}')", "src")
 
         written = workload(server, rows, changes)
         target = scalar(server, "src", FINGERPRINT.format(t="c"))
-        native_seconds = native(server, target)
-        our_seconds, applied = ours(server, cfg, table, target)
+        native_seconds, native_cpu = native(server, target)
+        binary_seconds, binary_cpu = native(server, target, "native_binary")
+        our_seconds, applied, our_cpu = ours(server, cfg, table, target)
         started = time.monotonic()
         with SourceSession(key_cfg.source) as session:
             sync_table(session, key_dest, keyed)
@@ -280,7 +359,8 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
         kept = scalar(server, "dst_key", 'SELECT count(*) FROM "bench_key".c') - target[0]
         key_dest.close()
         lag = lag_under_writer(server, cfg, table, rate, seconds)
-        server.psql("DROP SUBSCRIPTION native", "dst_native")
+        for name in NATIVE:
+            server.psql(f"DROP SUBSCRIPTION {name}", f"dst_{name}")
     finally:
         server.stop()
     return {
@@ -288,8 +368,11 @@ def run(rows: int, changes: int, rate: int, seconds: int) -> dict[str, Any]:
         "changes": changes,
         "workload_seconds": round(written, 2),
         "native_seconds": round(native_seconds, 2),
+        "native_binary_seconds": round(binary_seconds, 2),
         "ours_seconds": round(our_seconds, 2),
         "ratio": round(native_seconds / our_seconds, 3),
+        "ratio_binary": round(binary_seconds / our_seconds, 3),
+        "cpu": {"native": native_cpu, "native_binary": binary_cpu, "ours": our_cpu},
         "applied": applied,
         "key_based_seconds": round(key_seconds, 2),
         "key_based_rows_not_deleted": kept,
@@ -313,15 +396,31 @@ def report(result: dict[str, Any]) -> str:
                 f"{result['rows']:,}-row table, written in {result['workload_seconds']} s; each consumer then applies the same "
                 "WAL, timed from its start until the destination equals the source (same rows, by hash).",
                 "",
-                "| consumer | seconds | changes/s | ratio to the native subscriber |",
-                "| --- | ---: | ---: | ---: |",
-                f"| PostgreSQL's own logical replication (`CREATE SUBSCRIPTION`) | {result['native_seconds']} | "
-                f"{result['changes'] / result['native_seconds']:,.0f} | 1.0 |",
-                f"| rds_pipeline log-based (engine) | {result['ours_seconds']} | {result['changes'] / result['ours_seconds']:,.0f} | "
-                f"{result['ratio']} |",
+                f"**rds_pipeline applies them at {result['ratio']}x the speed of PostgreSQL's own subscriber "
+                f"({result['ratio_binary']}x its binary mode).**",
+                "",
+                "| consumer | seconds | changes/s | ratio (native time / its time) | CPU s: walsender | consumer | destination backend |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                *(
+                    f"| {label} | {result[key]} | {result['changes'] / result[key]:,.0f} | "
+                    f"{round(result['native_seconds'] / result[key], 3)} | {cpu['walsender']} | "
+                    f"{cpu.get('consumer', 'in the destination')} | {cpu['destination']} |"
+                    for label, key, cpu in (
+                        (
+                            "PostgreSQL's own logical replication (`CREATE SUBSCRIPTION`)",
+                            "native_seconds",
+                            result["cpu"]["native"],
+                        ),
+                        ("the same, `binary = true`", "native_binary_seconds", result["cpu"]["native_binary"]),
+                        ("rds_pipeline log-based (engine)", "ours_seconds", result["cpu"]["ours"]),
+                    )
+                ),
                 f"| rds_pipeline key-based on the same changes | {result['key_based_seconds']} | n/a | "
                 f"{round(result['native_seconds'] / result['key_based_seconds'], 3)} (but {result['key_based_rows_not_deleted']:,} "
-                "deleted rows are still in its replica: only the log carries deletes) |",
+                "deleted rows are still in its replica: only the log carries deletes) | | | |",
+                "",
+                "CPU is per process, sampled every 50 ms (a process's last 50 ms may be missed); the native subscriber's "
+                "apply worker is its destination backend. The machine has 2 cores, shared by all three.",
                 "",
                 f"Applied by rds_pipeline: {applied}. Under a steady writer of {result['rate']:,} changes/s for "
                 f"{result['lag_seconds']} s with syncs back to back, the replica's lag (age of its newest change, sampled every "

@@ -46,6 +46,7 @@ def test_type_zoo_through_the_log(logical_servers: list[LocalPostgres], index: i
     scratch.sql("INSERT INTO zoo (id) VALUES (1);" + inserts)  # every value arrives through the log
     streamed = sync_log_based(scratch.config, dest, [table])
     assert streamed.changes(table.id) == {"insert": 5}
+    assert streamed.stream is not None and streamed.stream.undecoded == 5  # whole rows: COPY rows, cast there
     same(scratch, dest, "zoo")
     scratch.sql("UPDATE zoo SET i2 = coalesce(i2, 0) WHERE id IN (2, 3); DELETE FROM zoo WHERE id = 4")
     sync_log_based(scratch.config, dest, [table])

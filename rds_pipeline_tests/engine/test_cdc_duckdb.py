@@ -34,6 +34,7 @@ def test_type_zoo_through_the_log_into_duckdb(logical_servers: list[LocalPostgre
     scratch.sql("UPDATE zoo SET i2 = coalesce(i2, 0) WHERE id IN (2, 3); DELETE FROM zoo WHERE id = 5")
     streamed = sync_log_based(scratch.config, dest, [table])
     assert not streamed.failures and streamed.changes(table.id) == {"insert": 5, "update": 2, "delete": 1}
+    assert streamed.stream is not None and streamed.stream.undecoded == 0  # DuckDB reads values: all decoded
     through_log = dest.fetch_rows(table)
     dest.close()
     # the same rows through the snapshot path (a full-table copy) into another file: identical values

@@ -16,6 +16,9 @@ operation wins. Pure: no I/O.
 - ``skip`` names tables whose changes the current transaction must not touch (a table snapshotted after it).
 - ``ranged`` holds, per table whose snapshot is being copied chunk by chunk, which keys the current transaction
   may touch (``ChunkFilter``): those of copied chunks whose snapshot it committed after.
+- ``copy_tables`` names tables whose whole-row INSERTs and UPDATEs (text values, key unchanged) ``add_copy``
+  keeps undecoded, as COPY BINARY rows (``CopyRow``, see ``copy_rows.py``): only their key is read. A later
+  change to the same key that needs the values decodes the row first.
 - Changes of a transaction that did not commit never reach a batch (the reader adds only committed ones), and
   those of a rolled-back subtransaction of a streamed transaction are dropped by ``xid``.
 """
@@ -23,16 +26,21 @@ operation wins. Pure: no I/O.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
+from rds_pipeline.engine.core.copy_rows import copy_row, row_fields, row_values
 from rds_pipeline.engine.core.messages import UNCHANGED, Delete, Insert, Relation, Truncate, Update, Value
 from rds_pipeline.engine.errors import BatchError
 
 T = TypeVar("T")
 UPSERT = "upsert"
 DELETE = "delete"
+_OID = struct.Struct("!I").unpack_from
+_I32 = struct.Struct("!i").unpack_from
+_INSERT, _UPDATE, _NEW = 0x49, 0x55, 0x4E  # 'I', 'U', 'N'
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,34 @@ class RowChange:
         return UNCHANGED not in self.values
 
 
+@dataclass(slots=True)
+class CopyRow:
+    """An upsert of a whole new row (text values, none UNCHANGED), kept as the COPY BINARY row the destination
+    loads (``copy_rows.py``): never decoded unless a later change to its key needs the values."""
+
+    row: bytes
+    op: ClassVar[str] = UPSERT
+    moved_from: ClassVar[None] = None
+
+    def decoded(self) -> RowChange:
+        return RowChange(UPSERT, row_values(self.row))
+
+
+Change = RowChange | CopyRow
+# per relation, for ``add_copy``: its key's positions, the current segment's rows, its counts, its name
+_CopyPath = tuple[tuple[int, ...], dict[tuple[Value, ...], Change], dict[str, int], tuple[str, str]]
+
+
+def decoded(change: Change) -> RowChange:
+    """``change`` with its values (a ``CopyRow`` decoded)."""
+    return change.decoded() if type(change) is CopyRow else change  # type: ignore[return-value]
+
+
 @dataclass
 class Segment:
     """Changes up to a TRUNCATE (or the end of the batch), per relation OID and key, in first-seen order."""
 
-    changes: dict[int, dict[tuple[Value, ...], RowChange]] = field(default_factory=dict)
+    changes: dict[int, dict[tuple[Value, ...], Change]] = field(default_factory=dict)
     truncate: Truncate | None = None  # applied after ``changes``
 
 
@@ -95,6 +126,9 @@ class ChangeBatch:
     commit_lsn: int = 0  # of the current transaction (for ``ranged``)
     ranged: dict[tuple[str, str], ChunkFilter] = field(default_factory=dict)  # tables copied chunk by chunk
     per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    copy_tables: frozenset[tuple[str, str]] = frozenset()  # tables ``add_copy`` may keep as COPY rows
+    copied: int = 0  # changes ``add_copy`` took (never decoded)
+    _copy_paths: dict[int, _CopyPath] = field(default_factory=dict, repr=False)
     _projection: dict[int, tuple[Relation, Layout, tuple[int | None, ...] | None, tuple[int, ...]]] = field(
         default_factory=dict, repr=False
     )
@@ -102,7 +136,12 @@ class ChangeBatch:
     def in_order(self, tables: Mapping[tuple[str, str], T]) -> Iterator[tuple[T, list[RowChange] | None]]:
         """What a destination applies, in order: ``(table, changes)`` per table and segment, and ``(table,
         None)`` for each table a TRUNCATE wipes after them. ``tables`` by source (schema, name); others are
-        left out."""
+        left out. Every change decoded (a ``CopyRow`` too)."""
+        for table, changes in self.in_order_undecoded(tables):
+            yield table, None if changes is None else list(map(decoded, changes))
+
+    def in_order_undecoded(self, tables: Mapping[tuple[str, str], T]) -> Iterator[tuple[T, list[Change] | None]]:
+        """``in_order``, with ``CopyRow`` upserts as they are (for a destination that loads them)."""
         for segment in self.segments:
             for oid, changes in segment.changes.items():
                 relation = self.relations[oid]
@@ -122,6 +161,61 @@ class ChangeBatch:
                 continue
             self.add(message)
         self.end_lsn = end_lsn
+
+    def add_copy(self, data: bytes) -> bool:
+        """The fast path, before decoding: an INSERT, or an UPDATE that kept its key, of a whole row of text
+        values to a table of ``copy_tables`` whose columns are the selected ones, in order. Kept as a
+        ``CopyRow`` under its key; returns False (nothing done) for anything else, which ``add`` then takes.
+        One call per change: what it needs per relation is cached until a Relation or TRUNCATE message."""
+        kind = data[0]
+        if (kind != _INSERT and kind != _UPDATE) or data[5] != _NEW:
+            return False  # not a row change, or an UPDATE carrying its old key or row
+        (oid,) = _OID(data, 1)
+        path = self._copy_paths.get(oid)
+        if path is None:
+            path = self._copy_path(oid)
+            if path is None:
+                return False
+        keys, rows, counts, name = path
+        if self.skip and name in self.skip:
+            return False
+        row = copy_row(data, 6)
+        if row is None:
+            return False
+        if keys == (0,):  # the usual key: the first column
+            key: tuple[Value, ...] = (row[6 : 6 + _I32(row, 2)[0]].decode("utf-8"),)
+        else:
+            key = row_fields(row, keys)
+        rows[key] = CopyRow(row)  # a whole row: whatever came before under its key is void
+        self.messages += 1
+        self.copied += 1
+        counted = "insert" if kind == _INSERT else "update"
+        self.counts[counted] += 1
+        counts[counted] = counts.get(counted, 0) + 1
+        return True
+
+    def _copy_path(self, oid: int) -> _CopyPath | None:
+        """What ``add_copy`` needs for a relation (its key's positions, the current segment's rows and the
+        table's counts), or None if it may not take its rows (see ``_copy_keys``)."""
+        relation = self.relations.get(oid)
+        if relation is None:
+            return None
+        keys = self._copy_keys(relation, self._layout(relation))
+        if keys is None:
+            return None
+        name = (relation.namespace, relation.name)
+        rows = self.segments[-1].changes.setdefault(oid, {})
+        path = self._copy_paths[oid] = (keys, rows, self.per_table.setdefault(name, {}), name)
+        return path
+
+    def _copy_keys(self, relation: Relation, layout: Layout | None) -> tuple[int, ...] | None:
+        """The key's positions if ``add_copy`` may take the relation's rows: a table of ``copy_tables`` with a
+        key, whose stream columns are its selected columns in order, not being copied chunk by chunk."""
+        name = (relation.namespace, relation.name)
+        if layout is None or name not in self.copy_tables or name in self.ranged or not layout.key:
+            return None
+        positions, keys = self._positions(relation, layout)
+        return keys if positions is None else None
 
     def add(self, message: object) -> None:
         if type(message) is Insert and self.layouts is not None:  # the hot path: whole new rows
@@ -151,6 +245,7 @@ class ChangeBatch:
                 return
         if isinstance(message, Relation):
             self.relations[message.oid] = message
+            self._copy_paths.pop(message.oid, None)  # its shape (or the layout) may have changed
             return
         if not isinstance(message, (Insert, Update, Delete, Truncate)):
             return  # Begin, Commit, Type, Origin, Message: nothing to apply
@@ -162,6 +257,7 @@ class ChangeBatch:
             self.messages += 1
             segment.truncate = Truncate(message.xid, kept, message.cascade, message.restart_identity)
             self.segments.append(Segment())
+            self._copy_paths.clear()  # they point into the segment that just ended
             self.counts["truncate"] += 1
             for oid in kept:
                 if oid in self.relations:
@@ -269,10 +365,10 @@ class ChangeBatch:
 
     def _upsert(
         self,
-        rows: dict[tuple[Value, ...], RowChange],
+        rows: dict[tuple[Value, ...], Change],
         relation: Relation,
         new: tuple[Value, ...],
-        carried: RowChange | None = None,
+        carried: Change | None = None,
         moved_from: tuple[Value, ...] | None = None,
     ) -> None:
         """``carried`` and ``moved_from``: for a key change, the old key's change in this batch and the old key."""
@@ -280,6 +376,7 @@ class ChangeBatch:
         earlier = rows.pop(key, None)
         previous = carried if moved_from is not None else earlier
         if previous is not None and previous.op == UPSERT:
+            previous = decoded(previous)
             new = tuple(old if value is UNCHANGED else value for value, old in zip(new, previous.values, strict=True))
             # what is still UNCHANGED lives where the earlier change's row came from
             moved_from = previous.moved_from or moved_from

@@ -154,6 +154,8 @@ class ChangeApplier(Protocol):
     """Batches in: the rows a batch changes and the slot's LSN commit together, so after any crash the
     destination holds a batch with its LSN, or neither, and the reader resumes from the LSN it holds."""
 
+    takes_copy_rows: bool  # whether ``apply_batch`` loads ``CopyRow`` upserts as they are (else: decoded)
+
     def lock_slot(self, slot: str) -> None:
         """Hold the slot for this run (one reader per slot), waiting up to the destination's lock timeout; raises
         ``SlotBusy`` with the fix. A lock dies with its session, so a killed run never holds one."""

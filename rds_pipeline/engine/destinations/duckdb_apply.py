@@ -271,6 +271,8 @@ def _time(microseconds: int | None) -> str | None:
 class DuckDBApplier:
     """``ChangeApplier`` (``base.py``) for DuckDB, on the destination's connection."""
 
+    takes_copy_rows = False  # it reads values (its own raw reader and per-key collapse)
+
     def __init__(self, destination: DuckDBDestination) -> None:
         self.destination = destination
 

@@ -24,7 +24,8 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from rds_pipeline.engine.core.changes import DELETE, ChangeBatch, RowChange
+from rds_pipeline.engine.core.changes import DELETE, Change, ChangeBatch, CopyRow, RowChange, decoded
+from rds_pipeline.engine.core.copy_rows import COPY_BINARY_HEADER, COPY_BINARY_TRAILER
 from rds_pipeline.engine.core.messages import UNCHANGED, Value, lsn_text, timestamp
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.types import postgres_type
@@ -47,6 +48,9 @@ from rds_pipeline.engine.selection import SelectedTable
 if TYPE_CHECKING:  # the destination imports its applier
     from rds_pipeline.engine.destinations.postgres import PostgresDestination
 
+# what psycopg2 reads from a COPY's buffer at a time: each read takes the GIL back from the thread reading the
+# stream (up to a switch interval each), so a batch's COPY is read in a few large pieces, not 8 KiB ones
+_COPY_READ = 1 << 22
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -114,7 +118,7 @@ def _apply_table(
     cur: psycopg2.extensions.cursor,
     destination: PostgresDestination,
     table: SelectedTable,
-    changes: list[RowChange],
+    changes: list[Change],
     report: ApplyReport,
     soft_deletes: bool = False,
     enforced: bool = False,
@@ -132,11 +136,14 @@ def _apply_table(
     typed = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(postgres_type(c))) for c in table.columns
     )
-    upserts = [c for c in changes if c.op != DELETE]
+    copied = [c for c in changes if type(c) is CopyRow]
+    if copied and not enforced:  # no ON CONFLICT without the replica's key: the decoded path's UPDATE and INSERT
+        changes, copied = list(map(decoded, changes)), []
+    upserts = [c for c in changes if isinstance(c, RowChange) and c.op != DELETE]
     for change in upserts:
         if change.moved_from is not None:  # a key change that left TOASTed values: they are under the old key
             _fill_from_old_key(cur, table, target, change, key_index)
-    deletes = [c for c in changes if c.op == DELETE]
+    deletes = [c for c in changes if isinstance(c, RowChange) and c.op == DELETE]
     if deletes:
         key_types = sql.SQL(", ").join(
             sql.SQL("{} {}").format(
@@ -152,6 +159,7 @@ def _apply_table(
             .format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
             .as_string(cur),
             _rows([[*(_copy_text(v) for v in c.values), _commit_time(c.at)] for c in deletes]),
+            _COPY_READ,
         )
         cur.execute("ANALYZE _rds_deleted")
         if soft_deletes:
@@ -164,6 +172,8 @@ def _apply_table(
             cur.execute(sql.SQL("DELETE FROM {} t USING _rds_deleted s WHERE {}").format(target, keys))
         report.deleted[table.id] = report.deleted.get(table.id, 0) + cur.rowcount
         cur.execute("DROP TABLE _rds_deleted")
+    if copied:
+        _upsert_copy_rows(cur, table, target, copied, report, soft_deletes)
     complete = [c for c in upserts if UNCHANGED not in c.values]
     if complete and enforced:
         _upsert_complete(cur, table, target, complete, typed, report, soft_deletes)
@@ -192,24 +202,63 @@ def _upsert_complete(
     report: ApplyReport,
     soft_deletes: bool,
 ) -> None:
-    """Whole rows (the common case): one COPY into a stage, one INSERT … ON CONFLICT DO UPDATE."""
-    names = list(table.column_names)
-    columns = sql.SQL(", ").join(map(sql.Identifier, names))
+    """Whole decoded rows: one COPY into a stage, one INSERT … ON CONFLICT DO UPDATE."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, table.column_names))
     cur.execute(sql.SQL("CREATE TEMP TABLE _rds_complete ({}) ON COMMIT DROP").format(typed))
     text = "".join(map(_copy_line, upserts))
-    cur.copy_expert(sql.SQL("COPY _rds_complete ({}) FROM STDIN").format(columns).as_string(cur), io.StringIO(text))
+    cur.copy_expert(
+        sql.SQL("COPY _rds_complete ({}) FROM STDIN").format(columns).as_string(cur), io.StringIO(text), _COPY_READ
+    )
+    _insert_or_update(cur, table, target, columns, "_rds_complete", report, soft_deletes)
+
+
+def _upsert_copy_rows(
+    cur: psycopg2.extensions.cursor,
+    table: SelectedTable,
+    target: sql.Composable,
+    rows: list[CopyRow],
+    report: ApplyReport,
+    soft_deletes: bool,
+) -> None:
+    """Whole rows as the stream sent them (the common case): one COPY BINARY into a stage of text columns,
+    then one INSERT … ON CONFLICT DO UPDATE that casts each column to its type, as COPY's text format would."""
+    cur.execute(
+        sql.SQL("CREATE TEMP TABLE _rds_rows ({}) ON COMMIT DROP").format(
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(n)) for n in table.column_names)
+        )
+    )
+    data = b"".join([COPY_BINARY_HEADER, *(r.row for r in rows), COPY_BINARY_TRAILER])
+    cur.copy_expert("COPY _rds_rows FROM STDIN (FORMAT binary)", io.BytesIO(data), _COPY_READ)
+    casts = sql.SQL(", ").join(
+        sql.SQL("CAST({} AS {})").format(sql.Identifier(c.name), sql.SQL(postgres_type(c))) for c in table.columns
+    )
+    _insert_or_update(cur, table, target, casts, "_rds_rows", report, soft_deletes)
+
+
+def _insert_or_update(
+    cur: psycopg2.extensions.cursor,
+    table: SelectedTable,
+    target: sql.Composable,
+    select: sql.Composable,
+    stage: str,
+    report: ApplyReport,
+    soft_deletes: bool,
+) -> None:
+    """Upsert the stage's rows (``select``: the table's columns, in order) by the replica's key, then drop it."""
+    names = list(table.column_names)
     updates = [sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(n)) for n in names if n not in table.primary_key]
     cur.execute(
-        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _rds_complete ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
             target,
-            columns,
-            columns,
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            select,
+            sql.Identifier(stage),
             sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
             sql.SQL(", ").join([*updates, *_refresh(soft_deletes)]),
         )
     )
     report.upserted[table.id] = report.upserted.get(table.id, 0) + cur.rowcount
-    cur.execute("DROP TABLE _rds_complete")
+    cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(stage)))
 
 
 def _upsert_partial(
@@ -232,7 +281,9 @@ def _upsert_partial(
         lines.append([*(_copy_text(v) for v in change.values), _copy_text(marker)])
     columns = sql.SQL(", ").join(map(sql.Identifier, names))
     cur.copy_expert(
-        sql.SQL("COPY _rds_changed ({}, _rds_unchanged) FROM STDIN").format(columns).as_string(cur), _rows(lines)
+        sql.SQL("COPY _rds_changed ({}, _rds_unchanged) FROM STDIN").format(columns).as_string(cur),
+        _rows(lines),
+        _COPY_READ,
     )
     cur.execute("ANALYZE _rds_changed")
     cur.execute(
@@ -306,6 +357,8 @@ def _commit_time(microseconds: int | None) -> str:
 
 class PostgresApplier:
     """``ChangeApplier`` (``base.py``) for PostgreSQL, on the destination's connection."""
+
+    takes_copy_rows = True  # ``apply_batch`` loads ``CopyRow`` upserts as they are
 
     def __init__(self, destination: PostgresDestination) -> None:
         self.destination = destination
@@ -538,7 +591,7 @@ class PostgresApplier:
                                 self.destination.target(table), sql.Identifier(DELETED_AT)
                             )
                         )
-                for table, changes in batch.in_order(tables):
+                for table, changes in batch.in_order_undecoded(tables):
                     if changes is None:  # a TRUNCATE, in its place
                         target = self.destination.target(table)
                         if soft_deletes:

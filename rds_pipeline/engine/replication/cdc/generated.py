@@ -26,7 +26,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from rds_pipeline.engine.core.changes import UPSERT, ChangeBatch, RowChange
+from rds_pipeline.engine.core.changes import UPSERT, ChangeBatch, RowChange, decoded
 from rds_pipeline.engine.core.messages import UNCHANGED, Relation, Value
 from rds_pipeline.engine.errors import TableApplyError
 from rds_pipeline.engine.selection import SelectedTable
@@ -70,7 +70,9 @@ class GeneratedFiller:
                 table = tables.get((relation.namespace, relation.name))
                 if table is None or table.id not in self._tables:
                     continue
-                upserts = [c for c in changes.values() if c.op == UPSERT]
+                for key, change in changes.items():  # (a table with generated columns is never kept as COPY rows)
+                    changes[key] = decoded(change)
+                upserts = [c for c in changes.values() if isinstance(c, RowChange) and c.op == UPSERT]
                 if not upserts:
                     continue
                 missing = self._missing(relation, table)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # paramiko loads only when a tunnel is opened
 
 PROTOCOL_VERSION = 1
 WAIT_SECONDS = 1.0  # one bounded wait for the server between two reads
+QUIET_SECONDS = 0.05  # no message for this long: the stream may have reached the server's WAL end
 
 
 def apply_batch(
@@ -60,6 +61,7 @@ class StreamResult:
     skipped: int = 0  # already in the destination (applied, then the client stopped before confirming)
     batches: int = 0
     partial_flushes: int = 0  # applications inside one huge transaction (memory bound)
+    undecoded: int = 0  # changes applied as COPY rows, never decoded (the fast path)
     evolved: dict[str, list[str]] = field(default_factory=dict)  # table id -> columns added, dropped, retyped
     counts: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0})
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)  # table id -> changes applied per kind
@@ -72,6 +74,7 @@ class StreamResult:
         self.skipped += more.skipped
         self.batches += more.batches
         self.partial_flushes += more.partial_flushes
+        self.undecoded += more.undecoded
         for table_id, changes in more.evolved.items():
             self.evolved.setdefault(table_id, []).extend(changes)
         for kind, count in more.counts.items():
@@ -177,6 +180,12 @@ class _Reader:
         self.generated = generated
         self.ranged = ranged or {}
         self._filler = GeneratedFiller(connect, {t for t, names in generated.items() if names})
+        # rows the destination loads undecoded (``CopyRow``): not those whose generated values must be filled
+        self.copy_tables = frozenset(
+            name
+            for name, table in tables.items()
+            if destination.changes().takes_copy_rows and not generated.get(table.id)
+        )
         self._catalog: psycopg2.extensions.connection | None = None  # to describe a Relation's types
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rds-cdc-apply")
         self._pending: (
@@ -213,7 +222,7 @@ class _Reader:
         return batch
 
     def new_batch(self, previous: ChangeBatch | None = None) -> ChangeBatch:
-        batch = ChangeBatch(layouts=self.layouts, ranged=self.ranged)
+        batch = ChangeBatch(layouts=self.layouts, ranged=self.ranged, copy_tables=self.copy_tables)
         if previous is not None:  # Relation messages are sent once per session: keep them (and the transaction's state)
             batch.relations = dict(previous.relations)
             batch.skip, batch.commit_time, batch.commit_lsn = previous.skip, previous.commit_time, previous.commit_lsn
@@ -231,10 +240,16 @@ class _Reader:
                     raise TimeoutError(
                         f"slot {self.slot!r}: did not reach {lsn_text(target)} in time (at {lsn_text(cur.wal_end)})"
                     )
-                cur.send_feedback(reply=True)  # ask the server where its WAL ends
-                select.select([cur], [], [], WAIT_SECONDS)
+                if not select.select([cur], [], [], QUIET_SECONDS)[0]:  # quiet: ask the server where its WAL ends
+                    cur.send_feedback(reply=True)  # (not on every empty read: each reply costs the walsender)
+                    select.select([cur], [], [], WAIT_SECONDS)
                 continue
-            decoded = decoder.decode(message.payload)
+            payload = message.payload
+            if not skipping and batch.add_copy(payload):  # the hot path: a whole row, never decoded
+                if batch.messages >= max_changes:  # one huge transaction: apply what it has so far (see flush)
+                    batch = self.flush(cur, batch, result, partial=True)
+                continue
+            decoded = decoder.decode(payload)
             if isinstance(decoded, Begin):
                 in_transaction, skipping = True, decoded.final_lsn < done
                 batch.commit_time, batch.commit_lsn = decoded.commit_time, decoded.final_lsn
@@ -316,6 +331,7 @@ class _Reader:
             cur.send_feedback(flush_lsn=batch.end_lsn, force=True)  # ... and only then may the server forget them
             result.end_lsn = lsn_text(batch.end_lsn)
         result.batches += 1
+        result.undecoded += batch.copied
         for name, count in batch.counts.items():
             result.counts[name] += count
         for (schema, name), counts in batch.per_table.items():
