@@ -809,7 +809,7 @@ def extra_sections(report: dict[str, Any]) -> list[str]:
             "",
             "| path | seconds | ratio to the shell loop |",
             "| --- | ---: | ---: |",
-            f"| shell loop of `psql \| psql` per table | {t['psql_loop_seconds']} | 1.0 |",
+            f"| shell loop of `psql \\| psql` per table | {t['psql_loop_seconds']} | 1.0 |",
             f"| `rds-pipeline sync` (in process) | {t['cli_sync_seconds']} | {t['cli_ratio']} |",
             f"| the run launched with the multiprocess executor (2 pool slots) | {t['launched_run_seconds']} | "
             f"{t['launched_ratio']} |",

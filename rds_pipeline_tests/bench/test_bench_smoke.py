@@ -47,3 +47,16 @@ def test_snapshot_benchmark_smoke(tmp_path: Path) -> None:
     runs = {r["mode"]: r for r in report["runs"]}
     assert set(runs) == {"exported", "chunked"} and "| chunked |" in text
     assert all(r["rows_copied"] >= 60_000 and r["changes_written"] > 0 for r in runs.values())
+
+
+def test_cdc_benchmark_smoke() -> None:
+    """Both native anchors, ours, the CPU per process and the lag, on a few thousand changes."""
+    from bench import bench_cdc
+
+    result = bench_cdc.run(rows=20_000, changes=30_000, rate=500, seconds=4)
+    text = bench_cdc.report(result)
+    assert "| the same, `binary = true` |" in text and "| rds_pipeline log-based (engine) |" in text
+    assert result["applied"]["insert"] == 18_000 and result["applied"]["update"] > 0  # (rows equal: checked inside)
+    ours = result["cpu"]["ours"]
+    assert ours["consumer"] > 0 and ours["walsender"] > 0 and ours["destination"] > 0
+    assert result["cpu"]["native"]["destination"] > 0 and result["lag"]["samples"] > 0
