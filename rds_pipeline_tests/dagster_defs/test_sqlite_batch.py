@@ -88,3 +88,41 @@ def test_a_tick_over_many_tables_writes_their_events_a_hundred_tables_at_a_time(
             check = dg.AssetCheckKey(key, "rows")
             record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check]
             assert record.status.value == ("FAILED" if i == 7 else "SUCCEEDED")
+
+
+@pytest.mark.parametrize("index_fails", [False, True], ids=["one transaction", "index redone one by one"])
+def test_check_results_are_written_in_the_index_transaction_or_one_by_one_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_fails: bool
+) -> None:
+    """Each check's execution record is written by Dagster's own code, on the batch's open index transaction;
+    if that transaction fails, the index is redone event by event and each check on its own connection, and
+    everything reads back the same."""
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+
+    real_mirror, real_store = sqlite_batch._mirror, SqlEventLogStorage.store_asset_check_event
+    lent: list[bool] = []
+
+    def mirror(storage: Any, conn: Any, events: Any, statements: Any) -> list[int]:
+        if index_fails and len(events) > 1:
+            raise RuntimeError("the index transaction failed")
+        return real_mirror(storage, conn, events, statements)
+
+    def store(self: Any, event: Any, event_id: Any) -> None:
+        lent.append(getattr(sqlite_batch._lender, "lent", None) is not None)
+        real_store(self, event, event_id)
+
+    monkeypatch.setattr(sqlite_batch, "_mirror", mirror)
+    monkeypatch.setattr(SqlEventLogStorage, "store_asset_check_event", store)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job = dg.GraphDefinition(name="tick", node_defs=[many_tables]).to_job()
+        assert job.execute_in_process(instance=instance).success
+        assert len(lent) == 150 and set(lent) == {not index_fails}
+        for i in (0, 7, 149):
+            key = dg.AssetKey(["tick", f"t{i:03d}"])
+            latest = instance.get_latest_materialization_event(key)
+            assert latest is not None and latest.asset_materialization is not None
+            check = dg.AssetCheckKey(key, "rows")
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check]
+            assert record.status.value == ("FAILED" if i == 7 else "SUCCEEDED")
+            assert record.event is not None and record.event.dagster_event is not None
+            assert record.event.dagster_event.event_specific_data.metadata["n"].value == i  # type: ignore[union-attr]
