@@ -41,3 +41,53 @@ def test_dagster_yaml_stores_runs_events_and_schedules_in_postgres(
         assert tables.strip() == "3"
     finally:
         instance.dispose()
+
+
+def test_a_tick_holds_its_storage_connections_and_lets_them_go(
+    pg18: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-postgres opens a connection per storage call; while the sync step runs it holds one instead
+    (``storage_pool.py``). A tick over 20 tables on the shipped dagster.yaml opens a few sessions, not several
+    per table; every event reads back; when the step ends the original engines are back and nothing is left
+    open."""
+    from sqlalchemy.pool import NullPool
+
+    from rds_pipeline_tests.dagster_defs.project import key, make_project
+    from rds_pipeline_tests.dagster_defs.test_timeline import tick
+
+    pg18.psql("CREATE DATABASE dagster_pool_test")
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    for name, value in {
+        "HOST": pg18.host,
+        "PORT": str(pg18.port),
+        "USER": pg18.superuser,
+        "PASSWORD": pg18.password,
+        "DB": "dagster_pool_test",
+    }.items():
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+    ddl = "".join(
+        f"CREATE TABLE t{i:02d} (id int PRIMARY KEY, v text); INSERT INTO t{i:02d} VALUES (1, 'x');" for i in range(20)
+    )
+    project = make_project(pg18, tmp_path / "project", [{"name": f"public.t{i:02d}"} for i in range(20)], ddl=ddl)
+    instance = DagsterInstance.from_config(str(tmp_path))
+
+    def sessions() -> int:
+        return int(pg18.psql("SELECT sessions FROM pg_stat_database WHERE datname = 'dagster_pool_test'").strip())
+
+    try:
+        before = sessions()
+        assert tick(project, instance).success
+        opened = sessions() - before
+        # the run's own events (run start, step start, ...) still open one each: about 25, not 20 tables x 5
+        assert 0 < opened < 60, opened
+        for i in (0, 19):
+            latest = instance.get_latest_materialization_event(key(f"t{i:02d}"))
+            assert latest is not None and latest.asset_materialization is not None
+        for storage in (instance.event_log_storage, instance.run_storage, instance.schedule_storage):
+            assert isinstance(storage._engine.pool, NullPool)  # type: ignore[attr-defined]  # its own engine, back
+        held = pg18.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dagster_pool_test' AND pid <> pg_backend_pid()"
+        )
+        assert held.strip() == "0"
+    finally:
+        instance.dispose()

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from rds_pipeline.dagster_defs.storage_pool import hold_storage_connections
 from rds_pipeline.engine.config import IntegrationConfig, load_config
 from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.secrets import Secret
@@ -59,6 +60,7 @@ class RdsDestinationResource(dg.ConfigurableResource):
     config_path: str
     password: str | None = None
     _destination: Any = PrivateAttr(default=None)
+    _held: Any = PrivateAttr(default=None)
 
     def integration(self) -> IntegrationConfig:
         config = load_config(self.config_path)
@@ -78,5 +80,13 @@ class RdsDestinationResource(dg.ConfigurableResource):
             self._destination.close()
             self._destination = None
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # the step writes an event or more per table: its process holds Dagster's storage connections meanwhile
+        if context.instance is not None:
+            self._held = hold_storage_connections(context.instance)
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
+        if self._held is not None:
+            self._held.release()
+            self._held = None
