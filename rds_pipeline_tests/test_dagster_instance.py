@@ -14,20 +14,27 @@ from rds_pipeline.local_postgres import LocalPostgres
 REPO = Path(__file__).resolve().parents[1]
 
 
+def shipped_instance(
+    server: LocalPostgres, home: Path, monkeypatch: pytest.MonkeyPatch, database: str
+) -> DagsterInstance:
+    """The shipped dagster.yaml in ``home``, its storage in a new ``database`` on ``server``."""
+    server.psql(f"CREATE DATABASE {database}")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for name, value in {
+        "HOST": server.host,
+        "PORT": str(server.port),
+        "USER": server.superuser,
+        "PASSWORD": server.password,
+        "DB": database,
+    }.items():
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+    return DagsterInstance.from_config(str(home))
+
+
 def test_dagster_yaml_stores_runs_events_and_schedules_in_postgres(
     pg18: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pg18.psql("CREATE DATABASE dagster_storage_test")
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    for name, value in {
-        "HOST": pg18.host,
-        "PORT": str(pg18.port),
-        "USER": pg18.superuser,
-        "PASSWORD": pg18.password,
-        "DB": "dagster_storage_test",
-    }.items():
-        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
-    instance = DagsterInstance.from_config(str(tmp_path))
+    instance = shipped_instance(pg18, tmp_path, monkeypatch, "dagster_storage_test")
     try:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
@@ -55,21 +62,11 @@ def test_a_tick_holds_its_storage_connections_and_lets_them_go(
     from rds_pipeline_tests.dagster_defs.project import key, make_project
     from rds_pipeline_tests.dagster_defs.test_timeline import tick
 
-    pg18.psql("CREATE DATABASE dagster_pool_test")
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    for name, value in {
-        "HOST": pg18.host,
-        "PORT": str(pg18.port),
-        "USER": pg18.superuser,
-        "PASSWORD": pg18.password,
-        "DB": "dagster_pool_test",
-    }.items():
-        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
     ddl = "".join(
         f"CREATE TABLE t{i:02d} (id int PRIMARY KEY, v text); INSERT INTO t{i:02d} VALUES (1, 'x');" for i in range(20)
     )
     project = make_project(pg18, tmp_path / "project", [{"name": f"public.t{i:02d}"} for i in range(20)], ddl=ddl)
-    instance = DagsterInstance.from_config(str(tmp_path))
+    instance = shipped_instance(pg18, tmp_path, monkeypatch, "dagster_pool_test")
 
     def sessions() -> int:
         return int(pg18.psql("SELECT sessions FROM pg_stat_database WHERE datname = 'dagster_pool_test'").strip())

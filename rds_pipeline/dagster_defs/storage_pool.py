@@ -42,6 +42,8 @@ def hold_storage_connections(instance: Any) -> HeldConnections:
         return held
     for name in ("event_log_storage", "run_storage", "schedule_storage"):
         storage = getattr(instance, name, None)
+        if storage is None:
+            continue
         own = getattr(storage, "_engine", None)
         url = getattr(storage, "postgres_url", None)
         if own is None or not isinstance(url, str) or not isinstance(own.pool, NullPool):
