@@ -4,7 +4,8 @@
 
 Side by side in one run on one embedded PostgreSQL 18 (source and destination databases on the same server):
 - ``rds-pipeline sync`` (process wall time: start, definitions, the run in process, the report), its run
-  recorded in the shipped dagster.yaml's instance (storage in PostgreSQL);
+  recorded in the shipped dagster.yaml's instance (storage in PostgreSQL), and again in Dagster's default
+  instance (a DAGSTER_HOME without dagster.yaml: SQLite);
 - the sync_all run launched out of process with the multiprocess executor and the ``rds_source`` pool
   limited to 2 slots (what the daemon does with a schedule tick);
 - the reference: for each table, ``psql -c "COPY … TO STDOUT" | psql -c "COPY … FROM STDIN"`` in a shell loop.
@@ -108,6 +109,18 @@ def run(tables: int = 500, rows: int = 1000) -> dict[str, object]:
         cli_seconds = time.monotonic() - started
         assert done.returncode == 0, done.stderr[-2000:]
         fresh_destination(server)
+        default_home = base / "default_home"  # Dagster's default instance: no dagster.yaml, SQLite
+        default_home.mkdir()
+        started = time.monotonic()
+        done = subprocess.run(
+            [cli, "sync", "--config", str(config)],
+            env={**env, "DAGSTER_HOME": str(default_home)},
+            capture_output=True,
+            text=True,
+        )
+        default_seconds = time.monotonic() - started
+        assert done.returncode == 0, done.stderr[-2000:]
+        fresh_destination(server)
         started = time.monotonic()
         launched = subprocess.run([sys.executable, "-c", LAUNCH_CHILD, "2"], env=env, capture_output=True, text=True)
         launched_seconds = time.monotonic() - started
@@ -136,8 +149,10 @@ def run(tables: int = 500, rows: int = 1000) -> dict[str, object]:
         "rows_per_table": rows,
         "psql_loop_seconds": round(loop_seconds, 2),
         "cli_sync_seconds": round(cli_seconds, 2),
+        "default_sync_seconds": round(default_seconds, 2),
         "launched_run_seconds": round(launched_seconds, 2),
         "cli_ratio": round(loop_seconds / cli_seconds, 2),
+        "default_ratio": round(loop_seconds / default_seconds, 2),
         "launched_ratio": round(loop_seconds / launched_seconds, 2),
     }
 

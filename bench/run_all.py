@@ -585,7 +585,8 @@ TARGETS = [
         "`rds-pipeline sync` >= 1.0x the raw pipe at 2M rows, process wall time (goal)",
         lambda r: _row(r, "dagster_path", "rds-pipeline sync (through Dagster)")["ratio_to_raw_pipe"] >= 1.0,
     ),
-    ("a tick over 1,000 tables >= 0.7x a psql loop", lambda r: r["tick"]["cli_ratio"] >= 0.7),
+    ("a tick over 1,000 tables >= 0.7x a psql loop, shipped instance", lambda r: r["tick"]["cli_ratio"] >= 0.7),
+    ("a tick over 1,000 tables >= 0.7x a psql loop, default instance", lambda r: r["tick"]["default_ratio"] >= 0.7),
     ("first sync of ~1,000 windows in seconds (< 10 s)", lambda r: r["windows"]["seconds"] < 10),
     (
         "first sync of ~1,000 windows <= 3x its full-table sync, default instance",
@@ -736,8 +737,9 @@ def headline(report: dict[str, Any]) -> list[str]:
     if "tick" in report:
         t = report["tick"]
         lines.append(
-            f"- A tick over {t['tables']:,} tables: `rds-pipeline sync` {t['cli_ratio']}x, a launched run "
-            f"{t['launched_ratio']}x a shell loop of `psql | psql` (goal 0.7x)"
+            f"- A tick over {t['tables']:,} tables: `rds-pipeline sync` {t['cli_ratio']}x (shipped instance), "
+            f"{t.get('default_ratio', 'n/a')}x (default instance), a launched run {t['launched_ratio']}x a shell "
+            "loop of `psql | psql` (goal 0.7x)"
         )
     if "parallel" in report:
         p = report["parallel"]
@@ -804,14 +806,17 @@ def extra_sections(report: dict[str, Any]) -> list[str]:
         lines += [
             "## Breadth: one tick over many small tables",
             "",
-            f"{t['tables']:,} tables of {t['rows_per_table']:,} rows, the shipped dagster.yaml (storage in "
-            "PostgreSQL):",
+            f"{t['tables']:,} tables of {t['rows_per_table']:,} rows:",
             "",
             "| path | seconds | ratio to the shell loop |",
             "| --- | ---: | ---: |",
             f"| shell loop of `psql \\| psql` per table | {t['psql_loop_seconds']} | 1.0 |",
-            f"| `rds-pipeline sync` (in process) | {t['cli_sync_seconds']} | {t['cli_ratio']} |",
-            f"| the run launched with the multiprocess executor (2 pool slots) | {t['launched_run_seconds']} | "
+            f"| `rds-pipeline sync` (in process), the shipped dagster.yaml (storage in PostgreSQL) | "
+            f"{t['cli_sync_seconds']} | {t['cli_ratio']} |",
+            f"| `rds-pipeline sync` (in process), Dagster's default instance (SQLite) | "
+            f"{t.get('default_sync_seconds', 'n/a')} | {t.get('default_ratio', 'n/a')} |",
+            f"| the run launched with the multiprocess executor (2 pool slots), shipped instance | "
+            f"{t['launched_run_seconds']} | "
             f"{t['launched_ratio']} |",
             "",
         ]

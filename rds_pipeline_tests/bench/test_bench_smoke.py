@@ -36,6 +36,7 @@ def test_tick_benchmark_smoke() -> None:
     result = bench_tick.run(tables=12, rows=100)
     assert result["tables"] == 12
     assert float(result["cli_sync_seconds"]) > 0 and float(result["launched_run_seconds"]) > 0  # type: ignore[arg-type]
+    assert float(result["default_sync_seconds"]) > 0  # type: ignore[arg-type]
     assert float(result["psql_loop_seconds"]) > 0  # type: ignore[arg-type]
 
 
