@@ -88,3 +88,35 @@ def test_a_tick_holds_its_storage_connections_and_lets_them_go(
         assert held.strip() == "0"
     finally:
         instance.dispose()
+
+
+def test_rds_pipeline_sync_holds_one_connection_for_the_whole_run(
+    pg18: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's run holds its storage connection from the run's start to its end (not only in the sync step):
+    a run over 20 tables opens a handful of sessions, reads back, and leaves none open."""
+    from sqlalchemy.pool import NullPool
+
+    from rds_pipeline.dagster_defs.run import run_sync
+    from rds_pipeline_tests.dagster_defs.project import key, make_project
+
+    ddl = "".join(f"CREATE TABLE t{i:02d} (id int PRIMARY KEY); INSERT INTO t{i:02d} VALUES (1);" for i in range(20))
+    project = make_project(pg18, tmp_path / "project", [{"name": f"public.t{i:02d}"} for i in range(20)], ddl=ddl)
+    instance = shipped_instance(pg18, tmp_path, monkeypatch, "dagster_run_pool_test")
+
+    def sessions() -> int:
+        return int(pg18.psql("SELECT sessions FROM pg_stat_database WHERE datname = 'dagster_run_pool_test'").strip())
+
+    try:
+        before = sessions()
+        outcome = run_sync(project.path, instance=instance, quiet=True)
+        assert outcome.success and len(outcome.rows) == 20
+        assert sessions() - before <= 10  # about one per thread that writes (the step's held one, 32 before)
+        assert instance.get_latest_materialization_event(key("t07")) is not None
+        assert isinstance(instance.event_log_storage._engine.pool, NullPool)  # type: ignore[attr-defined]
+        held = pg18.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dagster_run_pool_test' AND pid <> pg_backend_pid()"
+        )
+        assert held.strip() == "0"
+    finally:
+        instance.dispose()

@@ -25,6 +25,7 @@ from rds_pipeline.dagster_defs.pools import ensure_single_writer_pools
 from rds_pipeline.dagster_defs.run_process import RunProcess
 from rds_pipeline.dagster_defs.slot_wait import bounded_slot_waits
 from rds_pipeline.dagster_defs.stale_runs import clean_stale_runs
+from rds_pipeline.dagster_defs.storage_pool import hold_storage_connections
 from rds_pipeline.engine.config import find_config_path, load_config
 from rds_pipeline.engine.errors import RdsPipelineError
 from rds_pipeline.stop import StopState
@@ -80,36 +81,65 @@ def run_sync(
     defs = build_definitions(config_path)
     job = defs.resolve_job_def(SYNC_ALL)
     instance = instance or instance_for_cli()
-    run_id, process = make_new_run_id(), RunProcess.of()
-    cleaned = [c.line() for c in clean_stale_runs(instance, by=f"run {run_id[:8]} ({process.describe()})")]
-    for message in cleaned:
-        (report or log.warning)(message)
-    ensure_single_writer_pools(
-        instance, {pool for node in job.graph.nodes if (pool := getattr(node.definition, "pool", None))}
-    )
-    if stop is not None:
-        stop.on_stop.append(lambda: _mark_canceling(instance, run_id, stop))
-        stop.on_exit.append(lambda: _end_run(instance, run_id, stop))
-    with bounded_slot_waits(config.pool_wait_seconds, report):
-        result = job.execute_in_process(
-            run_config={
-                "ops": {
-                    PICK_OP: {
-                        "config": {
-                            "group": group,
-                            "tables": tables or [],
-                            **({"parallel": parallel} if parallel else {}),
-                        }
-                    }
-                },
-                # the CLI prints its own report and failure list; tracebacks only with -v
-                **({"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if quiet else {}),
-            },
-            instance=instance,
-            raise_on_error=False,
-            run_id=run_id,
-            tags=process.tags(),
+    held = hold_storage_connections(instance)  # the whole run's storage calls, not only the sync step's
+    try:
+        run_id, process = make_new_run_id(), RunProcess.of()
+        cleaned = [c.line() for c in clean_stale_runs(instance, by=f"run {run_id[:8]} ({process.describe()})")]
+        for message in cleaned:
+            (report or log.warning)(message)
+        ensure_single_writer_pools(
+            instance, {pool for node in job.graph.nodes if (pool := getattr(node.definition, "pool", None))}
         )
+        if stop is not None:
+            stop.on_stop.append(lambda: _mark_canceling(instance, run_id, stop))
+            stop.on_exit.append(lambda: _end_run(instance, run_id, stop))
+        with bounded_slot_waits(config.pool_wait_seconds, report):
+            result = _execute(job, instance, run_id, process, group, tables, parallel, quiet)
+        return _outcome(defs, instance, run_id, result, cleaned)
+    finally:
+        held.release()
+
+
+def _execute(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    run_id: str,
+    process: RunProcess,
+    group: str,
+    tables: list[str] | None,
+    parallel: int | None,
+    quiet: bool,
+) -> dg.ExecuteInProcessResult:
+    """sync_all, in this process."""
+    return job.execute_in_process(
+        run_config={
+            "ops": {
+                PICK_OP: {
+                    "config": {
+                        "group": group,
+                        "tables": tables or [],
+                        **({"parallel": parallel} if parallel else {}),
+                    }
+                }
+            },
+            # the CLI prints its own report and failure list; tracebacks only with -v
+            **({"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if quiet else {}),
+        },
+        instance=instance,
+        raise_on_error=False,
+        run_id=run_id,
+        tags=process.tags(),
+    )
+
+
+def _outcome(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    run_id: str,
+    result: dg.ExecuteInProcessResult,
+    cleaned: list[str],
+) -> SyncOutcome:
+    """The loading report and the failed tables, from the run's events."""
     if instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)  # the run ended: whatever it held
     totals: dict[str, dict[str, Any]] = defaultdict(
