@@ -17,8 +17,7 @@ own: about 11 ms a check, most of a tick's cost). A tick over many tables writes
 
 Anything else goes through Dagster's own loop. If the index step fails after the run's file committed, it is
 redone event by event, checks one by one as Dagster writes them (never the run's part, so nothing is written
-twice). If the run's part itself fails,
-Dagster falls back to writing the events one by one.
+twice). If the run's part itself fails, Dagster falls back to writing the events one by one.
 """
 
 from __future__ import annotations
