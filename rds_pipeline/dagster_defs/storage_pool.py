@@ -1,10 +1,12 @@
-"""Hold Dagster's PostgreSQL storage connections open while a step syncs tables, then let them go.
+"""Hold Dagster's PostgreSQL storage connections open while a run or a step syncs tables, then let them go.
 
 dagster-postgres opens a new connection for every storage call (``NullPool``: nothing is held between calls, which
 is safe in any process), and a run writes several per event. A tick over 300 tables through the shipped
 dagster.yaml opened 1,581 connections: 8.3 s of its 22 s (profiled). While a step runs, its process's storages
-use a pool that keeps one connection open (as Dagster's webserver does, ``optimize_for_webserver``); when the
-step ends the original engines are back and the pool is closed. A killed process takes its connections with it.
+use a pool that keeps one connection open (as Dagster's webserver does, ``optimize_for_webserver``): the
+destination resource does it for each step, ``rds-pipeline sync`` for its whole run (a step inside it then finds
+the pool already there). At the end the original engines are back and the pool is closed. A killed process takes
+its connections with it.
 """
 
 from __future__ import annotations

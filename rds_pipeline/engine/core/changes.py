@@ -39,7 +39,6 @@ T = TypeVar("T")
 UPSERT = "upsert"
 DELETE = "delete"
 _OID = struct.Struct("!I").unpack_from
-_I32 = struct.Struct("!i").unpack_from
 _INSERT, _UPDATE, _NEW = 0x49, 0x55, 0x4E  # 'I', 'U', 'N'
 
 
@@ -128,7 +127,7 @@ class ChangeBatch:
     per_table: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     copy_tables: frozenset[tuple[str, str]] = frozenset()  # tables ``add_copy`` may keep as COPY rows
     copied: int = 0  # changes ``add_copy`` took (never decoded)
-    _copy_paths: dict[int, _CopyPath] = field(default_factory=dict, repr=False)
+    _copy_paths: dict[int, _CopyPath | None] = field(default_factory=dict, repr=False)
     _projection: dict[int, tuple[Relation, Layout, tuple[int | None, ...] | None, tuple[int, ...]]] = field(
         default_factory=dict, repr=False
     )
@@ -171,22 +170,19 @@ class ChangeBatch:
         if (kind != _INSERT and kind != _UPDATE) or data[5] != _NEW:
             return False  # not a row change, or an UPDATE carrying its old key or row
         (oid,) = _OID(data, 1)
-        path = self._copy_paths.get(oid)
+        try:
+            path = self._copy_paths[oid]
+        except KeyError:
+            path = self._copy_paths[oid] = self._copy_path(oid)
         if path is None:
-            path = self._copy_path(oid)
-            if path is None:
-                return False
+            return False
         keys, rows, counts, name = path
         if self.skip and name in self.skip:
             return False
         row = copy_row(data, 6)
         if row is None:
             return False
-        if keys == (0,):  # the usual key: the first column
-            key: tuple[Value, ...] = (row[6 : 6 + _I32(row, 2)[0]].decode("utf-8"),)
-        else:
-            key = row_fields(row, keys)
-        rows[key] = CopyRow(row)  # a whole row: whatever came before under its key is void
+        rows[row_fields(row, keys)] = CopyRow(row)  # a whole row: whatever came before under its key is void
         self.messages += 1
         self.copied += 1
         counted = "insert" if kind == _INSERT else "update"
@@ -195,8 +191,8 @@ class ChangeBatch:
         return True
 
     def _copy_path(self, oid: int) -> _CopyPath | None:
-        """What ``add_copy`` needs for a relation (its key's positions, the current segment's rows and the
-        table's counts), or None if it may not take its rows (see ``_copy_keys``)."""
+        """What ``add_copy`` needs for a relation (its key's positions, the current segment's rows, the table's
+        counts and name), or None if it may not take its rows (see ``_copy_keys``). Cached either way."""
         relation = self.relations.get(oid)
         if relation is None:
             return None
@@ -204,9 +200,7 @@ class ChangeBatch:
         if keys is None:
             return None
         name = (relation.namespace, relation.name)
-        rows = self.segments[-1].changes.setdefault(oid, {})
-        path = self._copy_paths[oid] = (keys, rows, self.per_table.setdefault(name, {}), name)
-        return path
+        return keys, self.segments[-1].changes.setdefault(oid, {}), self.per_table.setdefault(name, {}), name
 
     def _copy_keys(self, relation: Relation, layout: Layout | None) -> tuple[int, ...] | None:
         """The key's positions if ``add_copy`` may take the relation's rows: a table of ``copy_tables`` with a

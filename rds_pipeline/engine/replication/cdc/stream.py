@@ -245,7 +245,7 @@ class _Reader:
                     select.select([cur], [], [], WAIT_SECONDS)
                 continue
             payload = message.payload
-            if not skipping and batch.add_copy(payload):  # the hot path: a whole row, never decoded
+            if self.copy_tables and not skipping and batch.add_copy(payload):  # the hot path: a whole row, undecoded
                 if batch.messages >= max_changes:  # one huge transaction: apply what it has so far (see flush)
                     batch = self.flush(cur, batch, result, partial=True)
                 continue
