@@ -141,7 +141,7 @@ def _run_checks(
             (
                 PART_ROW_COUNT,
                 row_count_check(
-                    result.rows,
+                    result.rows_copied,
                     dest.count_rows(table, key_range) if stored is None else stored,
                     key_range,
                     "copied from the source by this sync",

@@ -58,6 +58,40 @@ class KeyRange:
         )
 
 
+PAGE_COLUMN = "ctid"  # a chunk of pages is a range of the system column ctid (a TID range scan, PostgreSQL 14+)
+
+
+@dataclass(frozen=True)
+class PageSource:
+    """What the source says of a table's pages at this sync (``source/pages.py``), for chunks by CTID."""
+
+    pages: int  # pg_relation_size / block_size
+    per_chunk: int  # pages holding about ``chunk_rows`` rows (from pg_class.reltuples)
+    since: str  # the source snapshot's xmin (64-bit), where a new generation starts
+
+
+def page_range(lower: int | None, upper: int | None) -> KeyRange:
+    """Pages ``lower`` (inclusive) to ``upper`` (exclusive; None: to the end) as a range of ``ctid``."""
+    return KeyRange(
+        PAGE_COLUMN,
+        lower=None if not lower else f"({lower},0)",
+        upper=None if upper is None else f"({upper},0)",
+    )
+
+
+def page_spans(start: int, pages: int, per_chunk: int) -> list[tuple[int, int | None]]:
+    """Pages ``start``.. in chunks of ``per_chunk``; the last is open-ended (pages added since they were counted
+    are read too), so there is always at least one."""
+    per_chunk = max(1, per_chunk)
+    spans: list[tuple[int, int | None]] = []
+    lower = start
+    while lower + per_chunk < pages:
+        spans.append((lower, lower + per_chunk))
+        lower += per_chunk
+    spans.append((lower, None))
+    return spans
+
+
 def coalesced_spans(count: int, limit: int = MAX_HISTORY_CHUNKS) -> list[tuple[int, int]]:
     """``count`` neighbouring windows grouped into at most ``limit`` spans ``(first, last)`` (inclusive indexes),
     equal in size but for the last: a history over 29,000 windows is still at most ``limit`` queries."""

@@ -21,6 +21,7 @@ bookmark where it was: no run moves the bookmark past a gap it did not copy.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -32,8 +33,8 @@ from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.changes import ChangeBatch
 from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
-from rds_pipeline.engine.core.state import TableState
-from rds_pipeline.engine.errors import IntegrationRenamed
+from rds_pipeline.engine.core.state import GenerationStep, TableState
+from rds_pipeline.engine.errors import IntegrationRenamed, LoadError
 from rds_pipeline.engine.selection import SelectedTable
 
 STATE_TABLE = "_rds_pipeline_state"
@@ -48,6 +49,8 @@ SLOTS_TABLE = "_rds_pipeline_slots"  # one row per slot: the LSN up to which the
 DELETED_AT = "_rds_deleted_at"  # soft deletes: when the source deleted the row
 SNAPSHOT_CHUNKS_TABLE = "_rds_pipeline_snapshot_chunks"  # a table's snapshot, copied chunk by chunk, so far
 SLOT_EVENTS_TABLE = "_rds_pipeline_slot_events"  # when and why a slot was lost and re-created (append-only)
+GENERATIONS_TABLE = "_rds_pipeline_generations"  # full-table copies under way, one row per table (core.state)
+NEXT_PREFIX = "_rds_next_"
 SLOT_MARK = "slot:"  # replication_key of a log-based table's state row: "slot:<name>"
 
 SourceConnect = Callable[[], psycopg2.extensions.connection]
@@ -111,6 +114,7 @@ class Loader(Protocol):
         batch_id: str,
         source_max: str | None = None,
         turn: Callable[[], None] | None = None,
+        generation: GenerationStep | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
         """Load what ``copy`` streams for ``key_range``, in one transaction with the state row.
 
@@ -120,7 +124,12 @@ class Loader(Protocol):
         - Atomic: on any error the range and the state are as they were, and ``copy`` is aborted.
         - Idempotent: loading the same range again leaves the same rows (replaced, or merged by key).
         - ``turn``: called after the rows are in and before the state row is locked (parallel chunks wait there
-          for the chunk before them, so each commit finds its bookmark contiguous)."""
+          for the chunk before them, so each commit finds its bookmark contiguous).
+        - ``generation``: a chunk of pages of a full-table table. Its rows go into the table's next generation
+          (``next_table``), not the table, and its progress into ``GENERATIONS_TABLE``, in one transaction. The
+          first pass ends by dropping rows read twice and building the key; a sweep chunk merges by key; the
+          swap replaces the table with the next one (its data, its state row), so readers see one or the
+          other, whole."""
         ...
 
     def fresh(self) -> AbstractContextManager[Destination]:
@@ -258,6 +267,9 @@ class LoadingReport:
     # empties its range and fills it in one transaction, so the range holds exactly what its COPY stored
     # (COPY's count, after any trigger); None means count them
     rows_at_commit: int | None = None
+    # the rows the source gave for the whole table this load completed, when that is not this COPY's count: a
+    # generation's swap reports its chunks' rows across runs (see ``core.state.Generation``)
+    source_rows: int | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -279,6 +291,27 @@ class LoadingReport:
 
 
 REGISTRY = "integration_schemas"  # rds_pipeline_meta.<this>: one row per integration (its schema)
+
+
+def next_table(destination_table: str) -> str:
+    """The name of a table's next generation: short and plain whatever the table's name (quotes, unicode, 63
+    bytes), and the same in every run, so a killed sync finds it again."""
+    return NEXT_PREFIX + hashlib.sha256(destination_table.encode()).hexdigest()[:20]
+
+
+def check_progress(table: SelectedTable, step: GenerationStep, row: tuple[Any, ...] | None) -> None:
+    """Refuse a chunk of a generation another sync has moved on (or swapped in) since this one planned it: its
+    rows would go in twice. ``row``: the generation's ``(rows, copied, copy_done, swept)``, locked."""
+    at = None if row is None else (int(row[3]) if step.sweep else int(row[1]))
+    done = None if row is None else bool(row[2])
+    if at == step.resumes_at and done == step.sweep:
+        return
+    where = "no longer under way" if row is None else f"at page {at} of its {'sweep' if done else 'copy'}"
+    raise LoadError(
+        f"{table.id}: another sync is building this table's next generation ({where}; this one expected page "
+        f"{step.resumes_at}): nothing of this chunk was kept. Fix: none needed, the other sync finishes it; "
+        "run one sync of a table at a time (the rds_source pool does)"
+    )
 
 
 def rename_refusal(

@@ -7,6 +7,7 @@ Data, metadata and the bookmark commit in one DuckDB transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -24,11 +25,12 @@ from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
-from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.core.state import Generation, GenerationStep, TableState
 from rds_pipeline.engine.core.types import duckdb_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
+    GENERATIONS_TABLE,
     META_SCHEMA,
     REGISTRY,
     REPLACING,
@@ -36,6 +38,8 @@ from rds_pipeline.engine.destinations.base import (
     Destination,
     LoadingReport,
     LoadOutcome,
+    check_progress,
+    next_table,
     overlap,
     rename_refusal,
 )
@@ -142,6 +146,9 @@ class DuckDBDestination:
     def state_table(self) -> str:
         return f"{dq(self.catalog)}.{dq(self.schema)}.{dq(STATE_TABLE)}"
 
+    def generations_table(self) -> str:
+        return f"{dq(self.catalog)}.{dq(self.schema)}.{dq(GENERATIONS_TABLE)}"
+
     # -- integration and state -----------------------------------------------------------------------------
     def prepare(self, config: IntegrationConfig) -> None:
         """As for PostgreSQL: the registry is keyed by integration; a rename (same tables) is refused."""
@@ -183,6 +190,13 @@ class DuckDBDestination:
                 "VARCHAR NOT NULL, replication_key VARCHAR, bookmark VARCHAR, updated_at TIMESTAMPTZ)",
             )
             run(c, f"ALTER TABLE {self.state_table()} ADD COLUMN IF NOT EXISTS covered_to VARCHAR")
+            run(
+                c,
+                f"CREATE TABLE IF NOT EXISTS {self.generations_table()} (table_id VARCHAR PRIMARY KEY, next_table "
+                "VARCHAR NOT NULL, since VARCHAR NOT NULL, pages BIGINT NOT NULL, copied BIGINT NOT NULL, copy_done "
+                "BOOLEAN NOT NULL, swept BIGINT NOT NULL, rows BIGINT NOT NULL, started_at TIMESTAMPTZ, "
+                "updated_at TIMESTAMPTZ)",
+            )
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -212,12 +226,22 @@ class DuckDBDestination:
         return self._table_exists(self.schema, table.destination_table)
 
     def table_state(self, table: SelectedTable) -> TableState:
+        generation = None
+        if self._table_exists(self.schema, next_table(table.destination_table)):
+            found = run(
+                self.conn,
+                f"SELECT since, pages, copied, copy_done, swept, rows FROM {self.generations_table()} "
+                "WHERE table_id = ?",
+                [table.id],
+            ).fetchone()
+            generation = Generation(*found) if found else None
         if not self._exists(table):
-            return TableState(False)
+            return TableState(False, generation=generation)
         row = run(
             self.conn, f"SELECT bookmark, covered_to FROM {self.state_table()} WHERE table_id = ?", [table.id]
         ).fetchone()
-        return TableState(True, *(row or (None, None)))
+        bookmark, covered_to = row or (None, None)
+        return TableState(True, bookmark, covered_to, generation)
 
     def read_bookmark(self, table: SelectedTable) -> str | None:
         return self.table_state(table).bookmark
@@ -236,7 +260,10 @@ class DuckDBDestination:
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")
         run(self.conn, f"DELETE FROM {self.state_table()} WHERE table_id = ?", [table.id])
+        run(self.conn, f"DELETE FROM {self.generations_table()} WHERE table_id = ?", [table.id])
         run(self.conn, f"DROP TABLE IF EXISTS {self.target(table)}")
+        nxt = dataclasses.replace(table, destination_table=next_table(table.destination_table))
+        run(self.conn, f"DROP TABLE IF EXISTS {self.target(nxt)}")
         self.conn.execute("COMMIT")
 
     def row_count(self, table: SelectedTable) -> int:
@@ -346,6 +373,7 @@ class DuckDBDestination:
         batch_id: str,
         source_max: str | None = None,
         turn: Callable[[], None] | None = None,
+        generation: GenerationStep | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
@@ -367,6 +395,18 @@ class DuckDBDestination:
             col_list = ", ".join(dq(c.name) for c in table.columns)
             target = self.target(table)
             c = self.conn
+            if generation is not None:
+                c.execute("BEGIN TRANSACTION")
+                try:
+                    self._load_generation(table, report, generation, source, name, converted, as_text)
+                    c.execute("DROP TABLE IF EXISTS _rds_stage")
+                    c.execute("COMMIT")  # the chunk's rows and the generation's progress (or the swap) together
+                except BaseException:
+                    c.execute("ROLLBACK")
+                    raise
+                report.seconds = time.monotonic() - started
+                report.committed_at = dt.datetime.now(dt.UTC)
+                return report, LoadOutcome(None, None)
             c.execute("BEGIN TRANSACTION")
             try:
                 warnings, created = self.ensure_table(table, as_text)
@@ -425,6 +465,108 @@ class DuckDBDestination:
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report, outcome
+
+    def _load_generation(
+        self,
+        table: SelectedTable,
+        report: LoadingReport,
+        step: GenerationStep,
+        source: str,
+        csv_path: str,
+        converted: str,
+        as_text: set[str],
+    ) -> None:
+        """As for PostgreSQL (``postgres.py``): one chunk into the next generation with its progress; the first
+        pass ends by keeping each key once; the swap's chunk replaces the table. The caller commits."""
+        c = self.conn
+        nxt = dataclasses.replace(table, destination_table=next_table(table.destination_table))
+        col_list = ", ".join(dq(col.name) for col in table.columns)
+        if step.first:
+            run(c, f"DROP TABLE IF EXISTS {self.target(nxt)}")
+        self.ensure_table(nxt, as_text)
+        if step.sweep:
+            run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted} FROM {source}", [csv_path])
+            report.rows_inserted, report.rows_updated = self._merge(nxt, col_list, report.batch_id)
+        else:
+            report.rows_inserted = int(
+                one(
+                    run(
+                        c,
+                        f"INSERT INTO {self.target(nxt)} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                        f"SELECT {converted}, now(), ? FROM {source}",
+                        [report.batch_id, csv_path],
+                    ).fetchone()
+                )[0]
+            )
+        before = run(
+            c, f"SELECT rows, copied, copy_done, swept FROM {self.generations_table()} WHERE table_id = ?", [table.id]
+        ).fetchone()
+        if not step.first:
+            check_progress(table, step, before)
+        rows = (0 if step.first or before is None else int(before[0])) + report.rows_inserted
+        if step.copy_done and not step.sweep and table.primary_key:
+            # a row updated during the first pass may have been read twice: keep the later read (the sweep then
+            # brings every row changed since the generation began up to date)
+            key = ", ".join(dq(k) for k in table.primary_key)
+            dropped = one(
+                run(
+                    c,
+                    f"DELETE FROM {self.target(nxt)} WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() "
+                    f"OVER (PARTITION BY {key} ORDER BY rowid DESC) AS n FROM {self.target(nxt)}) WHERE n > 1)",
+                ).fetchone()
+            )[0]
+            rows -= int(dropped)
+        if step.swap:
+            report.rows_at_commit = int(one(run(c, f"SELECT count(*) FROM {self.target(nxt)}").fetchone())[0])
+            report.source_rows = rows
+            report.rows_deleted = self._swap(table, nxt, as_text)
+            run(c, f"DELETE FROM {self.generations_table()} WHERE table_id = ?", [table.id])
+            run(
+                c,
+                f"INSERT OR REPLACE INTO {self.state_table()} (table_id, destination_table, replication_key, "
+                "bookmark, updated_at, covered_to) VALUES (?, ?, ?, NULL, now(), NULL)",
+                [table.id, table.destination_table, table.replication_key],
+            )
+            return
+        run(
+            c,
+            f"INSERT OR REPLACE INTO {self.generations_table()} (table_id, next_table, since, pages, copied, "
+            "copy_done, swept, rows, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+            f"{'now()' if step.first else f'(SELECT started_at FROM {self.generations_table()} WHERE table_id = ?)'}"
+            ", now())",
+            [
+                table.id,
+                nxt.destination_table,
+                step.since,
+                step.pages,
+                step.copied_after,
+                step.copy_done,
+                step.swept_after,
+                rows,
+                *([] if step.first else [table.id]),
+            ],
+        )
+
+    def _swap(self, table: SelectedTable, nxt: SelectedTable, as_text: set[str]) -> int:
+        """The next generation becomes the table; returns the old rows replaced. Dropped and renamed, unless the
+        table keeps columns the source no longer has: then its rows are replaced and those columns stay."""
+        c, target = self.conn, self.target(table)
+        if not self._exists(table):
+            run(c, f"ALTER TABLE {self.target(nxt)} RENAME TO {dq(table.destination_table)}")
+            return 0
+        replaced = int(one(run(c, f"SELECT count(*) FROM {target}").fetchone())[0])
+        kept = [col.name for col in table.columns] + [EXTRACTED_AT, BATCH_ID]
+        own = set(self._existing_types(table)) - set(kept)
+        if own:
+            self.ensure_table(table, as_text)
+            columns = ", ".join(dq(name) for name in kept)
+            run(c, f"DELETE FROM {target}")
+            run(c, f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {self.target(nxt)}")
+            run(c, f"DROP TABLE {self.target(nxt)}")
+        else:
+            run(c, f"DROP TABLE {target}")
+            run(c, f"ALTER TABLE {self.target(nxt)} RENAME TO {dq(table.destination_table)}")
+        return replaced
 
     def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
         c, target = self.conn, self.target(table)

@@ -4,10 +4,13 @@
   transaction. Readers keep seeing the old rows (MVCC) until the commit, then the new ones.
 - Key-based: ``COPY`` into a temporary stage, upsert by primary key (append without one), and move the bookmark
   in the same transaction.
+- Full table in chunks of pages: each chunk commits into the next generation (``next_table``) with its progress;
+  the last swaps it in (``_swap``), so readers see the previous copy until the new one is whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -16,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
@@ -25,11 +29,12 @@ from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import apply_session_settings
-from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.core.state import Generation, GenerationStep, TableState
 from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
     EXTRACTED_AT,
+    GENERATIONS_TABLE,
     META_SCHEMA,
     REGISTRY,
     REPLACING,
@@ -37,6 +42,8 @@ from rds_pipeline.engine.destinations.base import (
     Destination,
     LoadingReport,
     LoadOutcome,
+    check_progress,
+    next_table,
     overlap,
     rename_refusal,
 )
@@ -172,6 +179,14 @@ class PostgresDestination:
                 ).format(self.state_table())
             )
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS covered_to text").format(self.state_table()))
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (table_id text PRIMARY KEY, next_table text NOT NULL, "
+                    "since text NOT NULL, pages bigint NOT NULL, copied bigint NOT NULL, copy_done boolean NOT NULL, "
+                    "swept bigint NOT NULL, rows bigint NOT NULL, started_at timestamptz NOT NULL DEFAULT now(), "
+                    "updated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(self.generations_table())
+            )
 
     def _loaded_tables(self, cur: psycopg2.extensions.cursor, schema: str) -> list[str]:
         """The source tables another integration's schema holds data of (its state rows)."""
@@ -184,6 +199,9 @@ class PostgresDestination:
     def state_table(self) -> sql.Identifier:
         return sql.Identifier(self.schema, STATE_TABLE)
 
+    def generations_table(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, GENERATIONS_TABLE)
+
     def target(self, table: SelectedTable) -> sql.Identifier:
         return sql.Identifier(self.schema, table.destination_table)
 
@@ -192,12 +210,24 @@ class PostgresDestination:
             cur.execute(
                 sql.SQL(
                     "SELECT to_regclass(%s) IS NOT NULL, (SELECT bookmark FROM {s} WHERE table_id = %s), "
-                    "(SELECT covered_to FROM {s} WHERE table_id = %s)"
-                ).format(s=self.state_table()),
-                (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}", table.id, table.id),
+                    "(SELECT covered_to FROM {s} WHERE table_id = %s), (SELECT json_build_array(since, pages, "
+                    "copied, copy_done, swept, rows) FROM {g} WHERE table_id = %s AND to_regclass(%s) IS NOT NULL)"
+                ).format(s=self.state_table(), g=self.generations_table()),
+                (
+                    f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}",
+                    table.id,
+                    table.id,
+                    table.id,
+                    f"{quote_ident(self.schema)}.{quote_ident(next_table(table.destination_table))}",
+                ),
             )
-            exists, bookmark, covered_to = one(cur.fetchone())
-        return TableState(bool(exists), bookmark if exists else None, covered_to if exists else None)
+            exists, bookmark, covered_to, generation = one(cur.fetchone())
+        return TableState(
+            bool(exists),
+            bookmark if exists else None,
+            covered_to if exists else None,
+            Generation(*generation) if generation else None,
+        )
 
     def read_bookmark(self, table: SelectedTable) -> str | None:
         return self.table_state(table).bookmark
@@ -224,7 +254,13 @@ class PostgresDestination:
         """Forget the bookmark and drop the data, so the next sync is a full historical sync."""
         with self.conn, self.conn.cursor() as cur:
             cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.state_table()), (table.id,))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.generations_table()), (table.id,))
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.target(table)))
+            cur.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.Identifier(self.schema, next_table(table.destination_table))
+                )
+            )
 
     def row_count(self, table: SelectedTable) -> int:
         with self.conn, self.conn.cursor() as cur:
@@ -306,6 +342,7 @@ class PostgresDestination:
         batch_id: str,
         source_max: str | None = None,
         turn: Callable[[], None] | None = None,
+        generation: GenerationStep | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
         """Load what ``copy`` streams; data and state commit together (the bookmark rule in ``base.py``).
         ``turn``: called once the rows are in and before the state row is locked (chunks copied in parallel
@@ -320,6 +357,13 @@ class PostgresDestination:
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         target = self.target(table)
         try:
+            if generation is not None:
+                with self.conn.cursor() as cur:
+                    self._load_generation(cur, table, copy, report, generation, turn)
+                self.conn.commit()  # the chunk's rows and the generation's progress (or the swap) together
+                report.seconds = time.monotonic() - started
+                report.committed_at = dt.datetime.now(dt.UTC)
+                return report, LoadOutcome(None, None)
             with self.conn.cursor() as cur:
                 created = self._claim_creation(cur, table)
                 warnings, _ = self.ensure_table(cur, table, key_later=created)
@@ -384,6 +428,144 @@ class PostgresDestination:
         report.rows_at_commit = report.rows_inserted
         if created:
             self.add_primary_key(cur, table)
+
+    # -- a generation: chunks of pages into the next table, then the swap --------------------------------------
+    def _load_generation(
+        self,
+        cur: psycopg2.extensions.cursor,
+        table: SelectedTable,
+        copy: CopyOut,
+        report: LoadingReport,
+        step: GenerationStep,
+        turn: Callable[[], None] | None,
+    ) -> None:
+        """One chunk into the next generation, with its progress; the first pass's last chunk drops the rows read
+        twice and builds the key; the swap's chunk replaces the table. The caller commits."""
+        nxt = dataclasses.replace(table, destination_table=next_table(table.destination_table))
+        cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (report.batch_id,))
+        if step.first:  # a new generation: whatever an abandoned one left goes
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.target(nxt)))
+            self.ensure_table(cur, nxt, key_later=True)
+        copy.start()
+        if step.sweep:
+            stage = self._stage(cur, table, copy)
+            if turn is not None:
+                turn()
+            column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+            report.rows_inserted, report.rows_updated = self._merge(cur, nxt, stage, column_list)
+        else:
+            report.rows_inserted = _copy_in(cur, self.target(nxt), table, copy, freeze=step.first)
+            if turn is not None:
+                turn()
+        copy.join()
+        if copy.error is not None:
+            raise copy.error
+        cur.execute(
+            sql.SQL("SELECT rows, copied, copy_done, swept FROM {} WHERE table_id = %s FOR UPDATE").format(
+                self.generations_table()
+            ),
+            (table.id,),
+        )
+        before = cur.fetchone()
+        if not step.first:
+            check_progress(table, step, before)
+        rows = (0 if step.first or before is None else int(before[0])) + report.rows_inserted
+        if step.copy_done and not step.sweep and table.primary_key:
+            rows -= self._drop_doubles_and_key(cur, nxt)
+        if step.swap:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(self.target(nxt)))
+            report.rows_at_commit = int(one(cur.fetchone())[0])
+            report.source_rows = rows
+            report.rows_deleted = self._swap(cur, table, nxt)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE table_id = %s").format(self.generations_table()), (table.id,))
+            self._lock_state(cur, table)
+            self._write_state(cur, table, LoadOutcome(None, None))
+            return
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_id, next_table, since, pages, copied, copy_done, swept, rows) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (table_id) DO UPDATE SET "
+                "next_table = EXCLUDED.next_table, since = EXCLUDED.since, pages = EXCLUDED.pages, "
+                "copied = EXCLUDED.copied, copy_done = EXCLUDED.copy_done, swept = EXCLUDED.swept, "
+                "rows = EXCLUDED.rows, updated_at = now()" + (", started_at = now()" if step.first else "")
+            ).format(self.generations_table()),
+            (
+                table.id,
+                nxt.destination_table,
+                step.since,
+                step.pages,
+                step.copied_after,
+                step.copy_done,
+                step.swept_after,
+                rows,
+            ),
+        )
+
+    def _drop_doubles_and_key(self, cur: psycopg2.extensions.cursor, nxt: SelectedTable) -> int:
+        """Build the next table's key; a row updated during the first pass may have been read twice (its old
+        version in one chunk, the new in a later one): keep the later read, then build it. Returns the rows
+        dropped. (The sweep then brings every row changed since the generation began up to date.)"""
+        cur.execute("SAVEPOINT rds_key")
+        try:
+            self.add_primary_key(cur, nxt)
+            cur.execute("RELEASE SAVEPOINT rds_key")
+            return 0
+        except psycopg2.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT rds_key")
+        key = sql.SQL(", ").join(map(sql.Identifier, nxt.primary_key))
+        cur.execute(
+            sql.SQL(
+                "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER "
+                "(PARTITION BY {k} ORDER BY ctid DESC) AS n FROM {t}) d WHERE n > 1)"
+            ).format(t=self.target(nxt), k=key)
+        )
+        dropped = int(cur.rowcount)
+        self.add_primary_key(cur, nxt)
+        log.info("%s: %d row(s) read twice during the copy (updated while it ran) kept once", nxt.id, dropped)
+        return dropped
+
+    def _swap(self, cur: psycopg2.extensions.cursor, table: SelectedTable, nxt: SelectedTable) -> int:
+        """The next generation becomes the table, in the caller's transaction; returns the old rows replaced.
+        A table nobody attached anything to is dropped and the next one renamed; one with grants, views,
+        indexes, triggers, policies, publications or columns of its own keeps its identity and has its rows
+        replaced (slower: the rows are written once more)."""
+        target = self.target(table)
+        name = f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}"
+        kept = [c.name for c in table.columns] + [EXTRACTED_AT, BATCH_ID]
+        cur.execute(
+            "SELECT c.relacl IS NOT NULL OR c.relhastriggers OR c.relrowsecurity "
+            "OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.refobjid = c.oid AND d.classid = 'pg_rewrite'::regclass) "
+            "OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.confrelid = c.oid OR (k.conrelid = c.oid AND "
+            "k.contype <> 'p')) OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND NOT i.indisprimary) "
+            "OR EXISTS (SELECT 1 FROM pg_publication_rel p WHERE p.prrelid = c.oid) "
+            "OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
+            "AND NOT a.attisdropped AND a.attname <> ALL (%s)) "
+            "FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(%s)",
+            (kept, name),
+        )
+        found = cur.fetchone()
+        if found is None:  # the table's first generation
+            cur.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(self.target(nxt), sql.Identifier(table.destination_table))
+            )
+            return 0
+        if found[0]:
+            self.ensure_table(cur, table)
+            cur.execute(sql.SQL("DELETE FROM {}").format(target))
+            replaced = int(cur.rowcount)
+            columns = sql.SQL(", ").join(sql.Identifier(c) for c in kept)
+            cur.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, columns, columns, self.target(nxt))
+            )
+            cur.execute(sql.SQL("DROP TABLE {}").format(self.target(nxt)))
+            return replaced
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target))
+        replaced = int(one(cur.fetchone())[0])
+        cur.execute(sql.SQL("DROP TABLE {}").format(target))
+        cur.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(self.target(nxt), sql.Identifier(table.destination_table))
+        )
+        return replaced
 
     def _stage(self, cur: psycopg2.extensions.cursor, table: SelectedTable, copy: CopyOut) -> sql.Identifier:
         """The copy in a temporary table of the source's types, to merge from (dropped at commit)."""

@@ -12,9 +12,15 @@ from rds_pipeline.engine.selection import SelectedTable
 
 
 def select_query(
-    table: SelectedTable, key_range: KeyRange, csv: bool = False, array_as_json: bool = False, binary: bool = False
+    table: SelectedTable,
+    key_range: KeyRange,
+    csv: bool = False,
+    array_as_json: bool = False,
+    binary: bool = False,
+    changed_since: str | None = None,
 ) -> sql.Composed:
-    """``COPY (SELECT cols FROM schema.table [WHERE range]) TO STDOUT``, identifiers quoted by psycopg2.sql."""
+    """``COPY (SELECT cols FROM schema.table [WHERE range]) TO STDOUT``, identifiers quoted by psycopg2.sql.
+    ``changed_since`` (a 64-bit xid): only row versions written by that transaction or a later one."""
     columns: list[sql.Composable] = []
     for column in table.columns:
         ident = sql.Identifier(column.name)
@@ -25,10 +31,19 @@ def select_query(
     relation = sql.Identifier(table.relation.schema, table.relation.name)
     select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), relation)
     predicate = key_range.predicate()
+    if changed_since is not None:
+        since = sql.SQL("age(xmin) <= age({}::xid)").format(sql.Literal(str(xid32(changed_since))))
+        predicate = since if predicate is None else sql.SQL("{} AND {}").format(predicate, since)
     if predicate is not None:
         select = sql.SQL("{} WHERE {}").format(select, predicate)
     options = sql.SQL(" WITH (FORMAT csv)") if csv else sql.SQL(" WITH (FORMAT binary)") if binary else sql.SQL("")
     return sql.SQL("COPY ({}) TO STDOUT{}").format(select, options)
+
+
+def xid32(xid8: str) -> int:
+    """A 64-bit transaction id as the 32-bit xid a row's ``xmin`` holds (``age()`` compares them modulo 2^32,
+    exact while they are less than 2^31 transactions apart); never one of the special xids below 3."""
+    return max(int(xid8) % 2**32, 3)
 
 
 def binary_copy(

@@ -12,6 +12,9 @@ into the key ranges to copy. The rules:
 - One window, key range or chunk: that range. The latest (open-ended) window reaches back to the bookmark,
   so a run of "today" after an outage still closes the gap; with no bookmark it brings the history.
 - Everything: the whole table.
+- A full-table table without key chunks, bigger than one chunk, on PostgreSQL 14+: chunks of pages (CTID
+  ranges) copied into a new generation that readers do not see, then swapped in whole. A generation under way
+  resumes at its next chunk; a table with a primary key is then swept for rows changed since it began.
 
 Whether a copied range may move the bookmark is decided by the loader inside the destination transaction
 (``bookmark_rule``): only a range contiguous with what is already copied moves it, and never backwards.
@@ -22,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rds_pipeline.engine.core.ranges import KeyRange, coalesce_chunks
-from rds_pipeline.engine.core.state import TableState
+from rds_pipeline.engine.core.ranges import KeyRange, PageSource, coalesce_chunks, page_range, page_spans
+from rds_pipeline.engine.core.state import Generation, GenerationStep, TableState
 from rds_pipeline.engine.selection import SelectedTable
 
 
@@ -60,6 +63,7 @@ class Step:
     key_range: KeyRange
     reach_back_to: str | None = None
     lookback: str | int | None = None
+    generation: GenerationStep | None = None  # a chunk of pages of a full-table generation
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,84 @@ class Plan:
     reason: str
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def generation(self) -> bool:
+        """The steps build a new generation of the table (chunks of pages, swapped in by the last)."""
+        return any(step.generation is not None for step in self.steps)
 
-def plan_sync(table: SelectedTable, state: TableState, request: Request, chunks: list[KeyRange] | None = None) -> Plan:
+
+def plan_sync(
+    table: SelectedTable,
+    state: TableState,
+    request: Request,
+    chunks: list[KeyRange] | None = None,
+    pages: PageSource | None = None,
+) -> Plan:
     """The ranges to copy for ``table``. ``chunks`` is the table's partitioning as key ranges, in key order
-    (first open below, last open above), used to chunk a history or a full-table sync."""
+    (first open below, last open above), used to chunk a history or a full-table sync. ``pages``: the source's
+    pages of a full-table table (None where chunks of pages do not apply)."""
     if table.method == "key_based":
         return _plan_key_based(table, state, request, chunks or [])
+    if (
+        pages is not None
+        and wants_pages(table, request, chunks or [])
+        and (state.generation is not None or pages.pages > pages.per_chunk)
+    ):
+        return _plan_generation(table, state, pages)
     return _plan_full_table(state, request, chunks or [])
+
+
+def wants_pages(table: SelectedTable, request: Request, chunks: list[KeyRange]) -> bool:
+    """Whether a sync of ``table`` may copy it in chunks of pages: a full-table sync of the whole table, which
+    has no key chunks of its own."""
+    whole = request.kind != RequestKind.RANGE or request.key_range.predicate() is None
+    return table.method == "full_table" and whole and len(chunks) <= 1
+
+
+def _plan_generation(table: SelectedTable, state: TableState, pages: PageSource) -> Plan:
+    """Chunks of pages into the next generation (from where one under way stopped), then, with a primary key,
+    the sweep of rows changed since it began; the last step swaps it in."""
+    current = state.generation
+    resumed = current is not None
+    gen = current or Generation(pages.since, pages.pages, 0, False, 0, 0)
+    keyed = bool(table.primary_key)
+    steps: list[Step] = []
+    if not gen.copy_done:
+        for lower, upper in page_spans(gen.copied, max(gen.pages, pages.pages), pages.per_chunk):
+            done = upper is None
+            step = GenerationStep(
+                gen.since,
+                gen.pages,
+                not resumed and not steps,
+                lower,
+                False,
+                upper or lower,
+                0,
+                done,
+                done and not keyed,
+            )
+            steps.append(Step(page_range(lower, upper), generation=step))
+    if keyed:
+        for lower, upper in page_spans(gen.swept, pages.pages, pages.per_chunk):
+            step = GenerationStep(
+                gen.since, gen.pages, False, lower, True, gen.pages, upper or lower, True, upper is None
+            )
+            steps.append(Step(page_range(lower, upper), generation=step))
+    copies = sum(1 for s in steps if s.generation and not s.generation.sweep)
+    sweeps = len(steps) - copies
+    where = f"resumed at page {gen.copied if not gen.copy_done else gen.swept}" if resumed else "a new generation"
+    reason = (
+        f"full table in chunks of {pages.per_chunk} page(s) ({where}): {copies} chunk(s) to copy"
+        + (f", then {sweeps} to sweep for rows changed since it began" if sweeps else "")
+        + "; readers see the previous copy until the last swaps it in"
+    )
+    notes = []
+    if not keyed:
+        notes.append(
+            "no primary key: a row updated while the chunks are copied can be read twice or missed (it may move "
+            "to a page already copied) until the next sync; a key lets the sweep fix it"
+        )
+    return Plan(steps, not state.table_exists, reason, notes)
 
 
 def _history(chunks: list[KeyRange], column: str | None, reason: str) -> Plan:

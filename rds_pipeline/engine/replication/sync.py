@@ -31,8 +31,9 @@ from rds_pipeline.engine.destinations.base import Destination, LoadingReport
 from rds_pipeline.engine.errors import ConnectionProblem, LoadError
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.extract import binary_copy, select_query
-from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync
+from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync, wants_pages
 from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.pages import read_pages
 from rds_pipeline.engine.source.session import SourceSession
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class StepResult:
     extraction: ExtractionLog
     report: LoadingReport
     attempts: int
+    sweep: bool = False  # a generation's chunk of rows changed since it began (``plan.py``)
 
 
 @dataclass
@@ -117,8 +119,17 @@ class SyncResult:
         return self.steps[-1].extraction.bookmark_after
 
     @property
+    def rows_copied(self) -> int:
+        """The rows the source gave for what this sync made whole: a generation's chunks count across runs (a
+        resumed one began in an earlier run), less the rows read twice; else the rows read."""
+        last = self.steps[-1].report.source_rows
+        return self.rows if last is None else last
+
+    @property
     def rows_at_commit(self) -> int | None:
         """The replica's rows over ``key_range`` as the steps committed them, when every step knows it."""
+        if self.plan.generation:  # the swap's count of the whole new generation
+            return self.steps[-1].report.rows_at_commit
         counts = [s.report.rows_at_commit for s in self.steps]
         return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
 
@@ -130,6 +141,8 @@ class SyncResult:
     def key_range(self) -> KeyRange:
         """The span of every step: from the lowest start to the highest end."""
         ranges = [s.key_range for s in self.steps]
+        if self.plan.generation:  # chunks of pages: the whole table
+            return KeyRange()
         if len(ranges) == 1:
             return ranges[0]
         first, last = ranges[0], ranges[-1]
@@ -185,7 +198,17 @@ def sync_table(
     state = _with_retries(
         table, session, destination, max_attempts, backoff_seconds, lambda: destination.table_state(table)
     )
-    plan = plan_sync(table, state, request, chunks)
+    pages = None
+    if wants_pages(table, request, chunks or []):
+        pages = _with_retries(
+            table,
+            session,
+            destination,
+            max_attempts,
+            backoff_seconds,
+            lambda: read_pages(session.connection(table.relation.database), table),
+        )
+    plan = plan_sync(table, state, request, chunks, pages)
     log.info("%s: %s (%d step(s))", table.id, plan.reason, len(plan.steps))
     source_max: list[str | None] = []  # read once per sync, and only for bounded key-based ranges
 
@@ -208,7 +231,7 @@ def sync_table(
         )
 
     parallel = min(session.config.parallel_chunks, len(plan.steps) - 1)
-    if plan.historical and parallel > 1 and destination.parallel_loads:
+    if (plan.historical or plan.generation) and parallel > 1 and destination.parallel_loads:
         if table.method == "key_based":
             max_key()  # read once, before the workers share it
         steps = _in_parallel(plan.steps, parallel, session, destination, run_step)
@@ -380,8 +403,14 @@ def _copy_step(
     key_range = resolve_start(conn, table, step)
     source_max = max_key() if table.method == "key_based" and key_range.upper is not None else None
     binary, copy_format = binary_copy(destination, table, session.config.copy_format, session.config.ssh is not None)
+    generation = step.generation
     query = select_query(
-        table, key_range, csv=destination.copy_csv, array_as_json=destination.array_as_json, binary=binary
+        table,
+        key_range,
+        csv=destination.copy_csv,
+        array_as_json=destination.array_as_json,
+        binary=binary,
+        changed_since=generation.since if generation is not None and generation.sweep else None,
     )
     extraction = ExtractionLog(
         table=table.id,
@@ -408,7 +437,7 @@ def _copy_step(
     )
     batch_id = uuid.uuid4().hex
     try:
-        report, outcome = destination.load(table, key_range, copy, batch_id, source_max, turn)
+        report, outcome = destination.load(table, key_range, copy, batch_id, source_max, turn, generation)
     except BaseException as exc:
         session.abandon(stuck=copy.stuck)  # bounded; ends the source backend if it is still there
         if isinstance(copy.error, psycopg2.Error) and isinstance(exc, Exception):
@@ -426,4 +455,4 @@ def _copy_step(
             outcome.null_keys,
             table.replication_key,
         )
-    return StepResult(key_range, extraction, report, attempt)
+    return StepResult(key_range, extraction, report, attempt, generation is not None and generation.sweep)
