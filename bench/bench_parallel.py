@@ -10,6 +10,9 @@ PostgreSQL runs in one namespace; the destination PostgreSQL and the engine in t
 run: ``psql | psql`` over the link (one stream, text), the engine in text with ``parallel_chunks: 1`` and with
 ``--parallel``, and with ``--parallel`` in binary (about 25% more bytes on the bench table, so slower on a
 link paid per byte). Needs root (namespaces, tc).
+
+``--pages``: the same race for a full-table table keyed by UUID (no integer key to chunk by), copied in chunks
+of pages (CTID ranges) into a new generation: one chunk at a time against ``--parallel`` at a time.
 """
 
 from __future__ import annotations
@@ -195,13 +198,46 @@ print(json.dumps({"seconds": seconds, "steps": len(result.steps)}))
 """
 
 
-def run(rows: int, mbit: int, parallel: int) -> dict[str, object]:
+PAGES_ENGINE = """
+import dataclasses, json, sys, time
+from rds_pipeline.engine.config import load_config
+from rds_pipeline.engine.destinations.factory import open_destination
+from rds_pipeline.engine.replication.sync import sync_table
+from rds_pipeline.engine.selection import resolve_selection
+from rds_pipeline.engine.source.catalog import Catalog
+from rds_pipeline.engine.source.session import SourceSession
+config = load_config(sys.argv[1])
+rows, chunks_wanted, parallel = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+source = dataclasses.replace(config.source, max_connections=max(parallel, 1), parallel_chunks=parallel,
+                             copy_format=sys.argv[5])
+config = dataclasses.replace(config, source=source)
+[table] = resolve_selection(config.tables, Catalog.load(config.catalog_path), "bench")
+table = dataclasses.replace(table, chunk_rows=max(1000, rows // chunks_wanted))
+destination = open_destination(config)
+destination.reset(table)
+started = time.monotonic()
+with SourceSession(config.source) as session:
+    result = sync_table(session, destination, table)
+seconds = time.monotonic() - started
+destination.close()
+assert result.plan.generation and result.rows_at_commit == rows, (result.plan.reason, result.rows_at_commit)
+sweep = sum(s.report.seconds for s in result.steps if s.sweep)
+print(json.dumps({"seconds": seconds, "steps": len(result.steps), "sweep_seconds": sweep}))
+"""
+
+
+def run(rows: int, mbit: int, parallel: int, pages: bool = False, rounds: int = 2) -> dict[str, object]:
+    """``pages``: a UUID-keyed full-table table in chunks of pages (else an integer key's history)."""
     base = Path(tempfile.mkdtemp(prefix="rds_bench_parallel_"))
     base.chmod(0o755)
     py = sys.executable
     make_link(mbit)
+    ddl, fill_sql = TABLE_DDL, FILL_SQL
+    if pages:
+        ddl = ddl.replace("id bigint PRIMARY KEY", "id uuid PRIMARY KEY")
+        fill_sql = fill_sql.replace("SELECT g, g % 1000", "SELECT md5(g::text)::uuid, g % 1000")
     try:
-        fill = TABLE_DDL + FILL_SQL.format(rows=rows)
+        fill = ddl + fill_sql.format(rows=rows)
         sh(
             *in_ns(
                 SOURCE_NS,
@@ -225,7 +261,7 @@ def run(rows: int, mbit: int, parallel: int) -> dict[str, object]:
                 "127.0.0.1",
                 str(DEST_PORT),
                 "CREATE DATABASE bench",
-                TABLE_DDL.replace("bench_t", "bench_pipe"),
+                ddl.replace("bench_t", "bench_pipe"),
             )
         )
         creds = {"user": "postgres", "password": "postgres", "database": "bench"}
@@ -236,7 +272,11 @@ def run(rows: int, mbit: int, parallel: int) -> dict[str, object]:
                     "integration_name": "bench parallel",
                     "source": {"host": SOURCE_IP, "port": SOURCE_PORT, **creds},
                     "destination": {"type": "postgres", "host": "127.0.0.1", "port": DEST_PORT, **creds},
-                    "tables": [{"name": "public.bench_t", "method": "key_based", "replication_key": "id"}],
+                    "tables": [
+                        {"name": "public.bench_t", "method": "full_table"}
+                        if pages
+                        else {"name": "public.bench_t", "method": "key_based", "replication_key": "id"}
+                    ],
                 }
             )
         )
@@ -258,18 +298,23 @@ def run(rows: int, mbit: int, parallel: int) -> dict[str, object]:
         engines = {
             "engine, 1 chunk at a time": (1, "text"),
             f"engine, {parallel} chunks at a time": (parallel, "text"),
-            f"engine, {parallel} chunks at a time, binary": (parallel, "binary"),
         }
+        if not pages:
+            engines[f"engine, {parallel} chunks at a time, binary"] = (parallel, "binary")
+        sweeps: list[float] = []
         results: dict[str, list[float]] = {"raw pipe (psql | psql), one stream": [], **{n: [] for n in engines}}
-        for _ in range(2):  # alternate the contenders
+        for _ in range(rounds):  # alternate the contenders
             started = time.monotonic()
             sh(*in_ns(CLIENT_NS, "bash", "-o", "pipefail", "-c", pipe))
             results["raw pipe (psql | psql), one stream"].append(time.monotonic() - started)
             for name, (width, form) in engines.items():
+                child = PAGES_ENGINE if pages else ENGINE
                 out = sh(
-                    *in_ns(CLIENT_NS, py, "-c", ENGINE, str(config), str(rows), str(parallel * 4), str(width), form)
+                    *in_ns(CLIENT_NS, py, "-c", child, str(config), str(rows), str(parallel * 4), str(width), form)
                 )
-                results[name].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+                measured = json.loads(out.stdout.strip().splitlines()[-1])
+                results[name].append(measured["seconds"])
+                sweeps.append(measured.get("sweep_seconds", 0.0))
         medians = {name: statistics.median(times) for name, times in results.items()}
         one, many = medians["engine, 1 chunk at a time"], medians[f"engine, {parallel} chunks at a time"]
         return {
@@ -282,6 +327,7 @@ def run(rows: int, mbit: int, parallel: int) -> dict[str, object]:
             "median_seconds": {k: round(v, 2) for k, v in medians.items()},
             "speedup_vs_one_stream": round(one / many, 2),
             "ratio_to_raw_pipe": round(medians["raw pipe (psql | psql), one stream"] / many, 2),
+            **({"sweep_seconds": round(statistics.median(sweeps), 2), "keyed_by": "uuid"} if pages else {}),
         }
     finally:
         from rds_pipeline.local_postgres import LocalPostgres, embedded_bin_dir
@@ -298,8 +344,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--mbit", type=int, default=40)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--pages", action="store_true", help="a UUID-keyed full-table table in chunks of pages")
     args = parser.parse_args()
-    print(json.dumps(run(args.rows, args.mbit, args.parallel), indent=2))
+    print(json.dumps(run(args.rows, args.mbit, args.parallel, args.pages), indent=2))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ previous copy whole for readers, and the next resumes without copying the finish
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,22 +95,31 @@ def test_the_planner_chunks_resumes_and_sweeps() -> None:
 
 
 # -- timelines on real servers ------------------------------------------------------------------------------------
+STOP_LOCK = threading.Lock()  # the count is shared by a sync's parallel connections
+
+
 class StopAfter:
     """The real destination, made to fail a generation's chunk after ``chunks`` committed (a crash between
-    chunks, in process)."""
+    chunks, in process). Its ``fresh()`` connections (parallel chunks) share the count."""
 
-    def __init__(self, dest: Any, chunks: int) -> None:
-        self.dest, self.left = dest, chunks
+    def __init__(self, dest: Any, chunks: int, left: list[int] | None = None) -> None:
+        self.dest, self.left = dest, left if left is not None else [chunks]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.dest, name)
 
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[StopAfter]:
+        with self.dest.fresh() as other:
+            yield StopAfter(other, 0, self.left)
+
     def load(self, *args: Any, **kwargs: Any) -> Any:
         generation = args[6] if len(args) > 6 else kwargs.get("generation")
         if generation is not None:
-            if self.left == 0:
-                raise RuntimeError("injected: the process died between chunks")
-            self.left -= 1
+            with STOP_LOCK:
+                if self.left[0] <= 0:
+                    raise RuntimeError("injected: the process died between chunks")
+                self.left[0] -= 1
         return self.dest.load(*args, **kwargs)
 
 
@@ -294,4 +305,51 @@ def test_sigkill_mid_generation_readers_see_the_old_copy_and_the_next_sync_resum
         .strip()
         .endswith("0")
     )
+    dest.close()
+
+
+def test_chunks_of_pages_copy_in_parallel_within_the_cap_and_resume(pg18: LocalPostgres, tmp_path: Path) -> None:
+    """`parallel_chunks: 2`: the chunks after the first copy two at a time (never more COPYs of ours at the
+    source), commit in page order, and a sync stopped part-way resumes where the committed chunks end."""
+    scratch, dest = _scratch(pg18, "postgres", tmp_path)
+    scratch = dataclasses.replace(
+        scratch,
+        config=dataclasses.replace(
+            scratch.config, source=dataclasses.replace(scratch.config.source, parallel_chunks=2)
+        ),
+    )
+    scratch.sql(TABLE_DDL)
+    table = dataclasses.replace(scratch.one({"name": "public.events", "method": "full_table"}), chunk_rows=1000)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        conn = psycopg2.connect(**pg18.dsn(scratch.source_db))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                    "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()"
+                )
+                seen.append(cur.fetchone()[0])
+        conn.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with SourceSession(scratch.config.source) as session, pytest.raises(RuntimeError, match="injected"):
+            sync_table(session, StopAfter(dest, 6), table)
+        under_way = dest.table_state(table).generation
+        assert under_way is not None and under_way.copied > 0
+        scratch.sql("UPDATE events SET n = -n WHERE n % 50 = 0")
+        with SourceSession(scratch.config.source) as session:
+            resumed = sync_table(session, dest, table)
+    finally:
+        stop.set()
+        sampler.join()
+    assert max(seen) <= 2, f"concurrent COPYs seen: {sorted(set(seen))}"
+    assert resumed.steps[0].key_range.lower == f"({under_way.copied},0)"
+    assert dest.fetch_rows(table) == scratch.source_rows(table)
+    assert dest.primary_key_enforced(table)
     dest.close()
