@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     select = sub.add_parser("select", parents=[common], help="add, change or remove a table in `tables:`")
     select.add_argument("name", help="schema.table (or database.schema.table), as written in the source")
-    select.add_argument("--method", choices=["full_table", "key_based", "log_based"])
+    select.add_argument("--method", choices=["full_table", "key_based", "xmin", "log_based"])
     select.add_argument("--key", help="replication key column (key_based)")
     select.add_argument("--columns", help="comma-separated columns to replicate; '' selects all")
     select.add_argument("--remove", action="store_true", help="deselect the table")

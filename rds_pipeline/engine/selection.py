@@ -19,7 +19,7 @@ from rds_pipeline.engine.ownership import parse_owners, parse_tags
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.source.catalog import Catalog, Column, Relation
 
-METHODS = ("full_table", "key_based", "log_based")
+METHODS = ("full_table", "key_based", "xmin", "log_based")
 LOG_KINDS = ("table", "partitioned_table")
 ENTRY_KEYS = (
     "name",
@@ -156,6 +156,8 @@ def _resolve_entry(
         primary_key = _primary_key(label, entry, relation, problems)
         if method == "log_based":
             _check_log_based(label, relation, primary_key, default_database, problems)
+        if method == "xmin":
+            _check_xmin(label, relation, primary_key, problems)
         notices: list[str] = []
         columns = _columns(label, entry, relation, primary_key, key, default_database, notices, problems)
         if not relation.can_select:
@@ -276,6 +278,23 @@ def _primary_key(label: str, entry: dict[str, Any], relation: Relation, problems
     if missing:
         raise _refuse(problems, _unknown_column(label + ".primary_key", missing[0], relation))
     return tuple(override)
+
+
+def _check_xmin(label: str, relation: Relation, primary_key: tuple[str, ...], problems: list[str]) -> None:
+    """What xmin replication needs: row versions (a table's, not a view's), and a key to merge re-read rows by."""
+    if relation.kind not in LOG_KINDS:
+        raise _refuse(
+            problems,
+            f"{label}.method: xmin reads which row versions a transaction wrote, and a "
+            f"{relation.kind.replace('_', ' ')} has none of its own. Fix: use full_table, or select the tables "
+            "it reads",
+        )
+    if not primary_key:
+        raise _refuse(
+            problems,
+            f"{label}.method: xmin re-reads a row each time it changes and merges it by key, and this table has "
+            "no primary key. Fix: add `primary_key: [columns]` (a unique, non-null set of columns) to the entry",
+        )
 
 
 def _check_log_based(

@@ -70,6 +70,24 @@ class PageSource:
     since: str  # the source snapshot's xmin (64-bit), where a new generation starts
 
 
+XMIN_SAFE_AGE = 2**31 - 10_000_000  # a bookmark older than this (in transactions) is past what age() can compare
+
+
+@dataclass(frozen=True)
+class XidHorizon:
+    """The source's transaction ids at this sync, 64-bit (``txid_current_snapshot()``): everything below
+    ``snapshot_xmin`` had ended when it was read, so it is the bookmark an xmin sync leaves; ``next_xid`` is how
+    far the counter has gone, to tell how old a bookmark is."""
+
+    snapshot_xmin: str
+    next_xid: str
+
+
+def xmin_wrapped(bookmark: str, horizon: XidHorizon) -> bool:
+    """Whether ``bookmark`` is too many transactions old for a 32-bit comparison of ``xmin`` (``age()``)."""
+    return int(horizon.next_xid) - int(bookmark) >= XMIN_SAFE_AGE
+
+
 def page_range(lower: int | None, upper: int | None) -> KeyRange:
     """Pages ``lower`` (inclusive) to ``upper`` (exclusive; None: to the end) as a range of ``ctid``."""
     return KeyRange(

@@ -115,10 +115,13 @@ class Loader(Protocol):
         source_max: str | None = None,
         turn: Callable[[], None] | None = None,
         generation: GenerationStep | None = None,
+        set_bookmark: str | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
         """Load what ``copy`` streams for ``key_range``, in one transaction with the state row.
 
-        - full_table and log_based replace the range's rows (``REPLACING``); key_based merges them by key.
+        - full_table and log_based replace the range's rows (``REPLACING``); key_based and xmin merge them by key.
+        - xmin: the bookmark becomes ``set_bookmark`` (the source's snapshot xmin, given by the sync's last
+          step); a step without one leaves it where it was.
         - key_based moves the bookmark by the rule above; full_table records its state without one; a log-based
           table's state is left to its change applier (the snapshot's LSN).
         - Atomic: on any error the range and the state are as they were, and ``copy`` is aborted.
@@ -297,6 +300,12 @@ def next_table(destination_table: str) -> str:
     """The name of a table's next generation: short and plain whatever the table's name (quotes, unicode, 63
     bytes), and the same in every run, so a killed sync finds it again."""
     return NEXT_PREFIX + hashlib.sha256(destination_table.encode()).hexdigest()[:20]
+
+
+def xmin_outcome(before: str | None, set_bookmark: str | None) -> LoadOutcome:
+    """An xmin load's effect on the state: the sync's snapshot xmin with its last step, else no move."""
+    after = set_bookmark if set_bookmark is not None else before
+    return LoadOutcome(before, after, moved_bookmark=after != before)
 
 
 def check_progress(table: SelectedTable, step: GenerationStep, row: tuple[Any, ...] | None) -> None:

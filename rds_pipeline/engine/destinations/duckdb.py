@@ -42,6 +42,7 @@ from rds_pipeline.engine.destinations.base import (
     next_table,
     overlap,
     rename_refusal,
+    xmin_outcome,
 )
 from rds_pipeline.engine.destinations.duckdb_apply import DuckDBApplier
 from rds_pipeline.engine.destinations.duckdb_sql import convert, csv_source, dq, run
@@ -374,6 +375,7 @@ class DuckDBDestination:
         source_max: str | None = None,
         turn: Callable[[], None] | None = None,
         generation: GenerationStep | None = None,
+        set_bookmark: str | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
@@ -444,7 +446,11 @@ class DuckDBDestination:
                     raw_key = f", c{[col.name for col in table.columns].index(key)} AS _raw_key" if key else ""
                     run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted}{raw_key} FROM {source}", [name])
                     report.rows_inserted, report.rows_updated = self._merge(table, col_list, batch_id)
-                    outcome = self._bookmark(table, key_range, before, covered, source_max)
+                    outcome = (
+                        xmin_outcome(before, set_bookmark)
+                        if table.method == "xmin"
+                        else self._bookmark(table, key_range, before, covered, source_max)
+                    )
                 if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
                     run(
                         c,

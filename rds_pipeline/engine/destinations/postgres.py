@@ -46,6 +46,7 @@ from rds_pipeline.engine.destinations.base import (
     next_table,
     overlap,
     rename_refusal,
+    xmin_outcome,
 )
 from rds_pipeline.engine.destinations.postgres_apply import PostgresApplier
 from rds_pipeline.engine.quoting import quote_ident
@@ -343,6 +344,7 @@ class PostgresDestination:
         source_max: str | None = None,
         turn: Callable[[], None] | None = None,
         generation: GenerationStep | None = None,
+        set_bookmark: str | None = None,
     ) -> tuple[LoadingReport, LoadOutcome]:
         """Load what ``copy`` streams; data and state commit together (the bookmark rule in ``base.py``).
         ``turn``: called once the rows are in and before the state row is locked (chunks copied in parallel
@@ -381,12 +383,20 @@ class PostgresDestination:
                     # COPY straight in (the stage and upsert would double the work), then index once
                     report.rows_inserted = _copy_in(cur, target, table, copy, freeze=True)
                     self.add_primary_key(cur, table)
-                    outcome = self._bookmark(cur, table, target, key_range, *locked_state(), source_max)
+                    outcome = (
+                        xmin_outcome(locked_state()[0], set_bookmark)
+                        if table.method == "xmin"
+                        else self._bookmark(cur, table, target, key_range, *locked_state(), source_max)
+                    )
                 else:
                     stage = self._stage(cur, table, copy)
                     column_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
                     report.rows_inserted, report.rows_updated = self._merge(cur, table, stage, column_list)
-                    outcome = self._bookmark(cur, table, stage, key_range, *locked_state(), source_max)
+                    outcome = (
+                        xmin_outcome(locked_state()[0], set_bookmark)
+                        if table.method == "xmin"
+                        else self._bookmark(cur, table, stage, key_range, *locked_state(), source_max)
+                    )
                 copy.join()
                 if copy.error is not None:
                     raise copy.error

@@ -20,7 +20,8 @@ def select_query(
     changed_since: str | None = None,
 ) -> sql.Composed:
     """``COPY (SELECT cols FROM schema.table [WHERE range]) TO STDOUT``, identifiers quoted by psycopg2.sql.
-    ``changed_since`` (a 64-bit xid): only row versions written by that transaction or a later one."""
+    ``changed_since`` (a 64-bit xid): only row versions written by that transaction or a later one
+    (``written_since``)."""
     columns: list[sql.Composable] = []
     for column in table.columns:
         ident = sql.Identifier(column.name)
@@ -32,7 +33,7 @@ def select_query(
     select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), relation)
     predicate = key_range.predicate()
     if changed_since is not None:
-        since = sql.SQL("age(xmin) <= age({}::xid)").format(sql.Literal(str(xid32(changed_since))))
+        since = written_since(changed_since)
         predicate = since if predicate is None else sql.SQL("{} AND {}").format(predicate, since)
     if predicate is not None:
         select = sql.SQL("{} WHERE {}").format(select, predicate)
@@ -41,9 +42,16 @@ def select_query(
 
 
 def xid32(xid8: str) -> int:
-    """A 64-bit transaction id as the 32-bit xid a row's ``xmin`` holds (``age()`` compares them modulo 2^32,
-    exact while they are less than 2^31 transactions apart); never one of the special xids below 3."""
+    """A 64-bit transaction id as the 32-bit xid a row's ``xmin`` holds; never one of the special xids below 3."""
     return max(int(xid8) % 2**32, 3)
+
+
+def written_since(xid8: str) -> sql.Composed:
+    """Row versions whose ``xmin`` is ``xid8`` or later, up to now: the forward arc of 32-bit xids from it to the
+    current one, which ``age()`` measures across a wraparound of the 32-bit counter. Exact while ``xid8`` is
+    less than 2^31 transactions old (the planner checks with 64-bit ids: ``xmin_wrapped``). A row frozen long
+    ago keeps its raw xmin: one whose xmin falls in that arc by chance is read again (harmless: upserted)."""
+    return sql.SQL("age(xmin) BETWEEN 0 AND age({}::xid)").format(sql.Literal(str(xid32(xid8))))
 
 
 def binary_copy(

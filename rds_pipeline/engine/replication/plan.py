@@ -12,6 +12,10 @@ into the key ranges to copy. The rules:
 - One window, key range or chunk: that range. The latest (open-ended) window reaches back to the bookmark,
   so a run of "today" after an outage still closes the gap; with no bookmark it brings the history.
 - Everything: the whole table.
+- xmin: no bookmark (or the destination table is missing): everything, and the bookmark becomes the source's
+  snapshot xmin read before the copy; with one: the row versions written since it (``age(xmin)``), merged by
+  key, and the bookmark moves to this sync's snapshot xmin with the last step. A bookmark more than ~2^31
+  transactions old cannot be compared in 32 bits: everything again. Large tables go in chunks of pages.
 - A full-table table without key chunks, bigger than one chunk, on PostgreSQL 14+: chunks of pages (CTID
   ranges) copied into a new generation that readers do not see, then swapped in whole. A generation under way
   resumes at its next chunk; a table with a primary key is then swept for rows changed since it began.
@@ -25,7 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rds_pipeline.engine.core.ranges import KeyRange, PageSource, coalesce_chunks, page_range, page_spans
+from rds_pipeline.engine.core.ranges import (
+    KeyRange,
+    PageSource,
+    XidHorizon,
+    coalesce_chunks,
+    page_range,
+    page_spans,
+    xmin_wrapped,
+)
 from rds_pipeline.engine.core.state import Generation, GenerationStep, TableState
 from rds_pipeline.engine.selection import SelectedTable
 
@@ -64,6 +76,8 @@ class Step:
     reach_back_to: str | None = None
     lookback: str | int | None = None
     generation: GenerationStep | None = None  # a chunk of pages of a full-table generation
+    changed_since: str | None = None  # only row versions written by this transaction (64-bit) or later
+    sets_bookmark: str | None = None  # the bookmark this step commits (xmin: the source's snapshot xmin)
 
 
 @dataclass(frozen=True)
@@ -85,12 +99,18 @@ def plan_sync(
     request: Request,
     chunks: list[KeyRange] | None = None,
     pages: PageSource | None = None,
+    horizon: XidHorizon | None = None,
 ) -> Plan:
     """The ranges to copy for ``table``. ``chunks`` is the table's partitioning as key ranges, in key order
     (first open below, last open above), used to chunk a history or a full-table sync. ``pages``: the source's
-    pages of a full-table table (None where chunks of pages do not apply)."""
+    pages of a full-table or xmin table (None where chunks of pages do not apply); ``horizon``: the source's
+    transaction ids, for an xmin table (required there)."""
     if table.method == "key_based":
         return _plan_key_based(table, state, request, chunks or [])
+    if table.method == "xmin":
+        if horizon is None:
+            raise ValueError(f"{table.id}: an xmin sync is planned from the source's transaction ids")
+        return _plan_xmin(state, request, pages, horizon)
     if (
         pages is not None
         and wants_pages(table, request, chunks or [])
@@ -104,7 +124,40 @@ def wants_pages(table: SelectedTable, request: Request, chunks: list[KeyRange]) 
     """Whether a sync of ``table`` may copy it in chunks of pages: a full-table sync of the whole table, which
     has no key chunks of its own."""
     whole = request.kind != RequestKind.RANGE or request.key_range.predicate() is None
-    return table.method == "full_table" and whole and len(chunks) <= 1
+    return table.method in ("full_table", "xmin") and whole and len(chunks) <= 1
+
+
+def _plan_xmin(state: TableState, request: Request, pages: PageSource | None, horizon: XidHorizon) -> Plan:
+    """Row versions written since the bookmark (or everything), in chunks of pages when the table is big; the
+    last step moves the bookmark to this sync's snapshot xmin."""
+    since = state.bookmark if state.usable else None
+    notes = []
+    if since is not None and xmin_wrapped(since, horizon):
+        notes.append(
+            f"the bookmark (transaction {since}) is more than 2^31 transactions old, past what a 32-bit xmin "
+            "can be compared with: every row is read again (upserted), and the bookmark starts over"
+        )
+        since = None
+    if request.kind == RequestKind.EVERYTHING:
+        since = None
+    spans = page_spans(0, pages.pages, pages.per_chunk) if pages is not None else [(0, None)]
+    steps = [
+        Step(
+            page_range(lower, upper) if len(spans) > 1 else KeyRange(),
+            changed_since=since,
+            sets_bookmark=horizon.snapshot_xmin if upper is None else None,
+        )
+        for lower, upper in spans
+    ]
+    if since is None:
+        reason = "xmin: no bookmark yet: every row" if not notes else "xmin: every row again"
+        if not state.table_exists:
+            reason = "xmin: the destination table is missing: every row"
+    else:
+        reason = f"xmin: the row versions written since transaction {since}"
+    if len(steps) > 1:
+        reason += f", in {len(steps)} chunks of pages"
+    return Plan(steps, not state.table_exists, reason, notes)
 
 
 def _plan_generation(table: SelectedTable, state: TableState, pages: PageSource) -> Plan:
@@ -135,7 +188,7 @@ def _plan_generation(table: SelectedTable, state: TableState, pages: PageSource)
             step = GenerationStep(
                 gen.since, gen.pages, False, lower, True, gen.pages, upper or lower, True, upper is None
             )
-            steps.append(Step(page_range(lower, upper), generation=step))
+            steps.append(Step(page_range(lower, upper), generation=step, changed_since=gen.since))
     copies = sum(1 for s in steps if s.generation and not s.generation.sweep)
     sweeps = len(steps) - copies
     where = f"resumed at page {gen.copied if not gen.copy_done else gen.swept}" if resumed else "a new generation"

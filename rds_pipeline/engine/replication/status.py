@@ -109,6 +109,15 @@ def standings(
                     lag_unit=unit,
                 )
             )
+        elif table.method == "xmin":
+            found.append(
+                TableStanding(
+                    **common,
+                    position=f"xid {bookmark}" if bookmark else None,
+                    source_position=None,
+                    lag="row versions since the last sync" if bookmark else NOT_SYNCED,
+                )
+            )
         else:
             found.append(
                 TableStanding(

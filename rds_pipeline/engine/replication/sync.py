@@ -35,6 +35,7 @@ from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync,
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.pages import read_pages
 from rds_pipeline.engine.source.session import SourceSession
+from rds_pipeline.engine.source.xids import read_horizon
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,7 +209,17 @@ def sync_table(
             backoff_seconds,
             lambda: read_pages(session.connection(table.relation.database), table),
         )
-    plan = plan_sync(table, state, request, chunks, pages)
+    horizon = None
+    if table.method == "xmin":  # after the pages: the bookmark it leaves is never later than the chunks' reads
+        horizon = _with_retries(
+            table,
+            session,
+            destination,
+            max_attempts,
+            backoff_seconds,
+            lambda: read_horizon(session.connection(table.relation.database)),
+        )
+    plan = plan_sync(table, state, request, chunks, pages, horizon)
     log.info("%s: %s (%d step(s))", table.id, plan.reason, len(plan.steps))
     source_max: list[str | None] = []  # read once per sync, and only for bounded key-based ranges
 
@@ -231,7 +242,9 @@ def sync_table(
         )
 
     parallel = min(session.config.parallel_chunks, len(plan.steps) - 1)
-    if (plan.historical or plan.generation) and parallel > 1 and destination.parallel_loads:
+    # an xmin sync's last step moves the bookmark past every chunk: its chunks run in order, and stop at a failure
+    in_parallel = (plan.historical or plan.generation) and table.method != "xmin"
+    if in_parallel and parallel > 1 and destination.parallel_loads:
         if table.method == "key_based":
             max_key()  # read once, before the workers share it
         steps = _in_parallel(plan.steps, parallel, session, destination, run_step)
@@ -410,7 +423,7 @@ def _copy_step(
         csv=destination.copy_csv,
         array_as_json=destination.array_as_json,
         binary=binary,
-        changed_since=generation.since if generation is not None and generation.sweep else None,
+        changed_since=step.changed_since,
     )
     extraction = ExtractionLog(
         table=table.id,
@@ -437,7 +450,9 @@ def _copy_step(
     )
     batch_id = uuid.uuid4().hex
     try:
-        report, outcome = destination.load(table, key_range, copy, batch_id, source_max, turn, generation)
+        report, outcome = destination.load(
+            table, key_range, copy, batch_id, source_max, turn, generation, step.sets_bookmark
+        )
     except BaseException as exc:
         session.abandon(stuck=copy.stuck)  # bounded; ends the source backend if it is still there
         if isinstance(copy.error, psycopg2.Error) and isinstance(exc, Exception):
