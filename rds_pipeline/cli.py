@@ -236,6 +236,62 @@ def _reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Compare each table (or those named) with its source, range by range; name the ranges that differ."""
+    from rds_pipeline.engine.destinations.factory import open_destination
+    from rds_pipeline.engine.replication.compare import verify_table
+    from rds_pipeline.engine.source.session import SourceSession
+
+    config = load_config(args.config)
+    _, selection = _load_selection(config)
+    tables = _pick(selection, args.table) if args.table else selection
+    if args.sample is not None and not 0 < args.sample <= 1:
+        raise RdsPipelineError(f"--sample: expected a fraction of the ranges in (0, 1], got {args.sample}")
+    destination = open_destination(config)
+    failed = 0
+    try:
+        with SourceSession(config.source) as session:
+            for table in tables:
+                try:
+                    found = verify_table(session, destination, table, sample=args.sample)
+                except Exception as exc:  # noqa: BLE001 - one table's failure never stops another
+                    print(f"FAILED {table.id}: could not verify: {str(exc).strip().splitlines()[0]}")
+                    failed += 1
+                    continue
+                print(("ok     " if found.passed else "DIFFERS ") + found.describe() + f" ({found.seconds:.1f} s)")
+                failed += not found.passed
+    finally:
+        destination.close()
+    return 1 if failed else 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    """Re-copy the ranges of a table that differ from the source, then verify it again."""
+    from rds_pipeline.engine.destinations.factory import open_destination
+    from rds_pipeline.engine.replication.compare import repair_table, verify_table
+    from rds_pipeline.engine.source.session import SourceSession
+
+    config = load_config(args.config)
+    _, selection = _load_selection(config)
+    [table] = _pick(selection, [args.table])
+    destination = open_destination(config)
+    try:
+        with SourceSession(config.source) as session:
+            found = verify_table(session, destination, table)
+            if found.passed:
+                print(f"Nothing to repair: {found.describe()}")
+                return 0
+            print(found.describe())
+            done = repair_table(session, destination, table, found)
+            for key_range in done.repaired:
+                print(f"repaired {table.id}: {key_range.describe()}")
+            again = verify_table(session, destination, table)
+            print(("ok     " if again.passed else "DIFFERS ") + again.describe())
+            return 0 if again.passed else 1
+    finally:
+        destination.close()
+
+
 def _sync(args: argparse.Namespace) -> int:
     """Materialize through Dagster what a schedule tick would (history first for tables never synced)."""
     from rds_pipeline.dagster_defs.run import run_sync
@@ -387,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", parents=[common], help="check privileges, indexes and settings for the selection")
     check.set_defaults(func=_check)
+
+    verify = sub.add_parser(
+        "verify", parents=[common], help="compare each table with its source, range by range (exit 1 if any differ)"
+    )
+    verify.add_argument("table", nargs="*", help="selected tables to verify (default: all)")
+    verify.add_argument("--sample", type=float, help="verify this fraction of each table's ranges, chosen at random")
+    verify.set_defaults(func=_verify)
+
+    repair = sub.add_parser("repair", parents=[common], help="re-copy only the ranges of a table that differ")
+    repair.add_argument("table", help="schema.table (or database.schema.table) of a selected table")
+    repair.set_defaults(func=_repair)
 
     reset = sub.add_parser("reset", parents=[common], help="clear a table's bookmark and destination data")
     reset.add_argument("table", help="schema.table (or database.schema.table) of a selected table")

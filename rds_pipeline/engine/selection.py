@@ -37,7 +37,10 @@ ENTRY_KEYS = (
     "lookback",
     "owners",
     "tags",
+    "deletes",
+    "soft_deletes",
 )
+DELETES = ("ignore", "detect")
 GRANULARITIES = ("hourly", "daily", "weekly", "monthly")
 DEFAULT_CHUNK_ROWS = 1_000_000
 # fmt: off
@@ -64,6 +67,8 @@ class SelectedTable:
     all_columns: bool = True  # no `columns:` list: a column added at the source is replicated too
     owners: tuple[str, ...] | None = None  # None: the integration's `owners:`
     tags: dict[str, str] = field(default_factory=dict)  # added to the integration's `tags:`
+    deletes: str = "ignore"  # detect: rows gone at the source are found by key after each sync (compare.py)
+    soft_deletes: bool = False  # with detect: mark _rds_deleted_at instead of deleting
 
     @property
     def id(self) -> str:
@@ -166,6 +171,7 @@ def _resolve_entry(
                 "`rds-pipeline check` gives the GRANT"
             )
         destination, granularity, chunk_rows = _entry_options(label, entry, relation, default_database, problems)
+        deletes, soft = _deletes(label, entry, method, primary_key, problems)
     except _Refused:
         return None
     before = len(problems)
@@ -188,6 +194,8 @@ def _resolve_entry(
         entry.get("columns") is None,
         owners,
         tags,
+        deletes,
+        soft,
     )
 
 
@@ -278,6 +286,34 @@ def _primary_key(label: str, entry: dict[str, Any], relation: Relation, problems
     if missing:
         raise _refuse(problems, _unknown_column(label + ".primary_key", missing[0], relation))
     return tuple(override)
+
+
+def _deletes(
+    label: str, entry: dict[str, Any], method: str, primary_key: tuple[str, ...], problems: list[str]
+) -> tuple[str, bool]:
+    """`deletes: detect` (and `soft_deletes:`), for the methods that cannot see a delete."""
+    deletes = str(entry.get("deletes") or "ignore")
+    soft = entry.get("soft_deletes", False)
+    if deletes not in DELETES:
+        raise _refuse(problems, f"{label}.deletes: '{deletes}' is not a mode. Fix: use {' or '.join(DELETES)}")
+    if not isinstance(soft, bool):
+        raise _refuse(problems, f"{label}.soft_deletes: expected true or false, got {soft!r}")
+    if deletes == "detect" and method not in ("key_based", "xmin"):
+        seen = "each sync replaces the table" if method == "full_table" else "the log carries every delete"
+        raise _refuse(
+            problems,
+            f"{label}.deletes: detect is for key_based and xmin tables; a {method} table sees deletes already "
+            f"({seen}). Fix: remove `deletes:`",
+        )
+    if deletes == "detect" and not primary_key:
+        raise _refuse(
+            problems,
+            f"{label}.deletes: detect compares the keys at the source and in the replica, and this table has no "
+            "primary key. Fix: add `primary_key: [columns]` to the entry",
+        )
+    if soft and deletes != "detect":
+        raise _refuse(problems, f"{label}.soft_deletes: applies with `deletes: detect`. Fix: add it, or remove this")
+    return deletes, soft
 
 
 def _check_xmin(label: str, relation: Relation, primary_key: tuple[str, ...], problems: list[str]) -> None:

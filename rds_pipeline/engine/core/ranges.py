@@ -24,11 +24,14 @@ class KeyRange:
     upper: Any = None
     upper_inclusive: bool = False
     include_nulls: bool = False
+    bytewise: bool = False  # compare as bytes (COLLATE "C"): a text key split the same way on every server
 
     def predicate(self) -> sql.Composable | None:
         if self.column is None or (self.lower is None and self.upper is None and not self.include_nulls):
             return None
-        column = sql.Identifier(self.column)
+        column: sql.Composable = sql.Identifier(self.column)
+        if self.bytewise:
+            column = sql.SQL('{} COLLATE "C"').format(column)
         parts: list[sql.Composable] = []
         if self.lower is not None:
             parts.append(sql.SQL("{} >= {}").format(column, sql.Literal(self.lower)))

@@ -36,6 +36,7 @@ from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.state import GenerationStep, TableState
 from rds_pipeline.engine.errors import IntegrationRenamed, LoadError
 from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.catalog import Column
 
 STATE_TABLE = "_rds_pipeline_state"
 META_SCHEMA = "rds_pipeline_meta"
@@ -244,8 +245,35 @@ class ChangeApplier(Protocol):
         ...
 
 
-class Destination(StateStore, Loader, Protocol):
-    """A destination: its state, its loader and its change applier."""
+class Verifier(Protocol):
+    """The replica's side of ``replication/compare.py``: digests of ranges, and repairs of them."""
+
+    floats_rounded: bool  # its text of a float is not always PostgreSQL's: floats are compared in %.14e
+
+    def splits_on(self, column: Column) -> bool:
+        """Whether the replica orders ``column`` as the source does (so a key range holds the same rows)."""
+        ...
+
+    def digest(self, table: SelectedTable, key_range: KeyRange, keys_only: bool) -> tuple[int, int]:
+        """``(rows, digest)`` of the replica's rows in ``key_range`` (``core/digest.py``; soft-deleted rows
+        left out), over every column or the key columns only. Read-only."""
+        ...
+
+    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
+        """Replace the replica's rows in ``key_range`` by what ``copy`` streams, in one transaction. No state
+        row is touched (no bookmark or LSN moves); rows soft-deleted in the range stay unless ``copy`` has
+        their key. ``copy`` is aborted on failure."""
+        ...
+
+    def delete_missing(self, table: SelectedTable, key_range: KeyRange, keys: CopyOut, soft: bool) -> int:
+        """Delete (``soft``: mark ``_rds_deleted_at``) the replica's rows in ``key_range`` whose key text is not
+        among ``keys`` (one row text per line, ``core/digest.row_text`` of the key columns); with ``soft``, a
+        marked row whose key is back is unmarked. One transaction; returns the rows deleted or marked."""
+        ...
+
+
+class Destination(StateStore, Loader, Verifier, Protocol):
+    """A destination: its state, its loader, its verifier and its change applier."""
 
     kind: str  # for messages and metadata only: the engine never branches on it
 

@@ -23,12 +23,14 @@ import duckdb
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.copy_out import CopyOut
+from rds_pipeline.engine.core.digest import digest_columns, float_digits
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.state import Generation, GenerationStep, TableState
 from rds_pipeline.engine.core.types import duckdb_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
+    DELETED_AT,
     EXTRACTED_AT,
     GENERATIONS_TABLE,
     META_SCHEMA,
@@ -74,6 +76,15 @@ _ALIASES = {
     "STRING": "VARCHAR",
     "TEXT": "VARCHAR",
 }
+
+
+def _float_text(col: str, digits: int) -> str:
+    """A float as ``core/digest.row_text`` writes it for this destination: ``%.<digits>e`` (DuckDB's own text
+    of a float is not always PostgreSQL's: other exponent thresholds, and now and then other digits)."""
+    return (
+        f"CASE WHEN isnan({col}) THEN 'NaN' WHEN isinf({col}) AND {col} > 0 THEN 'Infinity' "
+        f"WHEN isinf({col}) THEN '-Infinity' ELSE printf('%.{digits}e', {col}) END"
+    )
 
 
 def _canonical(type_name: str) -> str:
@@ -573,6 +584,147 @@ class DuckDBDestination:
             run(c, f"DROP TABLE {target}")
             run(c, f"ALTER TABLE {self.target(nxt)} RENAME TO {dq(table.destination_table)}")
         return replaced
+
+    # -- verify and repair (replication/compare.py) ------------------------------------------------------------
+    floats_rounded = True  # a float's text is compared in %.14e (real: %.5e): see _float_text
+
+    def splits_on(self, column: Column) -> bool:
+        """DuckDB orders integers, uuids, dates and timestamps as PostgreSQL does, and text bytewise (the ranges
+        of a text key are bytewise on both sides); a value it stores as text (numeric without precision, …)
+        would sort as text."""
+        kind = duckdb_type(column)
+        if kind == "VARCHAR":
+            return column.category == "S"
+        return kind in ("SMALLINT", "INTEGER", "BIGINT", "UUID", "DATE", "TIMESTAMP", "TIMESTAMPTZ")
+
+    def _text(self, column: Column) -> str:
+        """PostgreSQL's ``::text`` of the value (``to_json`` for arrays), as ``core/digest.row_text`` writes it."""
+        col, kind = dq(column.name), duckdb_type(column)
+        if kind == "BLOB":
+            return f"'\\x' || lower(hex({col}))"
+        digits = float_digits(column)
+        if digits is not None and kind in ("DOUBLE", "FLOAT"):
+            return _float_text(col, digits)
+        if kind in ("DATE", "TIMESTAMP", "TIMESTAMPTZ"):
+            return f"replace(CAST({col} AS VARCHAR), ' (BC)', ' BC')"
+        return f"CAST({col} AS VARCHAR)"
+
+    def _row_text(self, columns: list[Column]) -> str:
+        return "concat_ws(chr(31), " + ", ".join(f"coalesce({self._text(c)}, chr(30))" for c in columns) + ")"
+
+    def _live(self, table: SelectedTable) -> str:
+        return f"{dq(DELETED_AT)} IS NULL" if DELETED_AT in self._existing_types(table) else "true"
+
+    def digest(self, table: SelectedTable, key_range: KeyRange, keys_only: bool) -> tuple[int, int]:
+        where, params = self._predicate(table, key_range)
+        scope = (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")"
+        text = self._row_text(digest_columns(table, keys_only))
+        rows, total = one(
+            run(
+                self.conn,
+                f"SELECT count(*), coalesce(sum(CAST('0x' || left(md5({text}), 15) AS BIGINT)), 0) "
+                f"FROM {self.target(table)}{scope} AND {self._live(table)}",
+                params,
+            ).fetchone()
+        )
+        return int(rows), int(total)
+
+    def _spool(self, copy: CopyOut) -> str:
+        """What ``copy`` streams, in a temporary CSV file (its path; the caller removes it)."""
+        fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
+        copy.start()
+        with os.fdopen(fd, "wb") as spool:
+            while chunk := copy.pipe.read():
+                spool.write(chunk)
+        copy.join()
+        if copy.error is not None:
+            raise copy.error
+        return name
+
+    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
+        started = time.monotonic()
+        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", "repair", batch_id=batch_id)
+        name = ""
+        try:
+            name = self._spool(copy)
+            source = csv_source(len(table.columns))
+            as_text = self.decimals_as_text(table, source, name)
+            converted = ", ".join(
+                f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
+                for i, c in enumerate(table.columns)
+            )
+            col_list = ", ".join(dq(c.name) for c in table.columns)
+            where, params = self._predicate(table, key_range)
+            c, target = self.conn, self.target(table)
+            c.execute("BEGIN TRANSACTION")
+            try:
+                self.ensure_table(table, as_text)
+                run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted} FROM {source}", [name])
+                keep = ""
+                if table.primary_key:  # soft-deleted rows stay, unless the source has their key again
+                    join = " AND ".join(f"t.{dq(k)} = s.{dq(k)}" for k in table.primary_key)
+                    live = self._live(table)
+                    keep = f" AND ({live} OR EXISTS (SELECT 1 FROM _rds_stage s WHERE {join}))"
+                scope = (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")"
+                report.rows_deleted = int(one(run(c, f"DELETE FROM {target} t{scope}{keep}", params).fetchone())[0])
+                report.rows_inserted = int(
+                    one(
+                        run(
+                            c,
+                            f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                            f"SELECT {col_list}, now(), ? FROM _rds_stage",
+                            [batch_id],
+                        ).fetchone()
+                    )[0]
+                )
+                c.execute("DROP TABLE _rds_stage")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        except BaseException:
+            copy.abort()
+            raise
+        finally:
+            if name:
+                Path(name).unlink(missing_ok=True)
+        report.seconds = time.monotonic() - started
+        report.committed_at = dt.datetime.now(dt.UTC)
+        return report
+
+    def delete_missing(self, table: SelectedTable, key_range: KeyRange, keys: CopyOut, soft: bool) -> int:
+        name = ""
+        try:
+            name = self._spool(keys)
+            where, params = self._predicate(table, key_range)
+            scope = (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")"
+            found = f"EXISTS (SELECT 1 FROM _rds_keys k WHERE k.k = {self._row_text(digest_columns(table, True))})"
+            c, target = self.conn, self.target(table)
+            c.execute("BEGIN TRANSACTION")
+            try:
+                run(c, f"CREATE TEMP TABLE _rds_keys AS SELECT c0 AS k FROM {csv_source(1)}", [name])
+                if soft:
+                    mark = dq(DELETED_AT)
+                    run(c, f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {mark} TIMESTAMPTZ")
+                    marked = run(
+                        c, f"UPDATE {target} SET {mark} = now(){scope} AND {mark} IS NULL AND NOT {found}", params
+                    )
+                    gone = one(marked.fetchone())[0]
+                    run(c, f"UPDATE {target} SET {mark} = NULL{scope} AND {mark} IS NOT NULL AND {found}", params)
+                else:
+                    gone = one(run(c, f"DELETE FROM {target}{scope} AND NOT {found}", params).fetchone())[0]
+                c.execute("DROP TABLE _rds_keys")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        except BaseException:
+            keys.abort()
+            raise
+        finally:
+            if name:
+                Path(name).unlink(missing_ok=True)
+        return int(gone)
 
     def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
         c, target = self.conn, self.target(table)

@@ -26,6 +26,7 @@ from psycopg2 import sql
 from rds_pipeline.engine import interrupts
 from rds_pipeline.engine.config import DestinationConfig, IntegrationConfig
 from rds_pipeline.engine.core.copy_out import CopyOut
+from rds_pipeline.engine.core.digest import digest_columns, digested, row_text
 from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.core.rows import one
 from rds_pipeline.engine.core.session_settings import apply_session_settings
@@ -33,6 +34,7 @@ from rds_pipeline.engine.core.state import Generation, GenerationStep, TableStat
 from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.destinations.base import (
     BATCH_ID,
+    DELETED_AT,
     EXTRACTED_AT,
     GENERATIONS_TABLE,
     META_SCHEMA,
@@ -51,6 +53,7 @@ from rds_pipeline.engine.destinations.base import (
 from rds_pipeline.engine.destinations.postgres_apply import PostgresApplier
 from rds_pipeline.engine.quoting import quote_ident
 from rds_pipeline.engine.selection import SelectedTable
+from rds_pipeline.engine.source.catalog import Column
 from rds_pipeline.engine.source.connection import libpq_params
 
 log = logging.getLogger(__name__)
@@ -735,6 +738,112 @@ class PostgresDestination:
         )
         contiguous, bookmark, covered_to, nulls = one(cur.fetchone())
         return LoadOutcome(before, bookmark, int(nulls), bool(contiguous) and bookmark != before, covered_to)
+
+    # -- verify and repair (replication/compare.py) ------------------------------------------------------------
+    floats_rounded = False  # the replica's text of a float is PostgreSQL's own
+
+    def splits_on(self, column: Column) -> bool:
+        return True  # the replica has the source's type (or its text, for what sorts as text at the source)
+
+    def _live(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> sql.Composable:
+        """``_rds_deleted_at IS NULL`` where the table has soft deletes, else ``true``."""
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+            "AND NOT attisdropped)",
+            (f"{quote_ident(self.schema)}.{quote_ident(table.destination_table)}", DELETED_AT),
+        )
+        return sql.SQL("{} IS NULL").format(sql.Identifier(DELETED_AT)) if one(cur.fetchone())[0] else sql.SQL("true")
+
+    def digest(self, table: SelectedTable, key_range: KeyRange, keys_only: bool) -> tuple[int, int]:
+        predicate = key_range.predicate() or sql.SQL("true")
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT {} FROM {} WHERE {} AND {}").format(
+                    digested(digest_columns(table, keys_only), False),
+                    self.target(table),
+                    predicate,
+                    self._live(cur, table),
+                )
+            )
+            rows, total = one(cur.fetchone())
+        return int(rows), int(total)
+
+    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
+        started = time.monotonic()
+        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", "repair", batch_id=batch_id)
+        target, predicate = self.target(table), key_range.predicate() or sql.SQL("true")
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
+                copy.start()
+                stage = self._stage(cur, table, copy)
+                copy.join()
+                if copy.error is not None:
+                    raise copy.error
+                keep: sql.Composable = sql.SQL("true")
+                if table.primary_key:  # soft-deleted rows stay, unless the source has their key again
+                    keys = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+                    keep = sql.SQL("({} OR ({}) IN (SELECT {} FROM {}))").format(
+                        self._live(cur, table), keys, keys, stage
+                    )
+                cur.execute(sql.SQL("DELETE FROM {} WHERE {} AND {}").format(target, predicate, keep))
+                report.rows_deleted = cur.rowcount
+                columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, columns, columns, stage))
+                report.rows_inserted = cur.rowcount
+            self.conn.commit()
+        except BaseException:
+            copy.abort()
+            if not self.conn.closed:
+                try:
+                    self.conn.rollback()
+                except psycopg2.Error:
+                    pass
+            raise
+        report.seconds = time.monotonic() - started
+        report.committed_at = dt.datetime.now(dt.UTC)
+        return report
+
+    def delete_missing(self, table: SelectedTable, key_range: KeyRange, keys: CopyOut, soft: bool) -> int:
+        target, predicate = self.target(table), key_range.predicate() or sql.SQL("true")
+        key_text = row_text(digest_columns(table, keys_only=True), False)
+        found = sql.SQL("EXISTS (SELECT 1 FROM _rds_keys k WHERE k.k = {})").format(key_text)
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("CREATE TEMP TABLE _rds_keys (k text) ON COMMIT DROP")
+                keys.start()
+                cur.copy_expert("COPY _rds_keys (k) FROM STDIN", keys.pipe, size=1 << 20)
+                keys.join()
+                if keys.error is not None:
+                    raise keys.error
+                cur.execute("ANALYZE _rds_keys")
+                if soft:
+                    mark = sql.Identifier(DELETED_AT)
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(target, mark))
+                    cur.execute(
+                        sql.SQL("UPDATE {} SET {} = now() WHERE {} AND {} IS NULL AND NOT {}").format(
+                            target, mark, predicate, mark, found
+                        )
+                    )
+                    gone = cur.rowcount
+                    cur.execute(
+                        sql.SQL("UPDATE {} SET {} = NULL WHERE {} AND {} IS NOT NULL AND {}").format(
+                            target, mark, predicate, mark, found
+                        )
+                    )
+                else:
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE {} AND NOT {}").format(target, predicate, found))
+                    gone = cur.rowcount
+            self.conn.commit()
+        except BaseException:
+            keys.abort()
+            if not self.conn.closed:
+                try:
+                    self.conn.rollback()
+                except psycopg2.Error:
+                    pass
+            raise
+        return int(gone)
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
         query = sql.SQL("SELECT count(*) FROM {}").format(self.target(table))

@@ -30,6 +30,7 @@ from rds_pipeline.engine.core.types import postgres_type
 from rds_pipeline.engine.destinations.base import Destination, LoadingReport
 from rds_pipeline.engine.errors import ConnectionProblem, LoadError
 from rds_pipeline.engine.progress import table_done
+from rds_pipeline.engine.replication.compare import detect_deletes
 from rds_pipeline.engine.replication.extract import binary_copy, select_query
 from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync, wants_pages
 from rds_pipeline.engine.selection import SelectedTable
@@ -84,6 +85,7 @@ class SyncResult:
     table: SelectedTable
     plan: Plan
     steps: list[StepResult]
+    gone: int = 0  # rows gone at the source, deleted (or marked) after the copy (``deletes: detect``)
 
     @property
     def report(self) -> LoadingReport:
@@ -96,6 +98,7 @@ class SyncResult:
             total.seconds += step.report.seconds
             total.warnings += step.report.warnings
             total.committed_at = step.report.committed_at
+        total.rows_deleted += self.gone
         return total
 
     @property
@@ -251,6 +254,15 @@ def sync_table(
     else:
         steps = [run_step(step, session, destination) for step in plan.steps]
     result = SyncResult(table, plan, steps)
+    if table.deletes == "detect":  # after the copy: a key it just brought is not taken for gone
+        result.gone = _with_retries(
+            table,
+            session,
+            destination,
+            max_attempts,
+            backoff_seconds,
+            lambda: detect_deletes(session, destination, table, table.soft_deletes),
+        )
     report = result.report
     table_done(table.id, report.rows_inserted, report.rows_updated, report.rows_deleted, report.seconds, plan.reason)
     return result
