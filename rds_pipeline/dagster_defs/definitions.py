@@ -19,6 +19,7 @@ from rds_pipeline.dagster_defs.schedules import build_schedules
 from rds_pipeline.dagster_defs.sensors import build_sensors
 from rds_pipeline.dagster_defs.tables import table_assets
 from rds_pipeline.dagster_defs.usage import build_usage_asset
+from rds_pipeline.dagster_defs.verify import build_verify_checks, build_verify_jobs
 from rds_pipeline.engine.config import find_config_path, load_config, quote_env_refs
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog
@@ -55,14 +56,19 @@ def build_definitions(config_path: str | Path | None = None, catalog_path: Path 
     }
     jobs = build_op_jobs(assets, source_step_pool(config), slot_step_pool(config))
     sync_all = next(job for job in jobs if job.name == SYNC_ALL)
+    verify_jobs, verify_schedules = build_verify_jobs(assets, config)
     return dg.Definitions(
         assets=[
             *source_specs(catalog, selection, config),
             *build_replica_assets(config, assets),
             build_usage_asset(assets),
         ],
-        jobs=jobs,
-        schedules=build_schedules(assets, sync_all) if config.automation == "schedules" else [],
+        asset_checks=build_verify_checks(assets),
+        jobs=[*jobs, *verify_jobs],
+        schedules=[
+            *(build_schedules(assets, sync_all) if config.automation == "schedules" else []),
+            *verify_schedules,
+        ],
         sensors=[
             *build_sensors(assets, sync_all, catalog),
             *([automation_sensor(assets)] if config.automation == "declarative" and assets else []),

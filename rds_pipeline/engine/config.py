@@ -118,6 +118,14 @@ class LogBasedConfig:
     snapshot: str = "chunked"  # chunked: a big table chunk by chunk between stream catch-ups; exported: one snapshot
 
 
+@dataclass(frozen=True)
+class VerifyConfig:
+    """``verify:``: when the replicas are compared with the source (``replication/compare.py``) on their own."""
+
+    schedule: Any = None  # None: only when asked (the UI's check, `rds-pipeline verify`); else a frequency
+    sample: float = 1.0  # the fraction of each table's ranges compared, chosen at random each time
+
+
 SLOT_LOST_MODES = ("resnapshot", "fail")
 SNAPSHOT_MODES = ("chunked", "exported")
 
@@ -137,6 +145,7 @@ class IntegrationConfig:
     tags: dict[str, str] = field(default_factory=dict)  # every replica's tags (a table's own `tags:` add to them)
     automation: str = "schedules"  # schedules: one run per tick for its tables; declarative: automation conditions
     pool_wait_seconds: int = DEFAULT_POOL_WAIT_SECONDS  # the longest wait for a pool slot (a live run holds it)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     @property
     def source_key(self) -> str:
@@ -388,6 +397,7 @@ class _Reader:
                 "tags",
                 "automation",
                 "pool_wait_seconds",
+                "verify",
             ),
         )
         if top is None:
@@ -424,7 +434,29 @@ class _Reader:
             tags=parse_tags(top.get("tags"), "tags", self.problems),
             automation=self.choice("", top, "automation", "schedules", AUTOMATIONS),
             pool_wait_seconds=self.integer("", top, "pool_wait_seconds", DEFAULT_POOL_WAIT_SECONDS, 1, 7 * 24 * 3600),
+            verify=self.verify(top.get("verify")),
         )
+
+    def verify(self, raw: Any) -> VerifyConfig:
+        if raw is None:
+            return VerifyConfig()
+        if not isinstance(raw, dict):
+            self.problem("verify", f"expected a mapping (schedule:, sample:), got {_kind(raw)}")
+            return VerifyConfig()
+        for key in raw:
+            if key not in ("schedule", "sample"):
+                self.problem(f"verify.{key}", "unknown key. Fix: remove it; allowed: schedule, sample")
+        schedule = raw.get("schedule")
+        if schedule is not None:
+            try:
+                parse_frequency(schedule, key="verify.schedule")
+            except FrequencyError as exc:
+                self.problems.append(f"{exc}. Fix: see README.md, 'Schedules'")
+        sample = raw.get("sample", 1.0)
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 < sample <= 1:
+            self.problem("verify.sample", f"expected a fraction in (0, 1] of each table's ranges, got {sample!r}")
+            sample = 1.0
+        return VerifyConfig(schedule, float(sample))
 
     def log_based(self, raw: Any) -> LogBasedConfig:
         if raw is None:

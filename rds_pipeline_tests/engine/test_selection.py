@@ -85,7 +85,8 @@ def test_errors_name_the_table_or_column_and_what_was_found(pagila_catalog: Cata
         "tables[3] (public.film).replication_key: column 'special_features' is of type text[], which cannot be ordered"
     )
     assert found[4] == (
-        "tables[4] (public.staff).method: 'incremental' is not a method. Fix: use one of full_table, key_based, log_based"
+        "tables[4] (public.staff).method: 'incremental' is not a method. Fix: use one of full_table, key_based, xmin, "
+        "log_based"
     )
 
 
