@@ -25,6 +25,9 @@ def test_make_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert "1,000 found and upserted" in text
     assert "s on the default instance, " in text and "x its full-table sync" in text
     assert report["windows"]["windows"] > 900 and report["windows"]["default_ratio"] > 0
+    assert report["verify"]["ranges"] > 10 and "x the time of one full-table copy" in text
+    if "pages" in report:  # root only (network namespaces): chunks of pages over the rate-limited link
+        assert report["pages"]["keyed_by"] == "uuid" and "in chunks of pages" in text
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     engine = next(r for r in report["pg_to_pg"] if r["name"] == "rds_pipeline engine")
     assert engine["rows_per_s"] > 0 and engine["peak_rss_mb"] < 300

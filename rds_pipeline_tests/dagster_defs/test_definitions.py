@@ -90,7 +90,11 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
     assert view.group_name == "rds_source" and view.kinds == {"postgres"} and not view.is_materializable
 
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert {name for _, name in checks} == {"replica_matches_source"}  # one check per table, in parts
+    # one check per table run with each sync, in parts; and one that compares the replica with the source, run
+    # on its own (verify.py)
+    assert {name for _, name in checks} == {"replica_matches_source", "matches_source"}
+    replicas = {a for a, name in checks if name == "replica_matches_source"}
+    assert replicas == {a for a, name in checks if name == "matches_source"}
     described = {
         c.key.asset_key.to_user_string(): c.description
         for a in defs.assets
