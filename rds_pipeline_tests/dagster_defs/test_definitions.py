@@ -105,7 +105,7 @@ def test_definitions_from_the_catalog_without_touching_the_source(pg18: LocalPos
     assert "primary key is unique" in described["dagster_test/rental"]
     assert "primary key" not in described["dagster_test/actor_info"]  # a view has no key
     assert {s.name for s in defs.sensors} == {"rds_new_data_sensor", "rds_key_range_sensor", "rds_drift_sensor"}
-    assert {j.name for j in defs.jobs} == {"sync_all", "sync_group", "reset_table"}
+    assert {j.name for j in defs.jobs} == {"sync_all", "sync_group", "reset_table", "verify_replicas", "repair_table"}
     assert [s.job_name for s in defs.schedules] == ["sync_all"]
     # few multi-assets: one per source schema
     multi = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and len(a.keys) > 1]
