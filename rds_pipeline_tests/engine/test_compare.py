@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rds_pipeline.engine.core.ranges import KeyRange
 from rds_pipeline.engine.destinations.duckdb import DuckDBDestination, dq, run
 from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.errors import SelectionError
@@ -124,6 +125,8 @@ def test_deletes_detect_removes_or_marks_rows_gone_at_the_source(
     with SourceSession(scratch.config.source) as session:
         sync_table(session, dest, table)
         scratch.sql("DELETE FROM items WHERE n IN (5, 10005, 19999)")
+        window = sync_table(session, dest, table, KeyRange("n", 1, 100))  # one window of a backfill: no detection
+        assert window.gone == 0 and dest.row_count(table) == 20000
         later = sync_table(session, dest, table)
     assert later.gone == 3 and later.report.rows_deleted == 3
     _equal(server, scratch, dest, table)

@@ -743,7 +743,10 @@ class PostgresDestination:
     floats_rounded = False  # the replica's text of a float is PostgreSQL's own
 
     def splits_on(self, column: Column) -> bool:
-        return True  # the replica has the source's type (or its text, for what sorts as text at the source)
+        """Where the replica keeps the source's type (an extension type such as citext becomes text, which
+        sorts otherwise)."""
+        base = column.base_type if column.kind == "domain" and column.base_type else column.type
+        return postgres_type(column) == base
 
     def _live(self, cur: psycopg2.extensions.cursor, table: SelectedTable) -> sql.Composable:
         """``_rds_deleted_at IS NULL`` where the table has soft deletes, else ``true``."""

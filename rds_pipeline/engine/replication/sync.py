@@ -32,7 +32,7 @@ from rds_pipeline.engine.errors import ConnectionProblem, LoadError
 from rds_pipeline.engine.progress import table_done
 from rds_pipeline.engine.replication.compare import detect_deletes
 from rds_pipeline.engine.replication.extract import binary_copy, select_query
-from rds_pipeline.engine.replication.plan import Plan, Request, Step, plan_sync, wants_pages
+from rds_pipeline.engine.replication.plan import Plan, Request, RequestKind, Step, plan_sync, wants_pages
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.pages import read_pages
 from rds_pipeline.engine.source.session import SourceSession
@@ -254,7 +254,10 @@ def sync_table(
     else:
         steps = [run_step(step, session, destination) for step in plan.steps]
     result = SyncResult(table, plan, steps)
-    if table.deletes == "detect":  # after the copy: a key it just brought is not taken for gone
+    # after the copy (a key it just brought is not taken for gone); on a catch-up, not for each window of a
+    # backfill, nor after a history (which copied every key there is)
+    catching_up = request.kind == RequestKind.CATCH_UP or request.latest
+    if table.deletes == "detect" and catching_up and not plan.historical:
         result.gone = _with_retries(
             table,
             session,
