@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +59,34 @@ class Scratch:
     def session(self) -> Iterator[SourceSession]:
         with SourceSession(self.config.source) as session:
             yield session
+
+
+@contextmanager
+def active_copies(server: LocalPostgres, database: str) -> Iterator[list[int]]:
+    """Samples, every 5 ms while the block runs, how many of our COPYs are active on ``database``."""
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        conn = psycopg2.connect(**server.dsn(database))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
+                    "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()"
+                )
+                seen.append(cur.fetchone()[0])
+                time.sleep(0.005)
+        conn.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def rows_as_text(

@@ -34,7 +34,7 @@ from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.session import SourceSession
 from rds_pipeline.local_postgres import LocalPostgres
-from rds_pipeline_tests.engine.sync_helpers import Scratch, make_scratch
+from rds_pipeline_tests.engine.sync_helpers import Scratch, active_copies, make_scratch
 from rds_pipeline_tests.engine.test_sync_duckdb import assert_equal, duck_config
 
 ROWS = 12_000
@@ -320,24 +320,7 @@ def test_chunks_of_pages_copy_in_parallel_within_the_cap_and_resume(pg18: LocalP
     )
     scratch.sql(TABLE_DDL)
     table = dataclasses.replace(scratch.one({"name": "public.events", "method": "full_table"}), chunk_rows=1000)
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        conn = psycopg2.connect(**pg18.dsn(scratch.source_db))
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            while not stop.is_set():
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                    "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()"
-                )
-                seen.append(cur.fetchone()[0])
-        conn.close()
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with active_copies(pg18, scratch.source_db) as seen:
         with SourceSession(scratch.config.source) as session, pytest.raises(RuntimeError, match="injected"):
             sync_table(session, StopAfter(dest, 6), table)
         under_way = dest.table_state(table).generation
@@ -345,9 +328,6 @@ def test_chunks_of_pages_copy_in_parallel_within_the_cap_and_resume(pg18: LocalP
         scratch.sql("UPDATE events SET n = -n WHERE n % 50 = 0")
         with SourceSession(scratch.config.source) as session:
             resumed = sync_table(session, dest, table)
-    finally:
-        stop.set()
-        sampler.join()
     assert max(seen) <= 2, f"concurrent COPYs seen: {sorted(set(seen))}"
     assert resumed.steps[0].key_range.lower == f"({under_way.copied},0)"
     assert dest.fetch_rows(table) == scratch.source_rows(table)

@@ -20,7 +20,7 @@ from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.local_postgres import LocalPostgres
-from rds_pipeline_tests.engine.sync_helpers import Scratch, make_scratch, rows_as_text
+from rds_pipeline_tests.engine.sync_helpers import Scratch, active_copies, make_scratch, rows_as_text
 
 ZOO_DDL = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -622,31 +622,9 @@ def test_a_history_copies_its_chunks_in_parallel_within_the_cap(pg18: LocalPostg
     scratch = with_parallel_chunks(scratch, 2)
     table = scratch.one({"name": "public.wide", "method": "key_based", "replication_key": "id", "primary_key": ["id"]})
     chunks = id_chunks(5000, 40000)
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        conn = psycopg2.connect(**pg18.dsn(scratch.source_db))
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            while not stop.is_set():
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rds_pipeline' "
-                    "AND query LIKE 'COPY%%' AND state = 'active' AND datname = current_database()"
-                )
-                seen.append(cur.fetchone()[0])
-                time.sleep(0.005)
-        conn.close()
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     dest = scratch.destination()
-    try:
-        with scratch.session() as session:
-            result = sync_table(session, dest, table, chunks=chunks)
-    finally:
-        stop.set()
-        sampler.join()
+    with active_copies(pg18, scratch.source_db) as seen, scratch.session() as session:
+        result = sync_table(session, dest, table, chunks=chunks)
     assert len(result.steps) == len(chunks) and result.plan.historical
     assert max(seen) == 2, f"concurrent COPYs seen: {sorted(set(seen))}"
     assert {s.extraction.parameters["format"] for s in result.steps} == {"binary"}

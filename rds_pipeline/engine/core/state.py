@@ -49,3 +49,7 @@ class GenerationStep:
     swept_after: int
     copy_done: bool  # the first pass is complete with this chunk: duplicates out, then the key is built
     swap: bool  # the generation is complete with this chunk: it replaces the table, in the same transaction
+
+    def progress(self, rows: int) -> tuple[str, int, int, bool, int, int]:
+        """The generation's row after this chunk: since, pages, copied, copy_done, swept, rows."""
+        return self.since, self.pages, self.copied_after, self.copy_done, self.swept_after, rows

@@ -78,6 +78,13 @@ _ALIASES = {
 }
 
 
+def _converted(table: SelectedTable, as_text: set[str]) -> str:
+    """The SELECT list turning the CSV's columns c0… into the table's columns (``as_text``: kept as text)."""
+    return ", ".join(
+        f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}" for i, c in enumerate(table.columns)
+    )
+
+
 def _float_text(col: str, digits: int) -> str:
     """A float as ``core/digest.row_text`` writes it for this destination: ``%.<digits>e`` (DuckDB's own text
     of a float is not always PostgreSQL's: other exponent thresholds, and now and then other digits)."""
@@ -401,10 +408,7 @@ class DuckDBDestination:
                 raise copy.error
             source = csv_source(len(table.columns))
             as_text = self.decimals_as_text(table, source, name)
-            converted = ", ".join(
-                f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
-                for i, c in enumerate(table.columns)
-            )
+            converted = _converted(table, as_text)
             col_list = ", ".join(dq(c.name) for c in table.columns)
             target = self.target(table)
             c = self.conn
@@ -551,17 +555,7 @@ class DuckDBDestination:
             "copy_done, swept, rows, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
             f"{'now()' if step.first else f'(SELECT started_at FROM {self.generations_table()} WHERE table_id = ?)'}"
             ", now())",
-            [
-                table.id,
-                nxt.destination_table,
-                step.since,
-                step.pages,
-                step.copied_after,
-                step.copy_done,
-                step.swept_after,
-                rows,
-                *([] if step.first else [table.id]),
-            ],
+            [table.id, nxt.destination_table, *step.progress(rows), *([] if step.first else [table.id])],
         )
 
     def _swap(self, table: SelectedTable, nxt: SelectedTable, as_text: set[str]) -> int:
@@ -616,8 +610,7 @@ class DuckDBDestination:
         return f"{dq(DELETED_AT)} IS NULL" if DELETED_AT in self._existing_types(table) else "true"
 
     def digest(self, table: SelectedTable, key_range: KeyRange, keys_only: bool) -> tuple[int, int]:
-        where, params = self._predicate(table, key_range)
-        scope = (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")"
+        scope, params = self._scope(table, key_range)
         text = self._row_text(digest_columns(table, keys_only))
         rows, total = one(
             run(
@@ -641,46 +634,19 @@ class DuckDBDestination:
             raise copy.error
         return name
 
-    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
-        started = time.monotonic()
-        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", "repair", batch_id=batch_id)
+    @contextmanager
+    def _spooled_transaction(self, copy: CopyOut) -> Iterator[str]:
+        """What ``copy`` streams, in a temporary CSV file (its path), and a transaction that commits when the
+        block ends; on any error it rolls back and ``copy`` is aborted. The file goes either way."""
         name = ""
         try:
             name = self._spool(copy)
-            source = csv_source(len(table.columns))
-            as_text = self.decimals_as_text(table, source, name)
-            converted = ", ".join(
-                f"{f'c{i}' if c.name in as_text else convert(f'c{i}', c)} AS {dq(c.name)}"
-                for i, c in enumerate(table.columns)
-            )
-            col_list = ", ".join(dq(c.name) for c in table.columns)
-            where, params = self._predicate(table, key_range)
-            c, target = self.conn, self.target(table)
-            c.execute("BEGIN TRANSACTION")
+            self.conn.execute("BEGIN TRANSACTION")
             try:
-                self.ensure_table(table, as_text)
-                run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted} FROM {source}", [name])
-                keep = ""
-                if table.primary_key:  # soft-deleted rows stay, unless the source has their key again
-                    join = " AND ".join(f"t.{dq(k)} = s.{dq(k)}" for k in table.primary_key)
-                    live = self._live(table)
-                    keep = f" AND ({live} OR EXISTS (SELECT 1 FROM _rds_stage s WHERE {join}))"
-                scope = (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")"
-                report.rows_deleted = int(one(run(c, f"DELETE FROM {target} t{scope}{keep}", params).fetchone())[0])
-                report.rows_inserted = int(
-                    one(
-                        run(
-                            c,
-                            f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
-                            f"SELECT {col_list}, now(), ? FROM _rds_stage",
-                            [batch_id],
-                        ).fetchone()
-                    )[0]
-                )
-                c.execute("DROP TABLE _rds_stage")
-                c.execute("COMMIT")
+                yield name
+                self.conn.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                self.conn.execute("ROLLBACK")
                 raise
         except BaseException:
             copy.abort()
@@ -688,43 +654,58 @@ class DuckDBDestination:
         finally:
             if name:
                 Path(name).unlink(missing_ok=True)
+
+    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
+        started = time.monotonic()
+        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", "repair", batch_id=batch_id)
+        c, target = self.conn, self.target(table)
+        with self._spooled_transaction(copy) as name:
+            source = csv_source(len(table.columns))
+            as_text = self.decimals_as_text(table, source, name)
+            converted = _converted(table, as_text)
+            col_list = ", ".join(dq(col.name) for col in table.columns)
+            self.ensure_table(table, as_text)
+            run(c, f"CREATE TEMP TABLE _rds_stage AS SELECT {converted} FROM {source}", [name])
+            keep = ""
+            if table.primary_key:  # soft-deleted rows stay, unless the source has their key again
+                join = " AND ".join(f"t.{dq(k)} = s.{dq(k)}" for k in table.primary_key)
+                keep = f" AND ({self._live(table)} OR EXISTS (SELECT 1 FROM _rds_stage s WHERE {join}))"
+            scope, params = self._scope(table, key_range)
+            report.rows_deleted = int(one(run(c, f"DELETE FROM {target} t{scope}{keep}", params).fetchone())[0])
+            inserted = run(
+                c,
+                f"INSERT INTO {target} ({col_list}, {dq(EXTRACTED_AT)}, {dq(BATCH_ID)}) "
+                f"SELECT {col_list}, now(), ? FROM _rds_stage",
+                [batch_id],
+            )
+            report.rows_inserted = int(one(inserted.fetchone())[0])
+            c.execute("DROP TABLE _rds_stage")
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report
 
     def delete_missing(self, table: SelectedTable, key_range: KeyRange, keys: CopyOut, soft: bool) -> int:
-        name = ""
-        try:
-            name = self._spool(keys)
-            where, params = self._predicate(table, key_range)
-            scope = (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")"
-            found = f"EXISTS (SELECT 1 FROM _rds_keys k WHERE k.k = {self._row_text(digest_columns(table, True))})"
-            c, target = self.conn, self.target(table)
-            c.execute("BEGIN TRANSACTION")
-            try:
-                run(c, f"CREATE TEMP TABLE _rds_keys AS SELECT c0 AS k FROM {csv_source(1)}", [name])
-                if soft:
-                    mark = dq(DELETED_AT)
-                    run(c, f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {mark} TIMESTAMPTZ")
-                    marked = run(
-                        c, f"UPDATE {target} SET {mark} = now(){scope} AND {mark} IS NULL AND NOT {found}", params
-                    )
-                    gone = one(marked.fetchone())[0]
-                    run(c, f"UPDATE {target} SET {mark} = NULL{scope} AND {mark} IS NOT NULL AND {found}", params)
-                else:
-                    gone = one(run(c, f"DELETE FROM {target}{scope} AND NOT {found}", params).fetchone())[0]
-                c.execute("DROP TABLE _rds_keys")
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        except BaseException:
-            keys.abort()
-            raise
-        finally:
-            if name:
-                Path(name).unlink(missing_ok=True)
-        return int(gone)
+        c, target = self.conn, self.target(table)
+        found = f"EXISTS (SELECT 1 FROM _rds_keys k WHERE k.k = {self._row_text(digest_columns(table, True))})"
+        with self._spooled_transaction(keys) as name:
+            scope, params = self._scope(table, key_range)
+            run(c, f"CREATE TEMP TABLE _rds_keys AS SELECT c0 AS k FROM {csv_source(1)}", [name])
+            if soft:
+                mark = dq(DELETED_AT)
+                run(c, f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {mark} TIMESTAMPTZ")
+                marked = run(c, f"UPDATE {target} SET {mark} = now(){scope} AND {mark} IS NULL AND NOT {found}", params)
+                gone = int(one(marked.fetchone())[0])
+                # a key that came back at the source is unmarked
+                run(c, f"UPDATE {target} SET {mark} = NULL{scope} AND {mark} IS NOT NULL AND {found}", params)
+            else:
+                gone = int(one(run(c, f"DELETE FROM {target}{scope} AND NOT {found}", params).fetchone())[0])
+            c.execute("DROP TABLE _rds_keys")
+        return gone
+
+    def _scope(self, table: SelectedTable, key_range: KeyRange) -> tuple[str, list[Any]]:
+        """`` WHERE (<the range>)``, to which more conditions are added with AND, and its parameters."""
+        where, params = self._predicate(table, key_range)
+        return (where or " WHERE true").replace(" WHERE ", " WHERE (", 1) + ")", params
 
     def _merge(self, table: SelectedTable, col_list: str, batch_id: str) -> tuple[int, int]:
         c, target = self.conn, self.target(table)

@@ -361,15 +361,12 @@ class PostgresDestination:
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
         target = self.target(table)
-        try:
+        # data, metadata and bookmark (or a generation's chunk and its progress, or its swap) commit together
+        with self._transaction(copy) as cur:
             if generation is not None:
-                with self.conn.cursor() as cur:
-                    self._load_generation(cur, table, copy, report, generation, turn)
-                self.conn.commit()  # the chunk's rows and the generation's progress (or the swap) together
-                report.seconds = time.monotonic() - started
-                report.committed_at = dt.datetime.now(dt.UTC)
-                return report, LoadOutcome(None, None)
-            with self.conn.cursor() as cur:
+                self._load_generation(cur, table, copy, report, generation, turn)
+                outcome = LoadOutcome(None, None)
+            else:
                 created = self._claim_creation(cur, table)
                 warnings, _ = self.ensure_table(cur, table, key_later=created)
                 if created:  # a new table voids any old state row: the data it described is gone
@@ -405,15 +402,6 @@ class PostgresDestination:
                     raise copy.error
                 if table.method != "log_based":  # a log-based table's state is its applier's (the snapshot's LSN)
                     self._write_state(cur, table, outcome)
-            self.conn.commit()  # data, metadata and bookmark move together, or not at all
-        except BaseException:
-            copy.abort()
-            if not self.conn.closed:
-                try:
-                    self.conn.rollback()
-                except psycopg2.Error:
-                    pass  # the connection broke: the server rolls back
-            raise
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report, outcome
@@ -502,16 +490,7 @@ class PostgresDestination:
                 "copied = EXCLUDED.copied, copy_done = EXCLUDED.copy_done, swept = EXCLUDED.swept, "
                 "rows = EXCLUDED.rows, updated_at = now()" + (", started_at = now()" if step.first else "")
             ).format(self.generations_table()),
-            (
-                table.id,
-                nxt.destination_table,
-                step.since,
-                step.pages,
-                step.copied_after,
-                step.copy_done,
-                step.swept_after,
-                rows,
-            ),
+            (table.id, nxt.destination_table, *step.progress(rows)),
         )
 
     def _drop_doubles_and_key(self, cur: psycopg2.extensions.cursor, nxt: SelectedTable) -> int:
@@ -771,29 +750,13 @@ class PostgresDestination:
             rows, total = one(cur.fetchone())
         return int(rows), int(total)
 
-    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
-        started = time.monotonic()
-        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", "repair", batch_id=batch_id)
-        target, predicate = self.target(table), key_range.predicate() or sql.SQL("true")
+    @contextmanager
+    def _transaction(self, copy: CopyOut) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor whose transaction commits when the block ends; on any error ``copy`` is aborted and the
+        transaction rolled back."""
         try:
             with self.conn.cursor() as cur:
-                cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
-                copy.start()
-                stage = self._stage(cur, table, copy)
-                copy.join()
-                if copy.error is not None:
-                    raise copy.error
-                keep: sql.Composable = sql.SQL("true")
-                if table.primary_key:  # soft-deleted rows stay, unless the source has their key again
-                    keys = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
-                    keep = sql.SQL("({} OR ({}) IN (SELECT {} FROM {}))").format(
-                        self._live(cur, table), keys, keys, stage
-                    )
-                cur.execute(sql.SQL("DELETE FROM {} WHERE {} AND {}").format(target, predicate, keep))
-                report.rows_deleted = cur.rowcount
-                columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, columns, columns, stage))
-                report.rows_inserted = cur.rowcount
+                yield cur
             self.conn.commit()
         except BaseException:
             copy.abort()
@@ -801,8 +764,29 @@ class PostgresDestination:
                 try:
                     self.conn.rollback()
                 except psycopg2.Error:
-                    pass
+                    pass  # the connection broke: the server rolls back
             raise
+
+    def repair_range(self, table: SelectedTable, key_range: KeyRange, copy: CopyOut, batch_id: str) -> LoadingReport:
+        started = time.monotonic()
+        report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", "repair", batch_id=batch_id)
+        target, predicate = self.target(table), key_range.predicate() or sql.SQL("true")
+        with self._transaction(copy) as cur:
+            cur.execute("SELECT set_config('rds_pipeline.batch_id', %s, true)", (batch_id,))
+            copy.start()
+            stage = self._stage(cur, table, copy)
+            copy.join()
+            if copy.error is not None:
+                raise copy.error
+            keep: sql.Composable = sql.SQL("true")
+            if table.primary_key:  # soft-deleted rows stay, unless the source has their key again
+                keys = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+                keep = sql.SQL("({} OR ({}) IN (SELECT {} FROM {}))").format(self._live(cur, table), keys, keys, stage)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {} AND {}").format(target, predicate, keep))
+            report.rows_deleted = cur.rowcount
+            columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, columns, columns, stage))
+            report.rows_inserted = cur.rowcount
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report
@@ -811,42 +795,29 @@ class PostgresDestination:
         target, predicate = self.target(table), key_range.predicate() or sql.SQL("true")
         key_text = row_text(digest_columns(table, keys_only=True), False)
         found = sql.SQL("EXISTS (SELECT 1 FROM _rds_keys k WHERE k.k = {})").format(key_text)
-        try:
-            with self.conn.cursor() as cur:
-                cur.execute("CREATE TEMP TABLE _rds_keys (k text) ON COMMIT DROP")
-                keys.start()
-                cur.copy_expert("COPY _rds_keys (k) FROM STDIN", keys.pipe, size=1 << 20)
-                keys.join()
-                if keys.error is not None:
-                    raise keys.error
-                cur.execute("ANALYZE _rds_keys")
-                if soft:
-                    mark = sql.Identifier(DELETED_AT)
-                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(target, mark))
-                    cur.execute(
-                        sql.SQL("UPDATE {} SET {} = now() WHERE {} AND {} IS NULL AND NOT {}").format(
-                            target, mark, predicate, mark, found
-                        )
-                    )
-                    gone = cur.rowcount
-                    cur.execute(
-                        sql.SQL("UPDATE {} SET {} = NULL WHERE {} AND {} IS NOT NULL AND {}").format(
-                            target, mark, predicate, mark, found
-                        )
-                    )
-                else:
-                    cur.execute(sql.SQL("DELETE FROM {} WHERE {} AND NOT {}").format(target, predicate, found))
-                    gone = cur.rowcount
-            self.conn.commit()
-        except BaseException:
-            keys.abort()
-            if not self.conn.closed:
-                try:
-                    self.conn.rollback()
-                except psycopg2.Error:
-                    pass
-            raise
-        return int(gone)
+        with self._transaction(keys) as cur:
+            cur.execute("CREATE TEMP TABLE _rds_keys (k text) ON COMMIT DROP")
+            keys.start()
+            cur.copy_expert("COPY _rds_keys (k) FROM STDIN", keys.pipe, size=1 << 20)
+            keys.join()
+            if keys.error is not None:
+                raise keys.error
+            cur.execute("ANALYZE _rds_keys")
+            if not soft:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE {} AND NOT {}").format(target, predicate, found))
+                return int(cur.rowcount)
+            mark = sql.Identifier(DELETED_AT)
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(target, mark))
+            update = sql.SQL("UPDATE {} SET {} = {} WHERE {} AND {} {} AND {}")
+            cur.execute(
+                update.format(
+                    target, mark, sql.SQL("now()"), predicate, mark, sql.SQL("IS NULL"), sql.SQL("NOT {}").format(found)
+                )
+            )
+            gone = int(cur.rowcount)
+            # a key that came back at the source is unmarked
+            cur.execute(update.format(target, mark, sql.SQL("NULL"), predicate, mark, sql.SQL("IS NOT NULL"), found))
+            return gone
 
     def count_rows(self, table: SelectedTable, key_range: KeyRange) -> int:
         query = sql.SQL("SELECT count(*) FROM {}").format(self.target(table))
