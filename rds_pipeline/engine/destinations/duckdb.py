@@ -397,15 +397,9 @@ class DuckDBDestination:
     ) -> tuple[LoadingReport, LoadOutcome]:
         started = time.monotonic()
         report = LoadingReport(table.id, f"{self.schema}.{table.destination_table}", table.method, batch_id=batch_id)
-        fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
+        name = ""
         try:
-            copy.start()
-            with os.fdopen(fd, "wb") as spool:
-                while chunk := copy.pipe.read():
-                    spool.write(chunk)
-            copy.join()
-            if copy.error is not None:
-                raise copy.error
+            name = self._spool(copy)
             source = csv_source(len(table.columns))
             as_text = self.decimals_as_text(table, source, name)
             converted = _converted(table, as_text)
@@ -482,7 +476,8 @@ class DuckDBDestination:
             copy.abort()
             raise
         finally:
-            Path(name).unlink(missing_ok=True)
+            if name:
+                Path(name).unlink(missing_ok=True)
         report.seconds = time.monotonic() - started
         report.committed_at = dt.datetime.now(dt.UTC)
         return report, outcome
@@ -623,15 +618,19 @@ class DuckDBDestination:
         return int(rows), int(total)
 
     def _spool(self, copy: CopyOut) -> str:
-        """What ``copy`` streams, in a temporary CSV file (its path; the caller removes it)."""
+        """What ``copy`` streams, in a temporary CSV file (its path; the caller removes it, unless this raises)."""
         fd, name = tempfile.mkstemp(prefix="rds_pipeline_", suffix=".csv")
-        copy.start()
-        with os.fdopen(fd, "wb") as spool:
-            while chunk := copy.pipe.read():
-                spool.write(chunk)
-        copy.join()
-        if copy.error is not None:
-            raise copy.error
+        try:
+            copy.start()
+            with os.fdopen(fd, "wb") as spool:
+                while chunk := copy.pipe.read():
+                    spool.write(chunk)
+            copy.join()
+            if copy.error is not None:
+                raise copy.error
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
         return name
 
     @contextmanager
