@@ -30,6 +30,7 @@ from rds_pipeline.engine.destinations.duckdb import DuckDBDestination
 from rds_pipeline.engine.destinations.factory import open_destination
 from rds_pipeline.engine.errors import LoadError
 from rds_pipeline.engine.replication.plan import Request, plan_sync
+from rds_pipeline.engine.replication.status import standings
 from rds_pipeline.engine.replication.sync import sync_table
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.session import SourceSession
@@ -170,6 +171,8 @@ def test_a_generation_resumes_sweeps_what_moved_and_swaps_whole(
     assert under_way is not None and not under_way.copy_done and under_way.copied > 0
     assert dest.row_count(table) == ROWS
     copied = under_way.copied
+    [standing] = standings(scratch.config, [table], dest)  # `rds-pipeline status` says a copy is under way
+    assert standing.lag.endswith(f"a new copy under way: {copied} of {under_way.pages} pages"), standing.lag
     # while it waits: rows on pages not yet copied are updated and move to the free room on pages already copied
     # (a resumed copy alone would lose them), and rows on copied pages grow and move past the end (read twice)
     scratch.sql(

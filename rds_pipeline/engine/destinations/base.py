@@ -33,7 +33,7 @@ from rds_pipeline.engine.config import IntegrationConfig
 from rds_pipeline.engine.core.changes import ChangeBatch
 from rds_pipeline.engine.core.copy_out import CopyOut
 from rds_pipeline.engine.core.ranges import KeyRange
-from rds_pipeline.engine.core.state import GenerationStep, TableState
+from rds_pipeline.engine.core.state import Generation, GenerationStep, TableState
 from rds_pipeline.engine.errors import IntegrationRenamed, LoadError
 from rds_pipeline.engine.selection import SelectedTable
 from rds_pipeline.engine.source.catalog import Column
@@ -94,6 +94,9 @@ class StateStore(Protocol):
 
     def read_sync_times(self) -> dict[str, dt.datetime]:
         """When each table's state last moved, by table id. Read-only."""
+
+    def read_generations(self) -> dict[str, Generation]:
+        """The full-table copies under way (their next table exists), by table id. Read-only."""
 
     def reset(self, table: SelectedTable) -> None:
         """Drop the table and its state row, in one transaction: the next sync starts it over. Idempotent."""

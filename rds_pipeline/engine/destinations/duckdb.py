@@ -276,6 +276,13 @@ class DuckDBDestination:
         """When each table's state last moved: its last committed load."""
         return dict(run(self.conn, f"SELECT table_id, updated_at FROM {self.state_table()}").fetchall())
 
+    def read_generations(self) -> dict[str, Generation]:
+        rows = run(
+            self.conn,
+            f"SELECT table_id, next_table, since, pages, copied, copy_done, swept, rows FROM {self.generations_table()}",
+        ).fetchall()
+        return {r[0]: Generation(*r[2:]) for r in rows if self._table_exists(self.schema, r[1])}
+
     def reset(self, table: SelectedTable) -> None:
         self.conn.execute("BEGIN TRANSACTION")
         run(self.conn, f"DELETE FROM {self.state_table()} WHERE table_id = ?", [table.id])

@@ -254,6 +254,17 @@ class PostgresDestination:
             cur.execute(sql.SQL("SELECT table_id, updated_at FROM {}").format(self.state_table()))
             return dict(cur.fetchall())
 
+    def read_generations(self) -> dict[str, Generation]:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT table_id, since, pages, copied, copy_done, swept, rows FROM {} "
+                    "WHERE to_regclass(quote_ident(%s) || '.' || quote_ident(next_table)) IS NOT NULL"
+                ).format(self.generations_table()),
+                (self.schema,),
+            )
+            return {row[0]: Generation(*row[1:]) for row in cur.fetchall()}
+
     def reset(self, table: SelectedTable) -> None:
         """Forget the bookmark and drop the data, so the next sync is a full historical sync."""
         with self.conn, self.conn.cursor() as cur:

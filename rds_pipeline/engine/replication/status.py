@@ -42,6 +42,7 @@ def standings(
     """One standing per selected table; a source that cannot be reached leaves lag unknown, with the reason."""
     bookmarks = destination.read_bookmarks()
     synced = destination.read_sync_times()
+    generations = destination.read_generations()
     applied_lsn = None
     lost = None
     logged = [t for t in selection if t.method == "log_based"]
@@ -119,14 +120,15 @@ def standings(
                 )
             )
         else:
-            found.append(
-                TableStanding(
-                    **common,
-                    position=None,
-                    source_position=None,
-                    lag="full copy each sync" if common["synced_at"] else NOT_SYNCED,
+            lag = "full copy each sync" if common["synced_at"] else NOT_SYNCED
+            generation = generations.get(table.id)
+            if generation is not None:  # a copy in chunks of pages, stopped part-way: the next sync resumes it
+                lag += (
+                    f"; a new copy under way: sweeping, {generation.swept} of {generation.pages} pages"
+                    if generation.copy_done
+                    else f"; a new copy under way: {generation.copied} of {generation.pages} pages"
                 )
-            )
+            found.append(TableStanding(**common, position=None, source_position=None, lag=lag))
     return found
 
 
