@@ -103,16 +103,19 @@ class StopAfter:
     """The real destination, made to fail a generation's chunk after ``chunks`` committed (a crash between
     chunks, in process). Its ``fresh()`` connections (parallel chunks) share the count."""
 
-    def __init__(self, dest: Any, chunks: int, left: list[int] | None = None) -> None:
+    def __init__(self, dest: Any, chunks: int, left: list[int] | None = None, opened: list[int] | None = None) -> None:
         self.dest, self.left = dest, left if left is not None else [chunks]
+        self.opened = opened if opened is not None else [0]  # connections the parallel workers opened
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.dest, name)
 
     @contextlib.contextmanager
     def fresh(self) -> Iterator[StopAfter]:
+        with STOP_LOCK:
+            self.opened[0] += 1
         with self.dest.fresh() as other:
-            yield StopAfter(other, 0, self.left)
+            yield StopAfter(other, 0, self.left, self.opened)
 
     def load(self, *args: Any, **kwargs: Any) -> Any:
         generation = args[6] if len(args) > 6 else kwargs.get("generation")
@@ -312,8 +315,9 @@ def test_sigkill_mid_generation_readers_see_the_old_copy_and_the_next_sync_resum
 
 
 def test_chunks_of_pages_copy_in_parallel_within_the_cap_and_resume(pg18: LocalPostgres, tmp_path: Path) -> None:
-    """`parallel_chunks: 2`: the chunks after the first copy two at a time (never more COPYs of ours at the
-    source), commit in page order, and a sync stopped part-way resumes where the committed chunks end."""
+    """`parallel_chunks: 2`: after the first chunk, two workers copy the chunks, each on its own connections (never
+    more COPYs of ours at the source than that), their commits keep page order, and a sync stopped part-way
+    resumes where the committed chunks end."""
     scratch, dest = _scratch(pg18, "postgres", tmp_path)
     scratch = dataclasses.replace(
         scratch,
@@ -323,15 +327,17 @@ def test_chunks_of_pages_copy_in_parallel_within_the_cap_and_resume(pg18: LocalP
     )
     scratch.sql(TABLE_DDL)
     table = dataclasses.replace(scratch.one({"name": "public.events", "method": "full_table"}), chunk_rows=1000)
+    stopping = StopAfter(dest, 6)
     with active_copies(pg18, scratch.source_db) as seen:
         with SourceSession(scratch.config.source) as session, pytest.raises(RuntimeError, match="injected"):
-            sync_table(session, StopAfter(dest, 6), table)
+            sync_table(session, stopping, table)
+        assert stopping.opened[0] == 2  # the parallel path: two workers, each with its own destination
         under_way = dest.table_state(table).generation
         assert under_way is not None and under_way.copied > 0
         scratch.sql("UPDATE events SET n = -n WHERE n % 50 = 0")
         with SourceSession(scratch.config.source) as session:
             resumed = sync_table(session, dest, table)
-    assert max(seen) <= 2, f"concurrent COPYs seen: {sorted(set(seen))}"
+    assert seen and max(seen) <= 2, f"concurrent COPYs seen: {sorted(set(seen))}"
     assert resumed.steps[0].key_range.lower == f"({under_way.copied},0)"
     assert dest.fetch_rows(table) == scratch.source_rows(table)
     assert dest.primary_key_enforced(table)
