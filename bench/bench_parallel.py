@@ -176,53 +176,34 @@ from rds_pipeline.engine.selection import resolve_selection
 from rds_pipeline.engine.source.catalog import Catalog
 from rds_pipeline.engine.source.session import SourceSession
 config = load_config(sys.argv[1])
-rows, chunks_wanted, parallel = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rows, chunks_wanted, parallel, pages = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[6] == "pages"
 source = dataclasses.replace(config.source, max_connections=max(parallel, 1), parallel_chunks=parallel,
                              copy_format=sys.argv[5])
 config = dataclasses.replace(config, source=source)
 [table] = resolve_selection(config.tables, Catalog.load(config.catalog_path), "bench")
 destination = open_destination(config)
 destination.reset(table)
-step = rows // chunks_wanted
-edges = [1 + step * i for i in range(1, chunks_wanted)]
-chunks = [KeyRange("id", upper=str(edges[0]), include_nulls=True)]
-chunks += [KeyRange("id", str(lo), str(hi)) for lo, hi in zip(edges, edges[1:])]
-chunks.append(KeyRange("id", lower=str(edges[-1])))
+chunks = None
+if pages:  # chunks of pages, sized by the engine from chunk_rows
+    table = dataclasses.replace(table, chunk_rows=max(1000, rows // chunks_wanted))
+else:  # the integer key's history, in chunks_wanted key ranges
+    step = rows // chunks_wanted
+    edges = [1 + step * i for i in range(1, chunks_wanted)]
+    chunks = [KeyRange("id", upper=str(edges[0]), include_nulls=True)]
+    chunks += [KeyRange("id", str(lo), str(hi)) for lo, hi in zip(edges, edges[1:])]
+    chunks.append(KeyRange("id", lower=str(edges[-1])))
 started = time.monotonic()
 with SourceSession(config.source) as session:
-    result = sync_table(session, destination, table, chunks=chunks, lookback=0)
+    result = sync_table(session, destination, table, chunks=chunks, lookback=None if pages else 0)
 seconds = time.monotonic() - started
 destination.close()
-assert result.rows == rows, result.rows
-print(json.dumps({"seconds": seconds, "steps": len(result.steps)}))
-"""
-
-
-PAGES_ENGINE = """
-import dataclasses, json, sys, time
-from rds_pipeline.engine.config import load_config
-from rds_pipeline.engine.destinations.factory import open_destination
-from rds_pipeline.engine.replication.sync import sync_table
-from rds_pipeline.engine.selection import resolve_selection
-from rds_pipeline.engine.source.catalog import Catalog
-from rds_pipeline.engine.source.session import SourceSession
-config = load_config(sys.argv[1])
-rows, chunks_wanted, parallel = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-source = dataclasses.replace(config.source, max_connections=max(parallel, 1), parallel_chunks=parallel,
-                             copy_format=sys.argv[5])
-config = dataclasses.replace(config, source=source)
-[table] = resolve_selection(config.tables, Catalog.load(config.catalog_path), "bench")
-table = dataclasses.replace(table, chunk_rows=max(1000, rows // chunks_wanted))
-destination = open_destination(config)
-destination.reset(table)
-started = time.monotonic()
-with SourceSession(config.source) as session:
-    result = sync_table(session, destination, table)
-seconds = time.monotonic() - started
-destination.close()
-assert result.plan.generation and result.rows_at_commit == rows, (result.plan.reason, result.rows_at_commit)
-swept = [s.extraction for s in result.steps if s.sweep]  # wall time from the first sweep chunk's start to the last's end
-sweep = (max(e.ended_at for e in swept) - min(e.started_at for e in swept)).total_seconds() if swept else 0.0
+sweep = 0.0
+if pages:
+    assert result.plan.generation and result.rows_at_commit == rows, (result.plan.reason, result.rows_at_commit)
+    swept = [s.extraction for s in result.steps if s.sweep]  # from the first sweep chunk's start to the last's end
+    sweep = (max(e.ended_at for e in swept) - min(e.started_at for e in swept)).total_seconds() if swept else 0.0
+else:
+    assert result.rows == rows, result.rows
 print(json.dumps({"seconds": seconds, "steps": len(result.steps), "sweep_seconds": sweep}))
 """
 
@@ -309,9 +290,11 @@ def run(rows: int, mbit: int, parallel: int, pages: bool = False, rounds: int = 
             sh(*in_ns(CLIENT_NS, "bash", "-o", "pipefail", "-c", pipe))
             results["raw pipe (psql | psql), one stream"].append(time.monotonic() - started)
             for name, (width, form) in engines.items():
-                child = PAGES_ENGINE if pages else ENGINE
+                mode = "pages" if pages else "keys"
                 out = sh(
-                    *in_ns(CLIENT_NS, py, "-c", child, str(config), str(rows), str(parallel * 4), str(width), form)
+                    *in_ns(
+                        CLIENT_NS, py, "-c", ENGINE, str(config), str(rows), str(parallel * 4), str(width), form, mode
+                    )
                 )
                 measured = json.loads(out.stdout.strip().splitlines()[-1])
                 results[name].append(measured["seconds"])

@@ -881,12 +881,7 @@ def extra_sections(report: dict[str, Any]) -> list[str]:
             f"connection limited to {p['mbit_per_connection']} Mbit/s (htb per client port; this kernel has "
             "no netem, so there is no added delay):",
             "",
-            "| contender | runs (s) | median (s) |",
-            "| --- | --- | ---: |",
-        ]
-        lines += [f"| {name} | {p['runs'][name]} | {seconds} |" for name, seconds in p["median_seconds"].items()]
-        lines += [
-            "",
+            *_contenders(p),
             f"Speed-up of {p['parallel']} chunks at a time over one: {p['speedup_vs_one_stream']}x. On a link "
             "paid per byte, text beats binary (binary is about 25% more bytes on this table): "
             "`copy_format: auto` moves text through an SSH tunnel.",
@@ -901,12 +896,7 @@ def extra_sections(report: dict[str, Any]) -> list[str]:
             f"`pg_class` for {p['chunks']} chunks, into a new generation swapped in whole; every connection limited "
             f"to {p['mbit_per_connection']} Mbit/s:",
             "",
-            "| contender | runs (s) | median (s) |",
-            "| --- | --- | ---: |",
-        ]
-        lines += [f"| {name} | {p['runs'][name]} | {seconds} |" for name, seconds in p["median_seconds"].items()]
-        lines += [
-            "",
+            *_contenders(p),
             f"Speed-up of {p['parallel']} chunks at a time over one: {p['speedup_vs_one_stream']}x; "
             f"{p['ratio_to_raw_pipe']}x the one-stream pipe. The sweep for rows changed since the copy began "
             f"(a second pass over the pages that sends only those rows) took {p['sweep_seconds']} s of the "
@@ -914,6 +904,12 @@ def extra_sections(report: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _contenders(race: dict[str, Any]) -> list[str]:
+    """A race over the rate-limited link (``bench_parallel``) as a table: each contender's runs and median."""
+    rows = [f"| {name} | {race['runs'][name]} | {seconds} |" for name, seconds in race["median_seconds"].items()]
+    return ["| contender | runs (s) | median (s) |", "| --- | --- | ---: |", *rows, ""]
 
 
 def _installed(name: str) -> bool:
